@@ -1,0 +1,1 @@
+//! block hotplug scripts: block, block-dummy, block-iscsi, block-nbd

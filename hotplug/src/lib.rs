@@ -1,0 +1,1 @@
+//! hotplug runtime shared by every script: invocation, error contract, logging, locks, config

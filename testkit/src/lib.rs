@@ -1,0 +1,135 @@
+//! Helpers for tests that need real kernel objects or real peer programs.
+//!
+//! A test that cannot get what it needs (root, a network namespace, loop devices, a program from
+//! Debian) calls [`require`]. Outside CI it prints why it is skipped and returns `false`; with the
+//! `CI` environment variable set it panics, so a privileged test can never pass silently in CI.
+
+use std::path::Path;
+use std::process::Command;
+
+/// True when running under CI (`CI` set to anything but empty, `0` or `false`).
+pub fn in_ci() -> bool {
+    match std::env::var("CI") {
+        Ok(v) => !(v.is_empty() || v == "0" || v.eq_ignore_ascii_case("false")),
+        Err(_) => false,
+    }
+}
+
+/// Gate a test on a precondition. Returns `ok`. When `ok` is false: in CI, panic naming `what`;
+/// elsewhere, print a skip line to stderr.
+#[track_caller]
+pub fn require(ok: bool, what: &str) -> bool {
+    if !ok {
+        if in_ci() {
+            panic!("CI is set and this test cannot run: {what}");
+        }
+        eprintln!("SKIP ({}): {what}", std::panic::Location::caller());
+    }
+    ok
+}
+
+/// True when the effective user is root.
+pub fn is_root() -> bool {
+    // `id -u` keeps this crate free of libc/unsafe.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Require root (see [`require`]).
+#[track_caller]
+pub fn require_root() -> bool {
+    require(is_root(), "needs root")
+}
+
+/// Require an executable on PATH (see [`require`]).
+#[track_caller]
+pub fn require_program(name: &str) -> bool {
+    require(which(name).is_some(), &format!("needs the program `{name}`"))
+}
+
+/// Find an executable on PATH.
+pub fn which(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].iter().map(Into::into))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A network namespace made for one test, deleted (with every link in it) on drop.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Create a fresh namespace named `xpt-<tag>-<pid>-<n>` with its loopback up.
+    pub fn new(tag: &str) -> std::io::Result<Self> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "xpt-{tag}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        run_ok(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = NetNs { name };
+        run_ok(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]))?;
+        Ok(ns)
+    }
+
+    /// The namespace's name (for `ip -n NAME`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The namespace's bind-mount path, `/run/netns/<name>`.
+    pub fn path(&self) -> std::path::PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// A command that runs `program` inside the namespace (`ip netns exec`, which also remounts
+    /// /sys so sysfs shows the namespace's links).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    /// Run `ip -n <ns> <args…>` and fail on a non-zero exit.
+    pub fn ip(&self, args: &[&str]) -> std::io::Result<String> {
+        let out = run_ok(Command::new("ip").args(["-n", &self.name]).args(args))?;
+        Ok(out)
+    }
+
+    /// `ip -j -n <ns> <args…>` parsed output as a string (callers parse the JSON they need).
+    pub fn ip_json(&self, args: &[&str]) -> std::io::Result<String> {
+        let out = run_ok(Command::new("ip").args(["-j", "-n", &self.name]).args(args))?;
+        Ok(out)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// Run a command; error (with its stderr) on a non-zero exit; return its stdout.
+pub fn run_ok(cmd: &mut Command) -> std::io::Result<String> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "{:?} failed ({}): {}",
+            cmd,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

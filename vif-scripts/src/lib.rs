@@ -1,0 +1,1 @@
+//! network hotplug scripts: vif-bridge, vif-route, vif-nat, vif-openvswitch

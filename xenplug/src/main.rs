@@ -1,0 +1,2 @@
+//! `xenplug`: placeholder entry point, replaced by the multi-call dispatcher.
+fn main() {}
