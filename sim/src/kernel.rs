@@ -1,0 +1,160 @@
+//! Stand-ins for what the dom0 kernel and QEMU would create, so the scripts find real objects:
+//! netback's `vifD.N` (a veth pair), QEMU's `vifD.N-emu` tap, the bridges a host would have, and a
+//! dom0 uplink for routed and NAT set-ups. The simulator is a test harness, so it drives iproute2
+//! here; the scripts themselves never do.
+//!
+//! [`enter_private_namespaces`] moves the whole process into a fresh network and mount namespace
+//! (with /sys remounted so sysfs shows the new namespace's links); the namespace and everything in
+//! it disappears when the process exits, which is what makes the simulator clean up after itself
+//! even when it is killed.
+
+use std::process::Command;
+
+/// A stand-in operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {msg}")]
+pub struct KernelError {
+    what: String,
+    msg: String,
+}
+
+fn ip(args: &[&str]) -> Result<String, KernelError> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| KernelError {
+            what: format!("ip {}", args.join(" ")),
+            msg: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(KernelError {
+            what: format!("ip {}", args.join(" ")),
+            msg: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Move this process into new network and mount namespaces, remount /sys for the new network
+/// namespace and bring up `lo`. Must be called while the process has a single thread.
+pub fn enter_private_namespaces() -> Result<(), KernelError> {
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |e: nix::Error| KernelError {
+            what,
+            msg: e.to_string(),
+        }
+    };
+    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
+        .map_err(err("unshare(CLONE_NEWNET|CLONE_NEWNS) (needs root)"))?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(err("make / private"))?;
+    mount(
+        Some("sysfs"),
+        "/sys",
+        Some("sysfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(err("mount sysfs on /sys"))?;
+    ip(&["link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+fn exists(name: &str) -> bool {
+    std::path::Path::new("/sys/class/net").join(name).exists()
+}
+
+/// Create a bridge (STP off, forward delay 0, as Xen's `create_bridge`) if it does not exist.
+pub fn ensure_bridge(name: &str) -> Result<bool, KernelError> {
+    if exists(name) {
+        return Ok(false);
+    }
+    ip(&[
+        "link",
+        "add",
+        "name",
+        name,
+        "type",
+        "bridge",
+        "stp_state",
+        "0",
+        "forward_delay",
+        "0",
+    ])?;
+    ip(&["link", "set", name, "up"])?;
+    Ok(true)
+}
+
+/// Create a dom0 uplink `name` (a dummy device) with `addr` (CIDR), standing in for `eth0`.
+pub fn ensure_uplink(name: &str, addr: &str) -> Result<bool, KernelError> {
+    if exists(name) {
+        return Ok(false);
+    }
+    ip(&["link", "add", name, "type", "dummy"])?;
+    ip(&["addr", "add", addr, "dev", name])?;
+    ip(&["link", "set", name, "up"])?;
+    Ok(true)
+}
+
+/// The guest-side peer name of a vif stand-in (kept within IFNAMSIZ).
+pub fn guest_peer_name(domid: u32, devid: u32) -> String {
+    format!("gst{domid}.{devid}")
+}
+
+/// netback's `vif<domid>.<devid>`: a veth pair whose other end stands for the guest's eth.
+pub fn create_vif(domid: u32, devid: u32) -> Result<String, KernelError> {
+    let name = format!("vif{domid}.{devid}");
+    let peer = guest_peer_name(domid, devid);
+    ip(&["link", "add", &name, "type", "veth", "peer", "name", &peer])?;
+    ip(&["link", "set", &peer, "up"])?;
+    Ok(name)
+}
+
+/// QEMU's emulated-NIC tap, `vif<domid>.<devid>-emu`.
+pub fn create_tap(domid: u32, devid: u32) -> Result<String, KernelError> {
+    let name = format!("vif{domid}.{devid}-emu");
+    ip(&["tuntap", "add", "dev", &name, "mode", "tap"])?;
+    Ok(name)
+}
+
+/// Delete a link if it exists (by any of the names it may have now).
+pub fn delete_link(names: &[&str]) {
+    for n in names {
+        if exists(n) {
+            let _ = ip(&["link", "del", n]);
+        }
+    }
+}
+
+/// `ip -br link` and `ip -br addr` plus routes, for the human report.
+pub fn link_state() -> String {
+    let mut s = String::new();
+    for args in [
+        &["-br", "link", "show"][..],
+        &["-br", "-4", "addr", "show"][..],
+        &["route", "show"][..],
+    ] {
+        match ip(args) {
+            Ok(out) => s.push_str(&out),
+            Err(e) => s.push_str(&format!("({e})\n")),
+        }
+    }
+    s
+}
+
+/// `ip -j -d link show` for the machine-readable report.
+pub fn link_state_json() -> serde_json::Value {
+    ip(&["-j", "-d", "link", "show"])
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
