@@ -47,7 +47,10 @@ pub fn require_root() -> bool {
 /// Require an executable on PATH (see [`require`]).
 #[track_caller]
 pub fn require_program(name: &str) -> bool {
-    require(which(name).is_some(), &format!("needs the program `{name}`"))
+    require(
+        which(name).is_some(),
+        &format!("needs the program `{name}`"),
+    )
 }
 
 /// Find an executable on PATH.

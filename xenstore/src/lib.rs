@@ -7,7 +7,11 @@
 //! Paths are passed to the daemon as given: a relative path means what xenstored says it means,
 //! `/local/domain/<own domid>/<path>`.
 
+pub mod client;
 pub mod error;
+pub mod wire;
+
+pub use client::XsClient;
 
 pub use error::{Errno, Result, XsError};
 

@@ -1,0 +1,472 @@
+//! The socket daemon: serves the xenstore wire protocol on Unix sockets with tokio.
+//!
+//! Connections on the main socket act as dom0 (privileged). Each `(domid, path)` of
+//! [`Options::domain_sockets`] gets its own socket whose connections act as that domain, which
+//! is how tests play a guest or a driver domain. A dom0 connection can also switch its own
+//! domain id with `CONTROL xenplug-set-domid <domid>` (see [`crate::engine::Request::Control`]).
+//!
+//! Per connection, requests are handled in order; replies and `WATCH_EVENT`s go through one
+//! outgoing queue written by a separate task, so events are pushed while the client is idle.
+//!
+//! Bad input: unknown or client-only message types get `ENOSYS`, malformed arguments `EINVAL`,
+//! an unknown transaction id `ENOENT`; a header announcing more than 4096 bytes gets an `E2BIG`
+//! error reply and the connection is closed (C xenstored just closes it), since the stream
+//! cannot be resynchronised. A peer that disconnects mid-message is dropped with its watches
+//! and transactions. Memory per connection is bounded: one partial message on input, and
+//! [`Options::max_queued_bytes`] of unsent output — a client that stops reading replies and
+//! events is disconnected when it exceeds that.
+//!
+//! ```no_run
+//! use xenplug_xenstored::daemon::{serve, Options, Shutdown};
+//! let shutdown = Shutdown::new();
+//! // From a signal handler or another thread: shutdown.trigger();
+//! serve(&Options::new("/run/xenstored/socket"), shutdown).unwrap();
+//! ```
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch, Notify};
+
+use xenplug_xenstore::wire::{self, Decoder, Message, MsgType, HEADER_LEN, PAYLOAD_MAX};
+use xenplug_xenstore::Errno;
+
+use crate::engine::{ConnId, Engine, EventSink};
+
+/// Default bound on a connection's unsent output.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 8 << 20;
+
+/// How the daemon runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The main socket; its connections act as dom0.
+    pub socket: PathBuf,
+    /// Extra sockets whose connections act as the given domain.
+    pub domain_sockets: Vec<(u32, PathBuf)>,
+    /// Disconnect a client whose unsent replies and events exceed this many bytes.
+    pub max_queued_bytes: usize,
+    /// Log protocol violations and connection errors to stderr.
+    pub verbose: bool,
+    /// File mode of the sockets. Anyone who can connect to the main socket acts as dom0, so the
+    /// default is `0o600`, as C xenstored's socket.
+    pub socket_mode: u32,
+}
+
+impl Options {
+    /// Serve dom0 on `socket`, no domain sockets, default limits, quiet.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Options {
+            socket: socket.into(),
+            domain_sockets: Vec::new(),
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            verbose: false,
+            socket_mode: 0o600,
+        }
+    }
+}
+
+/// Tells a running daemon to stop. Clone it freely; [`Shutdown::trigger`] works from any thread
+/// (or a signal-handling thread).
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shutdown {
+    /// A shutdown signal not yet triggered.
+    pub fn new() -> Self {
+        Shutdown {
+            tx: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// Stop the daemon: listeners close, connections are dropped, `serve` returns.
+    pub fn trigger(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// True once triggered.
+    pub fn is_triggered(&self) -> bool {
+        *self.tx.borrow()
+    }
+
+    /// Wait until triggered.
+    pub async fn wait(&self) {
+        let mut rx = self.tx.subscribe();
+        // An error means the sender is gone, which cannot happen while `self` holds it.
+        let _ = rx.wait_for(|v| *v).await;
+    }
+}
+
+/// Bind a listening socket at `path`, replacing a stale socket file (never another kind of
+/// file).
+pub fn bind(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is in use by a running daemon", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+    }
+    std::os::unix::net::UnixListener::bind(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", path.display())))
+}
+
+/// Bind the sockets of `opts`, serve a fresh engine until `shutdown`, then remove the socket
+/// files. Blocks the calling thread.
+pub fn serve(opts: &Options, shutdown: Shutdown) -> io::Result<()> {
+    serve_engine(opts, Engine::new(), shutdown)
+}
+
+/// [`serve`] with a given engine (e.g. one a test has filled in).
+pub fn serve_engine(opts: &Options, engine: Arc<Engine>, shutdown: Shutdown) -> io::Result<()> {
+    let listeners = bind_all(opts)?;
+    let result = serve_listeners(opts, engine, listeners, shutdown);
+    remove_sockets(opts);
+    result
+}
+
+/// Bind the main socket (domid 0) and every domain socket, with [`Options::socket_mode`].
+pub fn bind_all(opts: &Options) -> io::Result<Vec<(u32, std::os::unix::net::UnixListener)>> {
+    let bind_mode = |path: &Path| -> io::Result<std::os::unix::net::UnixListener> {
+        let l = bind(path)?;
+        if let Err(e) =
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(opts.socket_mode))
+        {
+            let _ = std::fs::remove_file(path);
+            return Err(e);
+        }
+        Ok(l)
+    };
+    let mut out = vec![(0, bind_mode(&opts.socket)?)];
+    let mut bound = vec![opts.socket.as_path()];
+    for (domid, path) in &opts.domain_sockets {
+        match bind_mode(path) {
+            Ok(l) => {
+                out.push((*domid, l));
+                bound.push(path);
+            }
+            Err(e) => {
+                // Remove only what this call created, never another daemon's socket.
+                for p in bound {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn remove_sockets(opts: &Options) {
+    for p in std::iter::once(&opts.socket).chain(opts.domain_sockets.iter().map(|(_, p)| p)) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Serve already bound listeners (`(domid, listener)`) until `shutdown`, on a tokio runtime of
+/// its own. Blocks the calling thread. Does not remove socket files.
+pub fn serve_listeners(
+    opts: &Options,
+    engine: Arc<Engine>,
+    listeners: Vec<(u32, std::os::unix::net::UnixListener)>,
+    shutdown: Shutdown,
+) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("xenstored")
+        .enable_all()
+        .build()?;
+    let limits = Limits {
+        max_queued_bytes: opts.max_queued_bytes,
+        verbose: opts.verbose,
+    };
+    rt.block_on(async move {
+        let mut tokio_listeners = Vec::new();
+        for (domid, l) in listeners {
+            l.set_nonblocking(true)?;
+            tokio_listeners.push((domid, UnixListener::from_std(l)?));
+        }
+        run(engine, tokio_listeners, limits, shutdown).await
+    })
+}
+
+/// Limits and diagnostics of [`run`].
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// See [`Options::max_queued_bytes`].
+    pub max_queued_bytes: usize,
+    /// See [`Options::verbose`].
+    pub verbose: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            verbose: false,
+        }
+    }
+}
+
+/// Accept and serve connections on tokio listeners until `shutdown` (the async core, for
+/// callers with their own runtime).
+pub async fn run(
+    engine: Arc<Engine>,
+    listeners: Vec<(u32, UnixListener)>,
+    limits: Limits,
+    shutdown: Shutdown,
+) -> io::Result<()> {
+    let mut accepters = tokio::task::JoinSet::new();
+    for (domid, listener) in listeners {
+        let engine = engine.clone();
+        let shutdown = shutdown.clone();
+        accepters.spawn(accept_loop(engine, listener, domid, limits, shutdown));
+    }
+    shutdown.wait().await;
+    accepters.abort_all();
+    while accepters.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn accept_loop(
+    engine: Arc<Engine>,
+    listener: UnixListener,
+    domid: u32,
+    limits: Limits,
+    shutdown: Shutdown,
+) {
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    conns.spawn(serve_connection(engine.clone(), stream, domid, limits, shutdown.clone()));
+                }
+                Err(e) => {
+                    if limits.verbose {
+                        eprintln!("xenstored: accept: {e}");
+                    }
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            _ = shutdown.wait() => break,
+        }
+    }
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
+}
+
+/// The outgoing queue of one connection; also its engine event sink.
+struct Outbox {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+    overflowed: AtomicBool,
+    overflow: Notify,
+}
+
+impl Outbox {
+    fn push(&self, bytes: Vec<u8>) {
+        if self.overflowed.load(Ordering::Relaxed) {
+            return;
+        }
+        let total = self.queued.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len();
+        if total > self.limit {
+            self.queued.fetch_sub(bytes.len(), Ordering::Relaxed);
+            self.overflowed.store(true, Ordering::Relaxed);
+            self.overflow.notify_one();
+            return;
+        }
+        let len = bytes.len();
+        if self.tx.send(bytes).is_err() {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+        }
+    }
+
+    fn push_message(&self, msg: &Message) {
+        // Replies are checked against the payload limit by the engine; an event that is too
+        // long is not sent, as in xenstored.
+        if let Ok(bytes) = msg.encode() {
+            self.push(bytes);
+        }
+    }
+}
+
+impl EventSink for Outbox {
+    fn watch_event(&self, path: &[u8], token: &[u8]) {
+        let payload = wire::join_strings(&[path, token]);
+        if payload.len() <= PAYLOAD_MAX {
+            self.push_message(&Message::new(MsgType::WATCH_EVENT, 0, 0, payload));
+        }
+    }
+}
+
+/// Disconnects the engine connection however the connection task ends (even when aborted).
+struct ConnGuard {
+    engine: Arc<Engine>,
+    conn: ConnId,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.engine.disconnect(self.conn);
+    }
+}
+
+async fn serve_connection(
+    engine: Arc<Engine>,
+    stream: UnixStream,
+    domid: u32,
+    limits: Limits,
+    shutdown: Shutdown,
+) {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let outbox = Arc::new(Outbox {
+        tx,
+        queued: Arc::new(AtomicUsize::new(0)),
+        limit: limits.max_queued_bytes,
+        overflowed: AtomicBool::new(false),
+        overflow: Notify::new(),
+    });
+    let guard = ConnGuard {
+        conn: engine.connect(domid, outbox.clone()),
+        engine,
+    };
+    let written = outbox.queued.clone();
+    let mut writer = tokio::spawn(async move {
+        while let Some(bytes) = rx.recv().await {
+            if wr.write_all(&bytes).await.is_err() {
+                break;
+            }
+            written.fetch_sub(bytes.len(), Ordering::Relaxed);
+        }
+        let _ = wr.shutdown().await;
+    });
+
+    let mut decoder = Decoder::new();
+    let mut buf = vec![0u8; HEADER_LEN + PAYLOAD_MAX];
+    let mut clean = true;
+    'conn: loop {
+        let n = tokio::select! {
+            r = rd.read(&mut buf) => match r {
+                Ok(0) => break 'conn,
+                Ok(n) => n,
+                Err(e) => {
+                    if limits.verbose {
+                        eprintln!("xenstored: read: {e}");
+                    }
+                    break 'conn;
+                }
+            },
+            _ = outbox.overflow.notified() => {
+                if limits.verbose {
+                    eprintln!("xenstored: client does not read its replies; disconnecting");
+                }
+                clean = false;
+                break 'conn;
+            }
+            _ = shutdown.wait() => {
+                clean = false;
+                break 'conn;
+            }
+        };
+        let mut data = &buf[..n];
+        while !data.is_empty() {
+            match decoder.feed(data) {
+                Ok((used, msg)) => {
+                    data = &data[used..];
+                    if let Some(msg) = msg {
+                        let resp = guard.engine.handle_message(guard.conn, &msg);
+                        outbox.push_message(&resp.reply);
+                        if let Some(ev) = resp.initial_event {
+                            outbox.watch_event(&ev.path, &ev.token);
+                        }
+                    }
+                }
+                Err(e) => {
+                    if limits.verbose {
+                        eprintln!("xenstored: {e}; closing the connection");
+                    }
+                    if let Some(h) = decoder.rejected_header() {
+                        let reply = Message {
+                            msg_type: MsgType::ERROR.to_u32(),
+                            req_id: h.req_id,
+                            tx_id: h.tx_id,
+                            payload: wire::join_strings(&[Errno::E2BIG.name()]),
+                        };
+                        outbox.push_message(&reply);
+                    }
+                    break 'conn;
+                }
+            }
+        }
+    }
+    if limits.verbose && !decoder.is_idle() {
+        eprintln!("xenstored: client disconnected in the middle of a message");
+    }
+    // Forget the connection (watches, transactions); the engine drops its outbox reference.
+    drop(guard);
+    drop(outbox);
+    if clean {
+        // Let queued replies go out, but never wait for ever on a client that does not read.
+        if tokio::time::timeout(Duration::from_secs(5), &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+    } else {
+        writer.abort();
+    }
+}
+
+/// Run [`serve`] until SIGINT or SIGTERM (for the `xenplug xenstored` binary).
+pub fn serve_until_signal(opts: &Options) -> io::Result<()> {
+    let shutdown = Shutdown::new();
+    let listeners = bind_all(opts)?;
+    let sd = shutdown.clone();
+    let waiter = std::thread::Builder::new()
+        .name("xenstored-signals".into())
+        .spawn(move || -> io::Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term = signal(SignalKind::terminate())?;
+                let mut int = signal(SignalKind::interrupt())?;
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                    _ = sd.wait() => {}
+                }
+                sd.trigger();
+                Ok(())
+            })
+        })?;
+    let result = serve_listeners(opts, Engine::new(), listeners, shutdown.clone());
+    shutdown.trigger();
+    let _ = waiter.join();
+    remove_sockets(opts);
+    result
+}

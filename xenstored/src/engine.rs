@@ -1,0 +1,1610 @@
+//! The store engine: the node tree, permissions, transactions and watches, shared by the socket
+//! daemon ([`crate::daemon`]) and the in-memory store ([`crate::MemStore`]).
+//!
+//! Semantics follow C xenstored (`tools/xenstored/core.c`, `transaction.c`, `watch.c`,
+//! `domain.c`) and `docs/misc/xenstore.txt`:
+//!
+//! * Paths: characters `A-Za-z0-9-/_@`, no `//`, no trailing `/` (except `/`), at most 3072 bytes;
+//!   for unprivileged connections the part below `/local/domain/<domid>/` at most 2048. A path
+//!   not starting with `/` is relative to `/local/domain/<connection domid>`. `@…` names are only
+//!   accepted by the watch and permission operations. Violations give `EINVAL`.
+//! * Permissions: domain 0 is privileged. Otherwise the owner (first entry) has full access, a
+//!   later entry naming the domain (or its `SET_TARGET` target, or `DOMID_ANY` 32756) gives its
+//!   access, else the first entry's access applies. Errors for missing nodes only say `ENOENT`
+//!   when the nearest existing ancestor grants the wanted access, `EACCES` otherwise. New nodes
+//!   inherit their parent's list; an unprivileged creator becomes the owner. Unprivileged
+//!   connections may not change a node's owner (`EPERM`).
+//! * Transactions work on a snapshot of the whole tree taken at `TRANSACTION_START`. Every node
+//!   looked at (present or absent) records its generation; `TRANSACTION_END T` fails with `EAGAIN`
+//!   when any of them changed globally meanwhile, otherwise the nodes the transaction changed
+//!   replace the global ones and the queued watch events fire. The transaction is gone after
+//!   `TRANSACTION_END` in every case.
+//! * Watches fire once on registration, then for every change at or below the watched path, and
+//!   for the removal of an ancestor (the event then names the watched path). Events of relative
+//!   watches are relative. Unprivileged watchers only get events for nodes they (or the parent)
+//!   may read. `@introduceDomain` and `@releaseDomain` (and `@releaseDomain/<domid>`,
+//!   `@introduceDomain/<domid>`) fire on `INTRODUCE` and `RELEASE`.
+//! * Domains: `INTRODUCE` only records the domain (no ring is mapped; gfn and port are checked
+//!   for syntax and ignored); `RELEASE` forgets it, drops the watches and transactions of every
+//!   connection acting as it (its sockets stay open), and fires `@releaseDomain`.
+//!   `SET_TARGET` lets a domain act for another on permission checks.
+//! * Quotas: unprivileged connections may hold 128 watches and 10 transactions (`ENOSPC`), as
+//!   xenstored's defaults; privileged ones 4096 and 256. There is no per-domain node quota.
+//!
+//! Not implemented (answered with `ENOSYS`, as xenstore.txt allows for optional types):
+//! `GET_FEATURE`, `SET_FEATURE`, `GET_QUOTA`, `SET_QUOTA`; the `<depth>` argument of `WATCH`
+//! (`EINVAL`, as xenstored without the watch-depth feature). Permissions of the special `@` nodes
+//! are not transactional. Duplicate pending events are not merged (xenstore.txt allows
+//! spurious events).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use xenplug_xenstore::wire::{self, Message, MsgType, ABS_PATH_MAX, PAYLOAD_MAX, REL_PATH_MAX};
+use xenplug_xenstore::{Access, Errno, Perm};
+
+/// `DOMID_ANY`: a permission entry for this id applies to every domain.
+pub const DOMID_ANY: u32 = 0x7FF4;
+/// Watches an unprivileged connection may hold (xenstored's default quota).
+pub const UNPRIV_MAX_WATCHES: usize = 128;
+/// Open transactions an unprivileged connection may hold (xenstored's default quota).
+pub const UNPRIV_MAX_TRANSACTIONS: usize = 10;
+/// Open transactions any connection may hold (each holds a snapshot of the tree).
+pub const MAX_TRANSACTIONS: usize = 256;
+/// Watches any connection may hold.
+pub const MAX_WATCHES: usize = 4096;
+
+/// The CONTROL command that changes the calling connection's domain id (see [`Request::Control`]).
+pub const CONTROL_SET_DOMID: &str = "xenplug-set-domid";
+
+const PERM_READ: u8 = 1;
+const PERM_WRITE: u8 = 2;
+const PERM_OWNER: u8 = 4;
+
+const SPECIAL_INTRODUCE: &str = "@introduceDomain";
+const SPECIAL_RELEASE: &str = "@releaseDomain";
+
+/// Receives the watch events of one connection. Called with the engine lock held: it must not
+/// block or call back into the engine.
+pub trait EventSink: Send + Sync {
+    /// A `WATCH_EVENT` for this connection.
+    fn watch_event(&self, path: &[u8], token: &[u8]);
+}
+
+/// Identifies one connection to the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId(u64);
+
+/// A parsed request (what a wire message asks for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `READ path`.
+    Read(String),
+    /// `WRITE path value`.
+    Write(String, Vec<u8>),
+    /// `MKDIR path`.
+    Mkdir(String),
+    /// `RM path`.
+    Rm(String),
+    /// `DIRECTORY path`.
+    Directory(String),
+    /// `DIRECTORY_PART path offset`.
+    DirectoryPart(String, usize),
+    /// `GET_PERMS path`.
+    GetPerms(String),
+    /// `SET_PERMS path perms…`.
+    SetPerms(String, Vec<Perm>),
+    /// `WATCH path token`.
+    Watch(String, Vec<u8>),
+    /// `UNWATCH path token`.
+    Unwatch(String, Vec<u8>),
+    /// `TRANSACTION_START`.
+    TransactionStart,
+    /// `TRANSACTION_END T|F` (true: commit).
+    TransactionEnd(bool),
+    /// `INTRODUCE domid mfn port` (privileged).
+    Introduce(u32, u64, u32),
+    /// `RELEASE domid` (privileged).
+    Release(u32),
+    /// `RESUME domid` (privileged).
+    Resume(u32),
+    /// `SET_TARGET domid target` (privileged).
+    SetTarget(u32, u32),
+    /// `GET_DOMAIN_PATH domid`.
+    GetDomainPath(u32),
+    /// `IS_DOMAIN_INTRODUCED domid` (privileged).
+    IsDomainIntroduced(u32),
+    /// `RESET_WATCHES`.
+    ResetWatches,
+    /// `CONTROL command args…` (privileged). Commands: `help`, `check`, `print <text>`, and
+    /// `xenplug-set-domid <domid>`, which makes the calling connection act as that domain from
+    /// then on (unprivileged unless 0; irreversible then, as CONTROL needs privilege).
+    Control(Vec<String>),
+}
+
+impl Request {
+    fn msg_type(&self) -> MsgType {
+        match self {
+            Request::Read(_) => MsgType::READ,
+            Request::Write(..) => MsgType::WRITE,
+            Request::Mkdir(_) => MsgType::MKDIR,
+            Request::Rm(_) => MsgType::RM,
+            Request::Directory(_) => MsgType::DIRECTORY,
+            Request::DirectoryPart(..) => MsgType::DIRECTORY_PART,
+            Request::GetPerms(_) => MsgType::GET_PERMS,
+            Request::SetPerms(..) => MsgType::SET_PERMS,
+            Request::Watch(..) => MsgType::WATCH,
+            Request::Unwatch(..) => MsgType::UNWATCH,
+            Request::TransactionStart => MsgType::TRANSACTION_START,
+            Request::TransactionEnd(_) => MsgType::TRANSACTION_END,
+            Request::Introduce(..) => MsgType::INTRODUCE,
+            Request::Release(_) => MsgType::RELEASE,
+            Request::Resume(_) => MsgType::RESUME,
+            Request::SetTarget(..) => MsgType::SET_TARGET,
+            Request::GetDomainPath(_) => MsgType::GET_DOMAIN_PATH,
+            Request::IsDomainIntroduced(_) => MsgType::IS_DOMAIN_INTRODUCED,
+            Request::ResetWatches => MsgType::RESET_WATCHES,
+            Request::Control(_) => MsgType::CONTROL,
+        }
+    }
+}
+
+/// A successful reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// `OK`.
+    Ok,
+    /// A node's value.
+    Value(Vec<u8>),
+    /// Child names.
+    Names(Vec<String>),
+    /// `DIRECTORY_PART` payload: generation, then a slice of the child list.
+    Part(Vec<u8>),
+    /// A permission list.
+    Perms(Vec<Perm>),
+    /// A transaction id.
+    TxId(u32),
+    /// A string (`GET_DOMAIN_PATH`, `CONTROL`).
+    Text(String),
+    /// `T` / `F`.
+    Bool(bool),
+}
+
+impl Reply {
+    /// The wire payload.
+    pub fn payload(&self) -> Vec<u8> {
+        match self {
+            Reply::Ok => b"OK\0".to_vec(),
+            Reply::Value(v) | Reply::Part(v) => v.clone(),
+            Reply::Names(n) => wire::join_strings(n),
+            Reply::Perms(p) => {
+                wire::join_strings(&p.iter().map(|p| p.to_wire()).collect::<Vec<_>>())
+            }
+            Reply::TxId(id) => wire::join_strings(&[id.to_string()]),
+            Reply::Text(t) => wire::join_strings(&[t]),
+            Reply::Bool(b) => if *b { b"T\0" } else { b"F\0" }.to_vec(),
+        }
+    }
+}
+
+/// A watch event to deliver after a `WATCH` reply (the registration event).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitialEvent {
+    /// Event path (as the watch was given: relative stays relative).
+    pub path: Vec<u8>,
+    /// Token.
+    pub token: Vec<u8>,
+}
+
+/// Outcome of one wire request.
+#[derive(Debug)]
+pub struct Response {
+    /// The reply message (type, req_id and tx_id set; `ERROR` on failure).
+    pub reply: Message,
+    /// For a successful `WATCH`: the registration event, to be sent after the reply.
+    pub initial_event: Option<InitialEvent>,
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    value: Vec<u8>,
+    children: Vec<Arc<str>>,
+    perms: Vec<Perm>,
+    generation: u64,
+}
+
+type Tree = HashMap<Arc<str>, Arc<Node>>;
+
+#[derive(Debug, Clone, Copy)]
+struct Caller {
+    domid: u32,
+    target: Option<u32>,
+}
+
+impl Caller {
+    fn privileged(&self) -> bool {
+        self.domid == 0
+    }
+
+    fn allows(&self, id: u32) -> bool {
+        id == self.domid || Some(id) == self.target || id == DOMID_ANY
+    }
+
+    fn perm(&self, perms: &[Perm]) -> u8 {
+        let bits = |a: Access| match a {
+            Access::None => 0,
+            Access::Read => PERM_READ,
+            Access::Write => PERM_WRITE,
+            Access::Both => PERM_READ | PERM_WRITE,
+        };
+        let Some(first) = perms.first() else {
+            return if self.privileged() { 7 } else { 0 };
+        };
+        if self.privileged() || self.allows(first.domid) {
+            return PERM_READ | PERM_WRITE | PERM_OWNER;
+        }
+        for p in &perms[1..] {
+            if self.allows(p.domid) {
+                return bits(p.access);
+            }
+        }
+        bits(first.access)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventKind {
+    /// Node written, created or its permissions changed: fires watches at or above it.
+    Changed,
+    /// Node (and subtree) removed: also fires watches below it, naming the watched path.
+    Removed,
+    /// A special event (`@introduceDomain`, `@releaseDomain`) for a domain.
+    Special(u32),
+}
+
+#[derive(Debug, Clone)]
+struct PendingEvent {
+    path: String,
+    kind: EventKind,
+    /// Permission lists of which any granting read makes the event visible (node, parent, old
+    /// permissions).
+    perms: Vec<Vec<Perm>>,
+    /// For `Removed`: permissions of every removed node, to judge watches below the root.
+    removed: HashMap<String, Vec<Perm>>,
+}
+
+#[derive(Debug)]
+struct Watch {
+    node: String,
+    token: Vec<u8>,
+    prefix_len: usize,
+}
+
+#[derive(Debug)]
+struct Tx {
+    tree: Tree,
+    accessed: HashMap<Arc<str>, Option<u64>>,
+    modified: HashSet<Arc<str>>,
+    events: Vec<PendingEvent>,
+}
+
+struct ConnState {
+    domid: u32,
+    watches: Vec<Watch>,
+    txs: HashMap<u32, Tx>,
+    next_tx: u32,
+    sink: Arc<dyn EventSink>,
+}
+
+struct State {
+    tree: Tree,
+    generation: u64,
+    conns: HashMap<u64, ConnState>,
+    next_conn: u64,
+    introduced: BTreeSet<u32>,
+    targets: HashMap<u32, u32>,
+    special: HashMap<&'static str, Vec<Perm>>,
+}
+
+/// The xenstore engine. Cheap to share (`Arc<Engine>`); all operations lock one mutex.
+pub struct Engine {
+    state: Mutex<State>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.lock();
+        f.debug_struct("Engine")
+            .field("nodes", &st.tree.len())
+            .field("connections", &st.conns.len())
+            .field("generation", &st.generation)
+            .finish()
+    }
+}
+
+fn perm(domid: u32, access: Access) -> Perm {
+    Perm { domid, access }
+}
+
+fn parent_of(path: &str) -> &str {
+    match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    }
+}
+
+fn child_path(parent: &str, name: &str) -> String {
+    if parent == "/" {
+        format!("/{name}")
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+/// `child` equals `parent` or lies below it.
+fn is_child(child: &str, parent: &str) -> bool {
+    if parent == "/" {
+        return child.starts_with('/');
+    }
+    child == parent
+        || (child.starts_with(parent) && child.as_bytes().get(parent.len()) == Some(&b'/'))
+}
+
+/// Tree access for one operation: the global tree, or a transaction's snapshot with access
+/// recording.
+struct View<'a> {
+    tree: &'a mut Tree,
+    generation: &'a mut u64,
+    accessed: Option<&'a mut HashMap<Arc<str>, Option<u64>>>,
+    modified: Option<&'a mut HashSet<Arc<str>>>,
+}
+
+impl View<'_> {
+    fn record(&mut self, path: &str) {
+        if let Some(acc) = self.accessed.as_deref_mut() {
+            if !acc.contains_key(path) {
+                let gen = self.tree.get(path).map(|n| n.generation);
+                acc.insert(Arc::from(path), gen);
+            }
+        }
+    }
+
+    fn get(&mut self, path: &str) -> Option<Arc<Node>> {
+        self.record(path);
+        self.tree.get(path).cloned()
+    }
+
+    fn mark_modified(&mut self, path: &str) {
+        self.record(path);
+        if let Some(m) = self.modified.as_deref_mut() {
+            if !m.contains(path) {
+                m.insert(Arc::from(path));
+            }
+        }
+    }
+
+    /// Mutable access to an existing node, bumping its generation.
+    fn node_mut(&mut self, path: &str) -> Option<&mut Node> {
+        self.mark_modified(path);
+        *self.generation += 1;
+        let gen = *self.generation;
+        let node = Arc::make_mut(self.tree.get_mut(path)?);
+        node.generation = gen;
+        Some(node)
+    }
+
+    fn insert(&mut self, path: &str, mut node: Node) {
+        self.mark_modified(path);
+        *self.generation += 1;
+        node.generation = *self.generation;
+        self.tree.insert(Arc::from(path), Arc::new(node));
+    }
+
+    fn remove(&mut self, path: &str) {
+        self.mark_modified(path);
+        self.tree.remove(path);
+    }
+}
+
+/// Result of an operation before it is turned into a reply.
+struct Done {
+    reply: Reply,
+    events: Vec<PendingEvent>,
+    initial: Option<InitialEvent>,
+}
+
+impl Done {
+    fn reply(reply: Reply) -> Self {
+        Done {
+            reply,
+            events: Vec::new(),
+            initial: None,
+        }
+    }
+}
+
+type OpResult = Result<Done, Errno>;
+
+impl Engine {
+    /// A fresh store with dom0's initial tree, as C xenstored plus `xen-init-dom0` leave it:
+    /// `/`, `/tool`, `/tool/xenstored`, `/local`, `/local/domain`, `/local/domain/0` (with
+    /// `domid` = `0` and `name` = `Domain-0`) and `/vm`, all `n0` (owned by dom0, no access for
+    /// anyone else). `@releaseDomain` is `n0,r32756` (readable by every domain, as C xenstored
+    /// sets it up) and `@introduceDomain` is `n0`.
+    pub fn new() -> Arc<Self> {
+        let mut tree: Tree = HashMap::new();
+        let n0 = vec![perm(0, Access::None)];
+        let mut generation = 0u64;
+        let mut add = |path: &str, value: &str, children: &[&str]| {
+            generation += 1;
+            tree.insert(
+                Arc::from(path),
+                Arc::new(Node {
+                    value: value.as_bytes().to_vec(),
+                    children: children.iter().map(|c| Arc::from(*c)).collect(),
+                    perms: n0.clone(),
+                    generation,
+                }),
+            );
+        };
+        add("/", "", &["tool", "local", "vm"]);
+        add("/tool", "", &["xenstored"]);
+        add("/tool/xenstored", "", &[]);
+        add("/local", "", &["domain"]);
+        add("/local/domain", "", &["0"]);
+        add("/local/domain/0", "", &["domid", "name"]);
+        add("/local/domain/0/domid", "0", &[]);
+        add("/local/domain/0/name", "Domain-0", &[]);
+        add("/vm", "", &[]);
+        let mut special = HashMap::new();
+        special.insert(
+            SPECIAL_RELEASE,
+            vec![perm(0, Access::None), perm(DOMID_ANY, Access::Read)],
+        );
+        special.insert(SPECIAL_INTRODUCE, vec![perm(0, Access::None)]);
+        Arc::new(Engine {
+            state: Mutex::new(State {
+                tree,
+                generation,
+                conns: HashMap::new(),
+                next_conn: 1,
+                introduced: BTreeSet::new(),
+                targets: HashMap::new(),
+                special,
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the tree consistent enough to keep serving:
+        // every operation validates before it mutates.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register a connection acting as `domid` (0: privileged). Its watch events go to `sink`.
+    pub fn connect(&self, domid: u32, sink: Arc<dyn EventSink>) -> ConnId {
+        let mut st = self.lock();
+        let id = st.next_conn;
+        st.next_conn += 1;
+        st.conns.insert(
+            id,
+            ConnState {
+                domid,
+                watches: Vec::new(),
+                txs: HashMap::new(),
+                next_tx: 1,
+                sink,
+            },
+        );
+        ConnId(id)
+    }
+
+    /// Forget a connection: its watches go, its transactions are aborted.
+    pub fn disconnect(&self, conn: ConnId) {
+        self.lock().conns.remove(&conn.0);
+    }
+
+    /// The domain a connection acts as.
+    pub fn domid(&self, conn: ConnId) -> Option<u32> {
+        self.lock().conns.get(&conn.0).map(|c| c.domid)
+    }
+
+    /// Make a connection act as another domain (relative paths, permissions, privilege).
+    pub fn set_domid(&self, conn: ConnId, domid: u32) {
+        if let Some(c) = self.lock().conns.get_mut(&conn.0) {
+            c.domid = domid;
+        }
+    }
+
+    /// Number of registered connections.
+    pub fn connection_count(&self) -> usize {
+        self.lock().conns.len()
+    }
+
+    /// Number of watches a connection holds.
+    pub fn watch_count(&self, conn: ConnId) -> usize {
+        self.lock()
+            .conns
+            .get(&conn.0)
+            .map_or(0, |c| c.watches.len())
+    }
+
+    /// Total number of watches over all connections.
+    pub fn total_watches(&self) -> usize {
+        self.lock().conns.values().map(|c| c.watches.len()).sum()
+    }
+
+    /// Domains introduced and not released.
+    pub fn introduced_domains(&self) -> Vec<u32> {
+        self.lock().introduced.iter().copied().collect()
+    }
+
+    /// Every node at or below `root` with its value, sorted by path (for tests and golden files).
+    pub fn dump(&self, root: &str) -> Vec<(String, Vec<u8>)> {
+        let st = self.lock();
+        let mut out: Vec<(String, Vec<u8>)> = st
+            .tree
+            .iter()
+            .filter(|(p, _)| is_child(p, root))
+            .map(|(p, n)| (p.to_string(), n.value.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Number of nodes in the (global) tree.
+    pub fn node_count(&self) -> usize {
+        self.lock().tree.len()
+    }
+
+    /// Handle one wire message from `conn`: parse, execute, build the reply (an `ERROR` reply
+    /// with xenstored's errno name on failure, `ENOSYS` for unknown or unsupported types).
+    /// Watch events caused by the request are delivered to the sinks before this returns.
+    pub fn handle_message(&self, conn: ConnId, msg: &Message) -> Response {
+        let mut initial_event = None;
+        let result = match MsgType::from_u32(msg.msg_type) {
+            None => Err(Errno::ENOSYS),
+            Some(t) => {
+                let mut st = self.lock();
+                match st.check_type(conn, t, msg.tx_id) {
+                    Err(e) => Err(e),
+                    Ok(()) => match parse_request(t, &msg.payload) {
+                        Err(e) => Err(e),
+                        Ok(req) => {
+                            let tx = if matches!(t, MsgType::WATCH | MsgType::UNWATCH) {
+                                0
+                            } else {
+                                msg.tx_id
+                            };
+                            st.execute(conn, tx, req).map(|done| {
+                                initial_event = done.initial;
+                                done.reply
+                            })
+                        }
+                    },
+                }
+            }
+        };
+        let reply = match result {
+            Ok(reply) => {
+                let payload = reply.payload();
+                if payload.len() > PAYLOAD_MAX {
+                    initial_event = None;
+                    error_message(msg, Errno::E2BIG)
+                } else {
+                    Message {
+                        msg_type: msg.msg_type,
+                        req_id: msg.req_id,
+                        tx_id: msg.tx_id,
+                        payload,
+                    }
+                }
+            }
+            Err(e) => error_message(msg, e),
+        };
+        Response {
+            reply,
+            initial_event,
+        }
+    }
+
+    /// Execute a parsed request for `conn` in transaction `tx_id` (0: none). For a `WATCH`, the
+    /// registration event is returned rather than delivered, so that the caller can send it
+    /// after the reply as xenstored does ([`Engine::handle_message`] callers) or queue it.
+    pub fn execute(
+        &self,
+        conn: ConnId,
+        tx_id: u32,
+        req: Request,
+    ) -> Result<(Reply, Option<InitialEvent>), Errno> {
+        let mut st = self.lock();
+        let t = req.msg_type();
+        st.check_type(conn, t, tx_id)?;
+        let tx_id = if matches!(t, MsgType::WATCH | MsgType::UNWATCH) {
+            0
+        } else {
+            tx_id
+        };
+        let done = st.execute(conn, tx_id, req)?;
+        if done.reply.payload().len() > PAYLOAD_MAX {
+            return Err(Errno::E2BIG);
+        }
+        Ok((done.reply, done.initial))
+    }
+}
+
+fn error_message(req: &Message, e: Errno) -> Message {
+    Message {
+        msg_type: MsgType::ERROR.to_u32(),
+        req_id: req.req_id,
+        tx_id: req.tx_id,
+        payload: wire::join_strings(&[e.name()]),
+    }
+}
+
+fn utf8(b: &[u8]) -> Result<String, Errno> {
+    String::from_utf8(b.to_vec()).map_err(|_| Errno::EINVAL)
+}
+
+fn parse_domid(b: &[u8]) -> Result<u32, Errno> {
+    let s = std::str::from_utf8(b).map_err(|_| Errno::EINVAL)?;
+    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(Errno::EINVAL);
+    }
+    match s.parse::<u32>() {
+        Ok(d) if d <= 65535 => Ok(d),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// C `atoi`: leading digits, 0 if none.
+fn atoi(b: &[u8]) -> u64 {
+    b.iter()
+        .take_while(|c| c.is_ascii_digit())
+        .fold(0u64, |acc, c| {
+            acc.saturating_mul(10).saturating_add(u64::from(c - b'0'))
+        })
+}
+
+/// Turn a wire payload into a [`Request`] (`EINVAL` for malformed arguments).
+pub fn parse_request(t: MsgType, payload: &[u8]) -> Result<Request, Errno> {
+    let one = || wire::one_arg(payload).ok_or(Errno::EINVAL);
+    let (strings, _tail) = wire::split_strings(payload);
+    Ok(match t {
+        MsgType::READ => Request::Read(utf8(one()?)?),
+        MsgType::MKDIR => Request::Mkdir(utf8(one()?)?),
+        MsgType::RM => Request::Rm(utf8(one()?)?),
+        MsgType::DIRECTORY => Request::Directory(utf8(one()?)?),
+        MsgType::GET_PERMS => Request::GetPerms(utf8(one()?)?),
+        MsgType::WRITE => {
+            let nul = payload.iter().position(|&b| b == 0).ok_or(Errno::EINVAL)?;
+            Request::Write(utf8(&payload[..nul])?, payload[nul + 1..].to_vec())
+        }
+        MsgType::DIRECTORY_PART => {
+            if strings.len() != 2 {
+                return Err(Errno::EINVAL);
+            }
+            let off = usize::try_from(atoi(strings[1])).unwrap_or(usize::MAX);
+            Request::DirectoryPart(utf8(strings[0])?, off)
+        }
+        MsgType::SET_PERMS => {
+            if strings.len() < 2 {
+                return Err(Errno::EINVAL);
+            }
+            let perms = strings[1..]
+                .iter()
+                .map(|s| {
+                    std::str::from_utf8(s)
+                        .ok()
+                        .and_then(Perm::from_wire)
+                        .ok_or(Errno::EINVAL)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Request::SetPerms(utf8(strings[0])?, perms)
+        }
+        MsgType::WATCH | MsgType::UNWATCH => {
+            if strings.len() != 2 {
+                return Err(Errno::EINVAL);
+            }
+            let path = utf8(strings[0])?;
+            let token = strings[1].to_vec();
+            if t == MsgType::WATCH {
+                Request::Watch(path, token)
+            } else {
+                Request::Unwatch(path, token)
+            }
+        }
+        MsgType::TRANSACTION_START => Request::TransactionStart,
+        MsgType::TRANSACTION_END => match one()? {
+            b"T" => Request::TransactionEnd(true),
+            b"F" => Request::TransactionEnd(false),
+            _ => return Err(Errno::EINVAL),
+        },
+        MsgType::INTRODUCE => {
+            if strings.len() < 3 {
+                return Err(Errno::EINVAL);
+            }
+            let port = atoi(strings[2]);
+            if port == 0 || port > u64::from(u32::MAX) {
+                return Err(Errno::EINVAL);
+            }
+            Request::Introduce(parse_domid(strings[0])?, atoi(strings[1]), port as u32)
+        }
+        MsgType::RELEASE => Request::Release(parse_domid(one()?)?),
+        MsgType::RESUME => Request::Resume(parse_domid(one()?)?),
+        MsgType::GET_DOMAIN_PATH => Request::GetDomainPath(parse_domid(one()?)?),
+        MsgType::IS_DOMAIN_INTRODUCED => Request::IsDomainIntroduced(parse_domid(one()?)?),
+        MsgType::SET_TARGET => {
+            if strings.len() < 2 {
+                return Err(Errno::EINVAL);
+            }
+            Request::SetTarget(parse_domid(strings[0])?, parse_domid(strings[1])?)
+        }
+        MsgType::RESET_WATCHES => Request::ResetWatches,
+        MsgType::CONTROL => {
+            if strings.is_empty() {
+                return Err(Errno::EINVAL);
+            }
+            Request::Control(
+                strings
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(s).into_owned())
+                    .collect(),
+            )
+        }
+        MsgType::WATCH_EVENT
+        | MsgType::ERROR
+        | MsgType::GET_FEATURE
+        | MsgType::SET_FEATURE
+        | MsgType::GET_QUOTA
+        | MsgType::SET_QUOTA => return Err(Errno::ENOSYS),
+    })
+}
+
+fn privileged_only(t: MsgType) -> bool {
+    matches!(
+        t,
+        MsgType::CONTROL
+            | MsgType::INTRODUCE
+            | MsgType::RELEASE
+            | MsgType::IS_DOMAIN_INTRODUCED
+            | MsgType::RESUME
+            | MsgType::SET_TARGET
+    )
+}
+
+impl State {
+    fn caller(&self, conn: ConnId) -> Result<Caller, Errno> {
+        let c = self.conns.get(&conn.0).ok_or(Errno::EIO)?;
+        Ok(Caller {
+            domid: c.domid,
+            target: self.targets.get(&c.domid).copied(),
+        })
+    }
+
+    /// xenstored's checks before parsing: unsupported types, privilege, transaction id.
+    fn check_type(&self, conn: ConnId, t: MsgType, tx_id: u32) -> Result<(), Errno> {
+        if matches!(
+            t,
+            MsgType::WATCH_EVENT
+                | MsgType::ERROR
+                | MsgType::GET_FEATURE
+                | MsgType::SET_FEATURE
+                | MsgType::GET_QUOTA
+                | MsgType::SET_QUOTA
+        ) {
+            return Err(Errno::ENOSYS);
+        }
+        let caller = self.caller(conn)?;
+        if privileged_only(t) && !caller.privileged() {
+            return Err(Errno::EACCES);
+        }
+        if tx_id != 0 && !matches!(t, MsgType::WATCH | MsgType::UNWATCH) {
+            let c = self.conns.get(&conn.0).ok_or(Errno::EIO)?;
+            if !c.txs.contains_key(&tx_id) {
+                return Err(Errno::ENOENT);
+            }
+        }
+        Ok(())
+    }
+
+    fn canonicalize(
+        &self,
+        caller: Caller,
+        raw: &str,
+        allow_special: bool,
+    ) -> Result<String, Errno> {
+        let valid = |c: u8| c.is_ascii_alphanumeric() || b"-/_@".contains(&c);
+        if raw.is_empty() || !raw.bytes().all(valid) || (raw.starts_with('@') && !allow_special) {
+            return Err(Errno::EINVAL);
+        }
+        let name = if raw.starts_with('/') || raw.starts_with('@') {
+            raw.to_string()
+        } else {
+            format!("/local/domain/{}/{raw}", caller.domid)
+        };
+        if (name.ends_with('/') && name != "/") || name.contains("//") {
+            return Err(Errno::EINVAL);
+        }
+        if name.len() > ABS_PATH_MAX {
+            return Err(Errno::EINVAL);
+        }
+        if !caller.privileged() && name.len() - local_prefix_len(&name) > REL_PATH_MAX {
+            return Err(Errno::EINVAL);
+        }
+        Ok(name)
+    }
+
+    fn execute(&mut self, conn: ConnId, tx_id: u32, req: Request) -> OpResult {
+        let caller = self.caller(conn)?;
+        match req {
+            Request::TransactionStart => return self.tx_start(conn, caller, tx_id),
+            Request::TransactionEnd(commit) => return self.tx_end(conn, tx_id, commit),
+            Request::Watch(path, token) => return self.watch(conn, caller, &path, token),
+            Request::Unwatch(path, token) => return self.unwatch(conn, caller, &path, &token),
+            Request::Introduce(domid, _mfn, _port) => return self.introduce(domid),
+            Request::Release(domid) => return self.release(domid),
+            Request::Resume(domid) => {
+                if domid == 0 {
+                    return Err(Errno::EINVAL);
+                }
+                if !self.introduced.contains(&domid) {
+                    return Err(Errno::ENOENT);
+                }
+                return Ok(Done::reply(Reply::Ok));
+            }
+            Request::SetTarget(domid, target) => {
+                for d in [domid, target] {
+                    if d != 0 && !self.introduced.contains(&d) {
+                        return Err(Errno::ENOENT);
+                    }
+                }
+                self.targets.insert(domid, target);
+                return Ok(Done::reply(Reply::Ok));
+            }
+            Request::GetDomainPath(domid) => {
+                return Ok(Done::reply(Reply::Text(format!("/local/domain/{domid}"))))
+            }
+            Request::IsDomainIntroduced(domid) => {
+                return Ok(Done::reply(Reply::Bool(
+                    domid == 0 || self.introduced.contains(&domid),
+                )))
+            }
+            Request::ResetWatches => {
+                if let Some(c) = self.conns.get_mut(&conn.0) {
+                    c.watches.clear();
+                    c.txs.clear();
+                }
+                return Ok(Done::reply(Reply::Ok));
+            }
+            Request::Control(args) => return self.control(conn, &args),
+            Request::GetPerms(ref p) | Request::SetPerms(ref p, _) if p.starts_with('@') => {
+                return self.special_perms(caller, req)
+            }
+            _ => {}
+        }
+
+        // Node operations, on the global tree or a transaction's snapshot.
+        let name = match &req {
+            Request::Read(p)
+            | Request::Write(p, _)
+            | Request::Mkdir(p)
+            | Request::Rm(p)
+            | Request::Directory(p)
+            | Request::DirectoryPart(p, _)
+            | Request::GetPerms(p)
+            | Request::SetPerms(p, _) => self.canonicalize(
+                caller,
+                p,
+                matches!(req, Request::GetPerms(_) | Request::SetPerms(..)),
+            )?,
+            _ => return Err(Errno::EINVAL),
+        };
+        let State {
+            tree,
+            generation,
+            conns,
+            ..
+        } = self;
+        let done = if tx_id == 0 {
+            let mut view = View {
+                tree,
+                generation,
+                accessed: None,
+                modified: None,
+            };
+            node_op(&mut view, caller, &name, req)?
+        } else {
+            let tx = conns
+                .get_mut(&conn.0)
+                .and_then(|c| c.txs.get_mut(&tx_id))
+                .ok_or(Errno::ENOENT)?;
+            let mut view = View {
+                tree: &mut tx.tree,
+                generation,
+                accessed: Some(&mut tx.accessed),
+                modified: Some(&mut tx.modified),
+            };
+            let mut done = node_op(&mut view, caller, &name, req)?;
+            for ev in done.events.drain(..) {
+                tx.events
+                    .retain(|e| !(e.path == ev.path && e.kind == ev.kind));
+                tx.events.push(ev);
+            }
+            done
+        };
+        self.fire(&done.events);
+        Ok(done)
+    }
+
+    fn special_perms(&mut self, caller: Caller, req: Request) -> OpResult {
+        let (raw, new) = match req {
+            Request::GetPerms(p) => (p, None),
+            Request::SetPerms(p, perms) => (p, Some(perms)),
+            _ => return Err(Errno::EINVAL),
+        };
+        let name = self.canonicalize(caller, &raw, true)?;
+        let key = [SPECIAL_INTRODUCE, SPECIAL_RELEASE]
+            .into_iter()
+            .find(|k| *k == name)
+            .ok_or(Errno::ENOENT)?;
+        let current = self.special[key].clone();
+        let have = caller.perm(&current);
+        match new {
+            None => {
+                if have & PERM_READ == 0 {
+                    return Err(Errno::EACCES);
+                }
+                Ok(Done::reply(Reply::Perms(current)))
+            }
+            Some(perms) => {
+                if have & (PERM_WRITE | PERM_OWNER) != PERM_WRITE | PERM_OWNER {
+                    return Err(Errno::EACCES);
+                }
+                if !caller.privileged() && perms[0].domid != current[0].domid {
+                    return Err(Errno::EPERM);
+                }
+                self.special.insert(key, perms.clone());
+                let ev = PendingEvent {
+                    path: key.to_string(),
+                    kind: EventKind::Changed,
+                    perms: vec![current, perms],
+                    removed: HashMap::new(),
+                };
+                self.fire(std::slice::from_ref(&ev));
+                Ok(Done::reply(Reply::Ok))
+            }
+        }
+    }
+
+    fn watch(&mut self, conn: ConnId, caller: Caller, raw: &str, token: Vec<u8>) -> OpResult {
+        let relative = !raw.starts_with('/') && !raw.starts_with('@');
+        let node = self.canonicalize(caller, raw, true)?;
+        let c = self.conns.get_mut(&conn.0).ok_or(Errno::EIO)?;
+        if c.watches.iter().any(|w| w.node == node && w.token == token) {
+            return Err(Errno::EEXIST);
+        }
+        let limit = if caller.privileged() {
+            MAX_WATCHES
+        } else {
+            UNPRIV_MAX_WATCHES
+        };
+        if c.watches.len() >= limit {
+            return Err(Errno::ENOSPC);
+        }
+        let prefix_len = if relative {
+            format!("/local/domain/{}/", caller.domid).len()
+        } else {
+            0
+        };
+        let initial = InitialEvent {
+            path: node.as_bytes()[prefix_len..].to_vec(),
+            token: token.clone(),
+        };
+        c.watches.push(Watch {
+            node,
+            token,
+            prefix_len,
+        });
+        Ok(Done {
+            reply: Reply::Ok,
+            events: Vec::new(),
+            initial: Some(initial),
+        })
+    }
+
+    fn unwatch(&mut self, conn: ConnId, caller: Caller, raw: &str, token: &[u8]) -> OpResult {
+        let node = self.canonicalize(caller, raw, true)?;
+        let c = self.conns.get_mut(&conn.0).ok_or(Errno::EIO)?;
+        let pos = c
+            .watches
+            .iter()
+            .position(|w| w.node == node && w.token == token)
+            .ok_or(Errno::ENOENT)?;
+        c.watches.remove(pos);
+        Ok(Done::reply(Reply::Ok))
+    }
+
+    fn tx_start(&mut self, conn: ConnId, caller: Caller, tx_id: u32) -> OpResult {
+        if tx_id != 0 {
+            // Nested transactions are not supported (the id was found by check_type).
+            return Err(Errno::EBUSY);
+        }
+        let snapshot = self.tree.clone();
+        let c = self.conns.get_mut(&conn.0).ok_or(Errno::EIO)?;
+        let limit = if caller.privileged() {
+            MAX_TRANSACTIONS
+        } else {
+            UNPRIV_MAX_TRANSACTIONS
+        };
+        if c.txs.len() >= limit {
+            return Err(Errno::ENOSPC);
+        }
+        let mut id = c.next_tx;
+        while id == 0 || c.txs.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        c.next_tx = id.wrapping_add(1);
+        c.txs.insert(
+            id,
+            Tx {
+                tree: snapshot,
+                accessed: HashMap::new(),
+                modified: HashSet::new(),
+                events: Vec::new(),
+            },
+        );
+        Ok(Done::reply(Reply::TxId(id)))
+    }
+
+    fn tx_end(&mut self, conn: ConnId, tx_id: u32, commit: bool) -> OpResult {
+        if tx_id == 0 {
+            return Err(Errno::ENOENT);
+        }
+        let c = self.conns.get_mut(&conn.0).ok_or(Errno::EIO)?;
+        let mut tx = c.txs.remove(&tx_id).ok_or(Errno::ENOENT)?;
+        if !commit {
+            return Ok(Done::reply(Reply::Ok));
+        }
+        for (path, gen) in &tx.accessed {
+            if self.tree.get(&**path).map(|n| n.generation) != *gen {
+                return Err(Errno::EAGAIN);
+            }
+        }
+        for path in &tx.modified {
+            match tx.tree.remove(&**path) {
+                Some(mut node) => {
+                    self.generation += 1;
+                    Arc::make_mut(&mut node).generation = self.generation;
+                    self.tree.insert(path.clone(), node);
+                }
+                None => {
+                    self.tree.remove(&**path);
+                }
+            }
+        }
+        self.fire(&tx.events);
+        Ok(Done::reply(Reply::Ok))
+    }
+
+    fn introduce(&mut self, domid: u32) -> OpResult {
+        if domid != 0 && self.introduced.insert(domid) {
+            self.fire_special(SPECIAL_INTRODUCE, domid);
+        }
+        Ok(Done::reply(Reply::Ok))
+    }
+
+    fn release(&mut self, domid: u32) -> OpResult {
+        if domid == 0 {
+            return Err(Errno::EINVAL);
+        }
+        if !self.introduced.remove(&domid) {
+            return Err(Errno::ENOENT);
+        }
+        self.targets.remove(&domid);
+        for c in self.conns.values_mut().filter(|c| c.domid == domid) {
+            c.watches.clear();
+            c.txs.clear();
+        }
+        self.fire_special(SPECIAL_RELEASE, domid);
+        Ok(Done::reply(Reply::Ok))
+    }
+
+    fn control(&mut self, conn: ConnId, args: &[String]) -> OpResult {
+        let text = match args[0].as_str() {
+            "help" => format!("check\nprint\nhelp\n{CONTROL_SET_DOMID}\n"),
+            "check" => "OK".to_string(),
+            "print" => {
+                eprintln!("xenstored: {}", args[1..].join(" "));
+                "OK".to_string()
+            }
+            CONTROL_SET_DOMID => {
+                let domid = args
+                    .get(1)
+                    .ok_or(Errno::EINVAL)
+                    .and_then(|a| parse_domid(a.as_bytes()))?;
+                let c = self.conns.get_mut(&conn.0).ok_or(Errno::EIO)?;
+                c.domid = domid;
+                "OK".to_string()
+            }
+            _ => return Err(Errno::EINVAL),
+        };
+        Ok(Done::reply(Reply::Text(text)))
+    }
+
+    fn fire_special(&mut self, name: &'static str, domid: u32) {
+        let ev = PendingEvent {
+            path: name.to_string(),
+            kind: EventKind::Special(domid),
+            perms: vec![self.special[name].clone()],
+            removed: HashMap::new(),
+        };
+        self.fire(std::slice::from_ref(&ev));
+    }
+
+    /// Deliver events to every matching watch whose connection may see them.
+    fn fire(&self, events: &[PendingEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        for c in self.conns.values() {
+            let watcher = Caller {
+                domid: c.domid,
+                target: self.targets.get(&c.domid).copied(),
+            };
+            let can_read = |lists: &[&[Perm]]| {
+                watcher.privileged() || lists.iter().any(|p| watcher.perm(p) & PERM_READ != 0)
+            };
+            for ev in events {
+                for w in &c.watches {
+                    let epath: &str = match ev.kind {
+                        EventKind::Special(domid) => {
+                            let with_dom = format!("{}/{domid}", ev.path);
+                            if w.node != ev.path && w.node != with_dom {
+                                continue;
+                            }
+                            let lists: Vec<&[Perm]> = ev.perms.iter().map(|p| &p[..]).collect();
+                            if !can_read(&lists) {
+                                continue;
+                            }
+                            &w.node
+                        }
+                        EventKind::Changed => {
+                            if !is_child(&ev.path, &w.node) {
+                                continue;
+                            }
+                            let lists: Vec<&[Perm]> = ev.perms.iter().map(|p| &p[..]).collect();
+                            if !can_read(&lists) {
+                                continue;
+                            }
+                            &ev.path
+                        }
+                        EventKind::Removed => {
+                            if is_child(&ev.path, &w.node) {
+                                let lists: Vec<&[Perm]> = ev.perms.iter().map(|p| &p[..]).collect();
+                                if !can_read(&lists) {
+                                    continue;
+                                }
+                                &ev.path
+                            } else if is_child(&w.node, &ev.path) {
+                                if !watcher.privileged() && !removed_visible(ev, &w.node, watcher) {
+                                    continue;
+                                }
+                                &w.node
+                            } else {
+                                continue;
+                            }
+                        }
+                    };
+                    let shown = epath.get(w.prefix_len..).unwrap_or(epath);
+                    c.sink.watch_event(shown.as_bytes(), &w.token);
+                }
+            }
+        }
+    }
+}
+
+/// May `watcher` see the removal of the (possibly never existing) node `wpath` below a removed
+/// root: judged by the nearest removed node at or above it and that node's parent.
+fn removed_visible(ev: &PendingEvent, wpath: &str, watcher: Caller) -> bool {
+    let mut p = wpath;
+    loop {
+        if let Some(perms) = ev.removed.get(p) {
+            if watcher.perm(perms) & PERM_READ != 0 {
+                return true;
+            }
+            let parent = parent_of(p);
+            let parent_perms = ev
+                .removed
+                .get(parent)
+                .or_else(|| ev.perms.last().filter(|_| p == ev.path));
+            return parent_perms.is_some_and(|pp| watcher.perm(pp) & PERM_READ != 0);
+        }
+        if p == ev.path || p == "/" {
+            return false;
+        }
+        p = parent_of(p);
+    }
+}
+
+fn local_prefix_len(name: &str) -> usize {
+    let Some(rest) = name.strip_prefix("/local/domain/") else {
+        return 0;
+    };
+    let digits = rest.bytes().take_while(|c| c.is_ascii_digit()).count();
+    if (1..=5).contains(&digits) && rest.as_bytes().get(digits) == Some(&b'/') {
+        "/local/domain/".len() + digits + 1
+    } else {
+        0
+    }
+}
+
+/// Look a node up with a permission check; `ENOENT` only when the nearest existing ancestor
+/// grants some of `want`.
+fn get_checked(
+    view: &mut View<'_>,
+    caller: Caller,
+    name: &str,
+    want: u8,
+) -> Result<Arc<Node>, Errno> {
+    match view.get(name) {
+        Some(node) if caller.perm(&node.perms) & want == want => Ok(node),
+        Some(_) => Err(Errno::EACCES),
+        None => {
+            let mut p = name;
+            loop {
+                p = parent_of(p);
+                if let Some(anc) = view.get(p) {
+                    return Err(if caller.perm(&anc.perms) & want != 0 {
+                        Errno::ENOENT
+                    } else {
+                        Errno::EACCES
+                    });
+                }
+                if p == "/" {
+                    return Err(Errno::EACCES);
+                }
+            }
+        }
+    }
+}
+
+fn changed_event(view: &mut View<'_>, name: &str, extra: Option<Vec<Perm>>) -> PendingEvent {
+    let mut perms = Vec::new();
+    if let Some(n) = view.tree.get(name) {
+        perms.push(n.perms.clone());
+    }
+    if name != "/" {
+        if let Some(p) = view.tree.get(parent_of(name)) {
+            perms.push(p.perms.clone());
+        }
+    }
+    perms.extend(extra);
+    PendingEvent {
+        path: name.to_string(),
+        kind: EventKind::Changed,
+        perms,
+        removed: HashMap::new(),
+    }
+}
+
+/// Create `name` and missing parents; the new nodes inherit their parent's permissions, with an
+/// unprivileged creator as owner.
+fn create(view: &mut View<'_>, caller: Caller, name: &str, value: Vec<u8>) -> Result<(), Errno> {
+    let mut missing = vec![name.to_string()];
+    let mut parent = parent_of(name).to_string();
+    let mut parent_node = loop {
+        match view.get(&parent) {
+            Some(n) => break n,
+            None if parent == "/" => return Err(Errno::EIO),
+            None => {
+                missing.push(parent.clone());
+                parent = parent_of(&parent).to_string();
+            }
+        }
+    };
+    while let Some(path) = missing.pop() {
+        let leaf = &path[path.rfind('/').map_or(0, |i| i + 1)..];
+        let mut perms = parent_node.perms.clone();
+        if !caller.privileged() {
+            if let Some(first) = perms.first_mut() {
+                first.domid = caller.domid;
+            }
+        }
+        view.node_mut(&parent)
+            .ok_or(Errno::EIO)?
+            .children
+            .push(Arc::from(leaf));
+        let node = Node {
+            value: if missing.is_empty() {
+                value.clone()
+            } else {
+                Vec::new()
+            },
+            children: Vec::new(),
+            perms,
+            generation: 0,
+        };
+        view.insert(&path, node);
+        parent_node = view.get(&path).ok_or(Errno::EIO)?;
+        parent = path;
+    }
+    Ok(())
+}
+
+fn node_op(view: &mut View<'_>, caller: Caller, name: &str, req: Request) -> OpResult {
+    match req {
+        Request::Read(_) => {
+            let n = get_checked(view, caller, name, PERM_READ)?;
+            Ok(Done::reply(Reply::Value(n.value.clone())))
+        }
+        Request::Directory(_) => {
+            let n = get_checked(view, caller, name, PERM_READ)?;
+            Ok(Done::reply(Reply::Names(
+                n.children.iter().map(|c| c.to_string()).collect(),
+            )))
+        }
+        Request::DirectoryPart(_, off) => {
+            let n = get_checked(view, caller, name, PERM_READ)?;
+            Ok(Done::reply(Reply::Part(directory_part(&n, off))))
+        }
+        Request::GetPerms(_) => {
+            let n = get_checked(view, caller, name, PERM_READ)?;
+            Ok(Done::reply(Reply::Perms(n.perms.clone())))
+        }
+        Request::Write(_, value) => {
+            match get_checked(view, caller, name, PERM_WRITE) {
+                Ok(_) => {
+                    view.node_mut(name).ok_or(Errno::EIO)?.value = value;
+                }
+                Err(Errno::ENOENT) => create(view, caller, name, value)?,
+                Err(e) => return Err(e),
+            }
+            let ev = changed_event(view, name, None);
+            Ok(Done {
+                reply: Reply::Ok,
+                events: vec![ev],
+                initial: None,
+            })
+        }
+        Request::Mkdir(_) => match get_checked(view, caller, name, PERM_WRITE) {
+            Ok(_) => Ok(Done::reply(Reply::Ok)),
+            Err(Errno::ENOENT) => {
+                create(view, caller, name, Vec::new())?;
+                let ev = changed_event(view, name, None);
+                Ok(Done {
+                    reply: Reply::Ok,
+                    events: vec![ev],
+                    initial: None,
+                })
+            }
+            Err(e) => Err(e),
+        },
+        Request::Rm(_) => match get_checked(view, caller, name, PERM_WRITE) {
+            Err(Errno::ENOENT) => {
+                if view.get(parent_of(name)).is_some() {
+                    Ok(Done::reply(Reply::Ok))
+                } else {
+                    Err(Errno::ENOENT)
+                }
+            }
+            Err(e) => Err(e),
+            Ok(_) if name == "/" => Err(Errno::EINVAL),
+            Ok(node) => {
+                let parent = parent_of(name).to_string();
+                let parent_node = view.get(&parent).ok_or(Errno::EINVAL)?;
+                // Collect the subtree (every node is looked at, for transaction checks).
+                let mut removed = HashMap::new();
+                let mut stack = vec![(name.to_string(), node.clone())];
+                let mut order = Vec::new();
+                while let Some((path, n)) = stack.pop() {
+                    for child in &n.children {
+                        let cp = child_path(&path, child);
+                        if let Some(cn) = view.get(&cp) {
+                            stack.push((cp, cn));
+                        }
+                    }
+                    removed.insert(path.clone(), n.perms.clone());
+                    order.push(path);
+                }
+                for path in order.iter().rev() {
+                    view.remove(path);
+                }
+                let leaf = &name[name.rfind('/').map_or(0, |i| i + 1)..];
+                view.node_mut(&parent)
+                    .ok_or(Errno::EIO)?
+                    .children
+                    .retain(|c| &**c != leaf);
+                let ev = PendingEvent {
+                    path: name.to_string(),
+                    kind: EventKind::Removed,
+                    perms: vec![node.perms.clone(), parent_node.perms.clone()],
+                    removed,
+                };
+                Ok(Done {
+                    reply: Reply::Ok,
+                    events: vec![ev],
+                    initial: None,
+                })
+            }
+        },
+        Request::SetPerms(_, perms) => {
+            let node = get_checked(view, caller, name, PERM_WRITE | PERM_OWNER)?;
+            if !caller.privileged() && perms[0].domid != node.perms[0].domid {
+                return Err(Errno::EPERM);
+            }
+            view.node_mut(name).ok_or(Errno::EIO)?.perms = perms;
+            let ev = changed_event(view, name, Some(node.perms.clone()));
+            Ok(Done {
+                reply: Reply::Ok,
+                events: vec![ev],
+                initial: None,
+            })
+        }
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// `DIRECTORY_PART` payload as xenstored builds it: `<generation>\0`, then whole child names
+/// starting at byte `off` of the child list, as many as fit; the final chunk carries an extra
+/// empty string.
+fn directory_part(node: &Node, off: usize) -> Vec<u8> {
+    let list = wire::join_strings(
+        &node
+            .children
+            .iter()
+            .map(|c| c.as_bytes())
+            .collect::<Vec<_>>(),
+    );
+    let mut out = wire::join_strings(&[node.generation.to_string()]);
+    let genlen = out.len();
+    if off >= list.len() {
+        out.push(0);
+        return out;
+    }
+    let maxlen = PAYLOAD_MAX - genlen - 1;
+    let mut len = 0;
+    let rest = &list[off..];
+    while len < rest.len() {
+        let name_len = rest[len..]
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(rest.len() - len);
+        if len + name_len >= maxlen {
+            break;
+        }
+        len += name_len + 1;
+    }
+    out.extend_from_slice(&rest[..len]);
+    if off + len >= list.len() {
+        out.push(0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_child_matches_whole_components() {
+        assert!(is_child("/a/b", "/a"));
+        assert!(is_child("/a", "/a"));
+        assert!(is_child("/a", "/"));
+        assert!(!is_child("/ab", "/a"));
+        assert!(!is_child("/a", "/a/b"));
+        assert!(!is_child("@introduceDomain", "/"));
+        assert!(is_child("@releaseDomain", "@releaseDomain"));
+    }
+
+    #[test]
+    fn parents_and_children() {
+        assert_eq!(parent_of("/a/b"), "/a");
+        assert_eq!(parent_of("/a"), "/");
+        assert_eq!(parent_of("/"), "/");
+        assert_eq!(child_path("/", "a"), "/a");
+        assert_eq!(child_path("/a", "b"), "/a/b");
+    }
+
+    #[test]
+    fn local_prefix() {
+        assert_eq!(
+            local_prefix_len("/local/domain/5/x"),
+            "/local/domain/5/".len()
+        );
+        assert_eq!(
+            local_prefix_len("/local/domain/12345/x"),
+            "/local/domain/12345/".len()
+        );
+        assert_eq!(local_prefix_len("/local/domain/123456/x"), 0);
+        assert_eq!(local_prefix_len("/local/domain/5"), 0);
+        assert_eq!(local_prefix_len("/vm/x"), 0);
+    }
+
+    #[test]
+    fn permission_resolution() {
+        let guest = Caller {
+            domid: 5,
+            target: None,
+        };
+        let dom0 = Caller {
+            domid: 0,
+            target: None,
+        };
+        let n0 = [perm(0, Access::None)];
+        assert_eq!(dom0.perm(&n0), PERM_READ | PERM_WRITE | PERM_OWNER);
+        assert_eq!(guest.perm(&n0), 0);
+        assert_eq!(guest.perm(&[perm(5, Access::None)]), 7, "owner");
+        assert_eq!(
+            guest.perm(&[perm(0, Access::Read)]),
+            PERM_READ,
+            "default entry"
+        );
+        assert_eq!(
+            guest.perm(&[perm(0, Access::Read), perm(5, Access::Write)]),
+            PERM_WRITE,
+            "own entry wins over the default"
+        );
+        assert_eq!(
+            guest.perm(&[perm(0, Access::None), perm(DOMID_ANY, Access::Both)]),
+            3
+        );
+        let stub = Caller {
+            domid: 6,
+            target: Some(5),
+        };
+        assert_eq!(stub.perm(&[perm(5, Access::None)]), 7, "target's nodes");
+    }
+
+    #[test]
+    fn directory_part_chunks() {
+        let node = Node {
+            value: Vec::new(),
+            children: vec![Arc::from("a"), Arc::from("bb")],
+            perms: Vec::new(),
+            generation: 42,
+        };
+        assert_eq!(directory_part(&node, 0), b"42\0a\0bb\0\0");
+        assert_eq!(directory_part(&node, 2), b"42\0bb\0\0");
+        assert_eq!(directory_part(&node, 5), b"42\0\0");
+        let empty = Node {
+            children: Vec::new(),
+            ..node
+        };
+        assert_eq!(directory_part(&empty, 0), b"42\0\0");
+    }
+
+    #[test]
+    fn request_parsing() {
+        assert_eq!(
+            parse_request(MsgType::WRITE, b"/a\0v\0w"),
+            Ok(Request::Write("/a".into(), b"v\0w".to_vec())),
+            "values are binary"
+        );
+        assert_eq!(
+            parse_request(MsgType::DIRECTORY_PART, b"/a\x0012\x00"),
+            Ok(Request::DirectoryPart("/a".into(), 12))
+        );
+        assert_eq!(
+            parse_request(MsgType::SET_PERMS, b"/a\0n0\0r5\0"),
+            Ok(Request::SetPerms(
+                "/a".into(),
+                vec![perm(0, Access::None), perm(5, Access::Read)]
+            ))
+        );
+        assert_eq!(
+            parse_request(MsgType::INTRODUCE, b"3\x00123\x009\x00"),
+            Ok(Request::Introduce(3, 123, 9))
+        );
+        assert_eq!(
+            parse_request(MsgType::TRANSACTION_START, b""),
+            Ok(Request::TransactionStart)
+        );
+        assert_eq!(
+            parse_request(MsgType::GET_DOMAIN_PATH, b"65536\0"),
+            Err(Errno::EINVAL)
+        );
+        assert_eq!(parse_request(MsgType::GET_QUOTA, b""), Err(Errno::ENOSYS));
+    }
+}
