@@ -1,0 +1,992 @@
+//! `block add|remove`: the default block hotplug script (Xen's `/etc/xen/scripts/block`).
+//!
+//! # Who calls it
+//!
+//! libxl (`xl create`, `xl block-attach`, `xl devd` in a driver domain) for every `phy`-backend
+//! disk without its own `script=`: `block add` after the backend reached InitWait, `block remove`
+//! after it reached Closed (reference §5.3). argv is `[block, add|remove]`; any other action is
+//! `Invalid command` (exit 1, nothing written). Environment: `XENBUS_PATH` (required, usually the
+//! relative `backend/vbd/<domid>/<devid>`), `XENBUS_TYPE` (`vbd`), `XENBUS_BASE_PATH`
+//! (`backend`), plus the runtime's `XENPLUG_*` settings (state and lock directories, …).
+//!
+//! # add
+//!
+//! Reads `<backend>/type` (default `MISSING`), `params` and `mode` (both required),
+//! `physical-device`, `frontend-id` (required), `state`, and for the sharing check
+//! `backend/<XENBUS_TYPE>/*/*/{physical-device,mode}` and `/local/domain/<d>/{vm,target}`.
+//!
+//! * `physical-device` already present: exit 0, nothing written (checked again under the lock, so
+//!   a duplicate add racing the first one does not attach twice).
+//! * `params` is classified by the filesystem, not by `type`: a relative name is taken under
+//!   `/dev/`; a block device is `phy`, a regular file is `file`, anything else is "other".
+//! * **phy**: a symlink is resolved; under the `block` lock the sharing check runs (unless mode
+//!   `!`), then `physical-device` (`%x:%x`), `physical-device-path` and
+//!   `hotplug-status=connected` are written in one transaction, in that order.
+//! * **file**: the path is canonicalised; under the `block` lock: backend `state` must be `2`
+//!   (otherwise the fatal `Path closed or removed during hotplug add: <path> state: <s>`); a `w`
+//!   attach of a file without any write permission bit (or on a read-only filesystem) is refused
+//!   as busy; the sharing check; then a loop device is attached race-free (read-only for `r`), a
+//!   state record is saved for `remove`, and `node=/dev/loopN`, `physical-device`,
+//!   `physical-device-path`, `hotplug-status=connected` are written in one transaction. Any
+//!   failure after the attach detaches the loop device and deletes the record: a failed add leaves
+//!   nothing behind.
+//! * **other** (missing path, directory, FIFO, …): when `<scripts_dir>/block-<type>` exists and
+//!   is executable it is run with `add` and the same environment, its exit status is ours, and
+//!   `remove` will run it too. Otherwise the fatal `<params> does not exist.` /
+//!   `<params> is neither a block device nor a regular file.` (The reference writes
+//!   `hotplug-status=connected` and then exits 1 here; see DIFFERENCES.md.)
+//!
+//! # remove
+//!
+//! Detaches only what `add` attached, from the state record (so it works when the image was
+//! deleted or renamed, or the xenstore nodes are gone), checking that the loop device still is
+//! the same attachment (disk sequence number and backing identity). Without a record (an add
+//! made by another implementation) it falls back to the reference's `node`, but only when that
+//! loop device is still backed by `params` and no other backend uses it. Block devices: nothing
+//! is detached. Idempotent: a second remove, or a remove after a failed add, exits 0. Writes
+//! nothing to xenstore.
+//!
+//! # Exit status and errors
+//!
+//! 0 on success and on every "nothing to do". 1 on failure, with `hotplug-error=<message>` and
+//! `hotplug-status=error` (or `busy` for a sharing conflict or a read-only file), written by the
+//! runtime ([`xenplug_hotplug::run`]).
+
+use crate::devnum::DevNum;
+use crate::gather::{self, HostPaths, SharingRequest, Target};
+use crate::loopdev::{Backing, Detached, KernelLoops, LoopError, LoopOps};
+use crate::sharing::{self, Mode};
+use crate::state::{LoopRecord, Record, Store};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use xenplug_hotplug::lock::names;
+use xenplug_hotplug::{run, Action, Context, Failure, LockGuard, Outcome, Raw};
+use xenplug_xenstore::{transact, DEFAULT_TRANSACTION_ATTEMPTS};
+
+/// The host interfaces `block` uses besides the runtime context.
+#[derive(Clone, Copy)]
+pub struct Host<'a> {
+    /// Loop devices.
+    pub loops: &'a dyn LoopOps,
+    /// `/proc` and `/sys` paths for the sharing check.
+    pub paths: &'a HostPaths,
+    /// Where relative `params` are looked up (`/dev`).
+    pub dev_dir: &'a Path,
+}
+
+impl std::fmt::Debug for Host<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("paths", self.paths)
+            .field("dev_dir", &self.dev_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Entry point of `block` (see the module documentation).
+pub fn main(raw: Raw) -> ExitCode {
+    let loops = KernelLoops::default();
+    let paths = HostPaths::default();
+    let host = Host {
+        loops: &loops,
+        paths: &paths,
+        dev_dir: Path::new("/dev"),
+    };
+    run("block", raw, Action::BLOCK, |ctx| body(ctx, &host))
+}
+
+/// The script body: dispatch on the action.
+pub fn body(ctx: &Context, host: &Host) -> Result<Outcome, Failure> {
+    match ctx.action() {
+        Action::Add => add(ctx, host),
+        Action::Remove => remove(ctx, host),
+        other => Err(Failure::Error(format!("Invalid command: {other}"))),
+    }
+}
+
+/// How `params` is classified (by the filesystem, not by xenstore's `type`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Params {
+    /// A block device (path as given, `/dev/`-prefixed when it was relative).
+    Device(PathBuf),
+    /// A regular file (path as given).
+    File(PathBuf),
+    /// Neither (or nothing at all).
+    Other(PathBuf),
+}
+
+/// Classify `params`. A relative name is a device name under `dev_dir` (`xvda` → `/dev/xvda`)
+/// when such a block device exists; otherwise it is taken as given, as the reference does.
+/// Symlinks are followed.
+pub fn classify(params: &str, dev_dir: &Path) -> Params {
+    let given = PathBuf::from(params);
+    if !given.is_absolute() {
+        let under = dev_dir.join(params);
+        if std::fs::metadata(&under).is_ok_and(|m| m.file_type().is_block_device()) {
+            return Params::Device(under);
+        }
+    }
+    match std::fs::metadata(&given) {
+        Ok(m) if m.file_type().is_block_device() => Params::Device(given),
+        Ok(m) if m.is_file() => Params::File(given),
+        _ => Params::Other(given),
+    }
+}
+
+/// `XENBUS_BASE_PATH/XENBUS_TYPE` (defaults `backend` and the kind in `XENBUS_PATH`), and this
+/// backend's `(domid, devid)`.
+fn backend_layout(ctx: &Context) -> (String, Option<(String, String)>) {
+    let xb = ctx.backend().trim_end_matches('/');
+    let comps: Vec<&str> = xb.split('/').collect();
+    let n = comps.len();
+    let own = (n >= 2).then(|| (comps[n - 2].to_string(), comps[n - 1].to_string()));
+    let base = ctx.inv.env.xenbus_base_path.as_str();
+    let base = if base.is_empty() { "backend" } else { base };
+    let kind = if ctx.inv.env.xenbus_type.is_empty() {
+        if n >= 3 {
+            comps[n - 3]
+        } else {
+            "vbd"
+        }
+    } else {
+        ctx.inv.env.xenbus_type.as_str()
+    };
+    (format!("{base}/{kind}"), own)
+}
+
+fn sharing_check(
+    ctx: &Context,
+    host: &Host,
+    mode: Mode,
+    target: Target<'_>,
+    frontend_id: &str,
+) -> Result<(), Failure> {
+    if mode == Mode::Unchecked {
+        return Ok(());
+    }
+    let (base, own) = backend_layout(ctx);
+    let req = SharingRequest {
+        mode,
+        target,
+        backend_base: &base,
+        own: own.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+        frontend_id,
+    };
+    let facts = gather::gather_sharing(&req, host.paths, host.loops, ctx.xs)
+        .map_err(|e| Failure::Error(format!("sharing check failed: {e}")))?;
+    let verdict = sharing::decide(&facts);
+    ctx.log
+        .debug(format!("sharing check ({}): {verdict:?}", mode.letter()));
+    match sharing::busy_message(&facts.subject, mode, verdict) {
+        // The message keeps the reference's line break; see DIFFERENCES.md.
+        Some(msg) => Err(Failure::Busy(msg)),
+        None => Ok(()),
+    }
+}
+
+/// `write_dev` (plus `node` for loop devices): one transaction, in the reference's order.
+pub(crate) fn write_dev(
+    ctx: &Context,
+    node: Option<&Path>,
+    dev: &Path,
+    devnum: DevNum,
+) -> Result<(), Failure> {
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    if let Some(n) = node {
+        pairs.push((ctx.path("node"), n.display().to_string()));
+    }
+    pairs.push((ctx.path("physical-device"), devnum.to_string()));
+    pairs.push((ctx.path("physical-device-path"), dev.display().to_string()));
+    pairs.push((ctx.path("hotplug-status"), "connected".to_string()));
+    let shown = pairs
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    ctx.log.debug(format!("Writing {shown} to xenstore."));
+    transact(ctx.xs, DEFAULT_TRANSACTION_ATTEMPTS, |tx| {
+        pairs.iter().try_for_each(|(k, v)| tx.write(k, v))
+    })
+    .map_err(|e| {
+        Failure::Error(format!(
+            "Writing {shown} to xenstore failed: {}",
+            xenplug_hotplug::describe_xs_error(&e)
+        ))
+    })
+}
+
+/// The error for a `mode` that is not one of the six accepted spellings.
+pub(crate) fn invalid_mode(ctx: &Context, mode: &str) -> String {
+    format!(
+        "invalid mode '{mode}' in {} (expected r, ro, w, rw, w! or rw!)",
+        ctx.path("mode")
+    )
+}
+
+fn physical_device_present(ctx: &Context) -> Result<bool, Failure> {
+    if ctx.exists("physical-device")? {
+        ctx.log
+            .debug("physical-device already present: nothing to do (add may be called twice)");
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+fn add(ctx: &Context, host: &Host) -> Result<Outcome, Failure> {
+    let kind = ctx.read_default("type", "MISSING")?;
+    let params = ctx.read_required("params")?;
+    let mode_raw = ctx.read_required("mode")?;
+    let class = classify(&params, host.dev_dir);
+    if physical_device_present(ctx)? {
+        return Ok(Outcome::Done);
+    }
+    if Mode::parse_strict(&mode_raw).is_none() {
+        return Err(Failure::Error(invalid_mode(ctx, &mode_raw)));
+    }
+    let frontend_id = ctx.read_required("frontend-id")?;
+    match class {
+        Params::Device(dev) => add_phy(ctx, host, &dev, &mode_raw, &frontend_id),
+        Params::File(file) => add_file(ctx, host, &params, &file, &mode_raw, &frontend_id),
+        Params::Other(path) => add_other(ctx, &kind, &params, &path),
+    }
+}
+
+fn add_phy(
+    ctx: &Context,
+    host: &Host,
+    dev: &Path,
+    mode_raw: &str,
+    frontend_id: &str,
+) -> Result<Outcome, Failure> {
+    let mut dev = dev.to_path_buf();
+    if std::fs::symlink_metadata(&dev).is_ok_and(|m| m.file_type().is_symlink()) {
+        dev = std::fs::canonicalize(&dev)
+            .map_err(|_| Failure::Error(format!("{} link does not exist.", dev.display())))?;
+    }
+    let meta = std::fs::metadata(&dev)
+        .map_err(|_| Failure::Error(format!("{} does not exist.", dev.display())))?;
+    if !meta.file_type().is_block_device() {
+        return Err(Failure::Error(format!(
+            "{} is not a block device.",
+            dev.display()
+        )));
+    }
+    let devnum = DevNum::from_dev_t(meta.rdev());
+    let mode = Mode::canonicalise(mode_raw);
+
+    let _lock = ctx.claim_lock(names::BLOCK)?;
+    if physical_device_present(ctx)? {
+        return Ok(Outcome::Done);
+    }
+    sharing_check(ctx, host, mode, Target::Device(&dev, devnum), frontend_id)?;
+    write_dev(ctx, None, &dev, devnum)?;
+    ctx.log.info(format!(
+        "{}: {} ({devnum}) mode {}",
+        ctx.backend(),
+        dev.display(),
+        mode.letter()
+    ));
+    Ok(Outcome::Done)
+}
+
+pub(crate) fn store(ctx: &Context) -> Result<Store, Failure> {
+    Ok(Store::new(ctx.state_dir()?))
+}
+
+/// Detach the loop device of `rec` if it still is that attachment.
+fn detach_recorded(ctx: &Context, host: &Host, rec: &LoopRecord) -> Result<(), Failure> {
+    let dev = &rec.device;
+    let st = host
+        .loops
+        .status(dev)
+        .map_err(|e| Failure::Error(format!("cannot inspect {}: {e}", dev.display())))?;
+    let Some(st) = st else {
+        ctx.log
+            .info(format!("{} is already detached", dev.display()));
+        return Ok(());
+    };
+    let same_seq = match (rec.diskseq, st.diskseq) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    };
+    let ours = st.devnum == rec.devnum
+        && same_seq
+        && st.backing
+            == (Backing {
+                dev: rec.backing_dev,
+                ino: rec.backing_ino,
+            });
+    if !ours {
+        ctx.log.warning(format!(
+            "not detaching {}: it is no longer the device attached for {} (now backed by {}:{})",
+            dev.display(),
+            rec.file.display(),
+            st.backing.dev,
+            st.backing.ino
+        ));
+        return Ok(());
+    }
+    match host.loops.detach(dev) {
+        Ok(Detached::Cleared) => ctx.log.debug(format!("detached {}", dev.display())),
+        Ok(Detached::Deferred) => ctx.log.info(format!(
+            "{} is still open; the kernel detaches it at the last close",
+            dev.display()
+        )),
+        Ok(Detached::NotBound | Detached::NoDevice) => ctx
+            .log
+            .info(format!("{} is already detached", dev.display())),
+        Err(e) => {
+            return Err(Failure::Error(format!(
+                "losetup -d {} failed: {e}",
+                dev.display()
+            )))
+        }
+    }
+    Ok(())
+}
+
+fn add_file(
+    ctx: &Context,
+    host: &Host,
+    params: &str,
+    given: &Path,
+    mode_raw: &str,
+    frontend_id: &str,
+) -> Result<Outcome, Failure> {
+    let file = std::fs::canonicalize(given)
+        .map_err(|_| Failure::Error(format!("{params} does not exist.")))?;
+    let meta = std::fs::metadata(&file)
+        .ok()
+        .filter(|m| m.is_file())
+        .ok_or_else(|| Failure::Error(format!("{} does not exist.", file.display())))?;
+    let mode = Mode::canonicalise(mode_raw);
+
+    let _lock = ctx.claim_lock(names::BLOCK)?;
+    if physical_device_present(ctx)? {
+        return Ok(Outcome::Done);
+    }
+    let state = ctx.read_default("state", "unknown")?;
+    if state != "2" {
+        return Err(Failure::Error(format!(
+            "Path closed or removed during hotplug add: {} state: {state}",
+            ctx.backend()
+        )));
+    }
+    if mode == Mode::Write && meta.permissions().mode() & 0o222 == 0 {
+        return Err(Failure::Busy(sharing::read_only_file_message(&file)));
+    }
+    let backing = Backing::of(&meta);
+    sharing_check(ctx, host, mode, Target::File(&file, backing), frontend_id)?;
+
+    attach_and_publish(ctx, host, &file, backing, mode)?;
+    Ok(Outcome::Done)
+}
+
+/// Attach `file` (whose identity is `backing`) to a loop device for `mode`, record it for
+/// `remove`, and write `node`, `physical-device`, `physical-device-path` and
+/// `hotplug-status=connected`. On any failure after the attach, everything is undone. The caller
+/// holds the `block` lock.
+pub(crate) fn attach_and_publish(
+    ctx: &Context,
+    host: &Host,
+    file: &Path,
+    backing: Backing,
+    mode: Mode,
+) -> Result<(), Failure> {
+    let store = store(ctx)?;
+    let backend = ctx.backend().to_string();
+    // A record left by an earlier incarnation of this backend path whose remove never ran.
+    match store.load(&backend) {
+        Ok(Some(Record::Loop(old))) => {
+            ctx.log.warning(format!(
+                "stale state for {backend}: cleaning up {}",
+                old.device.display()
+            ));
+            detach_recorded(ctx, host, &old)?;
+        }
+        Ok(_) => {}
+        Err(e) => ctx.log.warning(format!("ignoring unreadable state: {e}")),
+    }
+
+    let attached = host
+        .loops
+        .attach(file, mode == Mode::Read)
+        .map_err(|e| match e {
+            LoopError::ReadOnlyBacking { .. } => {
+                Failure::Busy(sharing::read_only_file_message(file))
+            }
+            LoopError::NoFreeDevice { .. } => {
+                Failure::Error(format!("Failed to find an unused loop device ({e})"))
+            }
+            other => Failure::Error(format!(
+                "cannot attach {} to a loop device: {other}",
+                file.display()
+            )),
+        })?;
+    let rec = LoopRecord {
+        device: attached.path.clone(),
+        devnum: attached.devnum,
+        diskseq: attached.diskseq,
+        backing_dev: attached.backing.dev,
+        backing_ino: attached.backing.ino,
+        file: file.to_path_buf(),
+    };
+    let rollback = |why: Failure| -> Failure {
+        if let Err(e) = host.loops.detach(&attached.path) {
+            ctx.log.err(format!(
+                "rollback: cannot detach {}: {e}",
+                attached.path.display()
+            ));
+        }
+        if let Err(e) = store.remove(&backend) {
+            ctx.log.err(format!("rollback: cannot remove state: {e}"));
+        }
+        for key in ["node", "physical-device", "physical-device-path"] {
+            let _ = ctx.xs.rm(&ctx.path(key));
+        }
+        why
+    };
+    if attached.backing != backing {
+        return Err(rollback(Failure::Error(format!(
+            "{} was replaced during hotplug add",
+            file.display()
+        ))));
+    }
+    if let Err(e) = store.save(&backend, &Record::Loop(rec)) {
+        return Err(rollback(Failure::Error(format!(
+            "cannot record state for {backend} in {}: {e}",
+            store.path(&backend).display()
+        ))));
+    }
+    if let Err(f) = write_dev(ctx, Some(&attached.path), &attached.path, attached.devnum) {
+        return Err(rollback(f));
+    }
+    ctx.log.info(format!(
+        "{backend}: {} on {} ({}) mode {}",
+        file.display(),
+        attached.path.display(),
+        attached.devnum,
+        mode.letter()
+    ));
+    Ok(())
+}
+
+/// `remove` through the state record, if there is one. The caller holds the `block` lock
+/// (`lock`), so a concurrent add of the same backend has either recorded its attachment or not
+/// started it. `Ok(None)`: no record (the lock is still held by the caller's guard, which is
+/// handed back).
+pub(crate) fn remove_recorded(
+    ctx: &Context,
+    host: &Host,
+    lock: LockGuard,
+) -> Result<Result<Outcome, LockGuard>, Failure> {
+    let store = store(ctx)?;
+    let backend = ctx.backend().to_string();
+    let forget = |store: &Store| {
+        store
+            .remove(&backend)
+            .map_err(|e| Failure::Error(format!("cannot remove state for {backend}: {e}")))
+    };
+    match store.load(&backend) {
+        Ok(Some(Record::Loop(rec))) => {
+            detach_recorded(ctx, host, &rec)?;
+            forget(&store)?;
+            Ok(Ok(Outcome::Done))
+        }
+        Ok(Some(Record::Nbd { device, .. })) => {
+            crate::nbd::disconnect_recorded(ctx, &crate::nbd::NbdHost::default(), &device)?;
+            forget(&store)?;
+            Ok(Ok(Outcome::Done))
+        }
+        Ok(Some(Record::Helper { kind })) => {
+            // The helper may take the lock itself.
+            drop(lock);
+            let result = match helper_path(ctx, &kind) {
+                Some(script) => run_helper(ctx, &kind, &script, Action::Remove),
+                None => {
+                    ctx.log.warning(format!(
+                        "block-{kind} (used by add) is gone; nothing to remove"
+                    ));
+                    Ok(())
+                }
+            };
+            forget(&store)?;
+            result.map(|()| Ok(Outcome::Done))
+        }
+        Ok(None) => Ok(Err(lock)),
+        Err(e) => {
+            ctx.log
+                .warning(format!("{e}; falling back to xenstore's node"));
+            if let Err(e) = forget(&store) {
+                ctx.log.warning(e);
+            }
+            Ok(Err(lock))
+        }
+    }
+}
+
+/// A `type` that may name a helper script `block-<type>`.
+fn helper_name_ok(kind: &str) -> bool {
+    !kind.is_empty()
+        && kind.len() <= 64
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn helper_path(ctx: &Context, kind: &str) -> Option<PathBuf> {
+    if !helper_name_ok(kind) {
+        return None;
+    }
+    let p = ctx.config.scripts_dir.join(format!("block-{kind}"));
+    let m = std::fs::metadata(&p).ok()?;
+    (m.is_file() && m.permissions().mode() & 0o111 != 0).then_some(p)
+}
+
+/// Run `block-<kind> <action>`; on failure, pass on what it reported.
+fn run_helper(ctx: &Context, kind: &str, script: &Path, action: Action) -> Result<(), Failure> {
+    ctx.log
+        .debug(format!("running {} {action}", script.display()));
+    let out = ctx
+        .command(script)
+        .arg(action.as_str())
+        .output()
+        .map_err(|e| Failure::Error(format!("cannot run {}: {e}", script.display())))?;
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        ctx.log.debug(format!("block-{kind}: {line}"));
+    }
+    if out.status.success() {
+        return Ok(());
+    }
+    let status = ctx.read("hotplug-status").ok().flatten();
+    let error = ctx.read("hotplug-error").ok().flatten();
+    let msg =
+        error.unwrap_or_else(|| format!("{} {action} failed ({})", script.display(), out.status));
+    Err(match status.as_deref() {
+        Some("busy") => Failure::Busy(msg),
+        _ => Failure::Error(msg),
+    })
+}
+
+fn add_other(ctx: &Context, kind: &str, params: &str, path: &Path) -> Result<Outcome, Failure> {
+    if let Some(script) = helper_path(ctx, kind) {
+        let store = store(ctx)?;
+        let backend = ctx.backend().to_string();
+        store
+            .save(
+                &backend,
+                &Record::Helper {
+                    kind: kind.to_string(),
+                },
+            )
+            .map_err(|e| Failure::Error(format!("cannot record state for {backend}: {e}")))?;
+        return match run_helper(ctx, kind, &script, Action::Add) {
+            Ok(()) => Ok(Outcome::Done),
+            Err(f) => {
+                let _ = store.remove(&backend);
+                Err(f)
+            }
+        };
+    }
+    if std::fs::symlink_metadata(path).is_err() && std::fs::metadata(path).is_err() {
+        return Err(Failure::Error(format!("{params} does not exist.")));
+    }
+    Err(Failure::Error(format!(
+        "{params} is neither a block device nor a regular file."
+    )))
+}
+
+fn remove(ctx: &Context, host: &Host) -> Result<Outcome, Failure> {
+    let lock = ctx.claim_lock(names::BLOCK)?;
+    match remove_recorded(ctx, host, lock)? {
+        Ok(outcome) => Ok(outcome),
+        Err(_lock) => remove_without_record(ctx, host),
+    }
+}
+
+/// The reference's way, made safe: `node` is detached only when it is still backed by `params`
+/// and no other backend uses it. The caller holds the `block` lock.
+pub(crate) fn remove_without_record(ctx: &Context, host: &Host) -> Result<Outcome, Failure> {
+    let Some(params) = ctx.read("params")?.filter(|p| !p.is_empty()) else {
+        ctx.log.debug("no state and no params: nothing to remove");
+        return Ok(Outcome::Done);
+    };
+    let Params::File(file) = classify(&params, host.dev_dir) else {
+        return Ok(Outcome::Done);
+    };
+    let Some(node) = ctx.read("node")?.filter(|n| !n.is_empty()) else {
+        ctx.log.debug("no loop device recorded: nothing to remove");
+        return Ok(Outcome::Done);
+    };
+    remove_loop_node(ctx, host, &file, Path::new(&node))
+}
+
+/// Detach loop device `node` if it is backed by `file` and no other backend uses it. The
+/// caller holds the `block` lock.
+pub(crate) fn remove_loop_node(
+    ctx: &Context,
+    host: &Host,
+    file: &Path,
+    node: &Path,
+) -> Result<Outcome, Failure> {
+    let Ok(meta) = std::fs::metadata(file) else {
+        ctx.log.warning(format!(
+            "{} is gone and no state was recorded: not detaching {}",
+            file.display(),
+            node.display()
+        ));
+        return Ok(Outcome::Done);
+    };
+    let st = host
+        .loops
+        .status(node)
+        .map_err(|e| Failure::Error(format!("cannot inspect {}: {e}", node.display())))?;
+    let Some(st) = st else {
+        ctx.log
+            .info(format!("{} is already detached", node.display()));
+        return Ok(Outcome::Done);
+    };
+    if st.backing != Backing::of(&meta) {
+        ctx.log.warning(format!(
+            "not detaching {}: it is not backed by {}",
+            node.display(),
+            file.display()
+        ));
+        return Ok(Outcome::Done);
+    }
+    let (base, own) = backend_layout(ctx);
+    let others = gather::gather_backends(
+        ctx.xs,
+        &base,
+        own.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+    )?;
+    if let Some(b) = others.iter().find(|b| b.physical_device == Some(st.devnum)) {
+        ctx.log.warning(format!(
+            "not detaching {}: backend {}/{}/{} uses it",
+            node.display(),
+            base,
+            b.domid,
+            b.devid
+        ));
+        return Ok(Outcome::Done);
+    }
+    match host.loops.detach(node) {
+        Ok(d) => ctx.log.debug(format!("{}: {d:?}", node.display())),
+        Err(e) => {
+            return Err(Failure::Error(format!(
+                "losetup -d {} failed: {e}",
+                node.display()
+            )))
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loopdev::{Attached, LoopStatus};
+    use std::cell::RefCell;
+    use xenplug_hotplug::{Config, Invocation, Level, Log};
+    use xenplug_xenstore::XsOps;
+    use xenplug_xenstored::MemStore;
+
+    #[test]
+    fn classification() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("img");
+        std::fs::write(&f, b"x").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        assert_eq!(
+            classify(f.to_str().unwrap(), Path::new("/dev")),
+            Params::File(f.clone())
+        );
+        assert_eq!(
+            classify(link.to_str().unwrap(), Path::new("/dev")),
+            Params::File(link.clone())
+        );
+        assert_eq!(
+            classify(dir.path().to_str().unwrap(), Path::new("/dev")),
+            Params::Other(dir.path().to_path_buf())
+        );
+        assert_eq!(
+            classify("/nonexistent/x", Path::new("/dev")),
+            Params::Other("/nonexistent/x".into())
+        );
+        // /dev/null is a character device: other.
+        assert_eq!(
+            classify("null", Path::new("/dev")),
+            Params::Other("null".into())
+        );
+    }
+
+    #[test]
+    fn helper_names() {
+        assert!(helper_name_ok("dummy"));
+        assert!(helper_name_ok("my_type-2"));
+        assert!(!helper_name_ok(""));
+        assert!(!helper_name_ok("../../bin/sh"));
+        assert!(!helper_name_ok("a/b"));
+        assert!(!helper_name_ok("a b"));
+    }
+
+    /// A recording loop driver: every call is logged; attachments live in a table.
+    #[derive(Default)]
+    struct FakeLoops {
+        calls: RefCell<Vec<String>>,
+        bound: RefCell<Vec<LoopStatus>>,
+        next: RefCell<u32>,
+        refuse_rw: bool,
+    }
+
+    impl FakeLoops {
+        fn calls(&self) -> Vec<String> {
+            self.calls.borrow().clone()
+        }
+    }
+
+    impl LoopOps for FakeLoops {
+        fn attach(&self, file: &Path, read_only: bool) -> Result<Attached, LoopError> {
+            self.calls
+                .borrow_mut()
+                .push(format!("attach {} ro={read_only}", file.display()));
+            if self.refuse_rw && !read_only {
+                return Err(LoopError::ReadOnlyBacking {
+                    path: file.to_path_buf(),
+                    source: std::io::Error::from_raw_os_error(libc::EROFS),
+                });
+            }
+            let n = {
+                let mut next = self.next.borrow_mut();
+                *next += 1;
+                40 + *next
+            };
+            let a = Attached {
+                number: n,
+                path: PathBuf::from(format!("/dev/loop{n}")),
+                devnum: DevNum::new(7, n),
+                diskseq: Some(1000 + u64::from(n)),
+                backing: Backing::of(&std::fs::metadata(file).unwrap()),
+                read_only,
+            };
+            self.bound.borrow_mut().push(LoopStatus {
+                number: n,
+                path: a.path.clone(),
+                devnum: a.devnum,
+                backing: a.backing,
+                file_name: file.to_path_buf(),
+                read_only,
+                autoclear: false,
+                diskseq: a.diskseq,
+            });
+            Ok(a)
+        }
+        fn detach(&self, device: &Path) -> Result<Detached, LoopError> {
+            self.calls
+                .borrow_mut()
+                .push(format!("detach {}", device.display()));
+            let mut b = self.bound.borrow_mut();
+            let before = b.len();
+            b.retain(|s| s.path != device);
+            Ok(if b.len() < before {
+                Detached::Cleared
+            } else {
+                Detached::NotBound
+            })
+        }
+        fn status(&self, device: &Path) -> Result<Option<LoopStatus>, LoopError> {
+            Ok(self
+                .bound
+                .borrow()
+                .iter()
+                .find(|s| s.path == device)
+                .cloned())
+        }
+        fn list(&self) -> Result<Vec<LoopStatus>, LoopError> {
+            Ok(self.bound.borrow().clone())
+        }
+    }
+
+    struct World {
+        dir: tempfile::TempDir,
+        xs: MemStore,
+        loops: FakeLoops,
+        paths: HostPaths,
+    }
+
+    const B: &str = "/local/domain/0/backend/vbd/5/1";
+
+    impl World {
+        fn new() -> World {
+            let dir = tempfile::tempdir().unwrap();
+            // An empty host: no mounts, no swaps, no sysfs topology.
+            std::fs::create_dir_all(dir.path().join("proc/self")).unwrap();
+            std::fs::write(dir.path().join("proc/self/mountinfo"), "").unwrap();
+            let paths = HostPaths::under(dir.path());
+            World {
+                dir,
+                xs: MemStore::new(),
+                loops: FakeLoops::default(),
+                paths,
+            }
+        }
+
+        fn image(&self) -> PathBuf {
+            let p = self.dir.path().join("disk.img");
+            std::fs::write(&p, b"").unwrap();
+            p
+        }
+
+        fn backend(&self, params: &str, mode: &str) {
+            for (k, v) in [
+                ("params", params),
+                ("mode", mode),
+                ("frontend-id", "5"),
+                ("state", "2"),
+                ("type", "phy"),
+            ] {
+                self.xs.write(&format!("{B}/{k}"), v).unwrap();
+            }
+        }
+
+        fn run(&self, action: &str) -> Result<Outcome, Failure> {
+            let inv = Invocation::parse(Raw::new(
+                &["block", action],
+                &[("XENBUS_PATH", "backend/vbd/5/1"), ("XENBUS_TYPE", "vbd")],
+            ))
+            .unwrap();
+            let config = Config {
+                lock_dir: self.dir.path().join("locks"),
+                state_dir: self.dir.path().join("state"),
+                scripts_dir: self.dir.path().join("scripts"),
+                log_file: None,
+                syslog: false,
+                ..Config::default()
+            };
+            let ctx = Context::new(inv, &self.xs, Log::stderr_only("block", Level::Err), config);
+            let host = Host {
+                loops: &self.loops,
+                paths: &self.paths,
+                dev_dir: Path::new("/dev"),
+            };
+            body(&ctx, &host)
+        }
+
+        fn key(&self, k: &str) -> Option<String> {
+            self.xs.read(&format!("{B}/{k}")).unwrap()
+        }
+    }
+
+    #[test]
+    fn file_add_writes_in_order_and_remove_detaches_exactly_that() {
+        let w = World::new();
+        let img = w.image();
+        w.backend(img.to_str().unwrap(), "r");
+        assert_eq!(w.run("add"), Ok(Outcome::Done));
+        assert_eq!(w.key("node").as_deref(), Some("/dev/loop41"));
+        assert_eq!(w.key("physical-device").as_deref(), Some("7:29"));
+        assert_eq!(
+            w.key("physical-device-path").as_deref(),
+            Some("/dev/loop41")
+        );
+        assert_eq!(w.key("hotplug-status").as_deref(), Some("connected"));
+        let canonical = std::fs::canonicalize(&img).unwrap();
+        assert_eq!(
+            w.loops.calls(),
+            vec![format!("attach {} ro=true", canonical.display())]
+        );
+        // A second add (physical-device present): nothing happens.
+        assert_eq!(w.run("add"), Ok(Outcome::Done));
+        assert_eq!(w.loops.calls().len(), 1);
+        assert_eq!(w.run("remove"), Ok(Outcome::Done));
+        assert_eq!(w.loops.calls()[1], "detach /dev/loop41");
+        assert_eq!(w.run("remove"), Ok(Outcome::Done));
+        // The second remove finds no record and falls back to `node`, which is unbound.
+        assert_eq!(w.loops.calls().len(), 2);
+    }
+
+    #[test]
+    fn remove_leaves_a_reattached_device_alone() {
+        let w = World::new();
+        let img = w.image();
+        w.backend(img.to_str().unwrap(), "w");
+        assert_eq!(w.run("add"), Ok(Outcome::Done));
+        // Someone else detached and re-attached it: new disk sequence number.
+        w.loops.bound.borrow_mut()[0].diskseq = Some(1);
+        assert_eq!(w.run("remove"), Ok(Outcome::Done));
+        assert_eq!(w.loops.calls().len(), 1, "no detach: {:?}", w.loops.calls());
+    }
+
+    #[test]
+    fn unwritable_backing_is_busy_and_leaves_nothing() {
+        let w = World {
+            loops: FakeLoops {
+                refuse_rw: true,
+                ..FakeLoops::default()
+            },
+            ..World::new()
+        };
+        let img = w.image();
+        w.backend(img.to_str().unwrap(), "rw");
+        let r = w.run("add");
+        assert!(
+            matches!(r, Err(Failure::Busy(ref m)) if m.contains("is read-only")),
+            "{r:?}"
+        );
+        assert_eq!(w.key("node"), None);
+        assert!(!w.dir.path().join("state/xenplug-block/vbd-5-1").exists());
+    }
+
+    #[test]
+    fn stale_record_is_cleaned_up_before_a_new_attach() {
+        let w = World::new();
+        let img = w.image();
+        w.backend(img.to_str().unwrap(), "w");
+        assert_eq!(w.run("add"), Ok(Outcome::Done));
+        // The domain died without a remove; a new one gets the same backend path.
+        w.xs.rm(B).unwrap();
+        w.backend(img.to_str().unwrap(), "w");
+        assert_eq!(w.run("add"), Ok(Outcome::Done));
+        let calls = w.loops.calls();
+        assert_eq!(calls.len(), 3, "{calls:?}");
+        assert!(calls[0].starts_with("attach"));
+        assert_eq!(calls[1], "detach /dev/loop41");
+        assert!(calls[2].starts_with("attach"));
+        assert_eq!(w.key("node").as_deref(), Some("/dev/loop42"));
+    }
+
+    #[test]
+    fn another_guest_using_the_file_makes_it_busy() {
+        let w = World::new();
+        let img = w.image();
+        w.backend(img.to_str().unwrap(), "w");
+        assert_eq!(w.run("add"), Ok(Outcome::Done));
+        // Move the first backend to domain 6 (another VM) and add again for domain 5.
+        let pd = w.key("physical-device").unwrap();
+        for (k, v) in [
+            ("physical-device", pd.as_str()),
+            ("mode", "w"),
+            ("frontend-id", "6"),
+        ] {
+            w.xs.write(&format!("/local/domain/0/backend/vbd/6/1/{k}"), v)
+                .unwrap();
+        }
+        w.xs.write("/local/domain/6/vm", "/vm/six").unwrap();
+        w.xs.write("/local/domain/5/vm", "/vm/five").unwrap();
+        w.xs.rm(B).unwrap();
+        w.backend(img.to_str().unwrap(), "w");
+        std::fs::remove_dir_all(w.dir.path().join("state")).unwrap();
+        let r = w.run("add");
+        let canonical = std::fs::canonicalize(&img).unwrap();
+        assert_eq!(
+            r,
+            Err(Failure::Busy(format!(
+                "File {} is loopback-mounted through 7:29,\nwhich is mounted in a guest domain,\nand so cannot be mounted now.",
+                canonical.display()
+            )))
+        );
+        assert_eq!(w.loops.calls().len(), 1, "no second attach");
+    }
+}

@@ -1,0 +1,547 @@
+//! `block-nbd add|remove`: attach a Network Block Device export as the backend device.
+//!
+//! Xen's `block-nbd` is a xend-era script that reads the server and port from `$2 $3`, which
+//! libxl never passes, so it cannot work (reference §2.4). This one takes everything from
+//! `params`, as every libxl block script does.
+//!
+//! # Who calls it
+//!
+//! libxl, for a disk with `script=block-nbd` or the deprecated `nbd:` target prefix (the rest of
+//! the target is `params`). argv `[block-nbd, add|remove]`; environment as for `block`
+//! (`XENBUS_PATH` required).
+//!
+//! # params
+//!
+//! * `host:port`, `host` (port 10809), `[v6addr]:port`;
+//! * `nbd://host[:port][/export]` (export name percent-decoded);
+//! * `nbd+unix:///export?socket=/path` (`nbd+unix:///?socket=/path` for the default export).
+//!
+//! # add
+//!
+//! Reads `params` (empty or missing: `No information about the target`) and `mode` (required;
+//! `r` connects read-only). Under the lock `block-nbd`, takes the first free `/dev/nbdN` (sysfs
+//! `pid` absent) and runs `nbd-client` on it (the NBD tool's interface: handshake, TLS, and the
+//! kernel's netlink/ioctl setup), moving on to the next device only when another process won the
+//! device meanwhile. Then waits (bounded) until the kernel reports the device connected, records
+//! it for `remove`, and writes `physical-device`, `physical-device-path` and
+//! `hotplug-status=connected` in one transaction. A failure after connecting disconnects again.
+//!
+//! # remove
+//!
+//! `nbd-client -d` on the recorded device if it is still connected (without a record: on
+//! `physical-device-path` if that is an NBD device). Idempotent; writes nothing.
+//!
+//! Exit 0 on success, 1 on failure (`hotplug-error`, `hotplug-status=error`).
+
+use crate::block;
+use crate::sharing::Mode;
+use crate::state::Record;
+use crate::tools::run_checked_until;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use xenplug_hotplug::{run, Action, Context, Failure, Outcome, Raw};
+
+/// The IANA port of NBD.
+pub const DEFAULT_PORT: u16 = 10809;
+/// The lock serialising device selection among `block-nbd` runs.
+pub const LOCK: &str = "block-nbd";
+const NO_CLIENT: &str = "Unable to find nbd-client";
+/// Bound on connecting (`nbd-client` and the kernel reporting the device connected), below
+/// libxl's 40 s SIGKILL.
+const CONNECT_WAIT: Duration = Duration::from_secs(25);
+/// Bound on one `nbd-client -d`.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(10);
+
+/// Where an export is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NbdTarget {
+    /// Over TCP.
+    Tcp {
+        /// Host name or address (IPv6 without brackets).
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// Export name; `None` for the server's default export.
+        export: Option<String>,
+    },
+    /// Over a Unix socket.
+    Unix {
+        /// The socket path.
+        socket: PathBuf,
+        /// Export name; `None` for the default export.
+        export: Option<String>,
+    },
+}
+
+fn percent_decode(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| format!("bad percent escape in {s:?}"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| format!("{s:?} is not UTF-8 once decoded"))
+}
+
+fn parse_port(s: &str, whole: &str) -> Result<u16, String> {
+    s.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("invalid NBD port {s:?} in {whole:?}"))
+}
+
+/// Split `host[:port]` / `[v6]:port`.
+fn host_port(hp: &str, whole: &str) -> Result<(String, u16), String> {
+    if let Some(rest) = hp.strip_prefix('[') {
+        let (h, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("unterminated [ in {whole:?}"))?;
+        let port = match after {
+            "" => DEFAULT_PORT,
+            p => parse_port(
+                p.strip_prefix(':')
+                    .ok_or_else(|| format!("junk after ] in {whole:?}"))?,
+                whole,
+            )?,
+        };
+        return Ok((h.to_string(), port));
+    }
+    match hp.rsplit_once(':') {
+        Some((h, _)) if h.contains(':') => Err(format!(
+            "IPv6 address must be in brackets, e.g. [::1]:10809: {whole:?}"
+        )),
+        Some((h, p)) => Ok((h.to_string(), parse_port(p, whole)?)),
+        None => Ok((hp.to_string(), DEFAULT_PORT)),
+    }
+}
+
+/// Parse `params` (see the module documentation).
+pub fn parse_target(params: &str) -> Result<NbdTarget, String> {
+    let p = params.trim();
+    if p.is_empty() {
+        return Err("No information about the target".into());
+    }
+    if let Some(rest) = p.strip_prefix("nbd+unix://") {
+        let (path_part, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let export_raw = path_part
+            .strip_prefix('/')
+            .ok_or_else(|| format!("nbd+unix URI must have an empty authority: {p:?}"))?;
+        let mut socket = None;
+        for kv in query.split('&').filter(|s| !s.is_empty()) {
+            match kv.split_once('=') {
+                Some(("socket", v)) => socket = Some(percent_decode(v)?),
+                _ => return Err(format!("unsupported query parameter {kv:?} in {p:?}")),
+            }
+        }
+        let socket = socket.ok_or_else(|| format!("nbd+unix URI without ?socket=: {p:?}"))?;
+        if !socket.starts_with('/') {
+            return Err(format!("socket path must be absolute: {socket:?}"));
+        }
+        let export = percent_decode(export_raw)?;
+        return Ok(NbdTarget::Unix {
+            socket: socket.into(),
+            export: (!export.is_empty()).then_some(export),
+        });
+    }
+    if let Some(rest) = p.strip_prefix("nbd://") {
+        if rest.contains('?') {
+            return Err(format!("query parameters are not supported: {p:?}"));
+        }
+        let (authority, export_raw) = rest.split_once('/').unwrap_or((rest, ""));
+        if authority.is_empty() {
+            return Err(format!("nbd URI without a host: {p:?}"));
+        }
+        let (host, port) = host_port(authority, p)?;
+        let export = percent_decode(export_raw)?;
+        return Ok(NbdTarget::Tcp {
+            host,
+            port,
+            export: (!export.is_empty()).then_some(export),
+        });
+    }
+    if let Some((scheme, _)) = p.split_once("://") {
+        return Err(format!("unsupported NBD URI scheme {scheme:?} in {p:?}"));
+    }
+    if p.contains(char::is_whitespace) || p.contains('/') {
+        return Err(format!(
+            "cannot parse NBD target {p:?} (expected host:port, nbd://host[:port]/export or nbd+unix:///export?socket=/path)"
+        ));
+    }
+    let (host, port) = host_port(p, p)?;
+    if host.is_empty() {
+        return Err(format!("NBD target without a host: {p:?}"));
+    }
+    Ok(NbdTarget::Tcp {
+        host,
+        port,
+        export: None,
+    })
+}
+
+/// The `nbd-client` arguments that connect `target` to `device`.
+pub fn connect_args(target: &NbdTarget, device: &Path, mode: Mode) -> Vec<String> {
+    let mut a = Vec::new();
+    let export = match target {
+        NbdTarget::Tcp { host, port, export } => {
+            a.push(host.clone());
+            a.push(port.to_string());
+            a.push(device.display().to_string());
+            export
+        }
+        NbdTarget::Unix { socket, export } => {
+            a.push("-unix".into());
+            a.push(socket.display().to_string());
+            a.push(device.display().to_string());
+            export
+        }
+    };
+    if let Some(e) = export {
+        a.push("-name".into());
+        a.push(e.clone());
+    }
+    if mode == Mode::Read {
+        a.push("-readonly".into());
+    }
+    a
+}
+
+/// An NBD device as sysfs shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdDevice {
+    /// N of `nbdN`.
+    pub number: u32,
+    /// Connected (`pid` attribute present).
+    pub connected: bool,
+}
+
+fn nbd_number(name: &str) -> Option<u32> {
+    let d = name.strip_prefix("nbd")?;
+    (!d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| d.parse().ok())
+        .flatten()
+}
+
+/// The NBD devices under `sys_block` in number order.
+pub fn list_devices(sys_block: &Path) -> Vec<NbdDevice> {
+    let mut v: Vec<NbdDevice> = std::fs::read_dir(sys_block)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = nbd_number(e.file_name().to_str()?)?;
+            Some(NbdDevice {
+                number: n,
+                connected: e.path().join("pid").exists(),
+            })
+        })
+        .collect();
+    v.sort_by_key(|d| d.number);
+    v
+}
+
+fn is_connected(sys_block: &Path, device: &Path) -> bool {
+    device
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(nbd_number)
+        .is_some_and(|n| sys_block.join(format!("nbd{n}/pid")).exists())
+}
+
+/// Host paths and tools (injected for tests).
+#[derive(Debug, Clone)]
+pub struct NbdHost {
+    /// `/sys/block`.
+    pub sys_block: PathBuf,
+    /// Where device nodes live (`/dev`).
+    pub dev_dir: PathBuf,
+    /// The `nbd-client` program (looked up on the hotplug PATH when not a path).
+    pub nbd_client: PathBuf,
+}
+
+impl Default for NbdHost {
+    fn default() -> Self {
+        NbdHost {
+            sys_block: "/sys/block".into(),
+            dev_dir: "/dev".into(),
+            nbd_client: "nbd-client".into(),
+        }
+    }
+}
+
+/// Entry point of `block-nbd` (see the module documentation).
+pub fn main(raw: Raw) -> ExitCode {
+    let host = NbdHost::default();
+    run("block-nbd", raw, Action::BLOCK, |ctx| body(ctx, &host))
+}
+
+fn disconnect(ctx: &Context, nbd_client: &Path, device: &Path) -> Result<(), Failure> {
+    let dev = device.display().to_string();
+    run_checked_until(
+        ctx,
+        nbd_client,
+        &["-d", &dev],
+        Instant::now() + DISCONNECT_WAIT,
+        NO_CLIENT,
+    )
+    .map(drop)
+}
+
+/// Disconnect a recorded device if it is still connected.
+pub(crate) fn disconnect_recorded(
+    ctx: &Context,
+    host: &NbdHost,
+    device: &Path,
+) -> Result<(), Failure> {
+    if is_connected(&host.sys_block, device) {
+        disconnect(ctx, &host.nbd_client, device)
+    } else {
+        ctx.log
+            .info(format!("{} is already disconnected", device.display()));
+        Ok(())
+    }
+}
+
+/// The script body.
+pub fn body(ctx: &Context, host: &NbdHost) -> Result<Outcome, Failure> {
+    match ctx.action() {
+        Action::Add => add(ctx, host),
+        Action::Remove => remove(ctx, host),
+        other => Err(Failure::Error(format!("Invalid command: {other}"))),
+    }
+}
+
+fn add(ctx: &Context, host: &NbdHost) -> Result<Outcome, Failure> {
+    let (sys_block, dev_dir) = (host.sys_block.as_path(), host.dev_dir.as_path());
+    let params = ctx.read("params")?.unwrap_or_default();
+    let target = parse_target(&params).map_err(Failure::Error)?;
+    let mode_raw = ctx.read_required("mode")?;
+    let mode = Mode::parse_strict(&mode_raw)
+        .ok_or_else(|| Failure::Error(block::invalid_mode(ctx, &mode_raw)))?;
+    if ctx.exists("physical-device")? {
+        return Ok(Outcome::Done);
+    }
+    let _lock = ctx.claim_lock(LOCK)?;
+    let deadline = Instant::now() + CONNECT_WAIT;
+    if list_devices(sys_block).is_empty() {
+        let mut modprobe = ctx.command("modprobe");
+        modprobe.arg("nbd");
+        let _ = ctx.run_checked(&mut modprobe);
+    }
+    let mut last = None;
+    let mut connected = None;
+    for dev in list_devices(sys_block).into_iter().filter(|d| !d.connected) {
+        let path = dev_dir.join(format!("nbd{}", dev.number));
+        let args = connect_args(&target, &path, mode);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match run_checked_until(ctx, &host.nbd_client, &args, deadline, NO_CLIENT) {
+            Ok(_) => {
+                connected = Some(path);
+                break;
+            }
+            // Somebody else took this device meanwhile: try the next one.
+            Err(f) if is_connected(sys_block, &path) => last = Some(f),
+            Err(f) => return Err(f),
+        }
+    }
+    let Some(device) = connected else {
+        return Err(last.unwrap_or_else(|| {
+            Failure::error("no free NBD device (is the nbd kernel module loaded?)")
+        }));
+    };
+    let rollback = |f: Failure| -> Failure {
+        if let Err(e) = disconnect(ctx, &host.nbd_client, &device) {
+            ctx.log.err(format!("rollback: {e}"));
+        }
+        if let Ok(store) = block::store(ctx) {
+            let _ = store.remove(ctx.backend());
+        }
+        f
+    };
+    while !is_connected(sys_block, &device) {
+        if Instant::now() >= deadline {
+            return Err(rollback(Failure::Error(format!(
+                "timeout waiting for {} to connect",
+                device.display()
+            ))));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let devnum = match crate::gather::block_rdev(&device) {
+        Some(d) => d,
+        None => {
+            return Err(rollback(Failure::Error(format!(
+                "{} is not a block device.",
+                device.display()
+            ))))
+        }
+    };
+    let record = Record::Nbd {
+        device: device.clone(),
+        devnum,
+    };
+    let saved = block::store(ctx).and_then(|s| {
+        s.save(ctx.backend(), &record)
+            .map_err(|e| Failure::Error(format!("cannot record state: {e}")))
+    });
+    if let Err(f) = saved {
+        return Err(rollback(f));
+    }
+    if let Err(f) = block::write_dev(ctx, None, &device, devnum) {
+        return Err(rollback(f));
+    }
+    Ok(Outcome::Done)
+}
+
+fn remove(ctx: &Context, host: &NbdHost) -> Result<Outcome, Failure> {
+    let store = block::store(ctx)?;
+    let device = match store.load(ctx.backend()) {
+        Ok(Some(Record::Nbd { device, .. })) => Some(device),
+        _ => ctx
+            .read("physical-device-path")?
+            .map(PathBuf::from)
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(nbd_number)
+                    .is_some()
+            }),
+    };
+    if let Some(device) = device {
+        disconnect_recorded(ctx, host, &device)?;
+    }
+    store
+        .remove(ctx.backend())
+        .map_err(|e| Failure::Error(format!("cannot remove state: {e}")))?;
+    Ok(Outcome::Done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(host: &str, port: u16, export: Option<&str>) -> NbdTarget {
+        NbdTarget::Tcp {
+            host: host.into(),
+            port,
+            export: export.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn legacy_host_port() {
+        assert_eq!(
+            parse_target("10.0.0.1:10810").unwrap(),
+            tcp("10.0.0.1", 10810, None)
+        );
+        assert_eq!(
+            parse_target("server").unwrap(),
+            tcp("server", DEFAULT_PORT, None)
+        );
+        assert_eq!(
+            parse_target("[fd00::1]:2000").unwrap(),
+            tcp("fd00::1", 2000, None)
+        );
+        assert!(parse_target("fd00::1:2000").is_err());
+        assert!(parse_target("host:0").is_err());
+        assert!(parse_target("host:99999").is_err());
+        assert!(parse_target("host:abc").is_err());
+        assert!(parse_target(":10809").is_err());
+        assert!(parse_target("host 10809").is_err());
+        assert_eq!(
+            parse_target("").unwrap_err(),
+            "No information about the target"
+        );
+    }
+
+    #[test]
+    fn nbd_uris() {
+        assert_eq!(
+            parse_target("nbd://srv:1234/disk%201").unwrap(),
+            tcp("srv", 1234, Some("disk 1"))
+        );
+        assert_eq!(
+            parse_target("nbd://srv").unwrap(),
+            tcp("srv", DEFAULT_PORT, None)
+        );
+        assert_eq!(
+            parse_target("nbd://srv/").unwrap(),
+            tcp("srv", DEFAULT_PORT, None)
+        );
+        assert_eq!(
+            parse_target("nbd://[::1]/e").unwrap(),
+            tcp("::1", DEFAULT_PORT, Some("e"))
+        );
+        assert_eq!(
+            parse_target("nbd+unix:///vm1?socket=/run/nbd.sock").unwrap(),
+            NbdTarget::Unix {
+                socket: "/run/nbd.sock".into(),
+                export: Some("vm1".into())
+            }
+        );
+        assert_eq!(
+            parse_target("nbd+unix:///?socket=/run/blktap-control/nbd12.3").unwrap(),
+            NbdTarget::Unix {
+                socket: "/run/blktap-control/nbd12.3".into(),
+                export: None
+            }
+        );
+        assert!(parse_target("nbd+unix:///x").is_err());
+        assert!(parse_target("nbd+unix://host/x?socket=/s").is_err());
+        assert!(parse_target("nbd+unix:///x?socket=rel").is_err());
+        assert!(parse_target("nbd+unix:///x?socket=/s&tls=1").is_err());
+        assert!(parse_target("nbds://srv/x").is_err());
+        assert!(parse_target("nbd:///x").is_err());
+        assert!(parse_target("nbd://srv/%zz").is_err());
+    }
+
+    #[test]
+    fn client_arguments() {
+        let dev = Path::new("/dev/nbd3");
+        assert_eq!(
+            connect_args(&tcp("srv", 10809, Some("e")), dev, Mode::Write),
+            ["srv", "10809", "/dev/nbd3", "-name", "e"]
+        );
+        assert_eq!(
+            connect_args(&tcp("srv", 2000, None), dev, Mode::Read),
+            ["srv", "2000", "/dev/nbd3", "-readonly"]
+        );
+        let unix = NbdTarget::Unix {
+            socket: "/s".into(),
+            export: None,
+        };
+        assert_eq!(
+            connect_args(&unix, dev, Mode::Unchecked),
+            ["-unix", "/s", "/dev/nbd3"]
+        );
+    }
+
+    #[test]
+    fn device_listing() {
+        let t = tempfile::tempdir().unwrap();
+        for n in ["nbd0", "nbd1", "nbd10", "nbd2", "loop0", "nbdx"] {
+            std::fs::create_dir(t.path().join(n)).unwrap();
+        }
+        std::fs::write(t.path().join("nbd1/pid"), "123\n").unwrap();
+        let l = list_devices(t.path());
+        assert_eq!(
+            l.iter()
+                .map(|d| (d.number, d.connected))
+                .collect::<Vec<_>>(),
+            vec![(0, false), (1, true), (2, false), (10, false)]
+        );
+        assert!(is_connected(t.path(), Path::new("/dev/nbd1")));
+        assert!(!is_connected(t.path(), Path::new("/dev/nbd0")));
+        assert!(!is_connected(t.path(), Path::new("/dev/loop1")));
+    }
+}
