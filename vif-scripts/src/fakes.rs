@@ -1,0 +1,318 @@
+//! Recording fakes of the applier's traits other than [`crate::links::Links`] (whose fake is
+//! [`crate::links::RecordingLinks`]), for tests of ordering and error paths.
+
+use std::collections::BTreeMap;
+
+use crate::firewall::{Firewall, NftBatch};
+use crate::links::Links;
+use crate::plan::{Dhcp, Ovs, StepError, Sysctl, System, XsWrite, RM_MARKER};
+
+/// In-memory sysctls; a missing key reads as "0".
+#[derive(Debug, Default, Clone)]
+pub struct FakeSysctl(pub BTreeMap<String, String>);
+
+impl Sysctl for FakeSysctl {
+    fn read(&mut self, key: &str) -> Result<String, StepError> {
+        Ok(self.0.get(key).cloned().unwrap_or_else(|| "0".into()))
+    }
+    fn write(&mut self, key: &str, value: &str) -> Result<(), StepError> {
+        self.0.insert(key.into(), value.into());
+        Ok(())
+    }
+}
+
+/// Records batches; chains present are tracked by name.
+#[derive(Debug, Default, Clone)]
+pub struct FakeFirewall {
+    /// Every batch applied.
+    pub applied: Vec<NftBatch>,
+    /// Chains currently installed.
+    pub chains: Vec<String>,
+    /// Fail every non-removal batch with this message.
+    pub fail: Option<String>,
+}
+
+impl Firewall for FakeFirewall {
+    fn apply(&mut self, batch: &NftBatch) -> Result<(), StepError> {
+        let name = batch.json.to_string();
+        let chain = batch.json["nftables"]
+            .as_array()
+            .and_then(|c| {
+                c.iter()
+                    .find_map(|c| c.get("delete").map(|d| d["chain"]["name"].clone()))
+            })
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        if batch.removal {
+            if !self.chains.contains(&chain) {
+                return Err(StepError {
+                    message: format!("no chain in {name}"),
+                    gone: true,
+                    ..Default::default()
+                });
+            }
+            self.chains.retain(|c| c != &chain);
+        } else {
+            if let Some(m) = &self.fail {
+                return Err(StepError {
+                    message: m.clone(),
+                    gone: false,
+                    ..Default::default()
+                });
+            }
+            if !self.chains.contains(&chain) {
+                self.chains.push(chain);
+            }
+        }
+        self.applied.push(batch.clone());
+        Ok(())
+    }
+}
+
+/// An in-memory xenstore (absolute or relative keys, stored as given).
+#[derive(Debug, Default, Clone)]
+pub struct FakeXs {
+    /// Nodes.
+    pub nodes: BTreeMap<String, String>,
+    /// Writes in order (`None` = rm).
+    pub writes: Vec<(String, Option<String>)>,
+}
+
+impl FakeXs {
+    /// A node's value.
+    pub fn get(&self, path: &str) -> Option<&str> {
+        self.nodes.get(path).map(String::as_str)
+    }
+}
+
+impl XsWrite for FakeXs {
+    fn read(&mut self, path: &str) -> Result<Option<String>, StepError> {
+        Ok(self.nodes.get(path).cloned())
+    }
+    fn write(&mut self, path: &str, value: &str) -> Result<(), StepError> {
+        if value == RM_MARKER {
+            return self.rm(path);
+        }
+        self.nodes.insert(path.into(), value.into());
+        self.writes.push((path.into(), Some(value.into())));
+        Ok(())
+    }
+    fn rm(&mut self, path: &str) -> Result<(), StepError> {
+        self.nodes.remove(path);
+        self.writes.push((path.into(), None));
+        Ok(())
+    }
+}
+
+/// Records `ovs-vsctl` runs.
+#[derive(Debug, Default, Clone)]
+pub struct FakeOvs(pub Vec<Vec<String>>);
+
+impl Ovs for FakeOvs {
+    fn vsctl(&mut self, args: &[String]) -> Result<(), StepError> {
+        self.0.push(args.to_vec());
+        Ok(())
+    }
+}
+
+/// In-memory DHCP host entries.
+#[derive(Debug, Default, Clone)]
+pub struct FakeDhcp(pub BTreeMap<String, String>);
+
+impl Dhcp for FakeDhcp {
+    fn set_host(&mut self, key: &str, line: Option<&str>) -> Result<(), StepError> {
+        match line {
+            Some(l) => self.0.insert(key.into(), l.into()),
+            None => self.0.remove(key),
+        };
+        Ok(())
+    }
+    fn host(&mut self, key: &str) -> Result<Option<String>, StepError> {
+        Ok(self.0.get(key).cloned())
+    }
+}
+
+/// Every fake but the links, bundled.
+#[derive(Debug, Default, Clone)]
+pub struct Parts {
+    /// Sysctls.
+    pub sysctl: FakeSysctl,
+    /// Firewall.
+    pub fw: FakeFirewall,
+    /// Xenstore.
+    pub xs: FakeXs,
+    /// OVS.
+    pub ovs: FakeOvs,
+    /// DHCP.
+    pub dhcp: FakeDhcp,
+}
+
+impl Parts {
+    /// A [`System`] over these fakes and `links`.
+    pub fn system<'a>(&'a mut self, links: &'a mut dyn Links) -> System<'a> {
+        System {
+            links,
+            sysctl: &mut self.sysctl,
+            firewall: &mut self.fw,
+            xs: &mut self.xs,
+            ovs: &mut self.ovs,
+            dhcp: &mut self.dhcp,
+        }
+    }
+}
+
+/// A small in-memory xenstore implementing [`xenplug_xenstore::XenStore`] for tests of whole
+/// script runs: relative paths live under `/local/domain/0`, transactions apply directly (one
+/// client at a time), watches are not supported.
+#[derive(Debug, Default, Clone)]
+pub struct MemXs {
+    nodes: std::sync::Arc<std::sync::Mutex<BTreeMap<String, String>>>,
+}
+
+impl MemXs {
+    /// The absolute form of `path`.
+    pub fn abs(path: &str) -> String {
+        if path.starts_with('/') {
+            path.trim_end_matches('/').to_string()
+        } else {
+            format!("/local/domain/0/{}", path.trim_end_matches('/'))
+        }
+    }
+
+    /// Every node, absolute paths.
+    pub fn dump(&self) -> BTreeMap<String, String> {
+        self.nodes.lock().expect("lock").clone()
+    }
+
+    /// Set a node (test setup).
+    pub fn set(&self, path: &str, value: &str) {
+        self.nodes
+            .lock()
+            .expect("lock")
+            .insert(Self::abs(path), value.to_string());
+    }
+
+    /// A node's value.
+    pub fn value(&self, path: &str) -> Option<String> {
+        self.nodes
+            .lock()
+            .expect("lock")
+            .get(&Self::abs(path))
+            .cloned()
+    }
+}
+
+impl xenplug_xenstore::XsOps for MemXs {
+    fn read(&self, path: &str) -> xenplug_xenstore::Result<Option<String>> {
+        Ok(self.value(path))
+    }
+    fn write(&self, path: &str, value: &str) -> xenplug_xenstore::Result<()> {
+        self.set(path, value);
+        Ok(())
+    }
+    fn mkdir(&self, path: &str) -> xenplug_xenstore::Result<()> {
+        self.nodes
+            .lock()
+            .expect("lock")
+            .entry(Self::abs(path))
+            .or_default();
+        Ok(())
+    }
+    fn rm(&self, path: &str) -> xenplug_xenstore::Result<()> {
+        let p = Self::abs(path);
+        let prefix = format!("{p}/");
+        self.nodes
+            .lock()
+            .expect("lock")
+            .retain(|k, _| k != &p && !k.starts_with(&prefix));
+        Ok(())
+    }
+    fn directory(&self, path: &str) -> xenplug_xenstore::Result<Vec<String>> {
+        let prefix = format!("{}/", Self::abs(path));
+        let mut v: Vec<String> = self
+            .nodes
+            .lock()
+            .expect("lock")
+            .keys()
+            .filter_map(|k| {
+                k.strip_prefix(&prefix)
+                    .map(|r| r.split('/').next().unwrap_or("").to_string())
+            })
+            .collect();
+        v.dedup();
+        Ok(v)
+    }
+    fn get_perms(&self, _path: &str) -> xenplug_xenstore::Result<Vec<xenplug_xenstore::Perm>> {
+        Ok(vec![xenplug_xenstore::Perm {
+            domid: 0,
+            access: xenplug_xenstore::Access::None,
+        }])
+    }
+    fn set_perms(
+        &self,
+        _path: &str,
+        _perms: &[xenplug_xenstore::Perm],
+    ) -> xenplug_xenstore::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct MemTx(MemXs);
+
+impl xenplug_xenstore::XsOps for MemTx {
+    fn read(&self, path: &str) -> xenplug_xenstore::Result<Option<String>> {
+        self.0.read(path)
+    }
+    fn write(&self, path: &str, value: &str) -> xenplug_xenstore::Result<()> {
+        xenplug_xenstore::XsOps::write(&self.0, path, value)
+    }
+    fn mkdir(&self, path: &str) -> xenplug_xenstore::Result<()> {
+        self.0.mkdir(path)
+    }
+    fn rm(&self, path: &str) -> xenplug_xenstore::Result<()> {
+        xenplug_xenstore::XsOps::rm(&self.0, path)
+    }
+    fn directory(&self, path: &str) -> xenplug_xenstore::Result<Vec<String>> {
+        self.0.directory(path)
+    }
+    fn get_perms(&self, path: &str) -> xenplug_xenstore::Result<Vec<xenplug_xenstore::Perm>> {
+        self.0.get_perms(path)
+    }
+    fn set_perms(
+        &self,
+        path: &str,
+        perms: &[xenplug_xenstore::Perm],
+    ) -> xenplug_xenstore::Result<()> {
+        self.0.set_perms(path, perms)
+    }
+}
+
+impl xenplug_xenstore::Transaction for MemTx {
+    fn commit(self: Box<Self>) -> xenplug_xenstore::Result<()> {
+        Ok(())
+    }
+}
+
+impl xenplug_xenstore::XenStore for MemXs {
+    fn begin(&self) -> xenplug_xenstore::Result<Box<dyn xenplug_xenstore::Transaction + '_>> {
+        Ok(Box::new(MemTx(self.clone())))
+    }
+    fn watch(&self, _path: &str, _token: &str) -> xenplug_xenstore::Result<()> {
+        Err(xenplug_xenstore::XsError::Io(std::io::Error::other(
+            "MemXs has no watches",
+        )))
+    }
+    fn unwatch(&self, _path: &str, _token: &str) -> xenplug_xenstore::Result<()> {
+        Ok(())
+    }
+    fn read_watch(
+        &self,
+        _timeout: Option<std::time::Duration>,
+    ) -> xenplug_xenstore::Result<Option<xenplug_xenstore::WatchEvent>> {
+        Ok(None)
+    }
+    fn domain_path(&self, domid: u32) -> xenplug_xenstore::Result<String> {
+        Ok(format!("/local/domain/{domid}"))
+    }
+}

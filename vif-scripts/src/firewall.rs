@@ -1,0 +1,392 @@
+//! Antispoofing and tap rate limiting with nftables.
+//!
+//! Every vif that needs rules gets one base chain, named after the interface, in our own table
+//! `netdev xenplug`, hooked at **ingress of the vif itself**. Traffic a guest sends enters dom0
+//! through that hook whatever happens to it next (bridged, routed or NATed), so one mechanism
+//! serves every script and nothing depends on `br_netfilter` or on the host's own tables.
+//! A whole chain is written as ONE JSON batch (`nft -j -f -`), which nftables applies atomically;
+//! removal deletes the chain in another batch.
+//!
+//! Modes (the `antispoof` variable: argument `antispoof=…` or environment):
+//! * `enforce` (default): the chain's policy is drop; accepted are ARP whose sender address is a
+//!   listed IPv4 address (or 0.0.0.0, address-conflict probes), IPv4 from listed addresses, DHCP
+//!   client requests (0.0.0.0:68 → 255.255.255.255:67), IPv6 from listed addresses, and IPv6 from
+//!   link-local and unspecified sources (neighbour/router discovery, duplicate address detection,
+//!   DHCPv6). Everything else from the guest, including other ethertypes and VLAN tags, is dropped.
+//! * `compat`: the reference's ACCEPT-only rules for the same addresses, policy accept (it changes
+//!   nothing unless the administrator adds drops elsewhere, exactly like the reference).
+//! * `off`: no rules.
+//!
+//! Rules exist only when the backend `ip` node lists addresses, or a tap has a `rate`.
+
+use std::fmt;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::common::Net;
+use crate::plan::StepError;
+
+/// Our nftables table (family `netdev`).
+pub const TABLE: &str = "xenplug";
+
+/// Antispoofing mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// No rules.
+    Off,
+    /// Accept-only rules, as the reference.
+    Compat,
+    /// Accept listed sources, drop everything else.
+    #[default]
+    Enforce,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" | "no" | "0" => Ok(Mode::Off),
+            "compat" => Ok(Mode::Compat),
+            "enforce" | "on" | "yes" | "1" => Ok(Mode::Enforce),
+            other => Err(format!(
+                "invalid antispoof mode '{other}' (expected off, compat or enforce)"
+            )),
+        }
+    }
+}
+
+/// A `rate` node: `bytes` of credit every `usecs` microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// Credit per interval.
+    pub bytes: u64,
+    /// Interval.
+    pub usecs: u32,
+}
+
+impl Rate {
+    /// Parse `bytes,usecs` as libxl writes it.
+    pub fn parse(s: &str) -> Result<Rate, String> {
+        let bad = || format!("invalid rate '{s}' (expected <bytes>,<usecs>)");
+        let (b, u) = s.trim().split_once(',').ok_or_else(bad)?;
+        let bytes: u64 = b.trim().parse().map_err(|_| bad())?;
+        let usecs: u32 = u.trim().parse().map_err(|_| bad())?;
+        if bytes == 0 || usecs == 0 {
+            return Err(bad());
+        }
+        Ok(Rate { bytes, usecs })
+    }
+
+    /// The rate in bytes per second (saturating).
+    pub fn bytes_per_second(self) -> u64 {
+        (u128::from(self.bytes) * 1_000_000 / u128::from(self.usecs)).min(u128::from(u64::MAX))
+            as u64
+    }
+}
+
+/// One nftables JSON batch and what undoes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NftBatch {
+    /// Short description for logs.
+    pub what: String,
+    /// The document given to `nft -j -f -`.
+    pub json: Value,
+    /// The batch that undoes this one (for rollback).
+    pub undo: Option<Box<NftBatch>>,
+    /// A failure meaning "no such object" counts as "already gone".
+    pub removal: bool,
+}
+
+/// Applies nftables batches.
+pub trait Firewall {
+    /// Apply a batch atomically.
+    fn apply(&mut self, batch: &NftBatch) -> Result<(), StepError>;
+}
+
+fn chain_ref(dev: &str) -> Value {
+    json!({"family": "netdev", "table": TABLE, "name": dev})
+}
+
+fn m(proto: &str, field: &str, right: Value) -> Value {
+    json!({"match": {"op": "==", "left": {"payload": {"protocol": proto, "field": field}}, "right": right}})
+}
+
+fn addr_json(n: &Net) -> Value {
+    if n.is_host() {
+        json!(n.addr.to_string())
+    } else {
+        json!({"prefix": {"addr": n.addr.to_string(), "len": n.prefix}})
+    }
+}
+
+fn addr_set(addrs: &[Net]) -> Value {
+    if addrs.len() == 1 {
+        addr_json(&addrs[0])
+    } else {
+        json!({"set": addrs.iter().map(addr_json).collect::<Vec<_>>()})
+    }
+}
+
+fn rule(dev: &str, expr: Vec<Value>) -> Value {
+    json!({"add": {"rule": {"family": "netdev", "table": TABLE, "chain": dev, "expr": expr}}})
+}
+
+/// The batch removing `dev`'s chain.
+pub fn remove_batch(dev: &str) -> NftBatch {
+    NftBatch {
+        what: format!("remove netdev {TABLE} chain {dev}"),
+        json: json!({"nftables": [{"delete": {"chain": chain_ref(dev)}}]}),
+        undo: None,
+        removal: true,
+    }
+}
+
+/// The batch installing `dev`'s chain, or `None` when no rule is needed.
+///
+/// `addrs` are the guest's addresses from the backend `ip` node; `rate` is applied (for taps)
+/// as a byte-rate limit before the address rules.
+pub fn vif_batch(dev: &str, addrs: &[Net], mode: Mode, rate: Option<Rate>) -> Option<NftBatch> {
+    let spoof = mode != Mode::Off && !addrs.is_empty();
+    if !spoof && rate.is_none() {
+        return None;
+    }
+    let policy = if spoof && mode == Mode::Enforce {
+        "drop"
+    } else {
+        "accept"
+    };
+    let mut cmds = vec![
+        json!({"add": {"table": {"family": "netdev", "name": TABLE}}}),
+        // add + delete + add: the chain is created afresh whatever existed (idempotent online).
+        json!({"add": {"chain": {"family": "netdev", "table": TABLE, "name": dev,
+            "type": "filter", "hook": "ingress", "dev": dev, "prio": 0, "policy": "accept"}}}),
+        json!({"delete": {"chain": chain_ref(dev)}}),
+        json!({"add": {"chain": {"family": "netdev", "table": TABLE, "name": dev,
+            "type": "filter", "hook": "ingress", "dev": dev, "prio": 0, "policy": policy}}}),
+    ];
+    if let Some(r) = rate {
+        cmds.push(rule(
+            dev,
+            vec![
+                json!({"limit": {"rate": r.bytes_per_second(), "per": "second", "rate_unit": "bytes",
+                    "burst": r.bytes.min(u64::from(u32::MAX)), "burst_unit": "bytes", "inv": true}}),
+                json!({"drop": null}),
+            ],
+        ));
+    }
+    if spoof {
+        let v4: Vec<Net> = addrs.iter().filter(|a| a.addr.is_ipv4()).copied().collect();
+        let v6: Vec<Net> = addrs.iter().filter(|a| a.addr.is_ipv6()).copied().collect();
+        let mut arp = v4.clone();
+        arp.push(Net::parse("0.0.0.0").expect("literal"));
+        cmds.push(rule(
+            dev,
+            vec![
+                m("arp", "saddr ip", addr_set(&arp)),
+                json!({"accept": null}),
+            ],
+        ));
+        if !v4.is_empty() {
+            cmds.push(rule(
+                dev,
+                vec![m("ip", "saddr", addr_set(&v4)), json!({"accept": null})],
+            ));
+        }
+        cmds.push(rule(
+            dev,
+            vec![
+                m("ip", "saddr", json!("0.0.0.0")),
+                m("ip", "daddr", json!("255.255.255.255")),
+                m("udp", "sport", json!(68)),
+                m("udp", "dport", json!(67)),
+                json!({"accept": null}),
+            ],
+        ));
+        if !v6.is_empty() {
+            cmds.push(rule(
+                dev,
+                vec![m("ip6", "saddr", addr_set(&v6)), json!({"accept": null})],
+            ));
+        }
+        cmds.push(rule(
+            dev,
+            vec![
+                m(
+                    "ip6",
+                    "saddr",
+                    json!({"prefix": {"addr": "fe80::", "len": 10}}),
+                ),
+                json!({"accept": null}),
+            ],
+        ));
+        cmds.push(rule(
+            dev,
+            vec![
+                m("ip6", "saddr", json!("::")),
+                m("icmpv6", "type", json!("nd-neighbor-solicit")),
+                json!({"accept": null}),
+            ],
+        ));
+    }
+    let what = format!(
+        "netdev {TABLE} chain {dev}: {} policy {policy}{}",
+        if spoof {
+            format!("{mode:?} antispoof for {} address(es),", addrs.len())
+        } else {
+            String::new()
+        },
+        rate.map(|r| format!(", rate {} B/s", r.bytes_per_second()))
+            .unwrap_or_default()
+    );
+    Some(NftBatch {
+        what,
+        json: json!({ "nftables": cmds }),
+        undo: Some(Box::new(remove_batch(dev))),
+        removal: false,
+    })
+}
+
+/// The real firewall: runs `nft -j -f -` with the batch on stdin.
+#[derive(Debug, Clone)]
+pub struct NftCli {
+    /// The `nft` program.
+    pub program: std::path::PathBuf,
+}
+
+impl Default for NftCli {
+    fn default() -> Self {
+        NftCli {
+            program: "nft".into(),
+        }
+    }
+}
+
+impl Firewall for NftCli {
+    fn apply(&mut self, batch: &NftBatch) -> Result<(), StepError> {
+        let fail = |message: String| StepError {
+            message,
+            gone: false,
+            ..Default::default()
+        };
+        let mut child = Command::new(&self.program)
+            .args(["-j", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| StepError {
+                // No nft at all: no rule of ours can exist, so a removal is done.
+                gone: batch.removal && e.kind() == std::io::ErrorKind::NotFound,
+                ..fail(format!(
+                    "cannot run {} (antispoofing and rate limits need nftables; \
+                     antispoof=off disables antispoofing): {e}",
+                    self.program.display()
+                ))
+            })?;
+        let text = batch.json.to_string();
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(text.as_bytes())
+                .map_err(|e| fail(format!("writing to nft: {e}")))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| fail(format!("waiting for nft: {e}")))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first = match err
+            .lines()
+            .find(|l| l.starts_with("Error"))
+            .unwrap_or(err.trim())
+        {
+            "" => format!("exited with {}", out.status),
+            line => line.to_string(),
+        };
+        Err(StepError {
+            gone: batch.removal && err.contains("No such file or directory"),
+            message: format!("nft ({}): {first}", batch.what),
+            ..Default::default()
+        })
+    }
+}
+
+impl fmt::Display for NftBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.json.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_parsing() {
+        assert_eq!(
+            Rate::parse("125000,50000").unwrap().bytes_per_second(),
+            2_500_000
+        );
+        assert!(Rate::parse("12").is_err());
+        assert!(Rate::parse("a,b").is_err());
+        assert!(Rate::parse("0,5").is_err());
+        assert!(Rate::parse("1,-5").is_err());
+    }
+
+    #[test]
+    fn no_rules_without_addresses_or_rate() {
+        assert!(vif_batch("vif1.0", &[], Mode::Enforce, None).is_none());
+        assert!(vif_batch(
+            "vif1.0",
+            &[Net::parse("10.0.0.5").unwrap()],
+            Mode::Off,
+            None
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn enforce_batch_shape() {
+        let addrs: Vec<Net> = ["10.0.0.5", "2001:db8::5"]
+            .iter()
+            .map(|a| Net::parse(a).unwrap())
+            .collect();
+        let b = vif_batch("vif1.0", &addrs, Mode::Enforce, None).unwrap();
+        let cmds = b.json["nftables"].as_array().unwrap();
+        assert_eq!(cmds[3]["add"]["chain"]["policy"], "drop");
+        assert_eq!(cmds[3]["add"]["chain"]["dev"], "vif1.0");
+        let text = b.json.to_string();
+        assert!(text.contains(r#""saddr ip""#) && text.contains("0.0.0.0"));
+        assert!(text.contains("2001:db8::5"));
+        assert_eq!(
+            b.undo.unwrap().json["nftables"][0]["delete"]["chain"]["name"],
+            "vif1.0"
+        );
+        let c = vif_batch("vif1.0", &addrs, Mode::Compat, None).unwrap();
+        assert_eq!(c.json["nftables"][3]["add"]["chain"]["policy"], "accept");
+    }
+
+    #[test]
+    fn rate_only_batch() {
+        let b = vif_batch(
+            "t-emu",
+            &[],
+            Mode::Enforce,
+            Some(Rate {
+                bytes: 1000,
+                usecs: 1000,
+            }),
+        )
+        .unwrap();
+        let cmds = b.json["nftables"].as_array().unwrap();
+        assert_eq!(cmds.len(), 5);
+        assert_eq!(
+            cmds[4]["add"]["rule"]["expr"][0]["limit"]["rate"],
+            1_000_000
+        );
+        assert_eq!(cmds[3]["add"]["chain"]["policy"], "accept");
+    }
+}

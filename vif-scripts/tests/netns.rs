@@ -1,0 +1,708 @@
+//! Privileged tests: the scripts run for real (netlink, /proc/sys, nft) inside throwaway network
+//! namespaces, with `ip -j` and `nft -j` as oracles. A veth pair stands in for netback's vif
+//! (the peer end lives in a "guest" namespace).
+//!
+//! xenstore is a real daemon (xenplug-xenstored on a throwaway socket, reached through
+//! `XENSTORED_PATH`), and each script run goes through the public entry point in `SCRIPTS`, on a thread that has `setns`ed into the test namespace; netlink
+//! sockets, /proc/sys/net and spawned `nft` all follow that thread's network namespace.
+
+mod common;
+
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+
+use common::{link, nft_chains, run_in, setup, up, Xs};
+use serde_json::Value;
+use xenplug_testkit::{require_program, require_root, NetNs};
+use xenplug_vif::scripts::Script;
+
+fn ready() -> bool {
+    require_root() && require_program("nft") && require_program("ip")
+}
+
+const ENV: &[(&str, &str)] = &[("vif", "vif5.0"), ("XENBUS_PATH", "backend/vif/5/0")];
+
+#[test]
+fn bridge_online_offline_real_links() {
+    if !ready() {
+        return;
+    }
+    let (host, _guest) = setup("vb");
+    let xs = Xs::new();
+    xs.set("backend/vif/5/0/bridge", "xenbr0");
+    assert_eq!(
+        run_in(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs),
+        ExitCode::SUCCESS
+    );
+    let l = link(&host, "vif5.0").unwrap();
+    assert_eq!(l["master"], "xenbr0");
+    assert_eq!(l["mtu"], 1400);
+    assert_eq!(l["address"], "fe:ff:ff:ff:ff:ff");
+    assert!(up(&l));
+    assert_eq!(
+        xs.value("backend/vif/5/0/hotplug-status").as_deref(),
+        Some("connected")
+    );
+    assert_eq!(
+        xs.value("/local/domain/5/device/vif/0/mtu").as_deref(),
+        Some("1400")
+    );
+    assert!(nft_chains(&host).is_empty(), "no ip node, no rules");
+
+    assert_eq!(
+        run_in(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs),
+        ExitCode::SUCCESS
+    );
+    let l = link(&host, "vif5.0").unwrap();
+    assert!(l.get("master").is_none(), "{l}");
+    assert!(!up(&l));
+    // Idempotent, and fine once the vif is gone.
+    assert_eq!(
+        run_in(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs),
+        ExitCode::SUCCESS
+    );
+    host.ip(&["link", "del", "vif5.0"]).unwrap();
+    assert_eq!(
+        run_in(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs),
+        ExitCode::SUCCESS
+    );
+}
+
+#[test]
+fn bridge_vifname_rename_and_refusal() {
+    if !ready() {
+        return;
+    }
+    let (host, _guest) = setup("vn");
+    let xs = Xs::new();
+    xs.set("backend/vif/5/0/bridge", "xenbr0");
+    xs.set("backend/vif/5/0/vifname", "web0");
+    xs.set("backend/vif/5/0/mtu", "1300");
+    assert_eq!(
+        run_in(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs),
+        ExitCode::SUCCESS
+    );
+    assert!(link(&host, "vif5.0").is_none());
+    let l = link(&host, "web0").unwrap();
+    assert_eq!(
+        (l["master"].as_str(), l["mtu"].as_u64()),
+        (Some("xenbr0"), Some(1300))
+    );
+    assert_eq!(
+        xs.value("/local/domain/5/device/vif/0/mtu").as_deref(),
+        Some("1300")
+    );
+    assert_eq!(
+        run_in(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs),
+        ExitCode::SUCCESS
+    );
+    assert!(link(&host, "web0").unwrap().get("master").is_none());
+
+    // A second vif asking for the same name is refused through the error contract.
+    host.ip(&[
+        "link", "add", "vif6.0", "type", "veth", "peer", "name", "p6",
+    ])
+    .unwrap();
+    let xs6 = Xs::new();
+    xs6.set("backend/vif/6/0/vifname", "web0");
+    xs6.set("backend/vif/6/0/bridge", "xenbr0");
+    let env6 = [("vif", "vif6.0"), ("XENBUS_PATH", "backend/vif/6/0")];
+    assert_eq!(
+        run_in(
+            &host,
+            Script::Bridge,
+            &["online", "type_if=vif"],
+            &env6,
+            &xs6
+        ),
+        ExitCode::FAILURE
+    );
+    assert_eq!(
+        xs6.value("backend/vif/6/0/hotplug-error").as_deref(),
+        Some("Cannot rename interface vif6.0. An interface with name web0 already exists.")
+    );
+    assert_eq!(
+        xs6.value("backend/vif/6/0/hotplug-status").as_deref(),
+        Some("error")
+    );
+    assert!(link(&host, "vif6.0").unwrap().get("master").is_none());
+}
+
+#[test]
+fn bridge_missing_bridge_error_contract() {
+    if !ready() {
+        return;
+    }
+    let (host, _guest) = setup("mb");
+    let xs = Xs::new();
+    xs.set("backend/vif/5/0/bridge", "xenbr7");
+    assert_eq!(
+        run_in(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs),
+        ExitCode::FAILURE
+    );
+    assert_eq!(
+        xs.value("backend/vif/5/0/hotplug-error").as_deref(),
+        Some("Could not find bridge device xenbr7")
+    );
+    assert_eq!(
+        xs.value("backend/vif/5/0/hotplug-status").as_deref(),
+        Some("error")
+    );
+    let l = link(&host, "vif5.0").unwrap();
+    assert!(
+        l.get("master").is_none() && l["address"] != "fe:ff:ff:ff:ff:ff",
+        "untouched: {l}"
+    );
+}
+
+#[test]
+fn bridge_rollback_on_failed_online() {
+    if !ready() {
+        return;
+    }
+    let (host, _guest) = setup("rb");
+    let xs = Xs::new();
+    xs.set("backend/vif/5/0/bridge", "xenbr0");
+    xs.set("backend/vif/5/0/ip", "10.0.0.5");
+    let before = link(&host, "vif5.0").unwrap();
+    // `nft` that always fails: enforce-mode antispoofing is fatal, so online fails after the
+    // port was prepared, and everything done so far is undone.
+    let mut env = ENV.to_vec();
+    env.push(("nft", "/bin/false"));
+    assert_eq!(
+        run_in(&host, Script::Bridge, &["online", "type_if=vif"], &env, &xs),
+        ExitCode::FAILURE
+    );
+    let after = link(&host, "vif5.0").unwrap();
+    assert_eq!(after["address"], before["address"]);
+    assert_eq!(after["mtu"], before["mtu"]);
+    assert!(after.get("master").is_none() && !up(&after));
+    assert_eq!(
+        xs.value("backend/vif/5/0/hotplug-status").as_deref(),
+        Some("error")
+    );
+}
+
+#[test]
+fn tap_add_remove() {
+    if !ready() {
+        return;
+    }
+    let (host, _guest) = setup("tp");
+    host.ip(&["tuntap", "add", "vif5.0-emu", "mode", "tap"])
+        .unwrap();
+    let xs = Xs::new();
+    xs.set("backend/vif/5/0/bridge", "xenbr0");
+    xs.set("backend/vif/5/0/rate", "125000,1000000");
+    let env = [
+        ("INTERFACE", "vif5.0-emu"),
+        ("vif", "vif5.0"),
+        ("XENBUS_PATH", "backend/vif/5/0"),
+    ];
+    // online of a tap: nothing to do.
+    assert_eq!(
+        run_in(&host, Script::Bridge, &["online", "type_if=tap"], &env, &xs),
+        ExitCode::SUCCESS
+    );
+    assert!(link(&host, "vif5.0-emu").unwrap().get("master").is_none());
+    assert_eq!(
+        run_in(&host, Script::Bridge, &["add", "type_if=tap"], &env, &xs),
+        ExitCode::SUCCESS
+    );
+    let l = link(&host, "vif5.0-emu").unwrap();
+    assert_eq!(l["master"], "xenbr0");
+    assert_eq!(
+        xs.value("backend/vif/5/0/hotplug-status"),
+        None,
+        "taps never write connected"
+    );
+    assert_eq!(xs.value("/local/domain/5/device/vif/0/mtu"), None);
+    // The tap's rate is enforced with an nft limit in its ingress chain.
+    let rules: Value = serde_json::from_slice(
+        &host
+            .command("nft")
+            .args(["-j", "list", "ruleset"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let limit = rules["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|o| o["rule"]["expr"][0].get("limit").cloned())
+        .expect("a limit rule");
+    assert_eq!(
+        (
+            limit["rate"].as_u64(),
+            limit["per"].as_str(),
+            limit["rate_unit"].as_str()
+        ),
+        (Some(125000), Some("second"), Some("bytes"))
+    );
+    assert_eq!(
+        run_in(&host, Script::Bridge, &["remove", "type_if=tap"], &env, &xs),
+        ExitCode::SUCCESS
+    );
+    assert!(link(&host, "vif5.0-emu").unwrap().get("master").is_none());
+    assert!(nft_chains(&host).is_empty());
+}
+
+fn ping(ns: &NetNs, args: &[&str]) -> bool {
+    ns.command("ping")
+        .args(["-c", "1", "-W", "1"])
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn antispoof_enforce_drops_forged_sources() {
+    if !ready() || !require_program("ping") {
+        return;
+    }
+    let (host, guest) = setup("as");
+    guest
+        .ip(&["addr", "add", "10.0.0.5/24", "dev", "eth0"])
+        .unwrap();
+    guest
+        .ip(&["addr", "add", "10.0.0.66/24", "dev", "eth0"])
+        .unwrap();
+    let xs = Xs::new();
+    xs.set("backend/vif/5/0/bridge", "xenbr0");
+    xs.set("backend/vif/5/0/ip", "10.0.0.5");
+    assert_eq!(
+        run_in(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs),
+        ExitCode::SUCCESS
+    );
+    assert_eq!(nft_chains(&host), vec!["vif5.0".to_string()]);
+    assert!(
+        ping(&guest, &["-I", "10.0.0.5", "10.0.0.1"]),
+        "legitimate source must pass"
+    );
+    guest
+        .command("ip")
+        .args(["neigh", "flush", "all"])
+        .status()
+        .unwrap();
+    host.command("ip")
+        .args(["neigh", "flush", "all"])
+        .status()
+        .unwrap();
+    assert!(
+        !ping(&guest, &["-I", "10.0.0.66", "10.0.0.1"]),
+        "forged source must be dropped"
+    );
+    assert_eq!(
+        run_in(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs),
+        ExitCode::SUCCESS
+    );
+    assert!(nft_chains(&host).is_empty());
+    assert_eq!(
+        run_in(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs),
+        ExitCode::SUCCESS
+    );
+}
+
+#[test]
+fn route_online_offline() {
+    if !ready() {
+        return;
+    }
+    let (host, _guest) = setup("rt");
+    host.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ])
+    .unwrap();
+    host.ip(&["addr", "add", "192.0.2.10/24", "dev", "eth0"])
+        .unwrap();
+    host.ip(&["link", "set", "eth0", "up"]).unwrap();
+    let xs = Xs::new();
+    xs.set("backend/vif/5/0/ip", "10.0.9.5 2001:db8::5");
+    let mut env = ENV.to_vec();
+    env.push(("antispoof", "off"));
+    assert_eq!(
+        run_in(&host, Script::Route, &["online", "type_if=vif"], &env, &xs),
+        ExitCode::SUCCESS
+    );
+    let routes: Value =
+        serde_json::from_str(&host.ip_json(&["route", "show", "dev", "vif5.0"]).unwrap()).unwrap();
+    let r = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["dst"] == "10.0.9.5")
+        .expect("route")
+        .clone();
+    assert_eq!(
+        (r["prefsrc"].as_str(), r["metric"].as_u64()),
+        (Some("192.0.2.10"), Some(2))
+    );
+    let r6: Value = serde_json::from_str(
+        &host
+            .ip_json(&["-6", "route", "show", "dev", "vif5.0"])
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        r6.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "2001:db8::5" && r["metric"] == 2),
+        "{r6}"
+    );
+    let pa = host
+        .command("cat")
+        .arg("/proc/sys/net/ipv4/conf/vif5.0/proxy_arp")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&pa.stdout).trim(), "1");
+    let addrs = host.ip_json(&["addr", "show", "dev", "vif5.0"]).unwrap();
+    assert!(
+        addrs.contains("192.0.2.10") && addrs.contains(r#""prefixlen":32"#),
+        "{addrs}"
+    );
+    let proxies = host.ip(&["-6", "neigh", "show", "proxy"]).unwrap();
+    assert!(proxies.contains("2001:db8::5"), "{proxies}");
+    assert_eq!(
+        xs.value("backend/vif/5/0/hotplug-status").as_deref(),
+        Some("connected")
+    );
+
+    assert_eq!(
+        run_in(&host, Script::Route, &["offline", "type_if=vif"], &env, &xs),
+        ExitCode::SUCCESS
+    );
+    let routes = host.ip_json(&["route", "show", "dev", "vif5.0"]).unwrap();
+    assert!(!routes.contains("10.0.9.5"), "{routes}");
+    assert!(!host
+        .ip(&["-6", "neigh", "show", "proxy"])
+        .unwrap()
+        .contains("2001:db8::5"));
+    assert_eq!(
+        run_in(&host, Script::Route, &["offline", "type_if=vif"], &env, &xs),
+        ExitCode::SUCCESS
+    );
+
+    // No address on netdev: the reference's error.
+    let mut env = env.clone();
+    env.push(("netdev", "xenbr9"));
+    assert_eq!(
+        run_in(&host, Script::Route, &["online", "type_if=vif"], &env, &xs),
+        ExitCode::FAILURE
+    );
+    assert!(xs
+        .value("backend/vif/5/0/hotplug-error")
+        .unwrap()
+        .starts_with("xenbr9 is not up."));
+}
+
+#[test]
+fn netlink_adapter_matches_ip() {
+    if !ready() {
+        return;
+    }
+    let (host, _guest) = setup("nl");
+    let path = host.path();
+    let seen = std::thread::spawn(move || {
+        use xenplug_vif::links::{LinkChange, Links};
+        let f = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let mut nl = xenplug_vif::netlink::Netlink::open().unwrap();
+        nl.change(&LinkChange::SetMtu {
+            dev: "vif5.0".into(),
+            mtu: 1280,
+        })
+        .unwrap();
+        nl.change(&LinkChange::AddAddr {
+            dev: "vif5.0".into(),
+            addr: "10.9.9.9".parse().unwrap(),
+            prefix: 32,
+        })
+        .unwrap();
+        let e = nl
+            .change(&LinkChange::SetUp {
+                dev: "nosuch".into(),
+                up: true,
+            })
+            .unwrap_err();
+        assert!(e.is_gone());
+        (
+            nl.links().unwrap(),
+            nl.link("xenbr0").unwrap().unwrap(),
+            nl.addresses(None).unwrap(),
+        )
+    })
+    .join()
+    .unwrap();
+    let (links, br, addrs) = seen;
+    let oracle: Value =
+        serde_json::from_str(&host.ip_json(&["-d", "link", "show"]).unwrap()).unwrap();
+    for o in oracle.as_array().unwrap() {
+        let l = links
+            .iter()
+            .find(|l| l.index as u64 == o["ifindex"].as_u64().unwrap())
+            .expect("same links");
+        assert_eq!(l.name, o["ifname"].as_str().unwrap());
+        assert_eq!(u64::from(l.mtu), o["mtu"].as_u64().unwrap());
+        if let Some(k) = o["linkinfo"]["info_kind"].as_str() {
+            assert_eq!(l.kind.as_deref(), Some(k));
+        }
+    }
+    assert!(br.is_bridge() && br.mtu == 1400);
+    assert!(addrs
+        .iter()
+        .any(|a| a.addr.to_string() == "10.9.9.9" && a.prefix == 32));
+    assert!(addrs
+        .iter()
+        .any(|a| a.addr.to_string() == "10.0.0.1" && a.prefix == 24));
+}
+
+#[test]
+fn nat_online_offline_with_dnsmasq_hosts() {
+    if !ready() {
+        return;
+    }
+    let (host, _guest) = setup("nt");
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = dir.path().join("dhcp-hosts");
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pidfile = dir.path().join("dnsmasq.pid");
+    std::fs::write(&pidfile, sleeper.id().to_string()).unwrap();
+    let xs = Xs::new();
+    xs.set("backend/vif/5/0/frontend-id", "5");
+    xs.set("backend/vif/5/0/handle", "0");
+    xs.set("backend/vif/5/0/mac", "00:16:3e:00:05:00");
+    let mut env = ENV.to_vec();
+    let (h, p) = (
+        hosts.to_str().unwrap().to_string(),
+        pidfile.to_str().unwrap().to_string(),
+    );
+    env.extend([
+        ("dhcp", "yes"),
+        ("dhcp_hostsfile", h.as_str()),
+        ("dnsmasq_pidfile", p.as_str()),
+    ]);
+    assert_eq!(
+        run_in(&host, Script::Nat, &["online", "type_if=vif"], &env, &xs),
+        ExitCode::SUCCESS
+    );
+    assert_eq!(
+        xs.value("backend/vif/5/0/hotplug-status").as_deref(),
+        Some("connected")
+    );
+    let addrs = host
+        .ip_json(&["-4", "addr", "show", "dev", "vif5.0"])
+        .unwrap();
+    assert!(
+        addrs.contains("10.0.5.128") && addrs.contains(r#""prefixlen":32"#),
+        "{addrs}"
+    );
+    let routes: Value =
+        serde_json::from_str(&host.ip_json(&["route", "show", "dev", "vif5.0"]).unwrap()).unwrap();
+    assert!(
+        routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "10.0.5.1" && r["prefsrc"] == "10.0.5.128"),
+        "{routes}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&hosts).unwrap(),
+        "00:16:3e:00:05:00,10.0.5.1,dom5\n"
+    );
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        sleeper.wait().unwrap().signal(),
+        Some(libc::SIGHUP),
+        "dnsmasq is told to reload"
+    );
+    let rules = String::from_utf8(
+        host.command("nft")
+            .args(["list", "table", "ip", "xenplug-nat"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        rules.contains("ip saddr 10.0.5.1") && rules.contains("masquerade"),
+        "{rules}"
+    );
+    // A second online (e.g. after a failed offline) still ends connected.
+    xs.set("backend/vif/5/0/hotplug-status", "");
+    assert_eq!(
+        run_in(&host, Script::Nat, &["online", "type_if=vif"], &env, &xs),
+        ExitCode::SUCCESS
+    );
+    assert_eq!(
+        xs.value("backend/vif/5/0/hotplug-status").as_deref(),
+        Some("connected")
+    );
+
+    assert_eq!(
+        run_in(&host, Script::Nat, &["offline", "type_if=vif"], &env, &xs),
+        ExitCode::SUCCESS
+    );
+    assert_eq!(std::fs::read_to_string(&hosts).unwrap(), "");
+    let routes = host.ip_json(&["route", "show", "dev", "vif5.0"]).unwrap();
+    assert!(!routes.contains("10.0.5.1"), "{routes}");
+    assert!(!nft_chains(&host).iter().any(|c| c == "nat-vif5.0"));
+    assert_eq!(
+        run_in(&host, Script::Nat, &["offline", "type_if=vif"], &env, &xs),
+        ExitCode::SUCCESS
+    );
+}
+
+#[test]
+fn two_hundred_concurrent_onlines_all_connected() {
+    if !ready() {
+        return;
+    }
+    const N: u32 = 200;
+    let host = NetNs::new("cc").unwrap();
+    let mut batch = String::from("link add xenbr0 type bridge\nlink set xenbr0 up\n");
+    for i in 0..N {
+        batch.push_str(&format!("link add vif{i}.0 type veth peer name g{i}\n"));
+    }
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), batch).unwrap();
+    host.ip(&["-batch", f.path().to_str().unwrap()]).unwrap();
+    let xs = Xs::new();
+    for i in 0..N {
+        xs.set(&format!("backend/vif/{i}/0/bridge"), "xenbr0");
+        xs.set(&format!("backend/vif/{i}/0/hotplug-status"), "");
+    }
+    let start = std::time::Instant::now();
+    let results: Vec<ExitCode> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..N)
+            .map(|i| {
+                let (host, xs) = (&host, &xs);
+                s.spawn(move || {
+                    let vif = format!("vif{i}.0");
+                    let path = format!("backend/vif/{i}/0");
+                    run_in(
+                        host,
+                        Script::Bridge,
+                        &["online", "type_if=vif"],
+                        &[("vif", &vif), ("XENBUS_PATH", &path)],
+                        xs,
+                    )
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    eprintln!("{N} concurrent onlines: {:?}", start.elapsed());
+    assert!(results.iter().all(|r| *r == ExitCode::SUCCESS));
+    let links: Value =
+        serde_json::from_str(&host.ip_json(&["link", "show", "master", "xenbr0"]).unwrap())
+            .unwrap();
+    assert_eq!(links.as_array().unwrap().len(), N as usize);
+    for i in 0..N {
+        assert_eq!(
+            xs.value(&format!("backend/vif/{i}/0/hotplug-status"))
+                .as_deref(),
+            Some("connected"),
+            "vif{i}.0"
+        );
+    }
+}
+
+#[test]
+fn vif_setup_dispatches() {
+    if !ready() {
+        return;
+    }
+    let (host, _guest) = setup("vs");
+    let xs = Xs::new();
+    xs.set("backend/vif/5/0/bridge", "xenbr0");
+    // `script` names vif-bridge: vif-setup runs it in-process.
+    let env = [
+        ("vif", "vif5.0"),
+        ("XENBUS_PATH", "backend/vif/5/0"),
+        ("script", "/etc/xen/scripts/vif-bridge"),
+    ];
+    let path = host.path();
+    let sock = xs.socket();
+    let code = std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("xenplug.toml");
+        std::fs::write(&cfg, "").unwrap();
+        let mut e: Vec<(&str, &str)> = env.to_vec();
+        let (c, d) = (cfg.to_str().unwrap(), dir.path().to_str().unwrap());
+        e.extend([
+            ("XENSTORED_PATH", sock.as_str()),
+            ("XENPLUG_CONFIG", c),
+            ("XENPLUG_LOG_FILE", ""),
+            ("XENPLUG_SYSLOG", "false"),
+            ("XENPLUG_SCRIPTS_DIR", d),
+        ]);
+        xenplug_vif::vif_setup(xenplug_hotplug::Raw::new(
+            &["/etc/xen/scripts/vif-setup", "online", "type_if=vif"],
+            &e,
+        ))
+    })
+    .join()
+    .unwrap();
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert_eq!(link(&host, "vif5.0").unwrap()["master"], "xenbr0");
+    assert_eq!(
+        xs.value("backend/vif/5/0/hotplug-status").as_deref(),
+        Some("connected")
+    );
+}
+
+#[test]
+fn antispoof_enforce_ipv6() {
+    if !ready() || !require_program("ping") {
+        return;
+    }
+    let (host, guest) = setup("a6");
+    host.ip(&["addr", "add", "2001:db8::1/64", "dev", "xenbr0", "nodad"])
+        .unwrap();
+    guest
+        .ip(&["addr", "add", "2001:db8::5/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    guest
+        .ip(&["addr", "add", "2001:db8::66/64", "dev", "eth0", "nodad"])
+        .unwrap();
+    let xs = Xs::new();
+    xs.set("backend/vif/5/0/bridge", "xenbr0");
+    xs.set("backend/vif/5/0/ip", "10.0.0.5 2001:db8::5");
+    assert_eq!(
+        run_in(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs),
+        ExitCode::SUCCESS
+    );
+    assert!(
+        ping(&guest, &["-6", "-I", "2001:db8::5", "2001:db8::1"]),
+        "listed IPv6 source must pass"
+    );
+    assert!(
+        !ping(&guest, &["-6", "-I", "2001:db8::66", "2001:db8::1"]),
+        "unlisted IPv6 source must be dropped"
+    );
+    assert_eq!(
+        run_in(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs),
+        ExitCode::SUCCESS
+    );
+    // Control: without our rules the same forged source gets through.
+    host.ip(&["link", "set", "vif5.0", "master", "xenbr0", "up"])
+        .unwrap();
+    guest.ip(&["neigh", "flush", "all"]).unwrap();
+    assert!(
+        ping(
+            &guest,
+            &["-6", "-W", "3", "-I", "2001:db8::66", "2001:db8::1"]
+        ),
+        "control: passes without rules"
+    );
+}

@@ -1,0 +1,180 @@
+//! vif-openvswitch against a real Open vSwitch (Debian `openvswitch-switch`): a private
+//! ovsdb-server and ovs-vswitchd run inside a throwaway network namespace with their own run
+//! directory (`OVS_RUNDIR`), and a bridge with the userspace datapath (`datapath_type=netdev`,
+//! no kernel module). `ovs-vsctl list` is the oracle.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use common::{link, run_in, up, Xs};
+use xenplug_testkit::{require_program, require_root, run_ok, NetNs};
+use xenplug_vif::scripts::Script;
+
+/// ovsdb-server + ovs-vswitchd for one test; both stopped (by their pid files) on drop.
+struct Ovs {
+    dir: tempfile::TempDir,
+}
+
+impl Ovs {
+    fn start(ns: &NetNs) -> std::io::Result<Ovs> {
+        let dir = tempfile::Builder::new().prefix("xp-ovs-").tempdir()?;
+        let ovs = Ovs { dir };
+        let d = ovs.dir.path().to_str().unwrap().to_string();
+        run_ok(Command::new("ovsdb-tool").args([
+            "create",
+            &format!("{d}/conf.db"),
+            "/usr/share/openvswitch/vswitch.ovsschema",
+        ]))?;
+        run_ok(ovs.env(&mut ns.command("ovsdb-server")).args([
+            &format!("{d}/conf.db"),
+            &format!("--remote=punix:{d}/db.sock"),
+            &format!("--pidfile={d}/ovsdb-server.pid"),
+            &format!("--log-file={d}/ovsdb-server.log"),
+            "--detach",
+        ]))?;
+        run_ok(
+            ovs.env(&mut Command::new("ovs-vsctl"))
+                .args(["--no-wait", "init"]),
+        )?;
+        run_ok(ovs.env(&mut ns.command("ovs-vswitchd")).args([
+            &format!("unix:{d}/db.sock"),
+            &format!("--pidfile={d}/ovs-vswitchd.pid"),
+            &format!("--log-file={d}/ovs-vswitchd.log"),
+            "--detach",
+        ]))?;
+        Ok(ovs)
+    }
+
+    fn env<'c>(&self, c: &'c mut Command) -> &'c mut Command {
+        let d = self.dir.path();
+        c.env("OVS_RUNDIR", d)
+            .env("OVS_DBDIR", d)
+            .env("OVS_LOGDIR", d)
+            .env("OVS_SYSCONFDIR", d)
+    }
+
+    fn vsctl(&self, args: &[&str]) -> String {
+        run_ok(
+            self.env(&mut Command::new("ovs-vsctl"))
+                .arg("--timeout=10")
+                .args(args),
+        )
+        .unwrap()
+    }
+
+    fn rundir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+impl Drop for Ovs {
+    fn drop(&mut self) {
+        for p in ["ovs-vswitchd.pid", "ovsdb-server.pid"] {
+            if let Ok(pid) = std::fs::read_to_string(self.dir.path().join(p)) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn openvswitch_online_offline() {
+    if !(require_root()
+        && require_program("ovs-vsctl")
+        && require_program("ovs-vswitchd")
+        && require_program("ovsdb-tool"))
+    {
+        return;
+    }
+    let ns = NetNs::new("ov").unwrap();
+    let ovs = Ovs::start(&ns).unwrap();
+    ovs.vsctl(&[
+        "add-br",
+        "ovsbr",
+        "--",
+        "set",
+        "bridge",
+        "ovsbr",
+        "datapath_type=netdev",
+    ]);
+    ns.ip(&[
+        "link", "add", "vif5.0", "type", "veth", "peer", "name", "g5",
+    ])
+    .unwrap();
+    let xs = Xs::new();
+    xs.set("backend/vif/5/0/bridge", "ovsbr.7:100:200");
+    xs.set("backend/vif/5/0/frontend-id", "5");
+    xs.set("backend/vif/5/0/mac", "00:16:3e:00:05:00");
+    xs.set(
+        "/local/domain/5/vm",
+        "/vm/0b5e7a3c-1111-2222-3333-444455556666",
+    );
+    xs.set(
+        "/vm/0b5e7a3c-1111-2222-3333-444455556666/name",
+        "web server",
+    );
+    xs.set(
+        "/vm/0b5e7a3c-1111-2222-3333-444455556666/uuid",
+        "0b5e7a3c-1111-2222-3333-444455556666",
+    );
+    let rundir = ovs.rundir();
+    let rd = rundir.to_str().unwrap();
+    let env = [
+        ("vif", "vif5.0"),
+        ("XENBUS_PATH", "backend/vif/5/0"),
+        ("OVS_RUNDIR", rd),
+        ("OVS_DBDIR", rd),
+    ];
+    assert_eq!(
+        run_in(&ns, Script::Ovs, &["online", "type_if=vif"], &env, &xs),
+        ExitCode::SUCCESS
+    );
+    assert_eq!(ovs.vsctl(&["port-to-br", "vif5.0"]).trim(), "ovsbr");
+    assert_eq!(ovs.vsctl(&["get", "port", "vif5.0", "tag"]).trim(), "7");
+    assert_eq!(
+        ovs.vsctl(&["get", "port", "vif5.0", "trunks"]).trim(),
+        "[100, 200]"
+    );
+    let ids = ovs.vsctl(&["get", "interface", "vif5.0", "external-ids"]);
+    assert!(ids.contains(r#"attached-mac="00:16:3e:00:05:00""#), "{ids}");
+    assert!(ids.contains(r#"xen-vm-name="web server""#), "{ids}");
+    assert!(
+        ids.contains(r#"xen-vm-uuid="0b5e7a3c-1111-2222-3333-444455556666""#),
+        "{ids}"
+    );
+    let l = link(&ns, "vif5.0").unwrap();
+    assert!(up(&l) && l["address"] == "fe:ff:ff:ff:ff:ff", "{l}");
+    assert_eq!(
+        xs.value("backend/vif/5/0/hotplug-status").as_deref(),
+        Some("connected")
+    );
+
+    assert_eq!(
+        run_in(&ns, Script::Ovs, &["offline", "type_if=vif"], &env, &xs),
+        ExitCode::SUCCESS
+    );
+    assert!(!ovs.vsctl(&["list-ports", "ovsbr"]).contains("vif5.0"));
+    assert!(!up(&link(&ns, "vif5.0").unwrap()));
+    assert_eq!(
+        run_in(&ns, Script::Ovs, &["offline", "type_if=vif"], &env, &xs),
+        ExitCode::SUCCESS
+    );
+
+    // Bad bridge syntax: the reference's error through the contract.
+    xs.set("backend/vif/5/0/bridge", "ovsbr.x");
+    assert_eq!(
+        run_in(&ns, Script::Ovs, &["online", "type_if=vif"], &env, &xs),
+        ExitCode::FAILURE
+    );
+    assert_eq!(
+        xs.value("backend/vif/5/0/hotplug-error").as_deref(),
+        Some("No valid bridge was specified")
+    );
+}
