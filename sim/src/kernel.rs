@@ -94,12 +94,15 @@ pub fn ensure_bridge(name: &str) -> Result<bool, KernelError> {
     Ok(true)
 }
 
-/// Create a dom0 uplink `name` (a dummy device) with `addr` (CIDR), standing in for `eth0`.
+/// Create a dom0 uplink `name` with `addr` (CIDR), standing in for `eth0`: one end of a veth
+/// pair (the `dummy` driver is not on every kernel), the other end `<name>p` up too.
 pub fn ensure_uplink(name: &str, addr: &str) -> Result<bool, KernelError> {
     if exists(name) {
         return Ok(false);
     }
-    ip(&["link", "add", name, "type", "dummy"])?;
+    let peer = format!("{name}p");
+    ip(&["link", "add", name, "type", "veth", "peer", "name", &peer])?;
+    ip(&["link", "set", &peer, "up"])?;
     ip(&["addr", "add", addr, "dev", name])?;
     ip(&["link", "set", name, "up"])?;
     Ok(true)

@@ -27,6 +27,9 @@ pub struct Options {
     pub stand_ins: bool,
     /// Stand-in dom0 uplink (`eth0` with an address) for routed and NAT set-ups.
     pub uplink: Option<(String, String)>,
+    /// With stand-ins: create the bridges the NICs name when they do not exist (a host would
+    /// have them). Off, a missing bridge stays missing, so the script's error path shows.
+    pub create_bridges: bool,
 }
 
 impl Default for Options {
@@ -37,6 +40,7 @@ impl Default for Options {
             hotplug_timeout: Duration::from_secs(40),
             stand_ins: false,
             uplink: None,
+            create_bridges: true,
         }
     }
 }
@@ -617,10 +621,19 @@ impl<'a> Sim<'a> {
             vifname: nic.vifname.clone(),
         });
         let vif = format!("vif{domid}.{devid}");
-        if self.opts.stand_ins {
+        let plain_bridge = !nic.script.contains("openvswitch")
+            && !nic.bridge.is_empty()
+            && nic.bridge.len() < 16
+            && nic
+                .bridge
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if self.opts.stand_ins && self.opts.create_bridges && plain_bridge {
             if let Err(e) = kernel::ensure_bridge(&nic.bridge) {
                 self.say(format!("   (stand-in bridge {}: {e})", nic.bridge));
             }
+        }
+        if self.opts.stand_ins {
             if let Err(e) = kernel::create_vif(domid, devid) {
                 self.say(format!("   (stand-in {vif}: {e})"));
             }
@@ -865,13 +878,15 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// libxl__device_destroy: delete the backend, frontend and libxl directories.
+    /// libxl__device_destroy: delete the backend, frontend and libxl directories, and each
+    /// parent left empty (libxl__xs_path_cleanup).
     fn finish_remove(&mut self, be: &str, fe: &str, kind: &str, devid: u32) {
         let libxl = format!("/libxl/{}/device/{kind}/{devid}", self.domid());
         let r = transact(self.xs, DEFAULT_TRANSACTION_ATTEMPTS, |tx| {
-            tx.rm(be)?;
-            tx.rm(fe)?;
-            tx.rm(&libxl)
+            for p in [be, fe, libxl.as_str()] {
+                path_cleanup(tx, p)?;
+            }
+            Ok(())
         });
         if let Err(e) = r {
             if !e.is_not_found() {
@@ -879,6 +894,32 @@ impl<'a> Sim<'a> {
             }
         }
     }
+}
+
+/// Remove `path`, then each parent that is left empty (libxl__xs_path_cleanup).
+fn path_cleanup(tx: &dyn XsOps, path: &str) -> XsResult<()> {
+    match tx.rm(path) {
+        Err(e) if !e.is_not_found() => return Err(e),
+        _ => {}
+    }
+    let mut p = path;
+    while let Some((parent, _)) = p.rsplit_once('/') {
+        if parent.is_empty() {
+            break;
+        }
+        let empty = match tx.directory(parent) {
+            Ok(children) => children.is_empty(),
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(e),
+        };
+        let has_value = tx.read(parent)?.is_some_and(|v| !v.is_empty());
+        if !empty || has_value {
+            break;
+        }
+        tx.rm(parent)?;
+        p = parent;
+    }
+    Ok(())
 }
 
 /// Parse `physical-device` (`%x:%x`).

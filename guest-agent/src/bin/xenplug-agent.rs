@@ -1,0 +1,171 @@
+//! `xenplug-agent`: the in-guest agent on a Xen PV channel.
+//!
+//! **Who runs it:** systemd (`xenplug-agent.service`, shipped in `udev-rules/`), for the whole
+//! life of the guest; tests run it with `--device` on a pty and `--root` on a temporary tree.
+//!
+//! **What it does:** speaks the QEMU guest agent wire protocol (see `docs/channel-protocol.md`)
+//! on the channel tty: answers `guest-sync`, `guest-sync-delimited`, `guest-ping`, `guest-info`,
+//! `guest-get-host-name`, `guest-get-osinfo`, `guest-network-get-interfaces`,
+//! `guest-ssh-{get,add,remove}-authorized-keys`, `guest-set-user-password`, `guest-shutdown`,
+//! `guest-get-time`, and xenplug's `xenplug-apply-config` / `xenplug-get-config-generation`.
+//! The tty is opened once, switched to raw mode on its own fd at once, kept open, and re-opened
+//! when it fails (EIO, ENODEV, hang-up) or its link disappears or is re-pointed.
+//!
+//! **argv / env:**
+//! * `--device PATH`: serve this tty (no udev, tests). Without it: watch `--channel-dir`
+//!   (default `/dev/xen-channel`) with inotify for each configured channel name.
+//! * `--root DIR` (default `/`): read and write every file under DIR (tests).
+//! * `--config FILE` (default `/etc/xenplug/agent.toml`, optional): `channels = ["name", …]`,
+//!   `shutdown-program = "/sbin/shutdown"`, `live-network = true`. Without channels the default
+//!   name `org.xenplug.agent.0` is served.
+//! * `--name NAME` (repeatable): channel names, overriding the configuration.
+//! * `--shutdown-program PATH` / `XENPLUG_AGENT_SHUTDOWN_PROGRAM`: what `guest-shutdown` runs,
+//!   as `PATH -P|-H|-r +0 "hypervisor initiated shutdown"` (injectable: tests pass a recorder).
+//! * `--no-live-network`: write network configuration files only, change nothing live.
+//! * `--max-frame BYTES` (default 1048576): largest accepted request.
+//!
+//! **Files** (all under `--root`): reads `/etc/passwd`, `/etc/os-release`; writes atomically
+//! `/etc/hostname`, `/etc/hosts` (a marked block), `/etc/systemd/network/10-xenplug-*.{network,link}`,
+//! `/etc/network/interfaces.d/xenplug-agent` (when the guest uses ifupdown), `/etc/resolv.conf`
+//! (only when it is a plain file), `~user/.ssh/authorized_keys` (as the user; a marked block for
+//! configuration, whole-file semantics for the QGA commands), `/etc/shadow` (under
+//! `/etc/.pwd.lock`), `/var/lib/xenplug-agent/applied.json` (the applied generation).
+//! Security-relevant changes are logged to stderr as `xenplug-agent: event=… key=value` lines.
+//!
+//! **Exit codes:** 0 after SIGTERM/SIGINT; 1 when it cannot start (bad configuration, signal
+//! set-up); 2 for usage errors (clap).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde::Deserialize;
+use xenplug_channel::frame::Limits;
+use xenplug_guest_agent::agent::{Agent, ShutdownProgram};
+use xenplug_guest_agent::apply::RealHost;
+use xenplug_guest_agent::session::{self, Options};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "xenplug-agent",
+    about = "Xen PV channel guest agent (QGA protocol)"
+)]
+struct Args {
+    /// Serve this tty instead of watching the channel directory.
+    #[arg(long)]
+    device: Option<PathBuf>,
+    /// Apply files under this root.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Configuration file (TOML).
+    #[arg(long, default_value = "/etc/xenplug/agent.toml")]
+    config: PathBuf,
+    /// Directory the udev helper fills with channel links.
+    #[arg(long, default_value = "/dev/xen-channel")]
+    channel_dir: PathBuf,
+    /// Channel name(s) to serve (overrides the configuration).
+    #[arg(long = "name")]
+    names: Vec<String>,
+    /// Program run by guest-shutdown.
+    #[arg(long, env = "XENPLUG_AGENT_SHUTDOWN_PROGRAM")]
+    shutdown_program: Option<PathBuf>,
+    /// Only write network files; change nothing live.
+    #[arg(long)]
+    no_live_network: bool,
+    /// Largest request in bytes.
+    #[arg(long, default_value_t = xenplug_channel::frame::DEFAULT_MAX_FRAME)]
+    max_frame: usize,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileConfig {
+    #[serde(default)]
+    channels: Vec<String>,
+    shutdown_program: Option<PathBuf>,
+    live_network: Option<bool>,
+}
+
+fn load_config(path: &std::path::Path) -> Result<FileConfig> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => toml::from_str(&t).with_context(|| format!("parse {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let cfg = load_config(&args.config)?;
+    let mut names = if args.names.is_empty() {
+        cfg.channels.clone()
+    } else {
+        args.names.clone()
+    };
+    if names.is_empty() {
+        names.push(xenplug_channel::DEFAULT_CHANNEL_NAME.to_string());
+    }
+    for n in &names {
+        xenplug_guest_agent::setup::validate_name(n)
+            .map_err(|e| anyhow::anyhow!("channel name {n:?}: {e}"))?;
+    }
+    let shutdown = args
+        .shutdown_program
+        .or(cfg.shutdown_program)
+        .unwrap_or_else(|| PathBuf::from("/sbin/shutdown"));
+    let agent = Mutex::new(Agent {
+        root: args.root.clone(),
+        host: Box::new(RealHost),
+        power: Box::new(ShutdownProgram(shutdown)),
+        live_network: !args.no_live_network && cfg.live_network != Some(false),
+    });
+    let opts = Options {
+        limits: Limits {
+            max_frame: args.max_frame.max(1024),
+            ..Limits::default()
+        },
+        ..Options::default()
+    };
+    session::install_signal_handlers().context("install signal handlers")?;
+    match &args.device {
+        Some(dev) => {
+            let dir = dev
+                .parent()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("."));
+            let name = dev
+                .file_name()
+                .context("--device must name a file")?
+                .to_string_lossy()
+                .into_owned();
+            session::run_channel(&dir, &name, &agent, &opts);
+        }
+        None => {
+            eprintln!(
+                "xenplug-agent: waiting for {} in {}",
+                names.join(", "),
+                args.channel_dir.display()
+            );
+            std::thread::scope(|s| {
+                for n in &names {
+                    let (agent, opts, dir) = (&agent, &opts, &args.channel_dir);
+                    s.spawn(move || session::run_channel(dir, n, agent, opts));
+                }
+            });
+        }
+    }
+    eprintln!("xenplug-agent: stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xenplug-agent: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

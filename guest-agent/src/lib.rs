@@ -1,0 +1,23 @@
+//! Xen PV channel, guest side.
+//!
+//! * `xenplug-agent` (see `src/bin/xenplug-agent.rs`): a QEMU-guest-agent-compatible agent on
+//!   the channel tty that answers the QGA subset and applies first-boot configuration.
+//! * `xen-channel-setup` (see `src/bin/xen-channel-setup.rs`): the udev helper naming channel
+//!   ttys `/dev/xen-channel/<name>`.
+//!
+//! Modules follow gather → plan → apply: [`setup`] (udev helper logic), [`session`] (tty, framing,
+//! re-open, inotify wait), [`agent`] (command handlers over injected effects), [`apply`]
+//! (configuration application), [`net`] (rtnetlink), [`users`] (passwd/shadow/authorized_keys),
+//! [`fsutil`] (atomic writes). The wire protocol itself is the `xenplug-channel` crate.
+
+pub mod agent;
+pub mod apply;
+pub mod fsutil;
+pub mod net;
+pub mod session;
+pub mod setup;
+pub mod users;
+
+/// The channel name the agent serves when its configuration names none. The dom0 peer uses the
+/// same default (`xenplug_channel::DEFAULT_CHANNEL_NAME`).
+pub use xenplug_channel::DEFAULT_CHANNEL_NAME;

@@ -1,0 +1,288 @@
+//! Users: lookup in `<root>/etc/passwd`, authorized_keys edits with privileges dropped to the
+//! user, and /etc/shadow updates under the shadow-utils lock.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::fsutil::{self, under, Owner};
+
+/// A passwd entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Passwd {
+    /// Login name.
+    pub name: String,
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Home directory as written in passwd (absolute, not yet under the root).
+    pub home: String,
+}
+
+/// Find `name` in `<root>/etc/passwd`.
+pub fn lookup(root: &Path, name: &str) -> Result<Passwd> {
+    let path = under(root, "/etc/passwd");
+    let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 7 && f[0] == name {
+            let uid = f[2]
+                .parse()
+                .with_context(|| format!("uid of {name} in {}", path.display()))?;
+            let gid = f[3]
+                .parse()
+                .with_context(|| format!("gid of {name} in {}", path.display()))?;
+            return Ok(Passwd {
+                name: name.to_string(),
+                uid,
+                gid,
+                home: f[5].to_string(),
+            });
+        }
+    }
+    bail!("user '{name}' does not exist (xenplug-agent does not create users)")
+}
+
+/// Runs `f` with the filesystem uid/gid of `user` (setfsuid/setfsgid: per thread, undone
+/// afterwards), so a user-controlled symlink under the home directory can never make a root
+/// write land elsewhere, and new files belong to the user.
+pub fn as_user<T>(user: &Passwd, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    if !nix::unistd::geteuid().is_root() {
+        // Unprivileged (tests without root): we can only act as ourselves anyway.
+        return f();
+    }
+    let old_gid = nix::unistd::setfsgid(nix::unistd::Gid::from_raw(user.gid));
+    let old_uid = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(user.uid));
+    let r = f();
+    nix::unistd::setfsuid(old_uid);
+    nix::unistd::setfsgid(old_gid);
+    r
+}
+
+/// Marker lines around the keys the agent manages in authorized_keys.
+pub const KEYS_BEGIN: &str = "# BEGIN xenplug-agent managed keys (do not edit inside this block)";
+/// End marker.
+pub const KEYS_END: &str = "# END xenplug-agent managed keys";
+
+fn ssh_paths(root: &Path, user: &Passwd) -> (PathBuf, PathBuf) {
+    let ssh = under(root, &user.home).join(".ssh");
+    let keys = ssh.join("authorized_keys");
+    (ssh, keys)
+}
+
+fn ensure_ssh_dir(dir: &Path, user: &Passwd) -> Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_dir() => {
+            if m.uid() != user.uid {
+                bail!("{} is not owned by {}", dir.display(), user.name);
+            }
+            Ok(())
+        }
+        Ok(_) => bail!("{} exists and is not a directory", dir.display()),
+        Err(_) => fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("create {} as {}", dir.display(), user.name)),
+    }
+}
+
+/// The user's authorized_keys lines (comments and blank lines dropped); an error when the file
+/// does not exist, as qemu-ga.
+pub fn read_keys(root: &Path, user: &Passwd) -> Result<Vec<String>> {
+    let (_, keys) = ssh_paths(root, user);
+    as_user(user, || match fs::read_to_string(&keys) {
+        Ok(t) => Ok(t
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect()),
+        // As qemu-ga: a missing file is an error ("failed to read …").
+        Err(e) => Err(e).with_context(|| format!("failed to read '{}'", keys.display())),
+    })
+}
+
+/// Rewrite the user's authorized_keys with `edit(old text) -> new text`, as the user,
+/// atomically, mode 0600, in a 0700 `.ssh`. Returns whether the file changed.
+pub fn edit_keys(root: &Path, user: &Passwd, edit: impl FnOnce(&str) -> String) -> Result<bool> {
+    let (ssh, keys) = ssh_paths(root, user);
+    let home = under(root, &user.home);
+    if !home.is_dir() {
+        bail!(
+            "home directory {} of {} does not exist",
+            home.display(),
+            user.name
+        );
+    }
+    as_user(user, || {
+        ensure_ssh_dir(&ssh, user)?;
+        let old = match fs::read_to_string(&keys) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("read {}", keys.display())),
+        };
+        let new = edit(&old);
+        if new == old && keys.exists() {
+            return Ok(false);
+        }
+        // Files created with the fs uid/gid already belong to the user; chown is then a
+        // no-op that an unprivileged fsuid is allowed to do.
+        fsutil::write_atomic(
+            &keys,
+            new.as_bytes(),
+            0o600,
+            Some(Owner {
+                uid: user.uid,
+                gid: user.gid,
+            }),
+        )
+    })
+}
+
+/// Take the shadow-utils lock (`/etc/.pwd.lock`, fcntl write lock) for the duration of `f`.
+fn with_pwd_lock<T>(root: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let path = under(root, "/etc/.pwd.lock");
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow!("lock {}: {e}", path.display()))?;
+    let r = f();
+    drop(lock);
+    r
+}
+
+/// A password change for [`update_shadow`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowChange {
+    /// User.
+    pub name: String,
+    /// New hash, if any.
+    pub hash: Option<String>,
+    /// Lock (`!` prefix) or unlock; None leaves the lock state.
+    pub lock: Option<bool>,
+}
+
+/// Apply password changes to `<root>/etc/shadow` in one atomic replacement (mode and owner
+/// kept; last-change date set). Returns the users whose entry changed.
+pub fn update_shadow(root: &Path, changes: &[ShadowChange]) -> Result<Vec<String>> {
+    if changes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let path = under(root, "/etc/shadow");
+    with_pwd_lock(root, || {
+        let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let today = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() / 86400)
+            .unwrap_or(0);
+        let mut changed = Vec::new();
+        let mut found = std::collections::BTreeSet::new();
+        let mut out = String::with_capacity(text.len() + 128);
+        for line in text.split_inclusive('\n') {
+            let bare = line.trim_end_matches('\n');
+            let mut f: Vec<String> = bare.split(':').map(str::to_string).collect();
+            let Some(c) = changes.iter().find(|c| f.len() >= 3 && f[0] == c.name) else {
+                out.push_str(line);
+                continue;
+            };
+            found.insert(c.name.clone());
+            let before = f.clone();
+            let locked = f[1].starts_with('!');
+            let mut pw = f[1].trim_start_matches('!').to_string();
+            if let Some(h) = &c.hash {
+                pw = h.clone();
+            }
+            let lock = c.lock.unwrap_or(locked);
+            f[1] = if lock { format!("!{pw}") } else { pw };
+            if f[1] != before[1] {
+                f[2] = today.to_string();
+                changed.push(c.name.clone());
+            } else {
+                f = before;
+            }
+            out.push_str(&f.join(":"));
+            if line.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+        for c in changes {
+            if !found.contains(&c.name) {
+                bail!("user '{}' has no entry in {}", c.name, path.display());
+            }
+        }
+        if !changed.is_empty() {
+            let (mode, owner) =
+                fsutil::mode_owner(&path).unwrap_or((0o640, Owner { uid: 0, gid: 0 }));
+            fsutil::write_atomic(&path, out.as_bytes(), mode, Some(owner))?;
+        }
+        Ok(changed)
+    })
+}
+
+/// Hash a plain-text password with SHA-512 crypt (`$6$`).
+pub fn hash_password(plain: &str) -> Result<String> {
+    sha_crypt::sha512_simple(plain, &sha_crypt::Sha512Params::default())
+        .map_err(|e| anyhow!("hash password: {e:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shadow_update() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("etc")).unwrap();
+        fs::write(
+            d.path().join("etc/shadow"),
+            "root:*:19000:0:99999:7:::\nbob:!:19000:0:99999:7:::\n",
+        )
+        .unwrap();
+        let ch = update_shadow(
+            d.path(),
+            &[ShadowChange {
+                name: "bob".into(),
+                hash: Some("$6$s$h".into()),
+                lock: Some(false),
+            }],
+        )
+        .unwrap();
+        assert_eq!(ch, vec!["bob".to_string()]);
+        let t = fs::read_to_string(d.path().join("etc/shadow")).unwrap();
+        assert!(t.starts_with("root:*:19000:0:99999:7:::\nbob:$6$s$h:"));
+        // Same again: no change.
+        let ch = update_shadow(
+            d.path(),
+            &[ShadowChange {
+                name: "bob".into(),
+                hash: Some("$6$s$h".into()),
+                lock: None,
+            }],
+        )
+        .unwrap();
+        assert!(ch.is_empty());
+        assert!(update_shadow(
+            d.path(),
+            &[ShadowChange {
+                name: "eve".into(),
+                hash: None,
+                lock: Some(true)
+            }]
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn hash_is_sha512_crypt() {
+        let h = hash_password("secret").unwrap();
+        assert!(h.starts_with("$6$"), "{h}");
+        assert!(sha_crypt::sha512_check("secret", &h).is_ok());
+    }
+}

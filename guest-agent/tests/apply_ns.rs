@@ -1,0 +1,300 @@
+//! Applying a configuration for real, inside private UTS + mount + network namespaces with a
+//! temporary root: the agent runs as `ip netns exec NS unshare --uts --mount -- xenplug-agent
+//! --device PTY --root TMP` and is driven over the pty. Checked against the kernel with `ip -j`
+//! (netlink dumps) and `nsenter -u hostname`, and against the files written. This machine's host
+//! name, addresses, users and keys are never touched.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{guest_root, AgentProc, Host, Pty};
+use serde_json::{json, Value};
+use xenplug_testkit::NetNs;
+
+const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKdh7c6XyRUHvJFOz6oUvnG9NDFjeQh79Yr0YH7oWo6q admin@example";
+
+fn ipj(ns: &NetNs, args: &[&str]) -> Value {
+    serde_json::from_str(&ns.ip_json(args).unwrap()).unwrap()
+}
+
+#[test]
+fn apply_in_private_namespaces() {
+    if !xenplug_testkit::require_root()
+        || !xenplug_testkit::require_program("unshare")
+        || !xenplug_testkit::require_program("nsenter")
+        || !xenplug_testkit::require_program("ip")
+    {
+        return;
+    }
+    let host_name_before = nix::unistd::gethostname().unwrap();
+    let ns = NetNs::new("chan").unwrap();
+    // Two NICs (veth pairs: this kernel has no dummy driver); the peers stay down.
+    ns.ip(&[
+        "link",
+        "add",
+        "nic0",
+        "address",
+        "00:16:3e:aa:bb:01",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "peer0",
+    ])
+    .unwrap();
+    ns.ip(&[
+        "link",
+        "add",
+        "nic1",
+        "address",
+        "00:16:3e:aa:bb:02",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "peer1",
+    ])
+    .unwrap();
+
+    let root = guest_root();
+    let r = root.path().to_path_buf();
+    // A guest that uses ifupdown too, with a plain resolv.conf.
+    std::fs::create_dir_all(r.join("etc/network/interfaces.d")).unwrap();
+    std::fs::write(
+        r.join("etc/network/interfaces"),
+        "source /etc/network/interfaces.d/*\nauto lo\niface lo inet loopback\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(r.join("sbin")).unwrap();
+    std::fs::write(r.join("sbin/ifup"), "").unwrap();
+    std::fs::write(r.join("etc/resolv.conf"), "nameserver 10.255.255.1\n").unwrap();
+    std::fs::write(
+        r.join("etc/hosts"),
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n",
+    )
+    .unwrap();
+
+    let pty = Pty::new();
+    let dev = pty.slave_path.to_str().unwrap().to_string();
+    let prefix = [
+        "ip",
+        "netns",
+        "exec",
+        ns.name(),
+        "unshare",
+        "--uts",
+        "--mount",
+        "--",
+    ];
+    let agent = AgentProc::spawn_in(&prefix, &["--device", &dev], root);
+    let mut host = Host::new(pty);
+    host.handshake(Duration::from_secs(15));
+
+    let doc = json!({
+        "instance-id": "iid-ns", "generation": 1,
+        "hostname": "guest-one", "fqdn": "guest-one.example.org",
+        "network": {"version": 2, "ethernets": {
+            "lan": {"match": {"macaddress": "00:16:3e:aa:bb:01"}, "set-name": "lan0", "mtu": 1400,
+                    "addresses": ["192.0.2.10/24", "2001:db8::10/64"],
+                    "routes": [{"to": "default", "via": "192.0.2.1"},
+                               {"to": "198.51.100.0/24", "via": "192.0.2.254", "metric": 50}],
+                    "nameservers": {"addresses": ["192.0.2.53"], "search": ["example.org"]}},
+            "nic1": {"dhcp4": true}}},
+        "users": [{"name": "alice", "ssh_authorized_keys": [KEY],
+                   "hashed_passwd": "$6$saltsalt$Hk7mF4.x1y2z3", "lock_passwd": false}]
+    });
+    let t0 = std::time::Instant::now();
+    let res = host.ok("xenplug-apply-config", Some(json!({"config": doc})));
+    eprintln!("apply took {:?}: {res}", t0.elapsed());
+    assert_eq!(res["applied"], json!(true), "{res}");
+
+    // Host name: in the agent's UTS namespace only.
+    let out = Command::new("nsenter")
+        .args(["-t", &agent.pid().to_string(), "-u", "hostname"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "guest-one");
+    assert_eq!(nix::unistd::gethostname().unwrap(), host_name_before);
+    assert_eq!(
+        host.ok("guest-get-host-name", None),
+        json!({"host-name": "guest-one"})
+    );
+
+    // Links, addresses, routes: netlink dumps through `ip -j`.
+    let links = ipj(&ns, &["link", "show", "lan0"]);
+    assert_eq!(links[0]["address"], json!("00:16:3e:aa:bb:01"));
+    assert_eq!(links[0]["mtu"], json!(1400));
+    assert!(links[0]["flags"].as_array().unwrap().contains(&json!("UP")));
+    let addrs = ipj(&ns, &["addr", "show", "dev", "lan0"]);
+    let have: Vec<String> = addrs[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    assert!(have.contains(&"192.0.2.10/24".to_string()), "{have:?}");
+    assert!(have.contains(&"2001:db8::10/64".to_string()), "{have:?}");
+    let routes = ipj(&ns, &["route", "show"]);
+    let rs = routes.as_array().unwrap();
+    assert!(
+        rs.iter()
+            .any(|r| r["dst"] == "default" && r["gateway"] == "192.0.2.1" && r["dev"] == "lan0"),
+        "{routes}"
+    );
+    assert!(
+        rs.iter().any(|r| r["dst"] == "198.51.100.0/24"
+            && r["gateway"] == "192.0.2.254"
+            && r["metric"] == 50),
+        "{routes}"
+    );
+    // nic1 (DHCP) is persisted, not given static addresses.
+    let d1 = ipj(&ns, &["-4", "addr", "show", "dev", "nic1"]);
+    assert!(d1[0]["addr_info"]
+        .as_array()
+        .map(|a| a.is_empty())
+        .unwrap_or(true));
+
+    // guest-network-get-interfaces sees the namespace.
+    let ifs = host.ok("guest-network-get-interfaces", None);
+    let lan = ifs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "lan0")
+        .unwrap();
+    assert_eq!(lan["hardware-address"], json!("00:16:3e:aa:bb:01"));
+    assert!(lan["ip-addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["ip-address"] == "192.0.2.10"
+            && a["prefix"] == 24
+            && a["ip-address-type"] == "ipv4"));
+
+    // Files.
+    let rd = |p: &str| std::fs::read_to_string(r.join(p)).unwrap();
+    assert_eq!(rd("etc/hostname"), "guest-one\n");
+    assert!(rd("etc/hosts").starts_with("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n# BEGIN xenplug-agent\n127.0.1.1\tguest-one.example.org guest-one\n# END xenplug-agent\n"), "{}", rd("etc/hosts"));
+    let net = rd("etc/systemd/network/10-xenplug-lan.network");
+    assert!(
+        net.contains("MACAddress=00:16:3e:aa:bb:01\nName=lan0\n"),
+        "{net}"
+    );
+    assert!(
+        net.contains("Address=192.0.2.10/24\n")
+            && net.contains("DNS=192.0.2.53\n")
+            && net.contains("Domains=example.org\n")
+    );
+    assert!(rd("etc/systemd/network/10-xenplug-lan.link").contains("[Link]\nName=lan0\n"));
+    assert!(rd("etc/systemd/network/10-xenplug-nic1.network").contains("DHCP=ipv4\n"));
+    let ifu = rd("etc/network/interfaces.d/xenplug-agent");
+    assert!(
+        ifu.contains("auto lan0\niface lan0 inet static\n    address 192.0.2.10/24\n"),
+        "{ifu}"
+    );
+    assert!(ifu.contains("auto nic1\niface nic1 inet dhcp\n"), "{ifu}");
+    assert_eq!(
+        rd("etc/resolv.conf"),
+        "# Written by xenplug-agent.\nsearch example.org\nnameserver 192.0.2.53\n"
+    );
+    for p in [
+        "etc/hostname",
+        "etc/hosts",
+        "etc/systemd/network/10-xenplug-lan.network",
+    ] {
+        assert_eq!(
+            std::fs::metadata(r.join(p)).unwrap().mode() & 0o777,
+            0o644,
+            "{p}"
+        );
+    }
+    // Keys: owner alice, 0600 in a 0700 .ssh, our block only.
+    let ssh = r.join("home/alice/.ssh");
+    let dm = std::fs::metadata(&ssh).unwrap();
+    assert_eq!((dm.uid(), dm.gid(), dm.mode() & 0o777), (4242, 4242, 0o700));
+    let km = std::fs::metadata(ssh.join("authorized_keys")).unwrap();
+    assert_eq!((km.uid(), km.gid(), km.mode() & 0o777), (4242, 4242, 0o600));
+    assert!(rd("home/alice/.ssh/authorized_keys").contains(&format!("\n{KEY}\n")));
+    // Password: hash set, unlocked; shadow keeps its mode.
+    let shadow = rd("etc/shadow");
+    assert!(
+        shadow.contains("alice:$6$saltsalt$Hk7mF4.x1y2z3:"),
+        "{shadow}"
+    );
+    assert!(shadow.starts_with("root:*:19000:0:99999:7:::\n"));
+    // State recorded; no temporary files anywhere under etc/.
+    assert_eq!(
+        host.ok("xenplug-get-config-generation", None),
+        json!({"instance-id": "iid-ns", "generation": 1})
+    );
+    let stray = Command::new("find")
+        .arg(r.join("etc"))
+        .arg(r.join("home"))
+        .args(["-name", ".*xenplug-*"])
+        .output()
+        .unwrap();
+    assert!(
+        stray.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&stray.stdout)
+    );
+
+    // Same generation again: a no-op.
+    let res = host.ok("xenplug-apply-config", Some(json!({"config": doc})));
+    assert_eq!(
+        res,
+        json!({"instance-id": "iid-ns", "generation": 1, "applied": false, "changes": []})
+    );
+    // A new generation changing only the keys: the network is re-checked, nothing re-added.
+    let mut doc2 = doc.clone();
+    doc2["generation"] = json!(2);
+    doc2["users"][0]["ssh_authorized_keys"] = json!([]);
+    let res = host.ok("xenplug-apply-config", Some(json!({"config": doc2})));
+    let changes: Vec<String> = serde_json::from_value(res["changes"].clone()).unwrap();
+    assert!(
+        changes.contains(&"ssh-keys alice".to_string()),
+        "{changes:?}"
+    );
+    assert!(
+        !changes.iter().any(|c| c.starts_with("address")),
+        "{changes:?}"
+    );
+    assert!(!rd("home/alice/.ssh/authorized_keys").contains("xenplug-agent"));
+
+    // Generation 3 moves the address and drops the extra route: what generation 2 configured
+    // and 3 no longer asks for is taken back; an address we never configured stays.
+    ns.ip(&["addr", "add", "10.9.9.9/32", "dev", "lan0"])
+        .unwrap();
+    let mut doc3 = doc2.clone();
+    doc3["generation"] = json!(3);
+    doc3["network"]["ethernets"]["lan"]["addresses"] = json!(["192.0.2.11/24", "2001:db8::10/64"]);
+    doc3["network"]["ethernets"]["lan"]["routes"] = json!([{"to": "default", "via": "192.0.2.1"}]);
+    let res = host.ok("xenplug-apply-config", Some(json!({"config": doc3})));
+    assert_eq!(res["applied"], json!(true));
+    let addrs = ipj(&ns, &["addr", "show", "dev", "lan0"]);
+    let have: Vec<String> = addrs[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    assert!(have.contains(&"192.0.2.11/24".to_string()), "{have:?}");
+    assert!(!have.contains(&"192.0.2.10/24".to_string()), "{have:?}");
+    assert!(have.contains(&"10.9.9.9/32".to_string()), "{have:?}");
+    let routes = ipj(&ns, &["route", "show"]);
+    let rs = routes.as_array().unwrap();
+    assert!(
+        !rs.iter().any(|r| r["dst"] == "198.51.100.0/24"),
+        "{routes}"
+    );
+    assert!(
+        rs.iter()
+            .any(|r| r["dst"] == "default" && r["gateway"] == "192.0.2.1"),
+        "{routes}"
+    );
+    assert!(rd("etc/systemd/network/10-xenplug-lan.network").contains("Address=192.0.2.11/24\n"));
+    drop(agent);
+}
