@@ -387,22 +387,51 @@ pub fn gather_backends(
     base: &str,
     own: Option<(&str, &str)>,
 ) -> Result<Vec<BackendFact>, XsError> {
-    let mut out = Vec::new();
-    for dom in directory_soft(xs, base)? {
-        for dev in directory_soft(xs, &format!("{base}/{dom}"))? {
-            if own == Some((dom.as_str(), dev.as_str())) {
-                continue;
+    // Three batched steps (domains, their devices, the devices' physical-device), each one
+    // round trip on a daemon connection however many backends exist.
+    let doms = directory_soft(xs, base)?;
+    let dom_paths: Vec<String> = doms.iter().map(|d| format!("{base}/{d}")).collect();
+    let devs = directory_soft_many(xs, &dom_paths)?;
+    let mut keys = Vec::new();
+    for (dom, devs) in doms.into_iter().zip(devs) {
+        for dev in devs {
+            if own != Some((dom.as_str(), dev.as_str())) {
+                keys.push((dom.clone(), dev));
             }
-            let pd = read_soft(xs, &format!("{base}/{dom}/{dev}/physical-device"))?;
-            out.push(BackendFact {
-                physical_device: pd.as_deref().and_then(DevNum::parse_hex),
-                domid: dom.clone(),
-                devid: dev,
-                mode: None,
-            });
         }
     }
-    Ok(out)
+    let paths: Vec<String> = keys
+        .iter()
+        .map(|(dom, dev)| format!("{base}/{dom}/{dev}/physical-device"))
+        .collect();
+    let pds = read_soft_many(xs, &paths)?;
+    Ok(keys
+        .into_iter()
+        .zip(pds)
+        .map(|((domid, devid), pd)| BackendFact {
+            physical_device: pd.as_deref().and_then(DevNum::parse_hex),
+            domid,
+            devid,
+            mode: None,
+        })
+        .collect())
+}
+
+/// [`read_soft`] of many paths, batched; if the daemon refuses any of them, path by path.
+fn read_soft_many(xs: &dyn XsOps, paths: &[String]) -> Result<Vec<Option<String>>, XsError> {
+    match xs.read_many(paths) {
+        Err(XsError::Daemon { .. }) => paths.iter().map(|p| read_soft(xs, p)).collect(),
+        other => other,
+    }
+}
+
+/// [`directory_soft`] of many paths, batched; if the daemon refuses any, path by path.
+fn directory_soft_many(xs: &dyn XsOps, paths: &[String]) -> Result<Vec<Vec<String>>, XsError> {
+    match xs.directory_many(paths) {
+        Ok(lists) => Ok(lists.into_iter().map(Option::unwrap_or_default).collect()),
+        Err(XsError::Daemon { .. }) => paths.iter().map(|p| directory_soft(xs, p)).collect(),
+        Err(e) => Err(e),
+    }
 }
 
 /// What is needed besides xenstore and the loop devices.

@@ -37,8 +37,46 @@ pub mod names {
     pub const PICKIFB: &str = "pickifb";
 }
 
-/// Longest sleep between two attempts.
+/// Longest wait between two attempts. A waiter is woken as soon as the holder unlinks or
+/// closes the lock file (see [`ReleaseWaker`]), so this only bounds the wait for releases that
+/// make no inotify event (a holder's flock dropped by another process closing a shared fd).
 const MAX_BACKOFF: Duration = Duration::from_millis(20);
+
+/// Wakes a lock waiter when the lock is likely free: the holder releases by unlinking the file
+/// (ours and locking.sh's `release_lock`) and then closing it, or by exiting (close). inotify
+/// reports both on the file the waiter holds open, so waiters take over at once instead of
+/// sleeping through a back-off.
+struct ReleaseWaker {
+    inotify: nix::sys::inotify::Inotify,
+}
+
+impl ReleaseWaker {
+    fn new(path: &std::path::Path) -> Option<Self> {
+        use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK).ok()?;
+        inotify
+            .add_watch(
+                path,
+                AddWatchFlags::IN_DELETE_SELF
+                    | AddWatchFlags::IN_ATTRIB
+                    | AddWatchFlags::IN_MOVE_SELF
+                    | AddWatchFlags::IN_CLOSE_WRITE
+                    | AddWatchFlags::IN_CLOSE_NOWRITE,
+            )
+            .ok()?;
+        Some(ReleaseWaker { inotify })
+    }
+
+    /// Wait for an event on the lock file, at most `limit`; then drain what is queued.
+    fn wait(&self, limit: Duration) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        let ms = u16::try_from(limit.as_millis().max(1)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(self.inotify.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(ms));
+        let _ = self.inotify.read_events();
+    }
+}
 
 /// The lock directory and the bound on waits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +289,8 @@ impl Locks {
                     )))
                 })?;
             let mut file = Some(file);
+            // Watches this inode; a stale file (unlinked by its holder) gets a new one.
+            let mut waker: Option<Option<ReleaseWaker>> = None;
             loop {
                 let f = file.take().ok_or_else(|| {
                     Acquire::Failed(Failure::error("lock file handle lost".to_string()))
@@ -285,8 +325,17 @@ impl Locks {
                                 ino: meta.as_ref().map(|m| m.ino()),
                             });
                         }
-                        std::thread::sleep(backoff.min(deadline - now));
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        match waker.as_ref() {
+                            // The first time: start watching, then try again at once, so a
+                            // release between the failed attempt and the watch is not missed.
+                            None => waker = Some(ReleaseWaker::new(&path)),
+                            Some(Some(w)) => w.wait(MAX_BACKOFF.min(deadline - now)),
+                            // No inotify (exhausted instances): poll with back-off.
+                            Some(None) => {
+                                std::thread::sleep(backoff.min(deadline - now));
+                                backoff = (backoff * 2).min(MAX_BACKOFF);
+                            }
+                        }
                         file = Some(f);
                     }
                     Err((_, e)) => {

@@ -56,31 +56,6 @@ fn is_noop(raw: &Raw) -> bool {
     }
 }
 
-#[cfg(test)]
-mod noop_tests {
-    use super::*;
-
-    #[test]
-    fn the_action_filter_matches_vif_common() {
-        let raw = |args: &[&str], env: &[(&str, &str)]| {
-            let mut argv = vec!["vif-bridge"];
-            argv.extend_from_slice(args);
-            Raw::new(&argv, env)
-        };
-        assert!(is_noop(&raw(&["online", "type_if=tap"], &[])));
-        assert!(is_noop(&raw(&["offline", "type_if=tap"], &[])));
-        assert!(is_noop(&raw(&["add", "type_if=vif"], &[])));
-        assert!(is_noop(&raw(&["remove"], &[])));
-        assert!(is_noop(&raw(&["add"], &[("type_if", "vif")])));
-        assert!(!is_noop(&raw(&["online", "type_if=vif"], &[])));
-        assert!(!is_noop(&raw(&["online"], &[])));
-        assert!(!is_noop(&raw(&["add", "type_if=tap"], &[])));
-        assert!(!is_noop(&raw(&["add", "type_if=vif", "type_if=tap"], &[])));
-        assert!(!is_noop(&raw(&["bogus", "type_if=tap"], &[])));
-        assert!(!is_noop(&raw(&[], &[])));
-    }
-}
-
 /// `vif-bridge`.
 pub fn vif_bridge(raw: Raw) -> ExitCode {
     main_of(Script::Bridge, raw)
@@ -133,3 +108,28 @@ pub const SCRIPTS: &[(&str, ScriptMain)] = &[
     ("vif-openvswitch", vif_openvswitch),
     ("vif-setup", vif_setup),
 ];
+
+#[cfg(test)]
+mod noop_tests {
+    use super::*;
+
+    #[test]
+    fn the_action_filter_matches_vif_common() {
+        let raw = |args: &[&str], env: &[(&str, &str)]| {
+            let mut argv = vec!["vif-bridge"];
+            argv.extend_from_slice(args);
+            Raw::new(&argv, env)
+        };
+        assert!(is_noop(&raw(&["online", "type_if=tap"], &[])));
+        assert!(is_noop(&raw(&["offline", "type_if=tap"], &[])));
+        assert!(is_noop(&raw(&["add", "type_if=vif"], &[])));
+        assert!(is_noop(&raw(&["remove"], &[])));
+        assert!(is_noop(&raw(&["add"], &[("type_if", "vif")])));
+        assert!(!is_noop(&raw(&["online", "type_if=vif"], &[])));
+        assert!(!is_noop(&raw(&["online"], &[])));
+        assert!(!is_noop(&raw(&["add", "type_if=tap"], &[])));
+        assert!(!is_noop(&raw(&["add", "type_if=vif", "type_if=tap"], &[])));
+        assert!(!is_noop(&raw(&["bogus", "type_if=tap"], &[])));
+        assert!(!is_noop(&raw(&[], &[])));
+    }
+}

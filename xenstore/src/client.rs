@@ -105,6 +105,15 @@ impl XsClient {
         self.with_conn(|c| c.request(op, tx_id, payload, path))
     }
 
+    /// Send one `op` request per path (outside any transaction), all before reading a reply;
+    /// the per-path results in order.
+    fn pipeline(&self, op: MsgType, paths: &[String]) -> Result<Vec<Result<Vec<u8>>>> {
+        if paths.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.with_conn(|c| c.pipeline(op, paths))
+    }
+
     /// `INTRODUCE domid mfn port`: tell xenstored about a domain (dom0 only). Fires
     /// `@introduceDomain`.
     pub fn introduce_domain(&self, domid: u32, mfn: u64, port: u32) -> Result<()> {
@@ -316,6 +325,38 @@ impl XsOps for XsClient {
 
     fn set_perms(&self, path: &str, perms: &[Perm]) -> Result<()> {
         op_set_perms(self, 0, path, perms)
+    }
+
+    fn read_many(&self, paths: &[String]) -> Result<Vec<Option<String>>> {
+        let replies = self.pipeline(MsgType::READ, paths)?;
+        replies
+            .into_iter()
+            .zip(paths)
+            .map(|(r, p)| match r {
+                Ok(payload) => String::from_utf8(payload)
+                    .map(Some)
+                    .map_err(|_| XsError::Protocol(format!("value of {p} is not UTF-8"))),
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+
+    fn directory_many(&self, paths: &[String]) -> Result<Vec<Option<Vec<String>>>> {
+        let replies = self.pipeline(MsgType::DIRECTORY, paths)?;
+        replies
+            .into_iter()
+            .zip(paths)
+            .map(|(r, p)| match r {
+                Ok(payload) => Ok(Some(parse_list(&payload))),
+                Err(e) if e.is_not_found() => Ok(None),
+                // A listing too long for one reply: fetch it in parts, as `directory` does.
+                Err(e) if e.errno() == Some(Errno::E2BIG) => {
+                    op_directory_part(self, 0, p).map(Some)
+                }
+                Err(e) => Err(e),
+            })
+            .collect()
     }
 }
 
@@ -549,6 +590,60 @@ impl Conn {
             }
             return Ok(reply.payload);
         }
+    }
+
+    /// Write one request per path in a single write, then collect the replies by request id
+    /// (watch events met on the way are queued). Errors the daemon names are per path; a
+    /// connection or protocol error fails the whole batch.
+    fn pipeline(&mut self, op: MsgType, paths: &[String]) -> Result<Vec<Result<Vec<u8>>>> {
+        let first = self.next_req_id;
+        let mut bytes = Vec::new();
+        for p in paths {
+            let req_id = self.next_req_id;
+            self.next_req_id = self.next_req_id.wrapping_add(1).max(1);
+            let payload = wire::join_strings(&[p.as_bytes()]);
+            let msg = Message::new(op, req_id, 0, payload);
+            bytes.extend(msg.encode().map_err(|_| XsError::Daemon {
+                errno: Errno::E2BIG,
+                op: op.name(),
+                path: p.clone(),
+            })?);
+        }
+        self.io.write_all(&bytes)?;
+        let mut out: Vec<Option<Result<Vec<u8>>>> = (0..paths.len()).map(|_| None).collect();
+        let mut pending = paths.len();
+        while pending > 0 {
+            let reply = self
+                .read_message(None)?
+                .ok_or_else(|| XsError::Protocol("no reply".into()))?;
+            if reply.msg_type == MsgType::WATCH_EVENT.to_u32() {
+                self.queue_event(&reply)?;
+                continue;
+            }
+            let index = reply.req_id.wrapping_sub(first) as usize;
+            let slot = out.get_mut(index).filter(|s| s.is_none()).ok_or_else(|| {
+                XsError::Protocol(format!("unexpected reply for request {}", reply.req_id))
+            })?;
+            *slot = Some(if reply.msg_type == MsgType::ERROR.to_u32() {
+                let name = String::from_utf8_lossy(wire::strip_nul(&reply.payload)).into_owned();
+                let errno = Errno::from_name(&name)
+                    .ok_or_else(|| XsError::Protocol(format!("unknown error {name:?}")))?;
+                Err(XsError::Daemon {
+                    errno,
+                    op: op.name(),
+                    path: paths[index].clone(),
+                })
+            } else if reply.msg_type != op.to_u32() {
+                return Err(XsError::Protocol(format!(
+                    "reply of type {} to {}",
+                    reply.msg_type, op
+                )));
+            } else {
+                Ok(reply.payload)
+            });
+            pending -= 1;
+        }
+        Ok(out.into_iter().flatten().collect())
     }
 
     fn queue_event(&mut self, msg: &Message) -> Result<()> {

@@ -105,6 +105,26 @@ pub trait XsOps {
     fn get_perms(&self, path: &str) -> Result<Vec<Perm>>;
     /// Replace a node's permission list.
     fn set_perms(&self, path: &str, perms: &[Perm]) -> Result<()>;
+
+    /// Read many nodes; `None` for each one that does not exist. A connection to a daemon sends
+    /// all the requests before reading the replies, so this costs one round trip however many
+    /// paths there are (the default does one read after another).
+    fn read_many(&self, paths: &[String]) -> Result<Vec<Option<String>>> {
+        paths.iter().map(|p| self.read(p)).collect()
+    }
+
+    /// The children of many nodes; `None` for each one that does not exist. Pipelined like
+    /// [`XsOps::read_many`].
+    fn directory_many(&self, paths: &[String]) -> Result<Vec<Option<Vec<String>>>> {
+        paths
+            .iter()
+            .map(|p| match self.directory(p) {
+                Ok(c) => Ok(Some(c)),
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
 }
 
 /// A transaction: node operations isolated from everyone else until [`Transaction::commit`].

@@ -313,3 +313,60 @@ fn client_reports_a_vanished_daemon() {
     let err = xs.read("/v").unwrap_err();
     assert!(matches!(err, XsError::Io(_)), "{err}");
 }
+
+#[test]
+fn batched_reads_and_listings_take_one_round_trip_each() {
+    let d = spawn_daemon();
+    let xs = d.client();
+    for i in 0..300 {
+        xs.write(&format!("/b/{i}/physical-device"), &format!("7:{i:x}"))
+            .unwrap();
+    }
+    // A listing too long for one reply (E2BIG) inside a batch.
+    for i in 0..400 {
+        xs.write(&format!("/big/a-rather-long-node-name-{i:04}"), "")
+            .unwrap();
+    }
+    xs.watch("/b/7", "tok").unwrap();
+    assert_eq!(xs.read_watch(WAIT).unwrap(), Some(ev("/b/7", "tok")));
+
+    let mut paths: Vec<String> = (0..300)
+        .map(|i| format!("/b/{i}/physical-device"))
+        .collect();
+    paths.push("/b/none/physical-device".into());
+    // A watch event arrives while the batch is in flight: it is queued, not lost.
+    let other = d.client();
+    other.write("/b/7/mode", "w").unwrap();
+    let values = xs.read_many(&paths).unwrap();
+    assert_eq!(values.len(), 301);
+    for (i, v) in values.iter().take(300).enumerate() {
+        assert_eq!(v.as_deref(), Some(format!("7:{i:x}").as_str()));
+    }
+    assert_eq!(values[300], None);
+    assert_eq!(xs.read_watch(WAIT).unwrap(), Some(ev("/b/7/mode", "tok")));
+
+    let lists = xs
+        .directory_many(&["/b/1".into(), "/missing".into(), "/big".into()])
+        .unwrap();
+    assert_eq!(
+        lists[0].as_deref(),
+        Some(&["physical-device".to_string()][..])
+    );
+    assert_eq!(lists[1], None);
+    assert_eq!(lists[2].as_ref().unwrap().len(), 400);
+
+    // Errors other than ENOENT are reported; the connection stays usable.
+    assert!(xs.read_many(&[]).unwrap().is_empty());
+    assert_eq!(
+        errno(xs.read_many(&["relative/../bad".into(), "/b/1/physical-device".into()])),
+        Errno::EINVAL
+    );
+    assert_eq!(
+        xs.read("/b/1/physical-device").unwrap().as_deref(),
+        Some("7:1")
+    );
+
+    // The in-memory store gives the same answers through the trait's defaults.
+    let mem = d.store();
+    assert_eq!(mem.read_many(&paths).unwrap(), values);
+}
