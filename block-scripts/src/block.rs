@@ -86,6 +86,16 @@ impl std::fmt::Debug for Host<'_> {
 
 /// Entry point of `block` (see the module documentation).
 pub fn main(raw: Raw) -> ExitCode {
+    run_on_host("block", raw, body)
+}
+
+/// Run the script `name` with `body` against the real host (kernel loop devices, the host's
+/// paths, `/dev`).
+pub(crate) fn run_on_host(
+    name: &str,
+    raw: Raw,
+    body: fn(&Context, &Host) -> Result<Outcome, Failure>,
+) -> ExitCode {
     let loops = KernelLoops::default();
     let paths = HostPaths::default();
     let host = Host {
@@ -93,7 +103,7 @@ pub fn main(raw: Raw) -> ExitCode {
         paths: &paths,
         dev_dir: Path::new("/dev"),
     };
-    run("block", raw, Action::BLOCK, |ctx| body(ctx, &host))
+    run(name, raw, Action::BLOCK, |ctx| body(ctx, &host))
 }
 
 /// The script body: dispatch on the action.

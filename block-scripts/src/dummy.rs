@@ -27,13 +27,12 @@
 //! Exit 0 on success, 1 on failure (`hotplug-error`, `hotplug-status=error|busy`).
 
 use crate::block::{self, Host};
-use crate::gather::HostPaths;
-use crate::loopdev::{Backing, KernelLoops};
+use crate::loopdev::Backing;
 use crate::sharing::Mode;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use xenplug_hotplug::lock::names;
-use xenplug_hotplug::{run, Action, Context, Failure, Outcome, Raw};
+use xenplug_hotplug::{Action, Context, Failure, Outcome, Raw};
 
 /// Parse `dummy:<file>`: the file (everything after the first `:`).
 pub fn parse_target(params: &str) -> Result<PathBuf, Failure> {
@@ -49,14 +48,7 @@ pub fn parse_target(params: &str) -> Result<PathBuf, Failure> {
 
 /// Entry point of `block-dummy` (see the module documentation).
 pub fn main(raw: Raw) -> ExitCode {
-    let loops = KernelLoops::default();
-    let paths = HostPaths::default();
-    let host = Host {
-        loops: &loops,
-        paths: &paths,
-        dev_dir: Path::new("/dev"),
-    };
-    run("block-dummy", raw, Action::BLOCK, |ctx| body(ctx, &host))
+    block::run_on_host("block-dummy", raw, body)
 }
 
 /// The script body.

@@ -194,21 +194,18 @@ pub fn body(ctx: &Context, host: &IscsiHost) -> Result<Outcome, Failure> {
     }
 }
 
+/// `iscsiadm` arguments for `op` (`--login`, `--logout`) on the target's node record.
+fn node_args<'a>(t: &'a IscsiTarget, op: &'a str) -> [&'a str; 7] {
+    ["-m", "node", "--targetname", &t.iqn, "-p", &t.portal, op]
+}
+
 fn logout(
     ctx: &Context,
     host: &IscsiHost,
     t: &IscsiTarget,
     deadline: Instant,
 ) -> Result<(), Failure> {
-    let args = [
-        "-m",
-        "node",
-        "--targetname",
-        &t.iqn,
-        "-p",
-        &t.portal,
-        "--logout",
-    ];
+    let args = node_args(t, "--logout");
     let o = run_until(ctx, &host.iscsiadm, &args, deadline, NO_ISCSIADM)?;
     if o.status.success() {
         return Ok(());
@@ -257,15 +254,7 @@ fn add(ctx: &Context, host: &IscsiHost, t: &IscsiTarget) -> Result<Outcome, Fail
     if !disc.status.success() || !lists_target(&disc.text(), &t.iqn) {
         return Err(Failure::error("No matching target iqn found"));
     }
-    let login = [
-        "-m",
-        "node",
-        "--targetname",
-        &t.iqn,
-        "-p",
-        &t.portal,
-        "--login",
-    ];
+    let login = node_args(t, "--login");
     // From here on a failure logs out again (also after a login that was killed half-way).
     let result = run_checked_until(ctx, &host.iscsiadm, &login, deadline, NO_ISCSIADM)
         .and_then(|_| find_device(ctx, host, t, deadline))

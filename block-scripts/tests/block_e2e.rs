@@ -272,18 +272,16 @@ fn phy_device_in_use_by_another_guest() {
     rig.backend(5, 1, phy.as_str(), "w");
     assert!(exit_ok(rig.block("add", 5, 1)));
     rig.backend(6, 1, phy.as_str(), "w");
-    assert!(!exit_ok(rig.block("add", 6, 1)));
     assert_eq!(
-        rig.key(6, 1, "hotplug-error").unwrap(),
+        rig.add_fails(6, 1),
         rendered_busy(&format!(
             "Device {} is mounted in a guest domain,\nand so cannot be mounted now.",
             phy.as_str()
         ))
     );
     rig.backend(7, 1, phy.as_str(), "r");
-    assert!(!exit_ok(rig.block("add", 7, 1)));
     assert_eq!(
-        rig.key(7, 1, "hotplug-error").unwrap(),
+        rig.add_fails(7, 1),
         rendered_busy(&format!(
             "Device {} is mounted read-write in a guest domain,\nand so cannot be mounted read-only now.",
             phy.as_str()
@@ -310,9 +308,8 @@ fn mounted_device_is_busy() {
         ))
     );
     rig.backend(6, 1, phy.as_str(), "r");
-    assert!(!exit_ok(rig.block("add", 6, 1)));
     assert_eq!(
-        rig.key(6, 1, "hotplug-error").unwrap(),
+        rig.add_fails(6, 1),
         rendered_busy(&format!(
             "Device {} is mounted read-write in the privileged domain,\nand so cannot be mounted read-only by a guest.",
             phy.as_str()
@@ -344,9 +341,8 @@ fn image_file_mounted_through_its_loop_is_busy() {
     rig.detach_later(&a.path);
     let _m = Mounted::new(a.path.to_str().unwrap(), false);
     rig.backend(5, 1, img.to_str().unwrap(), "w");
-    assert!(!exit_ok(rig.block("add", 5, 1)));
     assert_eq!(
-        rig.key(5, 1, "hotplug-error").unwrap(),
+        rig.add_fails(5, 1),
         rendered_busy(&format!(
             "File {} is loopback-mounted through {},\nwhich is mounted in the privileged domain,\nand so cannot be mounted by a guest.",
             img.display(),
@@ -446,9 +442,8 @@ fn state_not_initwait_is_fatal_and_attaches_nothing() {
     rig.xs()
         .rm(&format!("{}/state", abs_backend(5, 1)))
         .unwrap();
-    assert!(!exit_ok(rig.block("add", 5, 1)));
     assert_eq!(
-        rig.key(5, 1, "hotplug-error").unwrap(),
+        rig.add_fails(5, 1),
         "Path closed or removed during hotplug add: backend/vbd/5/1 state: unknown"
     );
     assert!(rig.detached(&img));
@@ -596,9 +591,8 @@ fn bad_input_gives_one_clear_error_and_no_leak() {
     let b = |dom| abs_backend(dom, 1);
     // Empty params.
     rig.backend(5, 1, "", "w");
-    assert!(!exit_ok(rig.block("add", 5, 1)));
     assert_eq!(
-        rig.key(5, 1, "hotplug-error").unwrap(),
+        rig.add_fails(5, 1),
         "xenstore-read backend/vbd/5/1/params failed."
     );
     // Nonexistent path.
@@ -611,18 +605,13 @@ fn bad_input_gives_one_clear_error_and_no_leak() {
     );
     // A relative name that is nothing.
     rig.backend(7, 1, "no-such-disk", "w");
-    assert!(!exit_ok(rig.block("add", 7, 1)));
-    assert_eq!(
-        rig.key(7, 1, "hotplug-error").unwrap(),
-        "no-such-disk does not exist."
-    );
+    assert_eq!(rig.add_fails(7, 1), "no-such-disk does not exist.");
     // A directory, a FIFO.
     let d = rig.dir.path().join("adir");
     std::fs::create_dir(&d).unwrap();
     rig.backend(8, 1, d.to_str().unwrap(), "w");
-    assert!(!exit_ok(rig.block("add", 8, 1)));
     assert_eq!(
-        rig.key(8, 1, "hotplug-error").unwrap(),
+        rig.add_fails(8, 1),
         format!(
             "{} is neither a block device nor a regular file.",
             d.display()
@@ -636,25 +625,22 @@ fn bad_input_gives_one_clear_error_and_no_leak() {
     // Garbage mode.
     let img = rig.image("mode.img", 1 << 20);
     rig.backend(10, 1, img.to_str().unwrap(), "zzz");
-    assert!(!exit_ok(rig.block("add", 10, 1)));
     assert_eq!(
-        rig.key(10, 1, "hotplug-error").unwrap(),
+        rig.add_fails(10, 1),
         "invalid mode 'zzz' in backend/vbd/10/1/mode (expected r, ro, w, rw, w! or rw!)"
     );
     // Missing frontend-id.
     rig.backend(11, 1, img.to_str().unwrap(), "w");
     rig.xs().rm(&format!("{}/frontend-id", b(11))).unwrap();
-    assert!(!exit_ok(rig.block("add", 11, 1)));
     assert_eq!(
-        rig.key(11, 1, "hotplug-error").unwrap(),
+        rig.add_fails(11, 1),
         "xenstore-read backend/vbd/11/1/frontend-id failed."
     );
     // Missing mode.
     rig.backend(12, 1, img.to_str().unwrap(), "w");
     rig.xs().rm(&format!("{}/mode", b(12))).unwrap();
-    assert!(!exit_ok(rig.block("add", 12, 1)));
     assert_eq!(
-        rig.key(12, 1, "hotplug-error").unwrap(),
+        rig.add_fails(12, 1),
         "xenstore-read backend/vbd/12/1/mode failed."
     );
     // Invalid action: nothing written, exit 1.
@@ -699,11 +685,7 @@ fn other_type_dispatches_to_block_helper() {
     assert_eq!(rig.key(5, 1, "hotplug-status"), None);
     // A type without a helper (libxl's `phy`): a clear error.
     rig.backend(6, 1, "target-for-nobody", "w");
-    assert!(!exit_ok(rig.block("add", 6, 1)));
-    assert_eq!(
-        rig.key(6, 1, "hotplug-error").unwrap(),
-        "target-for-nobody does not exist."
-    );
+    assert_eq!(rig.add_fails(6, 1), "target-for-nobody does not exist.");
 }
 
 /// Swaps on a device for the test's duration.

@@ -810,6 +810,23 @@ mod tests {
         }
     }
 
+    /// [`apply`] with the fake host and network, files under `root`.
+    fn apply_fake(
+        doc: &ConfigDoc,
+        root: &Path,
+        host: &mut FakeHost,
+        net: &mut FakeNet,
+    ) -> Result<ApplyResult> {
+        apply(
+            doc,
+            &mut Ctx {
+                root,
+                host,
+                net: Some(net),
+            },
+        )
+    }
+
     #[test]
     fn apply_order_noop_and_take_back() {
         let root = tempfile::tempdir().unwrap();
@@ -838,15 +855,7 @@ mod tests {
                 "match": {"macaddress": "00:16:3e:00:00:09"}, "set-name": "eth0",
                 "addresses": ["192.0.2.10/24"], "routes": [{"to": "default", "via": "192.0.2.1"}]}}}}))
         .unwrap();
-        let r = apply(
-            &doc,
-            &mut Ctx {
-                root: root.path(),
-                host: &mut host,
-                net: Some(&mut net),
-            },
-        )
-        .unwrap();
+        let r = apply_fake(&doc, root.path(), &mut host, &mut net).unwrap();
         assert!(r.applied);
         assert_eq!(host.0, "h1");
         assert_eq!(
@@ -860,43 +869,21 @@ mod tests {
         );
         // Same generation: nothing at all.
         net.ops.clear();
-        let r = apply(
-            &doc,
-            &mut Ctx {
-                root: root.path(),
-                host: &mut host,
-                net: Some(&mut net),
-            },
-        )
-        .unwrap();
+        let r = apply_fake(&doc, root.path(), &mut host, &mut net).unwrap();
         assert!(!r.applied);
         assert!(net.ops.is_empty());
         // Next generation: the old address and route are taken back before the new are added.
         doc.generation = 2;
-        doc.network
+        let lan = doc
+            .network
             .as_mut()
             .unwrap()
             .ethernets
             .get_mut("lan")
-            .unwrap()
-            .addresses = vec!["192.0.2.11/24".parse().unwrap()];
-        doc.network
-            .as_mut()
-            .unwrap()
-            .ethernets
-            .get_mut("lan")
-            .unwrap()
-            .routes
-            .clear();
-        let _ = apply(
-            &doc,
-            &mut Ctx {
-                root: root.path(),
-                host: &mut host,
-                net: Some(&mut net),
-            },
-        )
-        .unwrap();
+            .unwrap();
+        lan.addresses = vec!["192.0.2.11/24".parse().unwrap()];
+        lan.routes.clear();
+        let _ = apply_fake(&doc, root.path(), &mut host, &mut net).unwrap();
         assert_eq!(
             net.ops,
             vec![
@@ -912,14 +899,6 @@ mod tests {
         );
         // An older generation is refused.
         doc.generation = 1;
-        assert!(apply(
-            &doc,
-            &mut Ctx {
-                root: root.path(),
-                host: &mut host,
-                net: Some(&mut net)
-            }
-        )
-        .is_err());
+        assert!(apply_fake(&doc, root.path(), &mut host, &mut net).is_err());
     }
 }

@@ -20,6 +20,17 @@ fn ipj(ns: &NetNs, args: &[&str]) -> Value {
     serde_json::from_str(&ns.ip_json(args).unwrap()).unwrap()
 }
 
+/// The addresses of `dev` as `addr/prefix`, from `ip -j addr show`.
+fn addresses(ns: &NetNs, dev: &str) -> Vec<String> {
+    let addrs = ipj(ns, &["addr", "show", "dev", dev]);
+    addrs[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect()
+}
+
 #[test]
 fn apply_in_private_namespaces() {
     if !xenplug_testkit::require_root()
@@ -128,13 +139,7 @@ fn apply_in_private_namespaces() {
     assert_eq!(links[0]["address"], json!("00:16:3e:aa:bb:01"));
     assert_eq!(links[0]["mtu"], json!(1400));
     assert!(links[0]["flags"].as_array().unwrap().contains(&json!("UP")));
-    let addrs = ipj(&ns, &["addr", "show", "dev", "lan0"]);
-    let have: Vec<String> = addrs[0]["addr_info"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
-        .collect();
+    let have = addresses(&ns, "lan0");
     assert!(have.contains(&"192.0.2.10/24".to_string()), "{have:?}");
     assert!(have.contains(&"2001:db8::10/64".to_string()), "{have:?}");
     let routes = ipj(&ns, &["route", "show"]);
@@ -274,13 +279,7 @@ fn apply_in_private_namespaces() {
     doc3["network"]["ethernets"]["lan"]["routes"] = json!([{"to": "default", "via": "192.0.2.1"}]);
     let res = host.ok("xenplug-apply-config", Some(json!({"config": doc3})));
     assert_eq!(res["applied"], json!(true));
-    let addrs = ipj(&ns, &["addr", "show", "dev", "lan0"]);
-    let have: Vec<String> = addrs[0]["addr_info"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
-        .collect();
+    let have = addresses(&ns, "lan0");
     assert!(have.contains(&"192.0.2.11/24".to_string()), "{have:?}");
     assert!(!have.contains(&"192.0.2.10/24".to_string()), "{have:?}");
     assert!(have.contains(&"10.9.9.9/32".to_string()), "{have:?}");

@@ -75,6 +75,24 @@ fn require_dev(c: &Common, obs: &Observed) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The start of a switch port's set-up (bridge, Open vSwitch): the device must exist; rename
+/// it, take it down, give it [`BRIDGE_PORT_MAC`] and flush its addresses.
+fn plan_port_setup(c: &Common, obs: &Observed, plan: &mut Plan) -> Result<(), Failure> {
+    require_dev(c, obs)?;
+    plan_rename(c, obs, plan)?;
+    let dev = &c.name;
+    plan.link(LinkChange::SetUp {
+        dev: dev.clone(),
+        up: false,
+    });
+    plan.link_lenient(LinkChange::SetMac {
+        dev: dev.clone(),
+        mac: BRIDGE_PORT_MAC,
+    });
+    plan.link(LinkChange::FlushAddrs { dev: dev.clone() });
+    Ok(())
+}
+
 /// The antispoofing/rate batch for set-up (rate only for taps: netback enforces it for vifs).
 fn plan_firewall_up(c: &Common, plan: &mut Plan) {
     let rate = if c.type_if == TypeIf::Tap {
@@ -137,18 +155,8 @@ pub fn plan_bridge(c: &Common, f: &BridgeFacts, obs: &Observed) -> Result<(Plan,
     let mut plan = Plan::default();
     if c.setup() {
         let br = resolve_bridge(&f.bridge, obs)?;
-        require_dev(c, obs)?;
-        plan_rename(c, obs, &mut plan)?;
+        plan_port_setup(c, obs, &mut plan)?;
         let dev = c.name.clone();
-        plan.link(LinkChange::SetUp {
-            dev: dev.clone(),
-            up: false,
-        });
-        plan.link_lenient(LinkChange::SetMac {
-            dev: dev.clone(),
-            mac: BRIDGE_PORT_MAC,
-        });
-        plan.link(LinkChange::FlushAddrs { dev: dev.clone() });
         plan_firewall_up(c, &mut plan);
         let mtu = match f.mtu.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
             Some(m) => m
@@ -584,17 +592,7 @@ pub fn plan_ovs(c: &Common, f: &OvsFacts, obs: &Observed) -> Result<Plan, Failur
     ];
     if c.setup() {
         let b = parse_ovs_bridge(&f.bridge).ok_or_else(|| fail("No valid bridge was specified"))?;
-        require_dev(c, obs)?;
-        plan_rename(c, obs, &mut plan)?;
-        plan.link(LinkChange::SetUp {
-            dev: dev.clone(),
-            up: false,
-        });
-        plan.link_lenient(LinkChange::SetMac {
-            dev: dev.clone(),
-            mac: BRIDGE_PORT_MAC,
-        });
-        plan.link(LinkChange::FlushAddrs { dev: dev.clone() });
+        plan_port_setup(c, obs, &mut plan)?;
         if c.type_if == TypeIf::Vif {
             plan_firewall_up(c, &mut plan);
         }
@@ -949,6 +947,19 @@ mod tests {
         }
     }
 
+    /// [`plan_bridge`] onto `xenbr0` with the MTU node `mtu`, against `links`.
+    fn plan_xenbr0(
+        c: &Common,
+        mtu: Option<&str>,
+        links: &RecordingLinks,
+    ) -> Result<(Plan, String), Failure> {
+        let f = BridgeFacts {
+            bridge: "xenbr0".into(),
+            mtu: mtu.map(Into::into),
+        };
+        plan_bridge(c, &f, &observed(links))
+    }
+
     fn host() -> RecordingLinks {
         let mut l = RecordingLinks::default();
         l.add("eth0", Some("veth"))
@@ -968,15 +979,7 @@ mod tests {
     fn bridge_online_plan_order() {
         let l = host();
         let c = common(Action::Online, "vif", &[]);
-        let (plan, br) = plan_bridge(
-            &c,
-            &BridgeFacts {
-                bridge: "xenbr0".into(),
-                mtu: None,
-            },
-            &observed(&l),
-        )
-        .unwrap();
+        let (plan, br) = plan_xenbr0(&c, None, &l).unwrap();
         assert_eq!(br, "xenbr0");
         let text: Vec<String> = plan.steps.iter().map(ToString::to_string).collect();
         assert_eq!(
@@ -1020,43 +1023,19 @@ mod tests {
     fn bridge_mtu_node_and_vifname_rename() {
         let mut l = host();
         let c = common(Action::Online, "vif", &[("vifname", "web0")]);
-        let (plan, _) = plan_bridge(
-            &c,
-            &BridgeFacts {
-                bridge: "xenbr0".into(),
-                mtu: Some("9000".into()),
-            },
-            &observed(&l),
-        )
-        .unwrap();
+        let (plan, _) = plan_xenbr0(&c, Some("9000"), &l).unwrap();
         let text: Vec<String> = plan.steps.iter().map(ToString::to_string).collect();
         assert_eq!(text[1], "rename vif5.0 to web0");
         assert!(text.contains(&"set web0 mtu 9000".to_string()));
         // The frontend path comes from XENBUS_PATH, not from the vifname.
         assert!(text.contains(&"xenstore write /local/domain/5/device/vif/0/mtu=9000".to_string()));
         l.add("web0", Some("veth"));
-        let e = plan_bridge(
-            &c,
-            &BridgeFacts {
-                bridge: "xenbr0".into(),
-                mtu: None,
-            },
-            &observed(&l),
-        )
-        .unwrap_err();
+        let e = plan_xenbr0(&c, None, &l).unwrap_err();
         assert_eq!(
             e.message(),
             "Cannot rename interface vif5.0. An interface with name web0 already exists."
         );
-        assert!(plan_bridge(
-            &c,
-            &BridgeFacts {
-                bridge: "xenbr0".into(),
-                mtu: Some("big".into())
-            },
-            &observed(&host())
-        )
-        .is_err());
+        assert!(plan_xenbr0(&c, Some("big"), &host()).is_err());
     }
 
     #[test]
@@ -1064,15 +1043,7 @@ mod tests {
         let mut l = RecordingLinks::default();
         l.add("eth0", None);
         let c = common(Action::Offline, "vif", &[("ip", "10.0.0.5")]);
-        let (plan, _) = plan_bridge(
-            &c,
-            &BridgeFacts {
-                bridge: "xenbr0".into(),
-                mtu: None,
-            },
-            &observed(&l),
-        )
-        .unwrap();
+        let (plan, _) = plan_xenbr0(&c, None, &l).unwrap();
         assert_eq!(plan.steps.len(), 1, "only the firewall removal: {plan:?}");
     }
 
@@ -1081,15 +1052,7 @@ mod tests {
         let mut l = host();
         l.add("vif5.0-emu", Some("tun"));
         let c = common(Action::Add, "tap", &[("rate", "125000,1000000")]);
-        let (plan, _) = plan_bridge(
-            &c,
-            &BridgeFacts {
-                bridge: "xenbr0".into(),
-                mtu: None,
-            },
-            &observed(&l),
-        )
-        .unwrap();
+        let (plan, _) = plan_xenbr0(&c, None, &l).unwrap();
         assert!(!plan.steps.iter().any(|s| matches!(s, Step::XsWrite { .. })));
         let nft = plan
             .steps
@@ -1296,108 +1259,90 @@ mod tests {
         )
     }
 
+    /// `vif5.0` of domain 5 as the toolstack names it.
+    const VIF5: [(&str, &str); 2] = [("vif", "vif5.0"), ("XENBUS_PATH", "backend/vif/5/0")];
+
+    /// One host for whole `vif-bridge` runs: its xenstore, links and firewall, all fake.
+    struct Bench {
+        xs: MemXs,
+        links: RecordingLinks,
+        fw: FakeFirewall,
+    }
+
+    impl Bench {
+        /// [`host`], with `backend/vif/5/0/bridge` set to `bridge`.
+        fn new(bridge: &str) -> Self {
+            let xs = MemXs::default();
+            xs.set("backend/vif/5/0/bridge", bridge);
+            Bench {
+                xs,
+                links: host(),
+                fw: FakeFirewall::default(),
+            }
+        }
+
+        /// `vif-bridge COMMAND type_if=vif` with `env`.
+        fn bridge(&mut self, command: &str, env: &[(&str, &str)]) -> ExitCode {
+            run_fake(
+                &["vif-bridge", command, "type_if=vif"],
+                env,
+                &self.xs,
+                &mut self.links,
+                &mut self.fw,
+            )
+        }
+
+        /// The backend node `backend/vif/5/0/<key>`.
+        fn node(&self, key: &str) -> Option<String> {
+            self.xs.value(&format!("backend/vif/5/0/{key}"))
+        }
+    }
+
     #[test]
     fn whole_run_online_offline_with_fakes() {
-        let xs = MemXs::default();
-        xs.set("backend/vif/5/0/bridge", "xenbr0");
-        xs.set("backend/vif/5/0/ip", "10.0.0.5");
-        let mut links = host();
-        let mut fw = FakeFirewall::default();
-        let env = [("vif", "vif5.0"), ("XENBUS_PATH", "backend/vif/5/0")];
-        let rc = run_fake(
-            &["vif-bridge", "online", "type_if=vif"],
-            &env,
-            &xs,
-            &mut links,
-            &mut fw,
-        );
-        assert_eq!(rc, ExitCode::SUCCESS);
+        let mut b = Bench::new("xenbr0");
+        b.xs.set("backend/vif/5/0/ip", "10.0.0.5");
+        assert_eq!(b.bridge("online", &VIF5), ExitCode::SUCCESS);
+        assert_eq!(b.node("hotplug-status").as_deref(), Some("connected"));
         assert_eq!(
-            xs.value("backend/vif/5/0/hotplug-status").as_deref(),
-            Some("connected")
-        );
-        assert_eq!(
-            xs.value("/local/domain/5/device/vif/0/mtu").as_deref(),
+            b.xs.value("/local/domain/5/device/vif/0/mtu").as_deref(),
             Some("1400")
         );
-        assert_eq!(links.get("vif5.0").master, Some(2));
-        assert_eq!(fw.chains, vec!["vif5.0".to_string()]);
-        let rc = run_fake(
-            &["vif-bridge", "offline", "type_if=vif"],
-            &env,
-            &xs,
-            &mut links,
-            &mut fw,
-        );
-        assert_eq!(rc, ExitCode::SUCCESS);
-        assert_eq!(links.get("vif5.0").master, None);
-        assert!(fw.chains.is_empty());
+        assert_eq!(b.links.get("vif5.0").master, Some(2));
+        assert_eq!(b.fw.chains, vec!["vif5.0".to_string()]);
+        assert_eq!(b.bridge("offline", &VIF5), ExitCode::SUCCESS);
+        assert_eq!(b.links.get("vif5.0").master, None);
+        assert!(b.fw.chains.is_empty());
         // Idempotent.
-        let rc = run_fake(
-            &["vif-bridge", "offline", "type_if=vif"],
-            &env,
-            &xs,
-            &mut links,
-            &mut fw,
-        );
-        assert_eq!(rc, ExitCode::SUCCESS);
+        assert_eq!(b.bridge("offline", &VIF5), ExitCode::SUCCESS);
         // The no-op combination touches nothing.
-        let before = links.log.len();
-        let rc = run_fake(
-            &["vif-bridge", "add", "type_if=vif"],
-            &env,
-            &xs,
-            &mut links,
-            &mut fw,
-        );
-        assert_eq!((rc, links.log.len()), (ExitCode::SUCCESS, before));
+        let before = b.links.log.len();
+        let rc = b.bridge("add", &VIF5);
+        assert_eq!((rc, b.links.log.len()), (ExitCode::SUCCESS, before));
     }
 
     #[test]
     fn whole_run_error_contract_and_rollback() {
-        let xs = MemXs::default();
-        xs.set("backend/vif/5/0/bridge", "nobr");
-        let mut links = host();
-        let mut fw = FakeFirewall::default();
-        let env = [("vif", "vif5.0"), ("XENBUS_PATH", "backend/vif/5/0")];
-        let rc = run_fake(
-            &["vif-bridge", "online", "type_if=vif"],
-            &env,
-            &xs,
-            &mut links,
-            &mut fw,
-        );
-        assert_eq!(rc, ExitCode::FAILURE);
+        let mut b = Bench::new("nobr");
+        assert_eq!(b.bridge("online", &VIF5), ExitCode::FAILURE);
         assert_eq!(
-            xs.value("backend/vif/5/0/hotplug-error").as_deref(),
+            b.node("hotplug-error").as_deref(),
             Some("Could not find bridge device nobr")
         );
-        assert_eq!(
-            xs.value("backend/vif/5/0/hotplug-status").as_deref(),
-            Some("error")
-        );
-        assert!(links.log.is_empty());
+        assert_eq!(b.node("hotplug-status").as_deref(), Some("error"));
+        assert!(b.links.log.is_empty());
         // A failure late in online rolls everything back.
-        xs.set("backend/vif/5/0/bridge", "xenbr0");
-        links.fail = Some(|c| matches!(c, LinkChange::SetUp { up: true, .. }).then_some(libc::EIO));
-        let rc = run_fake(
-            &["vif-bridge", "online", "type_if=vif"],
-            &env,
-            &xs,
-            &mut links,
-            &mut fw,
-        );
-        assert_eq!(rc, ExitCode::FAILURE);
-        let v = links.get("vif5.0");
+        b.xs.set("backend/vif/5/0/bridge", "xenbr0");
+        b.links.fail =
+            Some(|c| matches!(c, LinkChange::SetUp { up: true, .. }).then_some(libc::EIO));
+        assert_eq!(b.bridge("online", &VIF5), ExitCode::FAILURE);
+        let v = b.links.get("vif5.0");
         assert_eq!(
             (v.master, v.mtu, v.mac),
             (None, 1500, Some([0, 0x16, 0x3e, 0, 0, 3]))
         );
-        assert_eq!(xs.value("/local/domain/5/device/vif/0/mtu"), None);
-        assert_eq!(
-            xs.value("backend/vif/5/0/hotplug-status").as_deref(),
-            Some("error")
-        );
+        assert_eq!(b.xs.value("/local/domain/5/device/vif/0/mtu"), None);
+        assert_eq!(b.node("hotplug-status").as_deref(), Some("error"));
     }
 
     #[test]
@@ -1417,36 +1362,11 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let xs = MemXs::default();
-        xs.set("backend/vif/5/0/bridge", "xenbr0");
-        let mut links = host();
-        let mut fw = FakeFirewall::default();
+        let mut b = Bench::new("xenbr0");
         let d = dir.path().to_str().unwrap();
-        let env = [
-            ("vif", "vif5.0"),
-            ("XENBUS_PATH", "backend/vif/5/0"),
-            ("XENPLUG_SCRIPTS_DIR", d),
-        ];
-        assert_eq!(
-            run_fake(
-                &["vif-bridge", "online", "type_if=vif"],
-                &env,
-                &xs,
-                &mut links,
-                &mut fw
-            ),
-            ExitCode::SUCCESS
-        );
-        assert_eq!(
-            run_fake(
-                &["vif-bridge", "offline", "type_if=vif"],
-                &env,
-                &xs,
-                &mut links,
-                &mut fw
-            ),
-            ExitCode::SUCCESS
-        );
+        let env = [VIF5[0], VIF5[1], ("XENPLUG_SCRIPTS_DIR", d)];
+        assert_eq!(b.bridge("online", &env), ExitCode::SUCCESS);
+        assert_eq!(b.bridge("offline", &env), ExitCode::SUCCESS);
         assert_eq!(
             std::fs::read_to_string(&out).unwrap(),
             "online vif5.0 xenbr0 vif\noffline vif5.0 xenbr0 vif\n"
@@ -1455,7 +1375,6 @@ mod tests {
 
     #[test]
     fn whole_run_bad_input_through_the_error_contract() {
-        let env = [("vif", "vif5.0"), ("XENBUS_PATH", "backend/vif/5/0")];
         let cases: &[(&[(&str, &str)], &str)] = &[
             (
                 &[("backend/vif/5/0/ip", "10.0.0.1 nonsense")],
@@ -1479,65 +1398,27 @@ mod tests {
             ),
         ];
         for (nodes, msg) in cases {
-            let xs = MemXs::default();
-            xs.set("backend/vif/5/0/bridge", "xenbr0");
+            let mut b = Bench::new("xenbr0");
             for (k, v) in *nodes {
-                xs.set(k, v);
+                b.xs.set(k, v);
             }
-            let mut links = host();
-            let mut fw = FakeFirewall::default();
-            let rc = run_fake(
-                &["vif-bridge", "online", "type_if=vif"],
-                &env,
-                &xs,
-                &mut links,
-                &mut fw,
-            );
-            assert_eq!(rc, ExitCode::FAILURE, "{msg}");
-            assert_eq!(
-                xs.value("backend/vif/5/0/hotplug-error").as_deref(),
-                Some(*msg)
-            );
-            assert_eq!(
-                xs.value("backend/vif/5/0/hotplug-status").as_deref(),
-                Some("error")
-            );
-            assert!(links.log.is_empty(), "nothing touched for {msg}");
+            assert_eq!(b.bridge("online", &VIF5), ExitCode::FAILURE, "{msg}");
+            assert_eq!(b.node("hotplug-error").as_deref(), Some(*msg));
+            assert_eq!(b.node("hotplug-status").as_deref(), Some("error"));
+            assert!(b.links.log.is_empty(), "nothing touched for {msg}");
         }
         // A vif that does not exist.
-        let xs = MemXs::default();
-        xs.set("backend/vif/5/0/bridge", "xenbr0");
-        let mut links = host();
-        let mut fw = FakeFirewall::default();
+        let mut b = Bench::new("xenbr0");
         let env = [("vif", "vif9.9"), ("XENBUS_PATH", "backend/vif/5/0")];
+        assert_eq!(b.bridge("online", &env), ExitCode::FAILURE);
         assert_eq!(
-            run_fake(
-                &["vif-bridge", "online", "type_if=vif"],
-                &env,
-                &xs,
-                &mut links,
-                &mut fw
-            ),
-            ExitCode::FAILURE
-        );
-        assert_eq!(
-            xs.value("backend/vif/5/0/hotplug-error").as_deref(),
+            b.node("hotplug-error").as_deref(),
             Some("Cannot find interface vif9.9")
         );
         // No vif variable at all.
-        let env = [("XENBUS_PATH", "backend/vif/5/0")];
-        assert_eq!(
-            run_fake(
-                &["vif-bridge", "online", "type_if=vif"],
-                &env,
-                &xs,
-                &mut links,
-                &mut fw
-            ),
-            ExitCode::FAILURE
-        );
-        assert!(xs
-            .value("backend/vif/5/0/hotplug-error")
+        assert_eq!(b.bridge("online", &VIF5[1..]), ExitCode::FAILURE);
+        assert!(b
+            .node("hotplug-error")
             .unwrap()
             .starts_with("vif: parameter null or not set"));
     }

@@ -10,7 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use common::{link, run_in, setup, Xs};
+use common::{link, run_in, run_in_ok, setup, Xs};
 use xenplug_testkit::{require, require_program, require_root, NetNs};
 use xenplug_vif::scripts::Script;
 use xenplug_xenstore::XsOps;
@@ -42,15 +42,26 @@ fn dump(xs: &Xs) -> BTreeMap<String, String> {
 }
 
 fn reference(ns: &NetNs, xs: &Xs, args: &[&str], env: &[(&str, &str)]) -> ExitCode {
+    reference_script(REFERENCE, ns, xs, args, env)
+}
+
+/// Run the reference shell script `script` inside `ns`, talking to `xs`.
+fn reference_script(
+    script: &str,
+    ns: &NetNs,
+    xs: &Xs,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> ExitCode {
     let st = ns
-        .command(REFERENCE)
+        .command(script)
         .args(args)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .envs(env.iter().copied())
         .env("XENSTORED_PATH", xs.socket())
         .status()
-        .expect("run the reference vif-bridge");
+        .unwrap_or_else(|e| panic!("run the reference {script}: {e}"));
     if st.success() {
         ExitCode::SUCCESS
     } else {
@@ -292,20 +303,12 @@ fn same_as_reference_vif_route() {
         ("netdev", "eth0"),
     ];
     let args = ["online", "type_if=vif"];
-    let st = ns_ref
-        .command("/etc/xen/scripts/vif-route")
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .envs(env)
-        .env("XENSTORED_PATH", xs_ref.socket())
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let vif_route = "/etc/xen/scripts/vif-route";
     assert_eq!(
-        run_in(&ns_ours, Script::Route, &args, &env, &xs_ours),
+        reference_script(vif_route, &ns_ref, &xs_ref, &args, &env),
         ExitCode::SUCCESS
     );
+    run_in_ok(&ns_ours, Script::Route, &args, &env, &xs_ours);
     assert_eq!(routes(&ns_ref, "vif5.0"), routes(&ns_ours, "vif5.0"));
     assert_eq!(routes(&ns_ours, "vif5.0").len(), 2);
     assert_eq!(addrs(&ns_ref, "vif5.0"), addrs(&ns_ours, "vif5.0"));
@@ -321,20 +324,11 @@ fn same_as_reference_vif_route() {
     assert_eq!(dump(&xs_ref), dump(&xs_ours));
 
     let args = ["offline", "type_if=vif"];
-    let st = ns_ref
-        .command("/etc/xen/scripts/vif-route")
-        .args(args)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .envs(env)
-        .env("XENSTORED_PATH", xs_ref.socket())
-        .status()
-        .unwrap();
-    assert!(st.success());
     assert_eq!(
-        run_in(&ns_ours, Script::Route, &args, &env, &xs_ours),
+        reference_script(vif_route, &ns_ref, &xs_ref, &args, &env),
         ExitCode::SUCCESS
     );
+    run_in_ok(&ns_ours, Script::Route, &args, &env, &xs_ours);
     assert_eq!(routes(&ns_ref, "vif5.0"), routes(&ns_ours, "vif5.0"));
     assert!(routes(&ns_ours, "vif5.0").is_empty());
     assert_eq!(dump(&xs_ref), dump(&xs_ours));

@@ -11,7 +11,7 @@ mod common;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 
-use common::{link, nft_chains, run_in, setup, up, Xs};
+use common::{link, nft_chains, run_in, run_in_ok, setup, up, Xs};
 use serde_json::Value;
 use xenplug_testkit::{require_program, require_root, NetNs};
 use xenplug_vif::scripts::Script;
@@ -30,10 +30,7 @@ fn bridge_online_offline_real_links() {
     let (host, _guest) = setup("vb");
     let xs = Xs::new();
     xs.set("backend/vif/5/0/bridge", "xenbr0");
-    assert_eq!(
-        run_in(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs);
     let l = link(&host, "vif5.0").unwrap();
     assert_eq!(l["master"], "xenbr0");
     assert_eq!(l["mtu"], 1400);
@@ -49,23 +46,14 @@ fn bridge_online_offline_real_links() {
     );
     assert!(nft_chains(&host).is_empty(), "no ip node, no rules");
 
-    assert_eq!(
-        run_in(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs);
     let l = link(&host, "vif5.0").unwrap();
     assert!(l.get("master").is_none(), "{l}");
     assert!(!up(&l));
     // Idempotent, and fine once the vif is gone.
-    assert_eq!(
-        run_in(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs);
     host.ip(&["link", "del", "vif5.0"]).unwrap();
-    assert_eq!(
-        run_in(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs);
 }
 
 #[test]
@@ -78,10 +66,7 @@ fn bridge_vifname_rename_and_refusal() {
     xs.set("backend/vif/5/0/bridge", "xenbr0");
     xs.set("backend/vif/5/0/vifname", "web0");
     xs.set("backend/vif/5/0/mtu", "1300");
-    assert_eq!(
-        run_in(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs);
     assert!(link(&host, "vif5.0").is_none());
     let l = link(&host, "web0").unwrap();
     assert_eq!(
@@ -92,10 +77,7 @@ fn bridge_vifname_rename_and_refusal() {
         xs.value("/local/domain/5/device/vif/0/mtu").as_deref(),
         Some("1300")
     );
-    assert_eq!(
-        run_in(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs);
     assert!(link(&host, "web0").unwrap().get("master").is_none());
 
     // A second vif asking for the same name is refused through the error contract.
@@ -200,15 +182,9 @@ fn tap_add_remove() {
         ("XENBUS_PATH", "backend/vif/5/0"),
     ];
     // online of a tap: nothing to do.
-    assert_eq!(
-        run_in(&host, Script::Bridge, &["online", "type_if=tap"], &env, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Bridge, &["online", "type_if=tap"], &env, &xs);
     assert!(link(&host, "vif5.0-emu").unwrap().get("master").is_none());
-    assert_eq!(
-        run_in(&host, Script::Bridge, &["add", "type_if=tap"], &env, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Bridge, &["add", "type_if=tap"], &env, &xs);
     let l = link(&host, "vif5.0-emu").unwrap();
     assert_eq!(l["master"], "xenbr0");
     assert_eq!(
@@ -241,10 +217,7 @@ fn tap_add_remove() {
         ),
         (Some(125000), Some("second"), Some("bytes"))
     );
-    assert_eq!(
-        run_in(&host, Script::Bridge, &["remove", "type_if=tap"], &env, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Bridge, &["remove", "type_if=tap"], &env, &xs);
     assert!(link(&host, "vif5.0-emu").unwrap().get("master").is_none());
     assert!(nft_chains(&host).is_empty());
 }
@@ -273,10 +246,7 @@ fn antispoof_enforce_drops_forged_sources() {
     let xs = Xs::new();
     xs.set("backend/vif/5/0/bridge", "xenbr0");
     xs.set("backend/vif/5/0/ip", "10.0.0.5");
-    assert_eq!(
-        run_in(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs);
     assert_eq!(nft_chains(&host), vec!["vif5.0".to_string()]);
     assert!(
         ping(&guest, &["-I", "10.0.0.5", "10.0.0.1"]),
@@ -295,15 +265,9 @@ fn antispoof_enforce_drops_forged_sources() {
         !ping(&guest, &["-I", "10.0.0.66", "10.0.0.1"]),
         "forged source must be dropped"
     );
-    assert_eq!(
-        run_in(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs);
     assert!(nft_chains(&host).is_empty());
-    assert_eq!(
-        run_in(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs);
 }
 
 #[test]
@@ -323,10 +287,7 @@ fn route_online_offline() {
     xs.set("backend/vif/5/0/ip", "10.0.9.5 2001:db8::5");
     let mut env = ENV.to_vec();
     env.push(("antispoof", "off"));
-    assert_eq!(
-        run_in(&host, Script::Route, &["online", "type_if=vif"], &env, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Route, &["online", "type_if=vif"], &env, &xs);
     let routes: Value =
         serde_json::from_str(&host.ip_json(&["route", "show", "dev", "vif5.0"]).unwrap()).unwrap();
     let r = routes
@@ -371,20 +332,14 @@ fn route_online_offline() {
         Some("connected")
     );
 
-    assert_eq!(
-        run_in(&host, Script::Route, &["offline", "type_if=vif"], &env, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Route, &["offline", "type_if=vif"], &env, &xs);
     let routes = host.ip_json(&["route", "show", "dev", "vif5.0"]).unwrap();
     assert!(!routes.contains("10.0.9.5"), "{routes}");
     assert!(!host
         .ip(&["-6", "neigh", "show", "proxy"])
         .unwrap()
         .contains("2001:db8::5"));
-    assert_eq!(
-        run_in(&host, Script::Route, &["offline", "type_if=vif"], &env, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Route, &["offline", "type_if=vif"], &env, &xs);
 
     // No address on netdev: the reference's error.
     let mut env = env.clone();
@@ -488,10 +443,7 @@ fn nat_online_offline_with_dnsmasq_hosts() {
         ("dhcp_hostsfile", h.as_str()),
         ("dnsmasq_pidfile", p.as_str()),
     ]);
-    assert_eq!(
-        run_in(&host, Script::Nat, &["online", "type_if=vif"], &env, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Nat, &["online", "type_if=vif"], &env, &xs);
     assert_eq!(
         xs.value("backend/vif/5/0/hotplug-status").as_deref(),
         Some("connected")
@@ -537,27 +489,18 @@ fn nat_online_offline_with_dnsmasq_hosts() {
     );
     // A second online (e.g. after a failed offline) still ends connected.
     xs.set("backend/vif/5/0/hotplug-status", "");
-    assert_eq!(
-        run_in(&host, Script::Nat, &["online", "type_if=vif"], &env, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Nat, &["online", "type_if=vif"], &env, &xs);
     assert_eq!(
         xs.value("backend/vif/5/0/hotplug-status").as_deref(),
         Some("connected")
     );
 
-    assert_eq!(
-        run_in(&host, Script::Nat, &["offline", "type_if=vif"], &env, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Nat, &["offline", "type_if=vif"], &env, &xs);
     assert_eq!(std::fs::read_to_string(&hosts).unwrap(), "");
     let routes = host.ip_json(&["route", "show", "dev", "vif5.0"]).unwrap();
     assert!(!routes.contains("10.0.5.1"), "{routes}");
     assert!(!nft_chains(&host).iter().any(|c| c == "nat-vif5.0"));
-    assert_eq!(
-        run_in(&host, Script::Nat, &["offline", "type_if=vif"], &env, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Nat, &["offline", "type_if=vif"], &env, &xs);
 }
 
 #[test]
@@ -678,10 +621,7 @@ fn antispoof_enforce_ipv6() {
     let xs = Xs::new();
     xs.set("backend/vif/5/0/bridge", "xenbr0");
     xs.set("backend/vif/5/0/ip", "10.0.0.5 2001:db8::5");
-    assert_eq!(
-        run_in(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs);
     assert!(
         ping(&guest, &["-6", "-I", "2001:db8::5", "2001:db8::1"]),
         "listed IPv6 source must pass"
@@ -690,10 +630,7 @@ fn antispoof_enforce_ipv6() {
         !ping(&guest, &["-6", "-I", "2001:db8::66", "2001:db8::1"]),
         "unlisted IPv6 source must be dropped"
     );
-    assert_eq!(
-        run_in(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs);
     // Control: without our rules the same forged source gets through.
     host.ip(&["link", "set", "vif5.0", "master", "xenbr0", "up"])
         .unwrap();

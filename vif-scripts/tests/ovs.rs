@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-use common::{link, run_in, up, Xs};
+use common::{link, run_in, run_in_ok, up, Xs};
 use xenplug_testkit::{require_program, require_root, run_ok, NetNs};
 use xenplug_vif::scripts::Script;
 
@@ -132,10 +132,7 @@ fn openvswitch_online_offline() {
         ("OVS_RUNDIR", rd),
         ("OVS_DBDIR", rd),
     ];
-    assert_eq!(
-        run_in(&ns, Script::Ovs, &["online", "type_if=vif"], &env, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&ns, Script::Ovs, &["online", "type_if=vif"], &env, &xs);
     assert_eq!(ovs.vsctl(&["port-to-br", "vif5.0"]).trim(), "ovsbr");
     assert_eq!(ovs.vsctl(&["get", "port", "vif5.0", "tag"]).trim(), "7");
     assert_eq!(
@@ -156,16 +153,10 @@ fn openvswitch_online_offline() {
         Some("connected")
     );
 
-    assert_eq!(
-        run_in(&ns, Script::Ovs, &["offline", "type_if=vif"], &env, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&ns, Script::Ovs, &["offline", "type_if=vif"], &env, &xs);
     assert!(!ovs.vsctl(&["list-ports", "ovsbr"]).contains("vif5.0"));
     assert!(!up(&link(&ns, "vif5.0").unwrap()));
-    assert_eq!(
-        run_in(&ns, Script::Ovs, &["offline", "type_if=vif"], &env, &xs),
-        ExitCode::SUCCESS
-    );
+    run_in_ok(&ns, Script::Ovs, &["offline", "type_if=vif"], &env, &xs);
 
     // Bad bridge syntax: the reference's error through the contract.
     xs.set("backend/vif/5/0/bridge", "ovsbr.x");

@@ -549,6 +549,26 @@ impl Conn {
         payload: Vec<u8>,
         path: &str,
     ) -> Result<Vec<u8>> {
+        let (req_id, bytes) = self.encode_request(op, tx_id, payload, path)?;
+        self.io.write_all(&bytes)?;
+        let reply = self.next_reply()?;
+        if reply.req_id != req_id {
+            return Err(XsError::Protocol(format!(
+                "reply for request {} while waiting for {req_id}",
+                reply.req_id
+            )));
+        }
+        decode_reply(reply, op, path)?
+    }
+
+    /// Number and encode one request (too large for the wire: `E2BIG` for `path`).
+    fn encode_request(
+        &mut self,
+        op: MsgType,
+        tx_id: u32,
+        payload: Vec<u8>,
+        path: &str,
+    ) -> Result<(u32, Vec<u8>)> {
         let req_id = self.next_req_id;
         self.next_req_id = self.next_req_id.wrapping_add(1).max(1);
         let msg = Message::new(op, req_id, tx_id, payload);
@@ -557,7 +577,11 @@ impl Conn {
             op: op.name(),
             path: path.to_string(),
         })?;
-        self.io.write_all(&bytes)?;
+        Ok((req_id, bytes))
+    }
+
+    /// The next message that is not a watch event (those met on the way are queued).
+    fn next_reply(&mut self) -> Result<Message> {
         loop {
             let reply = self
                 .read_message(None)?
@@ -566,29 +590,7 @@ impl Conn {
                 self.queue_event(&reply)?;
                 continue;
             }
-            if reply.req_id != req_id {
-                return Err(XsError::Protocol(format!(
-                    "reply for request {} while waiting for {req_id}",
-                    reply.req_id
-                )));
-            }
-            if reply.msg_type == MsgType::ERROR.to_u32() {
-                let name = String::from_utf8_lossy(wire::strip_nul(&reply.payload)).into_owned();
-                let errno = Errno::from_name(&name)
-                    .ok_or_else(|| XsError::Protocol(format!("unknown error {name:?}")))?;
-                return Err(XsError::Daemon {
-                    errno,
-                    op: op.name(),
-                    path: path.to_string(),
-                });
-            }
-            if reply.msg_type != op.to_u32() {
-                return Err(XsError::Protocol(format!(
-                    "reply of type {} to {}",
-                    reply.msg_type, op
-                )));
-            }
-            return Ok(reply.payload);
+            return Ok(reply);
         }
     }
 
@@ -599,48 +601,19 @@ impl Conn {
         let first = self.next_req_id;
         let mut bytes = Vec::new();
         for p in paths {
-            let req_id = self.next_req_id;
-            self.next_req_id = self.next_req_id.wrapping_add(1).max(1);
             let payload = wire::join_strings(&[p.as_bytes()]);
-            let msg = Message::new(op, req_id, 0, payload);
-            bytes.extend(msg.encode().map_err(|_| XsError::Daemon {
-                errno: Errno::E2BIG,
-                op: op.name(),
-                path: p.clone(),
-            })?);
+            bytes.extend(self.encode_request(op, 0, payload, p)?.1);
         }
         self.io.write_all(&bytes)?;
         let mut out: Vec<Option<Result<Vec<u8>>>> = (0..paths.len()).map(|_| None).collect();
         let mut pending = paths.len();
         while pending > 0 {
-            let reply = self
-                .read_message(None)?
-                .ok_or_else(|| XsError::Protocol("no reply".into()))?;
-            if reply.msg_type == MsgType::WATCH_EVENT.to_u32() {
-                self.queue_event(&reply)?;
-                continue;
-            }
+            let reply = self.next_reply()?;
             let index = reply.req_id.wrapping_sub(first) as usize;
             let slot = out.get_mut(index).filter(|s| s.is_none()).ok_or_else(|| {
                 XsError::Protocol(format!("unexpected reply for request {}", reply.req_id))
             })?;
-            *slot = Some(if reply.msg_type == MsgType::ERROR.to_u32() {
-                let name = String::from_utf8_lossy(wire::strip_nul(&reply.payload)).into_owned();
-                let errno = Errno::from_name(&name)
-                    .ok_or_else(|| XsError::Protocol(format!("unknown error {name:?}")))?;
-                Err(XsError::Daemon {
-                    errno,
-                    op: op.name(),
-                    path: paths[index].clone(),
-                })
-            } else if reply.msg_type != op.to_u32() {
-                return Err(XsError::Protocol(format!(
-                    "reply of type {} to {}",
-                    reply.msg_type, op
-                )));
-            } else {
-                Ok(reply.payload)
-            });
+            *slot = Some(decode_reply(reply, op, &paths[index])?);
             pending -= 1;
         }
         Ok(out.into_iter().flatten().collect())
@@ -729,6 +702,28 @@ impl Conn {
             }
         }
     }
+}
+
+/// Decode the reply to a request `op` on `path`: its payload, or the error the daemon named for
+/// the path (inner `Err`); a reply that is neither is a protocol error (outer `Err`).
+fn decode_reply(reply: Message, op: MsgType, path: &str) -> Result<Result<Vec<u8>>> {
+    if reply.msg_type == MsgType::ERROR.to_u32() {
+        let name = String::from_utf8_lossy(wire::strip_nul(&reply.payload)).into_owned();
+        let errno = Errno::from_name(&name)
+            .ok_or_else(|| XsError::Protocol(format!("unknown error {name:?}")))?;
+        return Ok(Err(XsError::Daemon {
+            errno,
+            op: op.name(),
+            path: path.to_string(),
+        }));
+    }
+    if reply.msg_type != op.to_u32() {
+        return Err(XsError::Protocol(format!(
+            "reply of type {} to {}",
+            reply.msg_type, op
+        )));
+    }
+    Ok(Ok(reply.payload))
 }
 
 #[cfg(test)]

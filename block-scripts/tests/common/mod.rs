@@ -123,6 +123,14 @@ impl Rig {
         xenplug_block::block::main(self.raw("block", action, &backend(dom, dev)))
     }
 
+    /// Run `block add` for `backend/vbd/<dom>/<dev>`, which must fail: the `hotplug-error` it
+    /// wrote.
+    #[track_caller]
+    pub fn add_fails(&self, dom: u32, dev: u32) -> String {
+        assert!(!exit_ok(self.block("add", dom, dev)));
+        self.key(dom, dev, "hotplug-error").unwrap()
+    }
+
     /// Create backend `backend/vbd/<dom>/<dev>` as libxl would (state InitWait), and the
     /// frontend domain's `vm` (`/vm/vm-<dom>` unless `vm` is given).
     pub fn backend(&self, dom: u32, dev: u32, params: &str, mode: &str) {

@@ -42,6 +42,12 @@ impl Xs {
     }
 }
 
+/// [`run_in`], which must exit successfully.
+#[track_caller]
+pub fn run_in_ok(ns: &NetNs, script: Script, args: &[&str], env: &[(&str, &str)], xs: &Xs) {
+    assert_eq!(run_in(ns, script, args, env, xs), ExitCode::SUCCESS);
+}
+
 /// Run `script`'s public entry point (from [`SCRIPTS`]) with `args`/`env` inside `ns`, talking
 /// to `xs` through `XENSTORED_PATH`, on a thread `setns`ed into the namespace.
 pub fn run_in(

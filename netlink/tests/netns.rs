@@ -1,0 +1,250 @@
+//! The client against the real kernel, in a throwaway network namespace, with `ip -j` as the
+//! oracle. Needs root (skipped otherwise; fails under CI).
+
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+
+use serde_json::Value;
+use xenplug_netlink::{Client, Create, Error, Route, RouteProtocol};
+use xenplug_testkit::{require_program, require_root, NetNs};
+
+/// A fresh namespace with the veth pair `d0`/`p0`, or `None` when the test cannot run.
+fn veth_ns(tag: &str) -> Option<NetNs> {
+    if !(require_root() && require_program("ip")) {
+        return None;
+    }
+    let ns = NetNs::new(tag).unwrap();
+    ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "p0"])
+        .unwrap();
+    Some(ns)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn json(ns: &NetNs, args: &[&str]) -> Value {
+    serde_json::from_str(&ns.ip_json(args).unwrap()).unwrap()
+}
+
+/// `ip -j link show DEV`, or `None` when there is no such link.
+fn ip_link(ns: &NetNs, dev: &str) -> Option<Value> {
+    let v: Value = serde_json::from_str(&ns.ip_json(&["link", "show", "dev", dev]).ok()?).ok()?;
+    v.as_array()?.first().cloned()
+}
+
+/// Run `f` with a client opened on a thread that has entered `ns`.
+fn in_ns<T: Send>(ns: &NetNs, f: impl FnOnce(&mut Client) -> T + Send) -> T {
+    let path = ns.path();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let file = std::fs::File::open(&path).unwrap();
+            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f(&mut Client::open().unwrap())
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+#[test]
+fn links_and_link_changes_match_ip() {
+    let Some(ns) = veth_ns("nl-link") else {
+        return;
+    };
+    ns.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
+
+    let (links, d0, none) = in_ns(&ns, |c| {
+        (
+            c.links().unwrap(),
+            c.link("d0").unwrap(),
+            c.link("nosuch").unwrap(),
+        )
+    });
+    assert!(none.is_none());
+    let oracle = json(&ns, &["-d", "link", "show"]);
+    let oracle = oracle.as_array().unwrap();
+    assert_eq!(links.len(), oracle.len());
+    for (l, o) in links.iter().zip(oracle) {
+        assert_eq!(l.index as u64, o["ifindex"].as_u64().unwrap());
+        assert_eq!(l.name, o["ifname"].as_str().unwrap());
+        assert_eq!(l.mtu as u64, o["mtu"].as_u64().unwrap());
+        let flags: Vec<&str> = o["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        assert_eq!(l.up, flags.contains(&"UP"), "{o}");
+        assert_eq!(l.loopback, flags.contains(&"LOOPBACK"), "{o}");
+        assert!(l.stats.is_some(), "the dump carries counters");
+    }
+    let d0 = d0.unwrap();
+    assert_eq!(d0.kind.as_deref(), Some("veth"));
+    let br0 = links.iter().find(|l| l.name == "br0").unwrap().clone();
+    assert_eq!(br0.kind.as_deref(), Some("bridge"));
+
+    in_ns(&ns, |c| {
+        c.set_mtu(d0.index, 1280).unwrap();
+        c.set_mac(d0.index, [0x00, 0x16, 0x3e, 0x0a, 0x0b, 0x0c])
+            .unwrap();
+        c.set_master(d0.index, Some(br0.index)).unwrap();
+        c.set_up(d0.index, true).unwrap();
+    });
+    let o = ip_link(&ns, "d0").unwrap();
+    assert_eq!(o["mtu"], 1280);
+    assert_eq!(o["address"], "00:16:3e:0a:0b:0c");
+    assert_eq!(o["master"], "br0");
+    assert!(o["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    let seen = in_ns(&ns, |c| c.link("d0").unwrap().unwrap());
+    assert_eq!(seen.master, Some(br0.index));
+    assert_eq!(seen.mac, Some([0x00, 0x16, 0x3e, 0x0a, 0x0b, 0x0c]));
+    assert!(seen.up);
+
+    let e = in_ns(&ns, |c| {
+        c.set_up(d0.index, false).unwrap();
+        c.set_master(d0.index, None).unwrap();
+        c.set_name(d0.index, "guest0").unwrap();
+        c.set_mtu(999_999, 1500).unwrap_err()
+    });
+    assert!(matches!(e, Error::Kernel(19)), "ENODEV: {e:?}");
+    assert!(e.is_gone());
+    assert!(ip_link(&ns, "d0").is_none());
+    let o = ip_link(&ns, "guest0").unwrap();
+    assert!(o.get("master").is_none(), "{o}");
+    assert!(!o["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+}
+
+#[test]
+fn addresses_routes_and_proxy_neighbours_match_ip() {
+    let Some(ns) = veth_ns("nl-addr") else {
+        return;
+    };
+    ns.ip(&["link", "set", "d0", "up"]).unwrap();
+    let index = json(&ns, &["link", "show", "dev", "d0"])[0]["ifindex"]
+        .as_u64()
+        .unwrap() as u32;
+
+    let (addrs, again, refreshed) = in_ns(&ns, |c| {
+        c.add_address(index, ip("10.1.0.1"), 24, Create::Exclusive)
+            .unwrap();
+        c.add_address(index, ip("10.1.0.2"), 24, Create::Exclusive)
+            .unwrap();
+        c.add_address(index, ip("2001:db8::1"), 64, Create::Exclusive)
+            .unwrap();
+        let again = c
+            .add_address(index, ip("10.1.0.1"), 24, Create::Exclusive)
+            .unwrap_err();
+        let refreshed = c.add_address(index, ip("10.1.0.1"), 24, Create::Replace);
+        (c.addresses().unwrap(), again, refreshed)
+    });
+    assert_eq!(again.errno(), Some(17), "EEXIST: {again}");
+    refreshed.unwrap();
+    let mine: Vec<_> = addrs.iter().filter(|a| a.index == index).collect();
+    let oracle = json(&ns, &["addr", "show", "dev", "d0"]);
+    let oracle: Vec<(IpAddr, u8, bool)> = oracle[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                ip(a["local"].as_str().unwrap()),
+                a["prefixlen"].as_u64().unwrap() as u8,
+                a.get("secondary").is_some(),
+            )
+        })
+        .collect();
+    let mut got: Vec<_> = mine
+        .iter()
+        .map(|a| (a.addr, a.prefix, a.secondary))
+        .collect();
+    let mut want = oracle.clone();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    assert!(got.contains(&(ip("10.1.0.2"), 24, true)), "{got:?}");
+    assert!(addrs.iter().any(|a| a.addr == ip("127.0.0.1")));
+
+    let host = Route {
+        oif: index,
+        dst: ip("10.2.0.5"),
+        prefix: 32,
+        via: None,
+        src: Some(ip("10.1.0.1")),
+        metric: Some(7),
+        protocol: RouteProtocol::Boot,
+    };
+    let default = Route {
+        dst: ip("0.0.0.0"),
+        prefix: 0,
+        via: Some(ip("10.1.0.254")),
+        src: None,
+        metric: None,
+        protocol: RouteProtocol::Static,
+        ..host.clone()
+    };
+    let dup = in_ns(&ns, |c| {
+        c.add_route(&host, Create::Exclusive).unwrap();
+        c.add_route(&default, Create::Replace).unwrap();
+        c.add_route(&default, Create::Replace).unwrap();
+        c.add_route(&host, Create::Exclusive).unwrap_err()
+    });
+    assert_eq!(dup.errno(), Some(17));
+    let routes = json(&ns, &["-d", "route", "show", "dev", "d0"]);
+    let routes = routes.as_array().unwrap();
+    let h = routes.iter().find(|r| r["dst"] == "10.2.0.5").unwrap();
+    assert_eq!(h["scope"], "link");
+    assert_eq!(h["prefsrc"], "10.1.0.1");
+    assert_eq!(h["metric"], 7);
+    assert_eq!(h["protocol"], "boot");
+    let d = routes.iter().find(|r| r["dst"] == "default").unwrap();
+    assert_eq!(d["gateway"], "10.1.0.254");
+    assert_eq!(d["protocol"], "static");
+    assert_eq!(routes.iter().filter(|r| r["dst"] == "default").count(), 1);
+
+    let gone = in_ns(&ns, |c| {
+        c.del_route(&host).unwrap();
+        // Deleting with protocol Unspec matches any protocol.
+        c.del_route(&Route {
+            protocol: RouteProtocol::Unspec,
+            ..default.clone()
+        })
+        .unwrap();
+        c.del_route(&host).unwrap_err()
+    });
+    assert!(gone.is_gone(), "{gone:?}");
+    let routes = json(&ns, &["route", "show", "dev", "d0"]);
+    assert!(routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["dst"] != "10.2.0.5" && r["dst"] != "default"));
+
+    in_ns(&ns, |c| {
+        c.add_proxy_neighbour(index, ip("2001:db8::7")).unwrap();
+        c.add_proxy_neighbour(index, ip("10.1.0.9")).unwrap();
+    });
+    let proxies = ns.ip(&["neigh", "show", "proxy", "dev", "d0"]).unwrap();
+    assert!(proxies.contains("2001:db8::7"), "{proxies}");
+    assert!(proxies.contains("10.1.0.9"), "{proxies}");
+    let gone = in_ns(&ns, |c| {
+        c.del_proxy_neighbour(index, ip("2001:db8::7")).unwrap();
+        c.del_proxy_neighbour(index, ip("10.1.0.9")).unwrap();
+        c.del_proxy_neighbour(index, ip("10.1.0.9")).unwrap_err()
+    });
+    assert!(gone.is_gone(), "{gone:?}");
+    assert_eq!(
+        ns.ip(&["neigh", "show", "proxy", "dev", "d0"])
+            .unwrap()
+            .trim(),
+        ""
+    );
+
+    let gone = in_ns(&ns, |c| {
+        c.del_address(index, ip("10.1.0.2"), 24).unwrap();
+        c.del_address(index, ip("10.1.0.2"), 24).unwrap_err()
+    });
+    assert!(gone.is_gone(), "{gone:?}");
+    let left = json(&ns, &["addr", "show", "dev", "d0"]);
+    assert!(!left.to_string().contains("10.1.0.2"));
+}
