@@ -1,0 +1,28 @@
+//! The dom0 peer of xenplug's Xen PV channels.
+//!
+//! A channel is a byte stream between a dom0 Unix socket (QEMU listens on it) and a guest tty
+//! (`/dev/hvcN`). This crate speaks the QEMU guest agent protocol over it — through the shared
+//! `xenplug-channel` crate — to `xenplug-agent` or to Debian's `qemu-ga`:
+//!
+//! * [`client`]: one-shot `send` / `query` against one socket;
+//! * [`daemon`]: discovery of every channel from xenstore ([`discovery`]), one task per channel
+//!   running the state machine ([`machine`], driven by [`session`]), configuration from the
+//!   store directory ([`store`], [`doc`]), a default-deny policy for guest-originated requests
+//!   ([`policy`]), status on a control socket;
+//! * [`simguest`]: a faithful simulated guest (tty echo, stale output, QGA replies) for tests and
+//!   the benchmark ([`bench`]).
+//!
+//! The guest is untrusted: see the bounds in [`wire`] and [`session`].
+
+pub mod bench;
+pub mod client;
+pub mod daemon;
+pub mod discovery;
+pub mod doc;
+pub mod log;
+pub mod machine;
+pub mod policy;
+pub mod session;
+pub mod simguest;
+pub mod store;
+pub mod wire;

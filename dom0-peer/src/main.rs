@@ -1,0 +1,516 @@
+//! `xenplug-peer`: the dom0 side of xenplug's Xen PV channels.
+//!
+//! **Who calls it.** An administrator or orchestration tool (one-shot `send` / `query` against
+//! one VM's channel socket), the init system (`daemon`, one process for every VM on the host),
+//! operators and monitoring (`list`), and `tools/bench-peer.sh` (`bench`).
+//!
+//! **argv** (these forms are an interface other tools rely on):
+//!
+//! ```text
+//! xenplug-peer send  --socket PATH --config FILE|DIR [--timeout SECS] [--handshake-timeout SECS]
+//! xenplug-peer query --socket PATH CMD [--user NAME] [--args JSON] [--timeout SECS] [--handshake-timeout SECS]
+//! xenplug-peer daemon --store DIR [--channel-name NAME]… [--policy FILE] [--control PATH]
+//!                     [--xenstore PATH] [--backend-root PATH] [--log-level LEVEL] [--max-frame BYTES]
+//!                     [--guest-rate BYTES_PER_SEC] [--handshake-timeout SECS]
+//!                     [--request-timeout SECS] [--workers N]
+//! xenplug-peer list  [--control PATH] [--json]
+//! xenplug-peer bench --vms N [--timeout SECS] [--json]
+//! ```
+//!
+//! `CMD` is `ping`, `info`, `network`, `hostname`, `osinfo`, `time`, `ssh-keys` (with `--user`,
+//! default `root`), `generation`, or any full command name starting with `guest-` or `__`
+//! (arguments from `--args`). `send` takes a canonical JSON document (`.json`) or a cloud-init
+//! NoCloud seed directory (see `dom0-peer/README.md`).
+//!
+//! **Files.** Reads the channel socket (`--socket`; as a client — QEMU listens), the document
+//! (`--config`), the store directory (`--store`: `<uuid|name>.json`, `<uuid|name>.nocloud/`,
+//! `<uuid|name>.meta.toml`), the policy file (`--policy`); xenstore through `XENSTORED_PATH`,
+//! `/run/xenstored/socket` or `/dev/xen/xenbus` unless `--xenstore` names a socket (reads
+//! `/local/domain/0/backend/console/*/*/{name,connection,path,state,online}` and
+//! `/local/domain/<domid>/{name,vm}`, writes nothing); creates the control socket
+//! (`--control`, default `/run/xenplug-peer/control.sock`, mode 0600). Replies go to stdout as JSON;
+//! diagnostics to stderr (the daemon: one JSON object per line). `SIGHUP` makes the daemon
+//! re-read the store and policy; `SIGTERM`/`SIGINT` stop it.
+//!
+//! **Exit codes.** 0 success; 1 other error (I/O after connecting, channel closed, daemon
+//! failure); 2 usage; 3 channel socket missing or nobody listening (ENOENT/ECONNREFUSED);
+//! 4 nobody answered the handshake within the timeout; 5 the agent replied with an error;
+//! 6 a request was not answered in time; 7 the applied generation does not match what was sent;
+//! 8 invalid configuration document; 9 the daemon's control socket cannot be reached (`list`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use xenplug_peer::client::{self, exit, Client, ClientError};
+use xenplug_peer::daemon::{self, XenstoreTarget};
+use xenplug_peer::log::{Level, Logger};
+use xenplug_peer::{bench, doc, wire};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "xenplug-peer",
+    version,
+    about = "dom0 peer of xenplug's Xen PV channels"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Debug)]
+struct Timeouts {
+    /// Seconds to wait for an answer to the handshake, repeated every second (default: the
+    /// value of --timeout).
+    #[arg(long)]
+    handshake_timeout: Option<f64>,
+    /// Seconds to wait for each reply.
+    #[arg(long, default_value_t = 30.0)]
+    timeout: f64,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Deliver a configuration document to one VM's channel and verify it is applied.
+    Send {
+        /// The channel's Unix socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The document: canonical JSON file, or a NoCloud seed directory.
+        #[arg(long)]
+        config: PathBuf,
+        #[command(flatten)]
+        t: Timeouts,
+    },
+    /// Run one query on one VM's channel and print the reply as JSON.
+    Query {
+        /// The channel's Unix socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// ping, info, network, hostname, osinfo, time, ssh-keys, generation, or a full name.
+        cmd: String,
+        /// User for ssh-keys.
+        #[arg(long, default_value = "root")]
+        user: String,
+        /// Arguments (a JSON object) for a full command name.
+        #[arg(long)]
+        args: Option<String>,
+        #[command(flatten)]
+        t: Timeouts,
+    },
+    /// Serve every channel on this host.
+    Daemon {
+        /// The configuration store directory.
+        #[arg(long)]
+        store: PathBuf,
+        /// Channel name(s) to serve.
+        #[arg(long = "channel-name", default_value = xenplug_channel::DEFAULT_CHANNEL_NAME)]
+        channel_names: Vec<String>,
+        /// Policy file for guest-originated requests (none: deny all).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Control socket.
+        #[arg(long, default_value = "/run/xenplug-peer/control.sock")]
+        control: PathBuf,
+        /// xenstored socket (default: the environment's xenstore).
+        #[arg(long)]
+        xenstore: Option<PathBuf>,
+        /// Console backend root.
+        #[arg(long, default_value = xenplug_peer::discovery::DEFAULT_BACKEND_ROOT)]
+        backend_root: String,
+        /// debug, info, warn or error.
+        #[arg(long, default_value = "info")]
+        log_level: String,
+        /// Largest frame accepted from a guest, in bytes.
+        #[arg(long, default_value_t = 64 * 1024)]
+        max_frame: usize,
+        /// Sustained bytes per second read from one guest (a flooding guest is read no faster).
+        #[arg(long, default_value_t = 256 * 1024)]
+        guest_rate: u64,
+        /// Seconds without an answer to the handshake before it is reported as failing.
+        #[arg(long, default_value_t = 30.0)]
+        handshake_timeout: f64,
+        /// Seconds a request may wait for its reply.
+        #[arg(long, default_value_t = 10.0)]
+        request_timeout: f64,
+        /// Worker threads.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+    },
+    /// Show every channel the daemon knows.
+    List {
+        /// Control socket.
+        #[arg(long, default_value = "/run/xenplug-peer/control.sock")]
+        control: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// (Used by `bench`.) Serve simulated guests `from..to` under `dir`.
+    #[command(hide = true)]
+    BenchGuests {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        from: usize,
+        #[arg(long)]
+        to: usize,
+        #[arg(long, default_value_t = 0)]
+        open_delay_ms: u64,
+    },
+    /// Benchmark the daemon against N simulated VMs.
+    Bench {
+        /// Number of VMs.
+        #[arg(long, default_value_t = 1000)]
+        vms: usize,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
+        /// Simulated agents open their tty this many ms after the connection (echo window).
+        #[arg(long, default_value_t = 0)]
+        open_delay_ms: u64,
+        /// The daemon's log level (its log goes to stderr).
+        #[arg(long, default_value = "warn")]
+        daemon_log_level: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn fail(e: &ClientError) -> ExitCode {
+    eprintln!("xenplug-peer: {e}");
+    ExitCode::from(e.exit_code())
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, 86_400.0))
+}
+
+fn load_document(p: &Path) -> Result<doc::Document, ClientError> {
+    let name = p.display().to_string();
+    let r = if p.is_dir() {
+        doc::parse_nocloud_dir(p)
+    } else {
+        std::fs::read(p)
+            .map_err(|e| e.to_string())
+            .and_then(|b| doc::parse_json(&b))
+    };
+    r.map_err(|e| ClientError::BadDocument(name, e))
+}
+
+async fn connect(socket: &Path, t: &Timeouts) -> Result<Client, ClientError> {
+    let mut c = Client::connect(socket, wire::Limits::default()).await?;
+    c.handshake(
+        secs(t.handshake_timeout.unwrap_or(t.timeout)),
+        Duration::from_secs(1),
+    )
+    .await?;
+    Ok(c)
+}
+
+fn print_json(v: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+    );
+}
+
+fn one_shot(cmd: Cmd) -> ExitCode {
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("xenplug-peer: tokio runtime: {e}");
+            return ExitCode::from(exit::OTHER);
+        }
+    };
+    let r: Result<Value, ClientError> = rt.block_on(async {
+        match cmd {
+            Cmd::Send { socket, config, t } => {
+                let d = load_document(&config)?;
+                let mut c = connect(&socket, &t).await?;
+                let reply = c.deliver(&d, secs(t.timeout)).await?;
+                Ok(serde_json::json!({
+                    "instance-id": d.instance_id,
+                    "generation": d.generation,
+                    "verified": true,
+                    "reply": reply,
+                }))
+            }
+            Cmd::Query {
+                socket,
+                cmd,
+                user,
+                args,
+                t,
+            } => {
+                let Some(full) = client::resolve_query(&cmd) else {
+                    return Err(ClientError::BadDocument(
+                        "query".into(),
+                        format!("unknown query {cmd:?}"),
+                    ));
+                };
+                let arguments =
+                    match (full, args) {
+                        (wire::commands::GUEST_SSH_GET_AUTHORIZED_KEYS, None) => {
+                            Some(serde_json::json!({ "username": user }))
+                        }
+                        (_, Some(a)) => Some(serde_json::from_str::<Value>(&a).map_err(|e| {
+                            ClientError::BadDocument("--args".into(), e.to_string())
+                        })?),
+                        _ => None,
+                    };
+                let mut c = connect(&socket, &t).await?;
+                c.execute(full, arguments.as_ref(), secs(t.timeout)).await
+            }
+            _ => unreachable!("not a one-shot command"),
+        }
+    });
+    match r {
+        Ok(v) => {
+            print_json(&v);
+            ExitCode::SUCCESS
+        }
+        Err(ClientError::BadDocument(what, e)) if what == "query" || what == "--args" => {
+            eprintln!("xenplug-peer: {what}: {e}");
+            ExitCode::from(exit::USAGE)
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn list(control: &Path, json: bool) -> ExitCode {
+    let r = runtime().and_then(|rt| rt.block_on(daemon::control_request(control, "list")));
+    let v = match r {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("xenplug-peer: control socket {}: {e}", control.display());
+            return ExitCode::from(exit::DAEMON_UNREACHABLE);
+        }
+    };
+    if json {
+        print_json(&v);
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:>6} {:>3}  {:<20} {:<36} {:<12} {:>10} {:>9} {:>9}  LAST ERROR",
+        "DOMID", "DEV", "NAME", "UUID", "STATE", "HANDSHAKE", "APPLIED", "WANTED"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for r in v.as_array().into_iter().flatten() {
+        let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        let n = |k: &str| r[k].as_u64().map_or("-".to_string(), |x| x.to_string());
+        let hs = r["last_handshake"].as_u64().map_or("-".to_string(), |t| {
+            format!("{}s ago", now.saturating_sub(t))
+        });
+        println!(
+            "{:>6} {:>3}  {:<20} {:<36} {:<12} {:>10} {:>9} {:>9}  {}",
+            n("domid"),
+            n("devid"),
+            s("vm_name"),
+            s("vm_uuid"),
+            s("state"),
+            hs,
+            n("applied_generation"),
+            n("desired_generation"),
+            r["last_error"].as_str().unwrap_or("")
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_daemon(
+    store: PathBuf,
+    channel_names: Vec<String>,
+    policy: Option<PathBuf>,
+    control: PathBuf,
+    xenstore: Option<PathBuf>,
+    backend_root: String,
+    log_level: String,
+    max_frame: usize,
+    guest_rate: u64,
+    handshake_timeout: f64,
+    request_timeout: f64,
+    workers: usize,
+) -> ExitCode {
+    let Some(level) = Level::parse(&log_level) else {
+        eprintln!("xenplug-peer: --log-level must be debug, info, warn or error");
+        return ExitCode::from(exit::USAGE);
+    };
+    let log = Logger::stderr(level);
+    bench::raise_nofile(1 << 16);
+    let mut cfg = daemon::Config::new(store, channel_names.into_iter().collect::<BTreeSet<_>>());
+    cfg.policy_file = policy;
+    cfg.backend_root = backend_root;
+    cfg.xenstore = match xenstore {
+        Some(p) => XenstoreTarget::Socket(p),
+        None => XenstoreTarget::Default,
+    };
+    cfg.limits.max_frame = max_frame.clamp(1024, 16 << 20);
+    cfg.timing.handshake_timeout = secs(handshake_timeout);
+    cfg.timing.request_timeout = secs(request_timeout.max(0.1));
+    cfg.rates.bytes_per_sec = guest_rate.max(1024);
+    cfg.rates.bytes_burst = cfg.rates.bytes_burst.max(guest_rate.max(1024) * 2);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.clamp(1, 64))
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            log.error("runtime", &[("error", e.to_string().into())]);
+            return ExitCode::from(exit::OTHER);
+        }
+    };
+    let r: anyhow::Result<()> = rt.block_on(async {
+        if let Some(dir) = control.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        // A stale socket from a previous run: remove it only if nobody answers on it.
+        if control.exists() && tokio::net::UnixStream::connect(&control).await.is_err() {
+            let _ = std::fs::remove_file(&control);
+        }
+        let listener = tokio::net::UnixListener::bind(&control)
+            .map_err(|e| anyhow::anyhow!("control socket {}: {e}", control.display()))?;
+        // The inventory names every VM: only root (the daemon's user) may ask for it.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| anyhow::anyhow!("control socket {}: {e}", control.display()))?;
+        }
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async {
+                    match term.as_mut() {
+                        Some(t) => { t.recv().await; }
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+        };
+        let r = daemon::run(cfg, log.clone(), listener, shutdown).await;
+        let _ = std::fs::remove_file(&control);
+        r.map_err(anyhow::Error::from)
+    });
+    rt.shutdown_timeout(Duration::from_secs(2));
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log.error("fatal", &[("error", format!("{e:#}").into())]);
+            ExitCode::from(exit::OTHER)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.cmd {
+        c @ (Cmd::Send { .. } | Cmd::Query { .. }) => one_shot(c),
+        Cmd::List { control, json } => list(&control, json),
+        Cmd::BenchGuests {
+            dir,
+            from,
+            to,
+            open_delay_ms,
+        } => match bench::serve_guests(&dir, from, to, Duration::from_millis(open_delay_ms)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                println!("error: {e:#}");
+                ExitCode::from(exit::OTHER)
+            }
+        },
+        Cmd::Daemon {
+            store,
+            channel_names,
+            policy,
+            control,
+            xenstore,
+            backend_root,
+            log_level,
+            max_frame,
+            guest_rate,
+            handshake_timeout,
+            request_timeout,
+            workers,
+        } => run_daemon(
+            store,
+            channel_names,
+            policy,
+            control,
+            xenstore,
+            backend_root,
+            log_level,
+            max_frame,
+            guest_rate,
+            handshake_timeout,
+            request_timeout,
+            workers,
+        ),
+        Cmd::Bench {
+            vms,
+            timeout,
+            open_delay_ms,
+            daemon_log_level,
+            json,
+        } => {
+            let exe = match std::env::current_exe() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("xenplug-peer: cannot find my own binary: {e}");
+                    return ExitCode::from(exit::OTHER);
+                }
+            };
+            let opts = bench::BenchOptions {
+                vms,
+                peer_binary: exe,
+                timeout: secs(timeout),
+                open_delay: Duration::from_millis(open_delay_ms),
+                daemon_log_level,
+            };
+            match bench::run(&opts) {
+                Ok(r) => {
+                    if json {
+                        print_json(&serde_json::to_value(&r).unwrap_or(Value::Null));
+                    } else {
+                        println!(
+                            "{} VMs: {} configured in {:.2} s; daemon peak RSS {:.1} MiB, CPU {:.2} s ({:.0}% of one core); setup {:.1} s",
+                            r.vms,
+                            r.configured,
+                            r.seconds_to_all_configured,
+                            r.daemon_peak_rss_mib,
+                            r.daemon_cpu_seconds,
+                            r.daemon_cpu_utilisation * 100.0,
+                            r.setup_seconds
+                        );
+                    }
+                    if r.configured as usize == r.vms {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(exit::OTHER)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("xenplug-peer: bench: {e:#}");
+                    ExitCode::from(exit::OTHER)
+                }
+            }
+        }
+    }
+}

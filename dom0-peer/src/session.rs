@@ -1,0 +1,581 @@
+//! The I/O driver of one channel: runs a [`Machine`] against the channel's Unix socket.
+//!
+//! One tokio task per channel. Per-channel resources are bounded whatever the guest does:
+//! the decoder holds at most one frame ([`Limits`]), reads go through a shared per-thread
+//! scratch buffer (no per-channel read buffer), inbound bytes pass a token bucket (a flooding
+//! guest is simply read more slowly, and QEMU's bounded buffer pushes back on it), guest events
+//! pass a second token bucket before the policy, and every wait has a deadline.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixStream;
+
+use crate::discovery::{ChannelInfo, ChannelKey};
+use crate::log::Logger;
+use crate::machine::{Action, Counters, Desired, Input, Machine, Phase, Timing};
+use crate::policy::{Policy, Subject, Verdict};
+use crate::store::{Lookup, Store};
+use crate::wire::{self, Decoder, Event, Limits};
+
+/// Guest-originated requests the peer knows how to handle (after the policy allowed them).
+pub mod guest_requests {
+    /// The guest asks for its configuration to be delivered again.
+    pub const REQUEST_CONFIG: &str = "xenplug-request-config";
+    /// The guest sends a line for dom0's log (`data.message`, sanitised and capped).
+    pub const LOG: &str = "xenplug-log";
+}
+
+/// Per-channel rate limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Rates {
+    /// Sustained inbound bytes per second.
+    pub bytes_per_sec: u64,
+    /// Inbound burst in bytes.
+    pub bytes_burst: u64,
+    /// Guest-originated requests: burst.
+    pub events_burst: u32,
+    /// Guest-originated requests: one more token every this long.
+    pub event_interval: Duration,
+}
+
+impl Default for Rates {
+    fn default() -> Self {
+        Rates {
+            bytes_per_sec: 256 * 1024,
+            bytes_burst: 512 * 1024,
+            events_burst: 5,
+            event_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What `list` shows for one channel.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VmStatus {
+    /// Domain id.
+    pub domid: u32,
+    /// Console devid.
+    pub devid: u32,
+    /// VM name.
+    pub vm_name: Option<String>,
+    /// VM UUID.
+    pub vm_uuid: Option<String>,
+    /// Channel name.
+    pub channel: String,
+    /// Socket path.
+    pub path: String,
+    /// Channel state ([`Phase`] name, or `rejected`).
+    pub state: &'static str,
+    /// Last completed handshake, seconds since the epoch.
+    pub last_handshake: Option<u64>,
+    /// Generation the agent reports applied.
+    pub applied_generation: Option<u64>,
+    /// Generation the store wants.
+    pub desired_generation: Option<u64>,
+    /// Last error.
+    pub last_error: Option<String>,
+    /// Guest requests denied by policy or rate limit.
+    pub denied_requests: u64,
+    /// Counters.
+    pub counters: Counters,
+}
+
+impl VmStatus {
+    /// A row for a channel that is known but not served.
+    pub fn rejected(key: ChannelKey, why: String) -> Self {
+        VmStatus {
+            domid: key.0,
+            devid: key.1,
+            vm_name: None,
+            vm_uuid: None,
+            channel: String::new(),
+            path: String::new(),
+            state: "rejected",
+            last_handshake: None,
+            applied_generation: None,
+            desired_generation: None,
+            last_error: Some(why),
+            denied_requests: 0,
+            counters: Counters::default(),
+        }
+    }
+}
+
+/// State shared by every channel task.
+#[derive(Debug)]
+pub struct Shared {
+    /// Timing.
+    pub timing: Timing,
+    /// Frame bounds for guest input.
+    pub limits: Limits,
+    /// Rate limits.
+    pub rates: Rates,
+    /// The configuration store.
+    pub store: RwLock<Store>,
+    /// Bumped after every store reload that changed something.
+    pub store_epoch: tokio::sync::watch::Sender<u64>,
+    /// The policy for guest-originated requests.
+    pub policy: RwLock<Arc<Policy>>,
+    /// Status rows.
+    pub status: Mutex<BTreeMap<ChannelKey, VmStatus>>,
+    /// Logger.
+    pub log: Logger,
+}
+
+impl Shared {
+    /// Shared state around a loaded store and policy.
+    pub fn new(
+        timing: Timing,
+        limits: Limits,
+        rates: Rates,
+        store: Store,
+        policy: Policy,
+        log: Logger,
+    ) -> Arc<Self> {
+        let (tx, _) = tokio::sync::watch::channel(store.epoch);
+        Arc::new(Shared {
+            timing,
+            limits,
+            rates,
+            store: RwLock::new(store),
+            store_epoch: tx,
+            policy: RwLock::new(Arc::new(policy)),
+            status: Mutex::new(BTreeMap::new()),
+            log,
+        })
+    }
+
+    /// What the store wants for this channel's VM.
+    pub fn desired_for(&self, info: &ChannelInfo) -> Desired {
+        let store = self.store.read().unwrap_or_else(|e| e.into_inner());
+        match store.lookup(info.vm_uuid.as_deref(), info.vm_name.as_deref()) {
+            Lookup::Found { doc, .. } => Desired::Doc(doc),
+            Lookup::Invalid { file, error } => {
+                Desired::Nothing(format!("document {file} is invalid: {error}"))
+            }
+            Lookup::Missing => Desired::Nothing(format!(
+                "no document for this VM (uuid {}, name {}) in {}",
+                info.vm_uuid.as_deref().unwrap_or("-"),
+                info.vm_name.as_deref().unwrap_or("-"),
+                store.dir().display()
+            )),
+        }
+    }
+}
+
+/// A token bucket on a monotonic clock.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    tokens: f64,
+    capacity: f64,
+    per_sec: f64,
+    last: Instant,
+}
+
+impl Bucket {
+    /// Full bucket of `capacity`, refilled at `per_sec`.
+    pub fn new(capacity: f64, per_sec: f64, now: Instant) -> Self {
+        Bucket {
+            tokens: capacity,
+            capacity,
+            per_sec,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + dt * self.per_sec).min(self.capacity);
+        self.last = now;
+    }
+
+    /// Take `n` tokens if there are enough.
+    pub fn try_take(&mut self, n: f64, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= n {
+            self.tokens -= n;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Take `n` tokens, going into debt if needed.
+    pub fn take(&mut self, n: f64, now: Instant) {
+        self.refill(now);
+        self.tokens -= n;
+    }
+
+    /// How long until the bucket is out of debt.
+    pub fn wait(&mut self, now: Instant) -> Duration {
+        self.refill(now);
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.per_sec)
+        }
+    }
+}
+
+const SCRATCH: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH]);
+}
+
+/// Wait until the stream is readable, read once into the thread's scratch buffer and decode.
+/// `Ok(None)` is EOF.
+async fn read_events(
+    s: &UnixStream,
+    dec: &mut Decoder,
+    bucket: &mut Bucket,
+) -> std::io::Result<Option<Vec<Event>>> {
+    let wait = bucket.wait(Instant::now());
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
+    loop {
+        s.readable().await?;
+        let r = SCRATCH_BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            match s.try_read(&mut b) {
+                Ok(0) => Ok(Some(None)),
+                Ok(n) => {
+                    let mut evs = Vec::new();
+                    dec.feed(&b[..n], |e| evs.push(e));
+                    Ok(Some(Some((n, evs))))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        match r {
+            None => continue,
+            Some(None) => return Ok(None),
+            Some(Some((n, evs))) => {
+                bucket.take(n as f64, Instant::now());
+                return Ok(Some(evs));
+            }
+        }
+    }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn retryable(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT) | Some(libc::ECONNREFUSED) | Some(libc::EAGAIN)
+    )
+}
+
+fn seed(key: ChannelKey) -> u64 {
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t ^ (u64::from(key.0) << 32) ^ u64::from(key.1) ^ 0x9e37_79b9_7f4a_7c15
+}
+
+struct Driver {
+    info: ChannelInfo,
+    shared: Arc<Shared>,
+    log: Logger,
+    machine: Machine,
+    stream: Option<UnixStream>,
+    decoder: Decoder,
+    events: Bucket,
+    denied: u64,
+    rate_limited: u64,
+    last_rate_log: Option<Instant>,
+    last_phase: Phase,
+}
+
+impl Driver {
+    fn publish(&mut self) {
+        let m = &self.machine;
+        let row = VmStatus {
+            domid: self.info.domid,
+            devid: self.info.devid,
+            vm_name: self.info.vm_name.clone(),
+            vm_uuid: self.info.vm_uuid.clone(),
+            channel: self.info.channel.clone(),
+            path: self.info.path.display().to_string(),
+            state: m.phase().name(),
+            last_handshake: m.last_handshake.map(unix_secs),
+            applied_generation: m.applied_generation,
+            desired_generation: m.desired_generation(),
+            last_error: m.last_error.clone(),
+            denied_requests: self.denied + self.rate_limited,
+            counters: m.counters.clone(),
+        };
+        if let Ok(mut s) = self.shared.status.lock() {
+            s.insert(self.info.key(), row);
+        }
+        if m.phase() != self.last_phase {
+            self.log.debug(
+                "state",
+                &[
+                    ("from", self.last_phase.name().into()),
+                    ("to", m.phase().name().into()),
+                ],
+            );
+            self.last_phase = m.phase();
+        }
+    }
+
+    fn guest_request(&mut self, name: String, data: Value) -> Option<Input> {
+        let now = Instant::now();
+        if !self.events.try_take(1.0, now) {
+            self.rate_limited += 1;
+            if self
+                .last_rate_log
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+            {
+                self.last_rate_log = Some(now);
+                self.log.warn(
+                    "guest-request-rate-limited",
+                    &[
+                        ("request", name.clone().into()),
+                        ("dropped_so_far", self.rate_limited.into()),
+                    ],
+                );
+            }
+            return None;
+        }
+        let meta = {
+            let store = self.shared.store.read().unwrap_or_else(|e| e.into_inner());
+            store.meta(self.info.vm_uuid.as_deref(), self.info.vm_name.as_deref())
+        };
+        let policy = self
+            .shared
+            .policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let decision = policy.decide(&Subject {
+            command: &name,
+            vm_name: self.info.vm_name.as_deref().unwrap_or(""),
+            vm_uuid: self.info.vm_uuid.as_deref().unwrap_or(""),
+            vm_class: &meta.class,
+            flags: Some(&meta.flags),
+        });
+        if decision.verdict == Verdict::Deny {
+            self.denied += 1;
+            self.log.warn(
+                "guest-request-denied",
+                &[
+                    ("request", name.into()),
+                    ("rule_line", json!(decision.line)),
+                    ("vm_class", meta.class.clone().into()),
+                ],
+            );
+            return None;
+        }
+        self.log.info(
+            "guest-request-allowed",
+            &[
+                ("request", name.clone().into()),
+                ("rule_line", json!(decision.line)),
+            ],
+        );
+        match name.as_str() {
+            guest_requests::REQUEST_CONFIG => Some(Input::Redeliver),
+            guest_requests::LOG => {
+                let msg = data
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .map(wire::sanitize)
+                    .unwrap_or_default();
+                self.log.info("guest-log", &[("message", msg.into())]);
+                None
+            }
+            _ => {
+                self.log
+                    .warn("guest-request-unhandled", &[("request", name.into())]);
+                None
+            }
+        }
+    }
+
+    async fn perform(&mut self, actions: Vec<Action>) {
+        let mut queue: VecDeque<Action> = actions.into();
+        while let Some(a) = queue.pop_front() {
+            let input = match a {
+                Action::Connect => {
+                    let r = tokio::time::timeout(
+                        self.shared.timing.request_timeout,
+                        UnixStream::connect(&self.info.path),
+                    )
+                    .await;
+                    Some(match r {
+                        Ok(Ok(s)) => {
+                            self.decoder.reset();
+                            self.stream = Some(s);
+                            self.log.debug("connected", &[]);
+                            Input::Connected
+                        }
+                        Ok(Err(e)) => Input::ConnectFailed {
+                            retryable: retryable(&e),
+                            error: e.to_string(),
+                        },
+                        Err(_) => Input::ConnectFailed {
+                            retryable: true,
+                            error: "connect timed out".into(),
+                        },
+                    })
+                }
+                Action::Send(bytes) => match self.stream.as_mut() {
+                    None => None,
+                    Some(s) => {
+                        match tokio::time::timeout(
+                            self.shared.timing.request_timeout,
+                            s.write_all(&bytes),
+                        )
+                        .await
+                        {
+                            Ok(Ok(())) => None,
+                            Ok(Err(e)) => {
+                                self.stream = None;
+                                Some(Input::Closed(format!("write: {e}")))
+                            }
+                            Err(_) => {
+                                self.stream = None;
+                                Some(Input::Closed(
+                                    "write timed out (nobody drains the channel)".into(),
+                                ))
+                            }
+                        }
+                    }
+                },
+                Action::Disconnect => {
+                    self.stream = None;
+                    None
+                }
+                Action::GuestRequest { name, data } => self.guest_request(name, data),
+                Action::Log(event, fields) => {
+                    let level = match event {
+                        "apply-failed" | "request-timeout" | "agent-unsupported" => {
+                            crate::log::Level::Warn
+                        }
+                        _ => crate::log::Level::Info,
+                    };
+                    let f: Vec<(&str, Value)> = fields.into_iter().collect();
+                    self.log.log(level, event, &f);
+                    None
+                }
+            };
+            if let Some(i) = input {
+                queue.extend(self.machine.handle(Instant::now(), i));
+            }
+        }
+        self.publish();
+    }
+}
+
+/// Serve one channel until the task is aborted.
+pub async fn run_channel(info: ChannelInfo, shared: Arc<Shared>) {
+    let log = shared.log.with(&[
+        ("domid", info.domid.into()),
+        ("devid", info.devid.into()),
+        ("vm", json!(info.vm_name)),
+    ]);
+    let mut epoch = shared.store_epoch.subscribe();
+    let desired = shared.desired_for(&info);
+    let now = Instant::now();
+    let mut d = Driver {
+        machine: Machine::new(shared.timing.clone(), desired, seed(info.key())),
+        decoder: Decoder::new(shared.limits),
+        events: Bucket::new(
+            f64::from(shared.rates.events_burst),
+            1.0 / shared.rates.event_interval.as_secs_f64().max(1e-3),
+            now,
+        ),
+        stream: None,
+        log,
+        info,
+        shared,
+        denied: 0,
+        rate_limited: 0,
+        last_rate_log: None,
+        last_phase: Phase::Backoff,
+    };
+    let mut bytes = Bucket::new(
+        d.shared.rates.bytes_burst as f64,
+        d.shared.rates.bytes_per_sec as f64,
+        now,
+    );
+    let first = d.machine.start();
+    d.perform(first).await;
+    loop {
+        let deadline = d.machine.deadline();
+        enum Woke {
+            Read(std::io::Result<Option<Vec<Event>>>),
+            Timer,
+            Store(bool),
+        }
+        let woke = {
+            let stream = d.stream.as_ref();
+            let decoder = &mut d.decoder;
+            let bytes = &mut bytes;
+            tokio::select! {
+                r = async move {
+                    match stream {
+                        Some(s) => read_events(s, decoder, bytes).await,
+                        None => std::future::pending().await,
+                    }
+                } => Woke::Read(r),
+                _ = async {
+                    match deadline {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => Woke::Timer,
+                r = epoch.changed() => Woke::Store(r.is_ok()),
+            }
+        };
+        let inputs: Vec<Input> = match woke {
+            Woke::Read(Ok(Some(evs))) => evs
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::Resync => Some(Input::Resync),
+                    Event::Frame(f) => Some(Input::Frame(wire::classify(f))),
+                    Event::Oversize => Some(Input::Oversize),
+                    Event::Garbage(_) => None,
+                })
+                .collect(),
+            Woke::Read(Ok(None)) => {
+                d.stream = None;
+                vec![Input::Closed("EOF".into())]
+            }
+            Woke::Read(Err(e)) => {
+                d.stream = None;
+                vec![Input::Closed(e.to_string())]
+            }
+            Woke::Timer => vec![Input::Timer],
+            Woke::Store(false) => return,
+            Woke::Store(true) => vec![Input::Desired(d.shared.desired_for(&d.info))],
+        };
+        let now = Instant::now();
+        let mut actions = Vec::new();
+        for i in inputs {
+            if matches!(i, Input::Oversize) {
+                d.log.warn(
+                    "oversize-frame",
+                    &[("max_frame", d.shared.limits.max_frame.into())],
+                );
+            }
+            actions.extend(d.machine.handle(now, i));
+        }
+        d.perform(actions).await;
+    }
+}
