@@ -62,6 +62,9 @@ pub struct Config {
     pub hook_timeout: Duration,
     /// A failing hook fails the script (true) or is only logged (false).
     pub hooks_fatal: bool,
+    /// The vif scripts' antispoofing mode for this host (`off`, `compat`, `enforce`); `None`
+    /// leaves the scripts' default. A `antispoof=` argument still wins.
+    pub antispoof: Option<String>,
 }
 
 impl Default for Config {
@@ -81,6 +84,7 @@ impl Default for Config {
             libexec_bin: None,
             hook_timeout: DEFAULT_HOOK_TIMEOUT,
             hooks_fatal: false,
+            antispoof: None,
         }
     }
 }
@@ -101,6 +105,16 @@ struct FileConfig {
     libexec_bin: Option<String>,
     hook_timeout_secs: Option<f64>,
     hooks_fatal: Option<bool>,
+    antispoof: Option<String>,
+}
+
+fn antispoof_mode(origin: &str, key: &str, v: String) -> Result<String, Failure> {
+    match v.as_str() {
+        "off" | "compat" | "enforce" => Ok(v),
+        _ => Err(Failure::error(format!(
+            "{origin}: {key} = \"{v}\" is not an antispoofing mode (off, compat, enforce)"
+        ))),
+    }
 }
 
 fn level(origin: &str, key: &str, v: &str) -> Result<Level, Failure> {
@@ -216,6 +230,9 @@ impl Config {
         if let Some(v) = file.hooks_fatal {
             c.hooks_fatal = v;
         }
+        if let Some(v) = file.antispoof {
+            c.antispoof = Some(antispoof_mode(&origin, "antispoof", v)?);
+        }
         for (key, p) in [
             ("lock_dir", &c.lock_dir),
             ("scripts_dir", &c.scripts_dir),
@@ -268,6 +285,9 @@ impl Config {
         }
         if let Some(v) = get("XENPLUG_STATE_DIR") {
             self.state_dir = v.into();
+        }
+        if let Some(v) = get("XENPLUG_ANTISPOOF") {
+            self.antispoof = Some(antispoof_mode("XENPLUG_ANTISPOOF", "value", v.to_string())?);
         }
         Ok(())
     }

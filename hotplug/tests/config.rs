@@ -50,6 +50,7 @@ state_dir = "/run/xenplug-state"
 libexec_bin = "/usr/lib/xen-4.17/bin"
 hook_timeout_secs = 3
 hooks_fatal = true
+antispoof = "compat"
 "#;
     let c = Config::from_toml(text, Path::new("/etc/xen/xenplug.toml")).unwrap();
     assert_eq!(
@@ -72,6 +73,7 @@ hooks_fatal = true
     assert_eq!(c.libexec_bin_dir(), PathBuf::from("/usr/lib/xen-4.17/bin"));
     assert_eq!(c.hook_timeout, Duration::from_secs(3));
     assert!(c.hooks_fatal);
+    assert_eq!(c.antispoof.as_deref(), Some("compat"));
     // An empty log_file disables the file.
     let c = Config::from_toml("log_file = \"\"", Path::new("f")).unwrap();
     assert_eq!(c.log_file, None);
@@ -98,6 +100,10 @@ fn errors_are_precise() {
     assert_eq!(
         m("lock_dir = \"relative/dir\""),
         "config file /etc/xen/xenplug.toml: lock_dir = \"relative/dir\" must be an absolute path"
+    );
+    assert_eq!(
+        m("antispoof = \"strict\""),
+        "/etc/xen/xenplug.toml: antispoof = \"strict\" is not an antispoofing mode (off, compat, enforce)"
     );
     let ty = m("syslog = \"yes\"");
     assert!(
@@ -129,6 +135,7 @@ fn file_then_environment() {
         ("XENPLUG_SYSLOG_SOCKET", "/env/log.sock"),
         ("XENPLUG_LOCK_TIMEOUT", "1.5"),
         ("XENPLUG_STDERR_LEVEL", "debug"),
+        ("XENPLUG_ANTISPOOF", "off"),
     ]))
     .unwrap();
     assert_eq!(c.lock_dir, PathBuf::from("/from/env"));
@@ -139,6 +146,7 @@ fn file_then_environment() {
     assert_eq!(c.syslog_socket, PathBuf::from("/env/log.sock"));
     assert_eq!(c.lock_timeout, Duration::from_millis(1500));
     assert_eq!(c.stderr_level, Level::Debug);
+    assert_eq!(c.antispoof.as_deref(), Some("off"));
     let e = Config::load(&env(&[
         ("XENPLUG_CONFIG", &fs),
         ("XENPLUG_LOCK_TIMEOUT", "soon"),

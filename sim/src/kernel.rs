@@ -151,6 +151,13 @@ pub fn link_state() -> String {
             Err(e) => s.push_str(&format!("({e})\n")),
         }
     }
+    // The namespace's nftables rules (antispoofing, NAT), when nft is installed.
+    if let Ok(out) = Command::new("nft").args(["list", "ruleset"]).output() {
+        if out.status.success() && !out.stdout.is_empty() {
+            s.push_str("nft list ruleset:\n");
+            s.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+    }
     s
 }
 

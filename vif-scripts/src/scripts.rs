@@ -701,11 +701,12 @@ pub fn body_with(script: Script, ctx: &Context<'_>, be: Backends<'_>) -> Result<
         interface: ctx.inv.env.interface.clone(),
         xenbus_path: ctx.inv.env.xenbus_path.clone(),
         ip_var: ctx.var("ip").map(str::to_string),
-        // `antispoof=` argument, else the `antispoof` or `XENPLUG_ANTISPOOF` environment variable.
+        // `antispoof=` argument (or `antispoof` environment variable), else the host's
+        // setting (`antispoof` in xenplug.toml, or `XENPLUG_ANTISPOOF`).
         antispoof: ctx
             .var("antispoof")
-            .or_else(|| ctx.inv.raw_env.get("XENPLUG_ANTISPOOF").map(String::as_str))
-            .map(str::to_string),
+            .map(str::to_string)
+            .or_else(|| ctx.config.antispoof.clone()),
     };
     let Some(c) = resolve(ctx.action(), &inp, &mut |p| xs_read(ctx, p))? else {
         ctx.log.debug(format!(
