@@ -6,5 +6,5 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 tools/deps.sh
-cargo build --release -p xenplug
+cargo build --release -p xenplug -p xenplug-guest-agent -p xenplug-peer
 exec target/release/xenplug demo --reference /etc/xen/scripts

@@ -10,3 +10,7 @@ cargo clippy --workspace --all-targets -- -D warnings
 # One test at a time per binary would be slow; tests isolate themselves (own namespaces, own
 # xenstore subtrees, own loop devices), so the default parallelism is kept.
 cargo test --workspace --no-fail-fast
+# The end-to-end suite on real Xen 4.17 + a Debian 12 dom0 under QEMU (tests/xen-e2e/README.md):
+# our binaries installed into dom0 with `xenplug install`, real libxl/blkback/netback/hvc_xen.
+# About 4–8 minutes; the dom0 image is cached in /var/cache/xenplug-e2e between runs.
+tests/xen-e2e/run all

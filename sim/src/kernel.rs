@@ -35,8 +35,9 @@ fn ip(args: &[&str]) -> Result<String, KernelError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Move this process into new network and mount namespaces, remount /sys for the new network
-/// namespace and bring up `lo`. Must be called while the process has a single thread.
+/// Move this process into new network, mount and UTS namespaces (so nothing done inside can
+/// touch the host's links, mounts or host name), remount /sys for the new network namespace and
+/// bring up `lo`. Must be called while the process has a single thread.
 pub fn enter_private_namespaces() -> Result<(), KernelError> {
     use nix::mount::{mount, MsFlags};
     use nix::sched::{unshare, CloneFlags};
@@ -47,8 +48,10 @@ pub fn enter_private_namespaces() -> Result<(), KernelError> {
             msg: e.to_string(),
         }
     };
-    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
-        .map_err(err("unshare(CLONE_NEWNET|CLONE_NEWNS) (needs root)"))?;
+    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)
+        .map_err(err(
+            "unshare(CLONE_NEWNET|CLONE_NEWNS|CLONE_NEWUTS) (needs root)",
+        ))?;
     mount(
         None::<&str>,
         "/",
@@ -167,4 +170,131 @@ pub fn link_state_json() -> serde_json::Value {
         .ok()
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or(serde_json::Value::Null)
+}
+
+/// QEMU's side of a `connection=socket` PV channel: it listens on the channel's `path` (one
+/// client at a time, like QEMU's `server=on,wait=off` chardev) and relays bytes to and from a
+/// pty whose other end stands in for the guest's `/dev/hvcN`. While no client is connected,
+/// guest output stays queued in the pty, as it stays in QEMU and the ring. Stopped on drop.
+#[derive(Debug)]
+pub struct ChannelRelay {
+    guest_tty: std::path::PathBuf,
+    socket: std::path::PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    // Keeps the guest end open, so the pty survives agents that close and re-open it.
+    _guest_end: std::os::fd::OwnedFd,
+}
+
+impl ChannelRelay {
+    /// Listen on `socket` and open a pty for the guest side.
+    pub fn start(socket: &std::path::Path) -> Result<ChannelRelay, KernelError> {
+        use std::os::unix::net::UnixListener;
+        let err = |what: &str, e: &dyn std::fmt::Display| KernelError {
+            what: what.to_string(),
+            msg: e.to_string(),
+        };
+        let pty = nix::pty::openpty(None, None).map_err(|e| err("openpty", &e))?;
+        let guest_tty = std::fs::read_link(format!("/proc/self/fd/{}", {
+            use std::os::fd::AsRawFd;
+            pty.slave.as_raw_fd()
+        }))
+        .map_err(|e| err("naming the pty", &e))?;
+        let _ = std::fs::remove_file(socket);
+        let listener = UnixListener::bind(socket)
+            .map_err(|e| err(&format!("listening on {}", socket.display()), &e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| err("set_nonblocking", &e))?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = stop.clone();
+        let master = std::fs::File::from(pty.master);
+        let thread = std::thread::Builder::new()
+            .name("channel-relay".into())
+            .spawn(move || relay_loop(listener, master, st))
+            .map_err(|e| err("spawning the relay", &e))?;
+        Ok(ChannelRelay {
+            guest_tty,
+            socket: socket.to_path_buf(),
+            stop,
+            thread: Some(thread),
+            _guest_end: pty.slave,
+        })
+    }
+
+    /// The guest's end (a pty standing in for `/dev/hvcN`).
+    pub fn guest_tty(&self) -> &std::path::Path {
+        &self.guest_tty
+    }
+}
+
+impl Drop for ChannelRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+fn relay_loop(
+    listener: std::os::unix::net::UnixListener,
+    mut master: std::fs::File,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    use std::sync::atomic::Ordering;
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        let mut client = match listener.accept() {
+            Ok((c, _)) => c,
+            Err(_) => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
+        };
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let (client_ready, guest_ready) = {
+                let mut fds = [
+                    PollFd::new(client.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(master.as_fd(), PollFlags::POLLIN),
+                ];
+                if poll(&mut fds, PollTimeout::from(100u16)).is_err() {
+                    break;
+                }
+                let ready = |f: &PollFd| {
+                    f.revents()
+                        .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP))
+                };
+                (ready(&fds[0]), ready(&fds[1]))
+            };
+            if client_ready {
+                match client.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if master.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            if guest_ready {
+                match master.read(&mut buf) {
+                    // EIO: no guest has the tty open right now; wait for one.
+                    Ok(0) | Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                    Ok(n) => {
+                        if client.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

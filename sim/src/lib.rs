@@ -8,7 +8,8 @@
 //! destroy it runs libxl's remove sequence (`online=0`, state 5 → 6, the script, then the backend
 //! and frontend directories are deleted). HVM emulated NICs (`type=ioemu`) get the second, tap,
 //! execution. Stand-ins for netback's `vifD.N`, QEMU's `vifD.N-emu` and the host's bridges are
-//! created in the (private) network namespace the simulator runs in.
+//! created in the (private) network namespace the simulator runs in, and QEMU's side of socket
+//! channels (a listening socket relayed to a pty standing for the guest's `/dev/hvcN`).
 //!
 //! It works with any scripts directory, ours or Debian's reference scripts, so the same domain can
 //! be replayed against both.

@@ -109,6 +109,8 @@ pub struct Sim<'a> {
     dom: Domain,
     out: &'a mut dyn Write,
     added: Vec<Added>,
+    /// QEMU stand-ins of socket channels, by console devid.
+    relays: Vec<(u32, String, kernel::ChannelRelay)>,
     /// What happened so far.
     pub report: Report,
 }
@@ -168,8 +170,30 @@ impl<'a> Sim<'a> {
             dom,
             out,
             added: Vec::new(),
+            relays: Vec::new(),
             report,
         }
+    }
+
+    /// The socket channels served by stand-ins: (name, dom0 socket, guest-side tty).
+    pub fn channels(&self) -> Vec<(String, PathBuf, PathBuf)> {
+        let dom = &self.dom;
+        self.relays
+            .iter()
+            .filter_map(|(devid, name, r)| {
+                let ch = dom.channels.get(*devid as usize - 1)?;
+                Some((
+                    name.clone(),
+                    PathBuf::from(ch.path.clone()?),
+                    r.guest_tty().to_path_buf(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Where the simulator prints.
+    pub fn out(&mut self) -> &mut dyn Write {
+        self.out
     }
 
     fn say(&mut self, line: impl AsRef<str>) {
@@ -741,7 +765,22 @@ impl<'a> Sim<'a> {
         ];
         self.write_device(&be, &fe, "console", devid, &back, &front)?;
         self.added.push(Added::Channel { devid });
-        // QEMU serves channels: no hotplug script. It marks the backend connected.
+        // QEMU serves channels: no hotplug script. It listens on the socket and marks the
+        // backend connected.
+        if self.opts.stand_ins && ch.connection == "socket" {
+            if let Some(path) = &ch.path {
+                match kernel::ChannelRelay::start(Path::new(path)) {
+                    Ok(r) => {
+                        self.say(format!(
+                            "   QEMU: listening on {path}; the guest's end is {}",
+                            r.guest_tty().display()
+                        ));
+                        self.relays.push((devid, ch.name.clone(), r));
+                    }
+                    Err(e) => self.say(format!("   (stand-in channel: {e})")),
+                }
+            }
+        }
         let _ = self.xs.write(&format!("{be}/hotplug-status"), "connected");
         self.set_state(&be, "4");
         Ok(())
@@ -822,6 +861,7 @@ impl<'a> Sim<'a> {
                     }
                 }
                 Added::Channel { devid } => {
+                    self.relays.retain(|(d, _, _)| *d != devid);
                     let (be, fe) = (
                         self.backend("console", devid),
                         self.frontend("console", devid),

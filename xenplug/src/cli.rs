@@ -261,11 +261,15 @@ fn start_store(external: Option<&Path>) -> Result<Store> {
     })
 }
 
-struct SimRun {
+/// What to do while a simulated domain is up (the demo talks to its guest agent there).
+type WhileUp<'a> = &'a mut dyn FnMut(&mut xenplug_sim::Sim<'_>) -> Result<()>;
+
+struct SimRun<'a> {
     config: String,
     opts: xenplug_sim::Options,
     report: Option<PathBuf>,
     keep: bool,
+    while_up: Option<WhileUp<'a>>,
 }
 
 fn run_sim(run: SimRun, out: &mut dyn Write) -> Result<xenplug_sim::Report> {
@@ -273,6 +277,11 @@ fn run_sim(run: SimRun, out: &mut dyn Write) -> Result<xenplug_sim::Report> {
     let xs = xenplug_xenstore::client::XsClient::open().context("connecting to xenstored")?;
     let mut sim = xenplug_sim::Sim::new(&xs, run.opts, dom, out);
     let created = sim.create().is_ok();
+    if created {
+        if let Some(f) = run.while_up {
+            f(&mut sim)?;
+        }
+    }
     sim.show_state(if created {
         "after create"
     } else {
@@ -314,6 +323,7 @@ fn sim(args: SimArgs) -> Result<ExitCode> {
             opts,
             report: args.report,
             keep: args.keep,
+            while_up: None,
         },
         &mut std::io::stdout(),
     )?;
@@ -395,7 +405,12 @@ fn demo(reference: Option<PathBuf>) -> Result<ExitCode> {
         ));
     }
     let mut ok = true;
+    let mut channel_ok = true;
     for (label, config, dir, domid, expect_ok) in runs {
+        let mut talk = |sim: &mut xenplug_sim::Sim<'_>| -> Result<()> {
+            channel_ok = crate::demo_channel::run(sim, w)?;
+            Ok(())
+        };
         let _ = writeln!(
             out,
             "\n################ {label}: {}\n{config}",
@@ -414,6 +429,7 @@ fn demo(reference: Option<PathBuf>) -> Result<ExitCode> {
                 },
                 report: None,
                 keep: false,
+                while_up: (label == "demo").then_some(&mut talk as WhileUp),
             },
             &mut out,
         )?;
@@ -425,6 +441,13 @@ fn demo(reference: Option<PathBuf>) -> Result<ExitCode> {
                 if expect_ok { "succeed" } else { "fail" }
             );
         }
+    }
+    if !channel_ok {
+        ok = false;
+        let _ = writeln!(
+            out,
+            "!! demo: the channel exchange did not give the expected result"
+        );
     }
     Ok(if ok {
         ExitCode::SUCCESS

@@ -19,6 +19,7 @@
 //!   Exit 0 on success, 1 on failure (one line on stderr), 2 on a usage error.
 
 mod cli;
+mod demo_channel;
 mod install;
 mod scripts;
 
