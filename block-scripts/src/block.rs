@@ -524,6 +524,13 @@ pub(crate) fn remove_recorded(
             forget(&store)?;
             result.map(|()| Ok(Outcome::Done))
         }
+        Ok(Some(Record::Iscsi { iqn, .. })) => {
+            // block-iscsi's session: only block-iscsi's remove may end it.
+            ctx.log.warning(format!(
+                "{backend} holds block-iscsi's session to {iqn}; left for block-iscsi remove"
+            ));
+            Ok(Ok(Outcome::Done))
+        }
         Ok(None) => Ok(Err(lock)),
         Err(e) => {
             ctx.log

@@ -33,6 +33,7 @@
 
 use crate::block;
 use crate::gather::block_rdev;
+use crate::state::Record;
 use crate::tools::{run_checked_until, run_until};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -182,14 +183,7 @@ pub fn body(ctx: &Context, host: &IscsiHost) -> Result<Outcome, Failure> {
             let t = parse_params(&params).map_err(Failure::Error)?;
             add(ctx, host, &t)
         }
-        Action::Remove => {
-            let Ok(t) = parse_params(&params) else {
-                ctx.log.debug("no usable params: nothing to log out of");
-                return Ok(Outcome::Done);
-            };
-            logout(ctx, host, &t, Instant::now() + host.wait)?;
-            Ok(Outcome::Done)
-        }
+        Action::Remove => remove(ctx, host, &params),
         other => Err(Failure::Error(format!("Invalid command: {other}"))),
     }
 }
@@ -221,6 +215,33 @@ fn logout(
         o.status,
         o.text().trim()
     )))
+}
+
+/// Log out only of a session this backend's add logged in: a remove after a refused add (the
+/// target was already in use by another domain) must not end that domain's session. The record
+/// names the session; without one (state lost), only a backend that got its `physical-device`
+/// written can own one.
+fn remove(ctx: &Context, host: &IscsiHost, params: &str) -> Result<Outcome, Failure> {
+    let store = block::store(ctx)?;
+    let target = match store.load(ctx.backend()) {
+        Ok(Some(Record::Iscsi { iqn, portal })) => Some(IscsiTarget {
+            iqn,
+            portal,
+            multipath: false,
+        }),
+        _ if ctx.exists("physical-device")? => parse_params(params).ok(),
+        _ => None,
+    };
+    match target {
+        Some(t) => logout(ctx, host, &t, Instant::now() + host.wait)?,
+        None => ctx
+            .log
+            .info("this backend logged in to no iSCSI session: nothing to log out of"),
+    }
+    store
+        .remove(ctx.backend())
+        .map_err(|e| Failure::Error(format!("cannot remove state: {e}")))?;
+    Ok(Outcome::Done)
 }
 
 fn add(ctx: &Context, host: &IscsiHost, t: &IscsiTarget) -> Result<Outcome, Failure> {
@@ -256,7 +277,17 @@ fn add(ctx: &Context, host: &IscsiHost, t: &IscsiTarget) -> Result<Outcome, Fail
     }
     let login = node_args(t, "--login");
     // From here on a failure logs out again (also after a login that was killed half-way).
+    let store = block::store(ctx)?;
+    let record = Record::Iscsi {
+        iqn: t.iqn.clone(),
+        portal: t.portal.clone(),
+    };
     let result = run_checked_until(ctx, &host.iscsiadm, &login, deadline, NO_ISCSIADM)
+        .and_then(|_| {
+            store
+                .save(ctx.backend(), &record)
+                .map_err(|e| Failure::Error(format!("cannot record state: {e}")))
+        })
         .and_then(|_| find_device(ctx, host, t, deadline))
         .and_then(|dev| {
             let devnum = block_rdev(&dev)
@@ -266,6 +297,9 @@ fn add(ctx: &Context, host: &IscsiHost, t: &IscsiTarget) -> Result<Outcome, Fail
     if let Err(f) = result {
         if let Err(e) = logout(ctx, host, t, Instant::now() + ROLLBACK_WAIT) {
             ctx.log.err(format!("rollback: {e}"));
+        }
+        if let Err(e) = store.remove(ctx.backend()) {
+            ctx.log.err(format!("rollback: cannot remove state: {e}"));
         }
         return Err(f);
     }

@@ -35,6 +35,13 @@ pub enum Record {
         /// Its device number.
         devnum: DevNum,
     },
+    /// An iSCSI session logged in by `block-iscsi` for this backend.
+    Iscsi {
+        /// The target's IQN.
+        iqn: String,
+        /// The portal logged in through.
+        portal: String,
+    },
     /// A helper `block-<type>` handled the add.
     Helper {
         /// The `<type>` of `block-<type>`.
@@ -108,6 +115,11 @@ impl Record {
                 s.push_str(&format!("device={}\n", device.display()));
                 s.push_str(&format!("devnum={devnum}\n"));
             }
+            Record::Iscsi { iqn, portal } => {
+                s.push_str("kind=iscsi\n");
+                s.push_str(&format!("iqn={iqn}\n"));
+                s.push_str(&format!("portal={portal}\n"));
+            }
             Record::Helper { kind } => {
                 s.push_str("kind=helper\n");
                 s.push_str(&format!("helper={kind}\n"));
@@ -140,6 +152,10 @@ impl Record {
             "nbd" => Some(Record::Nbd {
                 device: PathBuf::from(get("device")?),
                 devnum: DevNum::parse_hex(get("devnum")?)?,
+            }),
+            "iscsi" => Some(Record::Iscsi {
+                iqn: get("iqn")?.to_string(),
+                portal: get("portal")?.to_string(),
             }),
             "helper" => Some(Record::Helper {
                 kind: get("helper")?.to_string(),

@@ -213,6 +213,50 @@ exit 0"#,
         ]
     );
 
+    // A second domain asking for a target in use is refused, and libxl's remove for it must
+    // not end the first domain's session.
+    std::fs::remove_file(&calls).unwrap();
+    let session = rig.dir.path().join("session");
+    script(
+        &bin.join("iscsiadm"),
+        &format!(
+            r#"echo "$*" >> {calls}
+case "$*" in
+  "-m session") [ -e '{session}' ] && {{ echo "tcp: [1] 10.0.0.1:3260,1 {iqn} (non-flash)"; exit 0; }}; exit 21;;
+  "-m discovery -t st -p 10.0.0.1:3260") echo "10.0.0.1:3260,1 {iqn}";;
+  *--login) touch '{session}'; ln -s {dev} '{link}';;
+  *--logout) [ -e '{session}' ] || exit 21; rm -f '{session}' '{link}';;
+esac
+exit 0"#,
+            calls = calls.display(),
+            session = session.display(),
+            dev = lun.as_str(),
+            link = link.display(),
+        ),
+    );
+    rig.backend(9, 1, &format!("iqn={iqn},portal=10.0.0.1:3260"), "w");
+    rig.backend(10, 1, &format!("iqn={iqn},portal=10.0.0.1:3260"), "w");
+    assert!(exit_ok(run("add", 9)));
+    assert!(!exit_ok(run("add", 10)));
+    assert_eq!(
+        rig.key(10, 1, "hotplug-error").unwrap(),
+        "Device already opened"
+    );
+    assert!(exit_ok(run("remove", 10)));
+    assert!(
+        session.exists(),
+        "domain 9's session was logged out by domain 10's remove"
+    );
+    assert!(link.exists());
+    assert!(exit_ok(run("remove", 9)));
+    assert!(!session.exists());
+    let logouts = std::fs::read_to_string(&calls)
+        .unwrap()
+        .lines()
+        .filter(|l| l.ends_with("--logout"))
+        .count();
+    assert_eq!(logouts, 1);
+
     // The LUN never shows up: a bounded wait, then logout (nothing left behind).
     std::fs::remove_file(&calls).unwrap();
     script(
