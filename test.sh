@@ -14,3 +14,6 @@ cargo test --workspace --no-fail-fast
 # our binaries installed into dom0 with `xenplug install`, real libxl/blkback/netback/hvc_xen.
 # About 4–8 minutes; the dom0 image is cached in /var/cache/xenplug-e2e between runs.
 tests/xen-e2e/run all
+# The suite's own test: with a deliberately broken `block` installed it must report failures
+# (this command succeeds only if it does).
+tests/xen-e2e/run run --self-test-broken
