@@ -103,44 +103,7 @@ enum Cmd {
         t: Timeouts,
     },
     /// Serve every channel on this host.
-    Daemon {
-        /// The configuration store directory.
-        #[arg(long)]
-        store: PathBuf,
-        /// Channel name(s) to serve.
-        #[arg(long = "channel-name", default_value = xenplug_channel::DEFAULT_CHANNEL_NAME)]
-        channel_names: Vec<String>,
-        /// Policy file for guest-originated requests (none: deny all).
-        #[arg(long)]
-        policy: Option<PathBuf>,
-        /// Control socket.
-        #[arg(long, default_value = "/run/xenplug-peer/control.sock")]
-        control: PathBuf,
-        /// xenstored socket (default: the environment's xenstore).
-        #[arg(long)]
-        xenstore: Option<PathBuf>,
-        /// Console backend root.
-        #[arg(long, default_value = xenplug_peer::discovery::DEFAULT_BACKEND_ROOT)]
-        backend_root: String,
-        /// debug, info, warn or error.
-        #[arg(long, default_value = "info")]
-        log_level: String,
-        /// Largest frame accepted from a guest, in bytes.
-        #[arg(long, default_value_t = 64 * 1024)]
-        max_frame: usize,
-        /// Sustained bytes per second read from one guest (a flooding guest is read no faster).
-        #[arg(long, default_value_t = 256 * 1024)]
-        guest_rate: u64,
-        /// Seconds without an answer to the handshake before it is reported as failing.
-        #[arg(long, default_value_t = 30.0)]
-        handshake_timeout: f64,
-        /// Seconds a request may wait for its reply.
-        #[arg(long, default_value_t = 10.0)]
-        request_timeout: f64,
-        /// Worker threads.
-        #[arg(long, default_value_t = 2)]
-        workers: usize,
-    },
+    Daemon(DaemonArgs),
     /// Show every channel the daemon knows.
     List {
         /// Control socket.
@@ -332,21 +295,62 @@ fn list(control: &Path, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_daemon(
+/// `xenplug-peer daemon`'s options.
+#[derive(clap::Args, Debug)]
+struct DaemonArgs {
+    /// The configuration store directory.
+    #[arg(long)]
     store: PathBuf,
+    /// Channel name(s) to serve.
+    #[arg(long = "channel-name", default_value = xenplug_channel::DEFAULT_CHANNEL_NAME)]
     channel_names: Vec<String>,
+    /// Policy file for guest-originated requests (none: deny all).
+    #[arg(long)]
     policy: Option<PathBuf>,
+    /// Control socket.
+    #[arg(long, default_value = "/run/xenplug-peer/control.sock")]
     control: PathBuf,
+    /// xenstored socket (default: the environment's xenstore).
+    #[arg(long)]
     xenstore: Option<PathBuf>,
+    /// Console backend root.
+    #[arg(long, default_value = xenplug_peer::discovery::DEFAULT_BACKEND_ROOT)]
     backend_root: String,
+    /// debug, info, warn or error.
+    #[arg(long, default_value = "info")]
     log_level: String,
+    /// Largest frame accepted from a guest, in bytes.
+    #[arg(long, default_value_t = 64 * 1024)]
     max_frame: usize,
+    /// Sustained bytes per second read from one guest (a flooding guest is read no faster).
+    #[arg(long, default_value_t = 256 * 1024)]
     guest_rate: u64,
+    /// Seconds without an answer to the handshake before it is reported as failing.
+    #[arg(long, default_value_t = 30.0)]
     handshake_timeout: f64,
+    /// Seconds a request may wait for its reply.
+    #[arg(long, default_value_t = 10.0)]
     request_timeout: f64,
+    /// Worker threads.
+    #[arg(long, default_value_t = 2)]
     workers: usize,
-) -> ExitCode {
+}
+
+fn run_daemon(a: DaemonArgs) -> ExitCode {
+    let DaemonArgs {
+        store,
+        channel_names,
+        policy,
+        control,
+        xenstore,
+        backend_root,
+        log_level,
+        max_frame,
+        guest_rate,
+        handshake_timeout,
+        request_timeout,
+        workers,
+    } = a;
     let Some(level) = Level::parse(&log_level) else {
         eprintln!("xenplug-peer: --log-level must be debug, info, warn or error");
         return ExitCode::from(exit::USAGE);
@@ -436,33 +440,7 @@ fn main() -> ExitCode {
                 ExitCode::from(exit::OTHER)
             }
         },
-        Cmd::Daemon {
-            store,
-            channel_names,
-            policy,
-            control,
-            xenstore,
-            backend_root,
-            log_level,
-            max_frame,
-            guest_rate,
-            handshake_timeout,
-            request_timeout,
-            workers,
-        } => run_daemon(
-            store,
-            channel_names,
-            policy,
-            control,
-            xenstore,
-            backend_root,
-            log_level,
-            max_frame,
-            guest_rate,
-            handshake_timeout,
-            request_timeout,
-            workers,
-        ),
+        Cmd::Daemon(a) => run_daemon(a),
         Cmd::Bench {
             vms,
             timeout,
