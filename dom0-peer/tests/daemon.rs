@@ -206,6 +206,10 @@ async fn guest_requests_pass_the_policy_and_denials_are_logged() {
          allow command xenplug-log if-flag guest-log true\n",
     )
     .unwrap();
+    // The VM's document and class are in the store before the daemon starts, so the class the
+    // policy matches on is known from the first event on.
+    std::fs::write(h.store.join("ev.json"), doc("ev", 1)).unwrap();
+    std::fs::write(h.store.join("ev.meta.toml"), "class = \"web\"\n").unwrap();
     let mut cfg = h.config();
     cfg.policy_file = Some(policy);
     h.start(cfg);
@@ -213,8 +217,6 @@ async fn guest_requests_pass_the_policy_and_denials_are_logged() {
     // an agent, then sends events (guest-originated requests are only taken once in sync).
     let s = h.sock("ev");
     let l = tokio::net::UnixListener::bind(&s).unwrap();
-    std::fs::write(h.store.join("ev.json"), doc("ev", 1)).unwrap();
-    std::fs::write(h.store.join("ev.meta.toml"), "class = \"web\"\n").unwrap();
     add_domain(&xs, 12, "ev", &uuid(12), &s);
     let (mut conn, _) = tokio::time::timeout(T, l.accept()).await.unwrap().unwrap();
     let mut dec = xenplug_channel::Decoder::default();
@@ -268,7 +270,13 @@ async fn guest_requests_pass_the_policy_and_denials_are_logged() {
     assert!(names.contains(&json!("xenplug-log")), "{denied:?}");
     assert!(names.contains(&json!("guest-exec")), "{denied:?}");
     assert!(denied.iter().all(|d| d["domid"] == 12));
-    let allowed = h.log_lines("guest-request-allowed");
+    // The allowed request's line may come after the denials (they are written by different
+    // steps of the session): wait for it rather than race it.
+    let allowed = wait_for(T, "the allowed request logged", || async {
+        let a = h.log_lines("guest-request-allowed");
+        (!a.is_empty()).then_some(a)
+    })
+    .await;
     assert_eq!(allowed.len(), 1, "{allowed:?}");
     assert_eq!(allowed[0]["request"], "xenplug-request-config");
     assert_eq!(allowed[0]["rule_line"], 2);
