@@ -504,7 +504,9 @@ impl Endpoint {
 struct Conn {
     io: Endpoint,
     decoder: Decoder,
+    /// Bytes read but not yet fed to the decoder start at `consumed`.
     unparsed: Vec<u8>,
+    consumed: usize,
     next_req_id: u32,
     events: VecDeque<WatchEvent>,
 }
@@ -515,6 +517,7 @@ impl Conn {
             io,
             decoder: Decoder::new(),
             unparsed: Vec::new(),
+            consumed: 0,
             next_req_id: 1,
             events: VecDeque::new(),
         }
@@ -652,12 +655,18 @@ impl Conn {
     /// The next complete message; `None` when `deadline` passes first.
     fn read_message(&mut self, deadline: Option<Instant>) -> Result<Option<Message>> {
         loop {
-            if !self.unparsed.is_empty() {
+            if self.consumed < self.unparsed.len() {
                 let (used, msg) = self
                     .decoder
-                    .feed(&self.unparsed)
+                    .feed(&self.unparsed[self.consumed..])
                     .map_err(|e| XsError::Protocol(e.to_string()))?;
-                self.unparsed.drain(..used);
+                // Advance a cursor instead of shifting the buffer per message: a pipelined
+                // batch brings hundreds of replies in one read.
+                self.consumed += used;
+                if self.consumed == self.unparsed.len() {
+                    self.unparsed.clear();
+                    self.consumed = 0;
+                }
                 if let Some(m) = msg {
                     return Ok(Some(m));
                 }
@@ -676,6 +685,10 @@ impl Conn {
                     io::ErrorKind::UnexpectedEof,
                     "xenstored closed the connection",
                 )));
+            }
+            if self.consumed > 0 {
+                self.unparsed.drain(..self.consumed);
+                self.consumed = 0;
             }
             self.unparsed.extend_from_slice(&buf[..n]);
         }

@@ -332,6 +332,10 @@ impl Drop for ConnGuard {
     }
 }
 
+/// Replies gathered into one write at most (they are queued whole, so a write may exceed it by
+/// one message).
+const WRITE_BATCH: usize = 64 * 1024;
+
 async fn serve_connection(
     engine: Arc<Engine>,
     stream: UnixStream,
@@ -354,11 +358,22 @@ async fn serve_connection(
     };
     let written = outbox.queued.clone();
     let mut writer = tokio::spawn(async move {
-        while let Some(bytes) = rx.recv().await {
-            if wr.write_all(&bytes).await.is_err() {
+        // Everything queued by the time the writer runs goes out in one write: a client that
+        // pipelines hundreds of requests gets its replies in a few syscalls, not one each.
+        let mut batch: Vec<u8> = Vec::new();
+        while let Some(first) = rx.recv().await {
+            batch.clear();
+            batch.extend_from_slice(&first);
+            while batch.len() < WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(more) => batch.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            if wr.write_all(&batch).await.is_err() {
                 break;
             }
-            written.fetch_sub(bytes.len(), Ordering::Relaxed);
+            written.fetch_sub(batch.len(), Ordering::Relaxed);
         }
         let _ = wr.shutdown().await;
     });
