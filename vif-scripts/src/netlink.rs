@@ -6,11 +6,16 @@ use xenplug_netlink::{Client, Create, RouteProtocol};
 use crate::links::{IfAddr, Link, LinkChange, LinkError, Links, Route};
 
 /// A connected rtnetlink socket.
+///
+/// Links read once are remembered and kept up to date with this adapter's own changes, so a
+/// script asks the kernel about each link once (a `RTM_GETLINK` answer carries every attribute
+/// and statistic of the link: a dozen of them cost more than the rest of a vif-bridge run).
+/// A change that fails forgets the link, so the next read asks the kernel again.
 #[derive(Debug)]
 pub struct Netlink {
     client: Client,
-    /// name → index of links seen (dropped on rename).
-    index_cache: std::collections::HashMap<String, u32>,
+    /// name → the link as last read, with this adapter's changes applied since.
+    seen: std::collections::HashMap<String, Link>,
 }
 
 /// The client's error as a [`LinkError`] for the operation `op`.
@@ -32,14 +37,11 @@ impl Netlink {
         let client = Client::open().map_err(|e| link_error("open rtnetlink socket".into(), e))?;
         Ok(Netlink {
             client,
-            index_cache: Default::default(),
+            seen: Default::default(),
         })
     }
 
     fn index(&mut self, name: &str) -> Result<u32, LinkError> {
-        if let Some(i) = self.index_cache.get(name) {
-            return Ok(*i);
-        }
         match self.link(name)? {
             Some(l) => Ok(l.index),
             None => Err(LinkError::from_errno(
@@ -69,8 +71,6 @@ impl Netlink {
         Ok(match change {
             LinkChange::Rename { dev, to } => {
                 let index = self.index(dev)?;
-                self.index_cache.remove(dev);
-                self.index_cache.remove(to);
                 self.client.set_name(index, to)
             }
             LinkChange::SetMac { dev, mac } => {
@@ -151,15 +151,61 @@ fn to_link(l: xenplug_netlink::Link) -> Link {
     }
 }
 
+impl Netlink {
+    /// Bring the remembered copy of the changed link up to date (or forget it when the change
+    /// failed or its effect is not modelled here).
+    fn remember(&mut self, change: &LinkChange, ok: bool) {
+        let dev = match change {
+            LinkChange::Rename { dev, .. }
+            | LinkChange::SetMac { dev, .. }
+            | LinkChange::SetMtu { dev, .. }
+            | LinkChange::SetUp { dev, .. }
+            | LinkChange::SetMaster { dev, .. } => dev,
+            // Addresses, routes and neighbours are not part of `Link`.
+            _ => return,
+        };
+        let Some(mut link) = self.seen.remove(dev) else {
+            return;
+        };
+        if !ok {
+            return;
+        }
+        match change {
+            LinkChange::Rename { to, .. } => {
+                self.seen.remove(to);
+                link.name = to.clone();
+            }
+            LinkChange::SetMac { mac, .. } => link.mac = Some(*mac),
+            LinkChange::SetMtu { mtu, .. } => link.mtu = *mtu,
+            LinkChange::SetUp { up, .. } => link.up = *up,
+            LinkChange::SetMaster { master, .. } => {
+                link.master = match master {
+                    None => None,
+                    Some(b) => match self.seen.get(b) {
+                        Some(b) => Some(b.index),
+                        // Unknown controller index: ask the kernel next time.
+                        None => return,
+                    },
+                }
+            }
+            _ => return,
+        }
+        self.seen.insert(link.name.clone(), link);
+    }
+}
+
 impl Links for Netlink {
     fn link(&mut self, name: &str) -> Result<Option<Link>, LinkError> {
+        if let Some(l) = self.seen.get(name) {
+            return Ok(Some(l.clone()));
+        }
         let link = self
             .client
             .link(name)
             .map_err(|e| link_error(format!("get link {name}"), e))?
             .map(to_link);
         if let Some(l) = &link {
-            self.index_cache.insert(l.name.clone(), l.index);
+            self.seen.insert(l.name.clone(), l.clone());
         }
         Ok(link)
     }
@@ -190,7 +236,11 @@ impl Links for Netlink {
     }
 
     fn change(&mut self, change: &LinkChange) -> Result<(), LinkError> {
-        self.apply(change)?
-            .map_err(|e| link_error(change.to_string(), e))
+        let result = match self.apply(change) {
+            Ok(r) => r.map_err(|e| link_error(change.to_string(), e)),
+            Err(e) => Err(e),
+        };
+        self.remember(change, result.is_ok());
+        result
     }
 }

@@ -685,11 +685,72 @@ fn xs_read(ctx: &Context<'_>, path: &str) -> Result<Option<String>, Failure> {
     })
 }
 
-/// `xenstore_read`: a missing or empty node is fatal.
-fn xs_required(ctx: &Context<'_>, path: &str) -> Result<String, Failure> {
-    match xs_read(ctx, path)? {
-        Some(v) if !v.is_empty() => Ok(v),
-        _ => Err(fail(format!("xenstore-read {path} failed."))),
+/// The backend nodes a script reads, fetched in one pipelined round trip on the first read and
+/// then served from memory (one request/answer pair per node costs more than the planning).
+///
+/// The backend directory is guessed from the environment before [`resolve`] checks it (a
+/// wrong guess only wastes that round trip: every read not answered here goes to xenstore).
+struct Nodes<'c, 'x> {
+    ctx: &'c Context<'x>,
+    /// Paths to fetch on the first read.
+    pending: std::cell::RefCell<Vec<String>>,
+    /// Values fetched (`None`: no such node).
+    known: std::cell::RefCell<std::collections::HashMap<String, Option<String>>>,
+}
+
+impl<'c, 'x> Nodes<'c, 'x> {
+    fn new(ctx: &'c Context<'x>, script: Script, inp: &CommonInputs) -> Self {
+        let backend = match inp.type_if.as_deref().unwrap_or("") {
+            "tap" => crate::common::parse_vif_name(&inp.interface)
+                .map(|(d, n)| format!("backend/vif/{d}/{n}")),
+            _ => Some(inp.xenbus_path.clone()).filter(|p| !p.is_empty()),
+        };
+        let own: &[&str] = match script {
+            Script::Bridge => &["bridge", "mtu"],
+            Script::Route => &[],
+            Script::Nat => &["frontend-id", "handle", "mac"],
+            Script::Ovs => &["bridge", "frontend-id", "mac"],
+        };
+        let pending = backend
+            .map(|b| {
+                ["vifname", "ip", "rate"]
+                    .iter()
+                    .chain(own)
+                    .map(|k| format!("{}/{k}", b.trim_end_matches('/')))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Nodes {
+            ctx,
+            pending: std::cell::RefCell::new(pending),
+            known: Default::default(),
+        }
+    }
+
+    /// `xenstore-read`: `None` for a missing node.
+    fn read(&self, path: &str) -> Result<Option<String>, Failure> {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        if !pending.is_empty() {
+            // A failure here is not reported: the single read below reports it for the node
+            // that is actually needed.
+            if let Ok(values) = self.ctx.xs.read_many(&pending) {
+                self.known
+                    .borrow_mut()
+                    .extend(pending.into_iter().zip(values));
+            }
+        }
+        if let Some(v) = self.known.borrow().get(path) {
+            return Ok(v.clone());
+        }
+        xs_read(self.ctx, path)
+    }
+
+    /// `xenstore_read`: a missing or empty node is fatal.
+    fn required(&self, path: &str) -> Result<String, Failure> {
+        match self.read(path)? {
+            Some(v) if !v.is_empty() => Ok(v),
+            _ => Err(fail(format!("xenstore-read {path} failed."))),
+        }
     }
 }
 
@@ -708,7 +769,8 @@ pub fn body_with(script: Script, ctx: &Context<'_>, be: Backends<'_>) -> Result<
             .map(str::to_string)
             .or_else(|| ctx.config.antispoof.clone()),
     };
-    let Some(c) = resolve(ctx.action(), &inp, &mut |p| xs_read(ctx, p))? else {
+    let nodes = Nodes::new(ctx, script, &inp);
+    let Some(c) = resolve(ctx.action(), &inp, &mut |p| nodes.read(p))? else {
         ctx.log.debug(format!(
             "{} type_if={} : nothing to do",
             ctx.action(),
@@ -744,22 +806,27 @@ pub fn body_with(script: Script, ctx: &Context<'_>, be: Backends<'_>) -> Result<
     ];
     let plan = match script {
         Script::Bridge => {
-            let bridge = xs_read(ctx, &node("bridge"))?
+            let bridge = nodes
+                .read(&node("bridge"))?
                 .unwrap_or_else(|| ctx.var("bridge").unwrap_or("").to_string());
             let f = BridgeFacts {
                 bridge,
-                mtu: xs_read(ctx, &node("mtu"))?,
+                mtu: nodes.read(&node("mtu"))?,
             };
-            let legacy = f
-                .bridge
-                .strip_prefix("xenbr")
-                .map(|n| format!("eth{n}"))
-                .unwrap_or_default();
-            let obs = observe(
+            let mut obs = observe(
                 &mut *be.links,
-                &[&c.dev, &c.name, &f.bridge, &legacy],
+                &[&c.dev, &c.name, &f.bridge],
                 f.bridge.is_empty(),
             )?;
+            // The legacy `xenbrN` → `ethN` translation needs `ethN` only when `xenbrN` is
+            // missing.
+            if !f.bridge.is_empty() && obs.get(&f.bridge).is_none() {
+                if let Some(n) = f.bridge.strip_prefix("xenbr") {
+                    if let Some(l) = be.links.link(&format!("eth{n}")).map_err(links_err)? {
+                        obs.links.push(l);
+                    }
+                }
+            }
             let (plan, br) = plan_bridge(&c, &f, &obs)?;
             hook_vars.push(("bridge".into(), br));
             plan
@@ -780,7 +847,7 @@ pub fn body_with(script: Script, ctx: &Context<'_>, be: Backends<'_>) -> Result<
         }
         Script::Nat => {
             let num = |k: &str| -> Result<u32, Failure> {
-                let v = xs_required(ctx, &node(k))?;
+                let v = nodes.required(&node(k))?;
                 v.trim()
                     .parse()
                     .map_err(|_| fail(format!("invalid {k} '{v}' in {}", node(k))))
@@ -790,7 +857,7 @@ pub fn body_with(script: Script, ctx: &Context<'_>, be: Backends<'_>) -> Result<
                 domid: num("frontend-id")?,
                 handle: num("handle")?,
                 mac: if dhcp && c.setup() {
-                    Some(xs_required(ctx, &node("mac"))?)
+                    Some(nodes.required(&node("mac"))?)
                 } else {
                     None
                 },
@@ -802,18 +869,19 @@ pub fn body_with(script: Script, ctx: &Context<'_>, be: Backends<'_>) -> Result<
             plan_nat(&c, &f, &obs)?
         }
         Script::Ovs => {
-            let bridge = xs_read(ctx, &node("bridge"))?
+            let bridge = nodes
+                .read(&node("bridge"))?
                 .unwrap_or_else(|| ctx.var("bridge").unwrap_or("").to_string());
             let mut f = OvsFacts {
                 bridge,
                 ..Default::default()
             };
             if c.setup() {
-                let fe = xs_required(ctx, &node("frontend-id"))?;
-                let vm = xs_required(ctx, &format!("/local/domain/{fe}/vm"))?;
-                f.vm_name = xs_required(ctx, &format!("{vm}/name"))?;
-                f.vm_uuid = xs_required(ctx, &format!("{vm}/uuid"))?;
-                f.mac = xs_required(ctx, &node("mac"))?;
+                let fe = nodes.required(&node("frontend-id"))?;
+                let vm = nodes.required(&format!("/local/domain/{fe}/vm"))?;
+                f.vm_name = nodes.required(&format!("{vm}/name"))?;
+                f.vm_uuid = nodes.required(&format!("{vm}/uuid"))?;
+                f.mac = nodes.required(&node("mac"))?;
             }
             let obs = observe(&mut *be.links, &[&c.dev, &c.name], false)?;
             plan_ovs(&c, &f, &obs)?
