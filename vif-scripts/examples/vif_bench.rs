@@ -2,8 +2,11 @@
 //! onlines, ours against Debian's `/etc/xen/scripts/vif-bridge`, in one run.
 //!
 //! ```sh
-//! cargo run --release -p xenplug-vif --example vif_bench [-- CYCLES CONCURRENT]
+//! cargo run --release -p xenplug-vif --example vif_bench [-- CYCLES CONCURRENT] [--binary XENPLUG]
 //! ```
+//!
+//! `--binary` measures that `xenplug` binary (e.g. `target/static/xenplug` from
+//! `tools/build-static.sh`, the form installed on hosts) instead of this executable.
 //!
 //! Needs root. Everything happens in a throwaway network namespace (and a private mount
 //! namespace with the namespace's sysfs, which the reference's `/sys/class/net/…` checks need),
@@ -29,10 +32,22 @@ fn main() -> ExitCode {
     {
         return xenplug_vif::vif_bridge(Raw::from_process());
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let binary = match args.iter().position(|a| a == "--binary") {
+        Some(i) if i + 1 < args.len() => {
+            let b = PathBuf::from(args.remove(i + 1));
+            args.remove(i);
+            Some(b)
+        }
+        Some(_) => {
+            eprintln!("vif_bench: --binary needs a path");
+            return ExitCode::from(2);
+        }
+        None => None,
+    };
     let cycles: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(100);
     let concurrent: u32 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(50);
-    match bench(cycles, concurrent) {
+    match bench(cycles, concurrent, binary) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("vif_bench: {e}");
@@ -68,7 +83,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn bench(cycles: usize, concurrent: u32) -> Result<(), String> {
+fn bench(cycles: usize, concurrent: u32, binary: Option<PathBuf>) -> Result<(), String> {
     if !Path::new(REFERENCE).exists() {
         return Err(format!(
             "{REFERENCE} is missing (Debian's xen-utils-common)"
@@ -98,9 +113,13 @@ fn bench(cycles: usize, concurrent: u32) -> Result<(), String> {
             )
             .map_err(|e| e.to_string())?;
     }
+    // Ours runs as libxl runs it: a program called vif-bridge (a link to the multi-call binary).
+    let target = match &binary {
+        Some(b) => std::fs::canonicalize(b).map_err(|e| format!("{}: {e}", b.display()))?,
+        None => std::env::current_exe().map_err(|e| e.to_string())?,
+    };
     let ours: PathBuf = dir.path().join("vif-bridge");
-    std::os::unix::fs::symlink(std::env::current_exe().map_err(|e| e.to_string())?, &ours)
-        .map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink(&target, &ours).map_err(|e| e.to_string())?;
 
     // Enter the namespace (the whole process: children inherit it) and give it its own sysfs.
     let f = std::fs::File::open(format!("/run/netns/{}", ns.0)).map_err(|e| e.to_string())?;
@@ -238,6 +257,15 @@ fn bench(cycles: usize, concurrent: u32) -> Result<(), String> {
     };
     let oc = conc(&ours)?;
     let rc = conc(reference)?;
+    println!(
+        "xenplug = {}{}",
+        target.display(),
+        if binary.is_some() {
+            ""
+        } else {
+            " (this benchmark, dynamically linked; --binary target/static/xenplug measures the static build hosts install)"
+        }
+    );
     println!("vif-bridge online+offline cycle, median of {cycles}:");
     println!("  xenplug    {:>9.3} ms", om.as_secs_f64() * 1e3);
     println!("  reference  {:>9.3} ms", rm.as_secs_f64() * 1e3);

@@ -25,6 +25,11 @@ mod scripts;
 
 use std::process::ExitCode;
 
+/// The static build's allocator (musl's own costs dozens of mmap/munmap calls per script run).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 fn main() -> ExitCode {
     let argv0 = std::env::args_os().next().unwrap_or_default();
     let name = std::path::Path::new(&argv0)
