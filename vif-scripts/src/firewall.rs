@@ -104,6 +104,20 @@ fn rule(dev: &str, expr: Vec<Value>) -> Value {
     json!({"add": {"rule": {"family": "netdev", "table": TABLE, "chain": dev, "expr": expr}}})
 }
 
+/// Commands removing chain `name` of table `family table` whether or not it exists: the table
+/// and the chain are added (a missing chain as a plain, hook-less chain; an existing base chain
+/// is left as it is), then the chain is deleted with its rules. A batch of several such removals
+/// cannot fail on one chain already gone (e.g. a netdev chain the kernel dropped with its device)
+/// and leave the others behind.
+pub fn remove_chain_cmds(family: &str, table: &str, name: &str) -> Vec<Value> {
+    let chain = json!({"family": family, "table": table, "name": name});
+    vec![
+        json!({"add": {"table": {"family": family, "name": table}}}),
+        json!({"add": {"chain": chain.clone()}}),
+        json!({"delete": {"chain": chain}}),
+    ]
+}
+
 /// The batch removing `dev`'s chain.
 pub fn remove_batch(dev: &str) -> NftBatch {
     NftBatch {
@@ -266,6 +280,28 @@ impl Firewall for NftCli {
     }
 }
 
+impl NftBatch {
+    /// The commands of the batch (the `nftables` array).
+    pub fn commands(&self) -> Vec<Value> {
+        self.json["nftables"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// One batch doing `self`'s commands then `other`'s, atomically; `undo` undoes both.
+    pub fn then(self, other: NftBatch, undo: Option<NftBatch>) -> NftBatch {
+        let mut cmds = self.commands();
+        cmds.extend(other.commands());
+        NftBatch {
+            what: format!("{}; {}", self.what, other.what),
+            json: json!({ "nftables": cmds }),
+            undo: undo.map(Box::new),
+            removal: self.removal && other.removal,
+        }
+    }
+}
+
 impl fmt::Display for NftBatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.json.to_string())
@@ -301,5 +337,27 @@ mod tests {
         );
         let c = vif_batch("vif1.0", &addrs, Mode::Compat).unwrap();
         assert_eq!(c.json["nftables"][3]["add"]["chain"]["policy"], "accept");
+    }
+
+    #[test]
+    fn robust_removal_and_joined_batches() {
+        let cmds = remove_chain_cmds("ip", "t", "c");
+        assert_eq!(cmds[0]["add"]["table"]["name"], "t");
+        assert_eq!(cmds[1]["add"]["chain"]["name"], "c");
+        assert!(
+            cmds[1]["add"]["chain"].get("hook").is_none(),
+            "a plain chain"
+        );
+        assert_eq!(cmds[2]["delete"]["chain"]["name"], "c");
+        let a = vif_batch("vif1.0", &[Net::parse("10.0.0.5").unwrap()], Mode::Enforce).unwrap();
+        let n = a.commands().len();
+        let both = a
+            .clone()
+            .then(remove_batch("x"), Some(remove_batch("vif1.0")));
+        assert_eq!(both.commands().len(), n + 1);
+        assert_eq!(both.commands()[n]["delete"]["chain"]["name"], "x");
+        assert!(!both.removal);
+        assert_eq!(both.undo.unwrap().what, remove_batch("vif1.0").what);
+        assert!(remove_batch("a").then(remove_batch("b"), None).removal);
     }
 }

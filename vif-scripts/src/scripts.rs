@@ -453,6 +453,58 @@ pub fn nat_remove_batch(dev: &str) -> NftBatch {
     }
 }
 
+/// vif-nat's set-up batch: ONE `nft -j -f -` run for the vif's antispoofing chain (when
+/// configured) and its masquerade chain (when enabled), applied atomically, with one undo. Its
+/// failure is fatal when either part's would be: masquerading always, antispoofing in enforce
+/// mode; only a compat-mode antispoofing batch alone is logged and ignored. (With compat and
+/// masquerading, a failing batch installs neither, so the online fails.)
+pub fn nat_firewall_up(
+    c: &Common,
+    guest: Ipv4Addr,
+    masquerade: bool,
+) -> Option<(NftBatch, OnError)> {
+    let dev = &c.name;
+    match (firewall_up(c), masquerade) {
+        (None, false) => None,
+        (Some(spoof), false) => Some(spoof),
+        (None, true) => Some((nat_batch(dev, guest), OnError::Fatal)),
+        (Some((spoof, _)), true) => Some((
+            spoof.then(nat_batch(dev, guest), Some(nat_remove_both(dev))),
+            OnError::Fatal,
+        )),
+    }
+}
+
+/// vif-nat's teardown batch (one `nft` run): removes what [`nat_firewall_up`] installs.
+pub fn nat_firewall_down(c: &Common, masquerade: bool) -> Option<NftBatch> {
+    match (has_firewall(c), masquerade) {
+        (false, false) => None,
+        (true, false) => Some(firewall::remove_batch(&c.name)),
+        (false, true) => Some(nat_remove_batch(&c.name)),
+        (true, true) => Some(nat_remove_both(&c.name)),
+    }
+}
+
+/// Removal of both chains in one batch that succeeds whichever of them still exists (a netdev
+/// chain may have gone with its device): see [`firewall::remove_chain_cmds`].
+fn nat_remove_both(dev: &str) -> NftBatch {
+    let mut cmds = firewall::remove_chain_cmds("netdev", firewall::TABLE, dev);
+    cmds.extend(firewall::remove_chain_cmds(
+        "ip",
+        "xenplug-nat",
+        &format!("nat-{dev}"),
+    ));
+    NftBatch {
+        what: format!(
+            "remove netdev {} chain {dev} and ip xenplug-nat chain nat-{dev}",
+            firewall::TABLE
+        ),
+        json: serde_json::json!({ "nftables": cmds }),
+        undo: None,
+        removal: true,
+    }
+}
+
 /// Plan vif-nat.
 pub fn plan_nat(c: &Common, f: &NatFacts, obs: &Observed) -> Result<Plan, Failure> {
     let mut plan = Plan::default();
@@ -464,7 +516,12 @@ pub fn plan_nat(c: &Common, f: &NatFacts, obs: &Observed) -> Result<Plan, Failur
     if c.setup() {
         require_dev(c, obs)?;
         plan_rename(c, obs, &mut plan)?;
-        plan_firewall_up(c, &mut plan);
+        // Antispoofing and masquerading: one batch, where the other scripts put antispoofing
+        // (before the link comes up). The masquerade rule only matches the guest's source
+        // address, so installing it this early changes nothing else.
+        if let Some((b, on)) = nat_firewall_up(c, guest_v4, f.masquerade) {
+            plan.push(Step::Nft(b, on));
+        }
         plan_rate_up(c, &mut plan);
         plan.link(LinkChange::SetUp {
             dev: dev.clone(),
@@ -493,9 +550,6 @@ pub fn plan_nat(c: &Common, f: &NatFacts, obs: &Observed) -> Result<Plan, Failur
             value: "1".into(),
             on_error: OnError::Fatal,
         });
-        if f.masquerade {
-            plan.push(Step::Nft(nat_batch(&dev, guest_v4), OnError::Fatal));
-        }
         if f.dhcp {
             let mac = f
                 .mac
@@ -534,11 +588,10 @@ pub fn plan_nat(c: &Common, f: &NatFacts, obs: &Observed) -> Result<Plan, Failur
                 prefix: 32,
             });
         }
-        if f.masquerade {
-            plan.push(Step::Nft(nat_remove_batch(&dev), OnError::Ignore));
-        }
         plan_rate_down(c, obs, &mut plan);
-        plan_firewall_down(c, &mut plan);
+        if let Some(b) = nat_firewall_down(c, f.masquerade) {
+            plan.push(Step::Nft(b, OnError::Ignore));
+        }
     }
     Ok(plan)
 }
@@ -1296,6 +1349,111 @@ mod tests {
         );
         let c1 = common(Action::Online, "vif", &[("ip", "10.0.0.200")]);
         assert!(nat_addresses(&c1, &f).is_err());
+    }
+
+    /// The `Step::Nft`s of `plan` with their error handling.
+    fn nft_steps(plan: &Plan) -> Vec<(&NftBatch, OnError)> {
+        plan.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Nft(b, o) => Some((b, *o)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nat_applies_one_nft_batch_each_way() {
+        let l = host();
+        let f = NatFacts {
+            domid: 5,
+            handle: 0,
+            masquerade: true,
+            ..Default::default()
+        };
+        let c = common(Action::Online, "vif", &[("ip", "10.0.5.1")]);
+        let plan = plan_nat(&c, &f, &observed(&l)).unwrap();
+        let nft = nft_steps(&plan);
+        assert_eq!(nft.len(), 1, "{plan:?}");
+        assert_eq!(nft[0].1, OnError::Fatal);
+        let cmds = nft[0].0.commands();
+        let chains: Vec<&str> = cmds
+            .iter()
+            .filter_map(|c| c["add"]["chain"]["name"].as_str())
+            .collect();
+        assert_eq!(chains, ["vif5.0", "vif5.0", "nat-vif5.0"]);
+        // The antispoofing part is exactly the other scripts' batch.
+        let spoof = firewall::vif_batch("vif5.0", &c.ip, Mode::Enforce).unwrap();
+        assert_eq!(
+            nft[0].0.commands()[..spoof.commands().len()],
+            spoof.commands()[..]
+        );
+
+        let mut links = l.clone();
+        let mut parts = crate::fakes::Parts::default();
+        apply(&plan, &mut parts.system(&mut links), false).unwrap();
+        assert_eq!(parts.fw.applied.len(), 1);
+        assert_eq!(parts.fw.chains, ["vif5.0", "nat-vif5.0"]);
+
+        let off = common(Action::Offline, "vif", &[("ip", "10.0.5.1")]);
+        let down = plan_nat(&off, &f, &observed(&links)).unwrap();
+        assert_eq!(nft_steps(&down).len(), 1, "{down:?}");
+        apply(&down, &mut parts.system(&mut links), true).unwrap();
+        assert_eq!(parts.fw.applied.len(), 2);
+        assert!(parts.fw.chains.is_empty(), "{:?}", parts.fw.chains);
+        // Whichever chain is already gone (a netdev chain can go with its device), the batch
+        // still removes the other one, and nothing is left to report.
+        apply(&plan, &mut parts.system(&mut links), false).unwrap();
+        parts.fw.chains.retain(|c| c != "vif5.0");
+        let report = apply(&down, &mut parts.system(&mut links), true).unwrap();
+        assert!(parts.fw.chains.is_empty());
+        assert!(
+            report.notes.iter().all(|n| !n.contains("nft")),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn nat_batch_error_handling_and_rollback() {
+        let l = host();
+        let nat = |masquerade| NatFacts {
+            domid: 5,
+            handle: 0,
+            masquerade,
+            ..Default::default()
+        };
+        let on = |mode: &str, masq: bool| {
+            let mut c = common(Action::Online, "vif", &[("ip", "10.0.5.1")]);
+            c.antispoof = mode.parse().unwrap();
+            nft_steps(&plan_nat(&c, &nat(masq), &observed(&l)).unwrap())
+                .iter()
+                .map(|(b, o)| (b.commands().len(), *o))
+                .collect::<Vec<_>>()
+        };
+        // Fatal when either part would be: masquerading always, antispoofing in enforce mode.
+        assert_eq!(on("compat", true)[0].1, OnError::Fatal);
+        assert_eq!(on("compat", false), [(9, OnError::Ignore)]);
+        assert_eq!(on("enforce", false), [(9, OnError::Fatal)]);
+        assert_eq!(on("off", true), [(4, OnError::Fatal)]);
+        assert_eq!(on("off", false), []);
+        assert_eq!(on("compat", true), [(13, OnError::Fatal)]);
+
+        // A failing batch (compat + masquerade) fails the online, and nothing stays.
+        let mut c = common(Action::Online, "vif", &[("ip", "10.0.5.1")]);
+        c.antispoof = Mode::Compat;
+        let plan = plan_nat(&c, &nat(true), &observed(&l)).unwrap();
+        let mut links = l.clone();
+        let mut parts = crate::fakes::Parts::default();
+        parts.fw.fail = Some("nft: boom".into());
+        let err = apply(&plan, &mut parts.system(&mut links), false).unwrap_err();
+        assert_eq!(err.message, "nft: boom");
+        assert!(parts.fw.chains.is_empty() && links.log.is_empty());
+        // A later failure undoes the batch with one removal batch.
+        parts.fw.fail = None;
+        links.fail = Some(|c| matches!(c, LinkChange::AddRoute(_)).then_some(libc::EIO));
+        apply(&plan, &mut parts.system(&mut links), false).unwrap_err();
+        assert!(parts.fw.chains.is_empty(), "{:?}", parts.fw.chains);
+        assert_eq!(parts.fw.applied.len(), 2, "the batch and its undo");
     }
 
     #[test]
