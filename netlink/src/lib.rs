@@ -6,6 +6,9 @@
 //! program that lives a few milliseconds its tokio runtime is pure start-up cost (figures in
 //! vif-scripts/README.md), so this crate talks netlink directly.
 //!
+//! Besides links, addresses, routes and proxy neighbours it installs one tc object: ingress
+//! policing (see [`tc`]).
+//!
 //! The client works on interface indexes and reports errors without naming the operation:
 //! each caller attaches its own wording (see [`Error`]).
 
@@ -28,6 +31,9 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
 pub use netlink_packet_route::route::RouteProtocol;
+pub use tc::IngressPolice;
+
+pub mod tc;
 
 /// Where a socket-level failure happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

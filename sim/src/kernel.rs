@@ -141,7 +141,8 @@ pub fn delete_link(names: &[&str]) {
     }
 }
 
-/// `ip -br link` and `ip -br addr` plus routes, for the human report.
+/// `ip -br link` and `ip -br addr` plus routes, nftables rules and tc ingress policing, for the
+/// human report.
 pub fn link_state() -> String {
     let mut s = String::new();
     for args in [
@@ -159,6 +160,30 @@ pub fn link_state() -> String {
         if out.status.success() && !out.stdout.is_empty() {
             s.push_str("nft list ruleset:\n");
             s.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+    }
+    s.push_str(&tc_ingress_state());
+    s
+}
+
+/// Ingress policing (a tap's `rate`): the filters of every link with an ingress qdisc, when tc
+/// is installed. One `tc` run when there is none.
+fn tc_ingress_state() -> String {
+    let mut s = String::new();
+    let Ok(out) = Command::new("tc").args(["qdisc", "show"]).output() else {
+        return s;
+    };
+    let qdiscs = String::from_utf8_lossy(&out.stdout);
+    for line in qdiscs.lines().filter(|l| l.starts_with("qdisc ingress ")) {
+        let Some(dev) = line.split_whitespace().skip_while(|w| *w != "dev").nth(1) else {
+            continue;
+        };
+        s.push_str(&format!("tc filter show dev {dev} ingress:\n"));
+        if let Ok(f) = Command::new("tc")
+            .args(["filter", "show", "dev", dev, "ingress"])
+            .output()
+        {
+            s.push_str(&String::from_utf8_lossy(&f.stdout));
         }
     }
     s

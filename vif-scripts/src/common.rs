@@ -5,8 +5,9 @@ use std::net::IpAddr;
 
 use xenplug_hotplug::{Action, Failure};
 
-use crate::firewall::{Mode, Rate};
+use crate::firewall::Mode;
 use crate::links::{IfAddr, Link};
+use crate::rate::Rate;
 
 /// `type_if`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,12 +21,15 @@ impl Sysctl for FakeSysctl {
     }
 }
 
-/// Records batches; chains present are tracked by name.
+/// Records batches and models what nft does with chains: the commands of a batch run in order
+/// (`add chain` creates a missing chain, `delete chain` of a missing one fails the whole batch
+/// with "No such file or directory", which a removal batch reports as "already gone"), and a
+/// failing batch changes nothing.
 #[derive(Debug, Default, Clone)]
 pub struct FakeFirewall {
-    /// Every batch applied.
+    /// Every batch applied successfully.
     pub applied: Vec<NftBatch>,
-    /// Chains currently installed.
+    /// Chains currently installed, by name.
     pub chains: Vec<String>,
     /// Fail every non-removal batch with this message.
     pub fail: Option<String>,
@@ -34,36 +37,31 @@ pub struct FakeFirewall {
 
 impl Firewall for FakeFirewall {
     fn apply(&mut self, batch: &NftBatch) -> Result<(), StepError> {
-        let name = batch.json.to_string();
-        let chain = batch.json["nftables"]
-            .as_array()
-            .and_then(|c| {
-                c.iter()
-                    .find_map(|c| c.get("delete").map(|d| d["chain"]["name"].clone()))
-            })
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        if batch.removal {
-            if !self.chains.contains(&chain) {
-                return Err(StepError {
-                    message: format!("no chain in {name}"),
-                    gone: true,
-                    ..Default::default()
-                });
-            }
-            self.chains.retain(|c| c != &chain);
-        } else {
-            if let Some(m) = &self.fail {
-                return Err(StepError {
-                    message: m.clone(),
-                    gone: false,
-                    ..Default::default()
-                });
-            }
-            if !self.chains.contains(&chain) {
-                self.chains.push(chain);
+        if let (Some(m), false) = (&self.fail, batch.removal) {
+            return Err(StepError {
+                message: m.clone(),
+                ..Default::default()
+            });
+        }
+        let mut chains = self.chains.clone();
+        for cmd in batch.commands() {
+            let name = |verb: &str| cmd[verb]["chain"]["name"].as_str().map(str::to_string);
+            if let Some(c) = name("add") {
+                if !chains.contains(&c) {
+                    chains.push(c);
+                }
+            } else if let Some(c) = name("delete") {
+                if !chains.contains(&c) {
+                    return Err(StepError {
+                        message: format!("nft ({}): No such file or directory", batch.what),
+                        gone: batch.removal,
+                        ..Default::default()
+                    });
+                }
+                chains.retain(|x| x != &c);
             }
         }
+        self.chains = chains;
         self.applied.push(batch.clone());
         Ok(())
     }

@@ -1,4 +1,4 @@
-//! Antispoofing and tap rate limiting with nftables.
+//! Antispoofing with nftables (a tap's `rate` is tc's job: [`crate::rate`]).
 //!
 //! Every vif that needs rules gets one base chain, named after the interface, in our own table
 //! `netdev xenplug`, hooked at **ingress of the vif itself**. Traffic a guest sends enters dom0
@@ -17,7 +17,7 @@
 //!   nothing unless the administrator adds drops elsewhere, exactly like the reference).
 //! * `off`: no rules.
 //!
-//! Rules exist only when the backend `ip` node lists addresses, or a tap has a `rate`.
+//! Rules exist only when the backend `ip` node lists addresses.
 
 use std::fmt;
 use std::io::Write;
@@ -54,35 +54,6 @@ impl std::str::FromStr for Mode {
                 "invalid antispoof mode '{other}' (expected off, compat or enforce)"
             )),
         }
-    }
-}
-
-/// A `rate` node: `bytes` of credit every `usecs` microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    /// Credit per interval.
-    pub bytes: u64,
-    /// Interval.
-    pub usecs: u32,
-}
-
-impl Rate {
-    /// Parse `bytes,usecs` as libxl writes it.
-    pub fn parse(s: &str) -> Result<Rate, String> {
-        let bad = || format!("invalid rate '{s}' (expected <bytes>,<usecs>)");
-        let (b, u) = s.trim().split_once(',').ok_or_else(bad)?;
-        let bytes: u64 = b.trim().parse().map_err(|_| bad())?;
-        let usecs: u32 = u.trim().parse().map_err(|_| bad())?;
-        if bytes == 0 || usecs == 0 {
-            return Err(bad());
-        }
-        Ok(Rate { bytes, usecs })
-    }
-
-    /// The rate in bytes per second (saturating).
-    pub fn bytes_per_second(self) -> u64 {
-        (u128::from(self.bytes) * 1_000_000 / u128::from(self.usecs)).min(u128::from(u64::MAX))
-            as u64
     }
 }
 
@@ -133,6 +104,20 @@ fn rule(dev: &str, expr: Vec<Value>) -> Value {
     json!({"add": {"rule": {"family": "netdev", "table": TABLE, "chain": dev, "expr": expr}}})
 }
 
+/// Commands removing chain `name` of table `family table` whether or not it exists: the table
+/// and the chain are added (a missing chain as a plain, hook-less chain; an existing base chain
+/// is left as it is), then the chain is deleted with its rules. A batch of several such removals
+/// cannot fail on one chain already gone (e.g. a netdev chain the kernel dropped with its device)
+/// and leave the others behind.
+pub fn remove_chain_cmds(family: &str, table: &str, name: &str) -> Vec<Value> {
+    let chain = json!({"family": family, "table": table, "name": name});
+    vec![
+        json!({"add": {"table": {"family": family, "name": table}}}),
+        json!({"add": {"chain": chain.clone()}}),
+        json!({"delete": {"chain": chain}}),
+    ]
+}
+
 /// The batch removing `dev`'s chain.
 pub fn remove_batch(dev: &str) -> NftBatch {
     NftBatch {
@@ -143,16 +128,15 @@ pub fn remove_batch(dev: &str) -> NftBatch {
     }
 }
 
-/// The batch installing `dev`'s chain, or `None` when no rule is needed.
+/// The batch installing `dev`'s chain, or `None` when no rule is needed (mode `off`, or no
+/// addresses).
 ///
-/// `addrs` are the guest's addresses from the backend `ip` node; `rate` is applied (for taps)
-/// as a byte-rate limit before the address rules.
-pub fn vif_batch(dev: &str, addrs: &[Net], mode: Mode, rate: Option<Rate>) -> Option<NftBatch> {
-    let spoof = mode != Mode::Off && !addrs.is_empty();
-    if !spoof && rate.is_none() {
+/// `addrs` are the guest's addresses from the backend `ip` node.
+pub fn vif_batch(dev: &str, addrs: &[Net], mode: Mode) -> Option<NftBatch> {
+    if mode == Mode::Off || addrs.is_empty() {
         return None;
     }
-    let policy = if spoof && mode == Mode::Enforce {
+    let policy = if mode == Mode::Enforce {
         "drop"
     } else {
         "accept"
@@ -166,79 +150,61 @@ pub fn vif_batch(dev: &str, addrs: &[Net], mode: Mode, rate: Option<Rate>) -> Op
         json!({"add": {"chain": {"family": "netdev", "table": TABLE, "name": dev,
             "type": "filter", "hook": "ingress", "dev": dev, "prio": 0, "policy": policy}}}),
     ];
-    if let Some(r) = rate {
+    let v4: Vec<Net> = addrs.iter().filter(|a| a.addr.is_ipv4()).copied().collect();
+    let v6: Vec<Net> = addrs.iter().filter(|a| a.addr.is_ipv6()).copied().collect();
+    let mut arp = v4.clone();
+    arp.push(Net::parse("0.0.0.0").expect("literal"));
+    cmds.push(rule(
+        dev,
+        vec![
+            m("arp", "saddr ip", addr_set(&arp)),
+            json!({"accept": null}),
+        ],
+    ));
+    if !v4.is_empty() {
         cmds.push(rule(
             dev,
-            vec![
-                json!({"limit": {"rate": r.bytes_per_second(), "per": "second", "rate_unit": "bytes",
-                    "burst": r.bytes.min(u64::from(u32::MAX)), "burst_unit": "bytes", "inv": true}}),
-                json!({"drop": null}),
-            ],
+            vec![m("ip", "saddr", addr_set(&v4)), json!({"accept": null})],
         ));
     }
-    if spoof {
-        let v4: Vec<Net> = addrs.iter().filter(|a| a.addr.is_ipv4()).copied().collect();
-        let v6: Vec<Net> = addrs.iter().filter(|a| a.addr.is_ipv6()).copied().collect();
-        let mut arp = v4.clone();
-        arp.push(Net::parse("0.0.0.0").expect("literal"));
+    cmds.push(rule(
+        dev,
+        vec![
+            m("ip", "saddr", json!("0.0.0.0")),
+            m("ip", "daddr", json!("255.255.255.255")),
+            m("udp", "sport", json!(68)),
+            m("udp", "dport", json!(67)),
+            json!({"accept": null}),
+        ],
+    ));
+    if !v6.is_empty() {
         cmds.push(rule(
             dev,
-            vec![
-                m("arp", "saddr ip", addr_set(&arp)),
-                json!({"accept": null}),
-            ],
-        ));
-        if !v4.is_empty() {
-            cmds.push(rule(
-                dev,
-                vec![m("ip", "saddr", addr_set(&v4)), json!({"accept": null})],
-            ));
-        }
-        cmds.push(rule(
-            dev,
-            vec![
-                m("ip", "saddr", json!("0.0.0.0")),
-                m("ip", "daddr", json!("255.255.255.255")),
-                m("udp", "sport", json!(68)),
-                m("udp", "dport", json!(67)),
-                json!({"accept": null}),
-            ],
-        ));
-        if !v6.is_empty() {
-            cmds.push(rule(
-                dev,
-                vec![m("ip6", "saddr", addr_set(&v6)), json!({"accept": null})],
-            ));
-        }
-        cmds.push(rule(
-            dev,
-            vec![
-                m(
-                    "ip6",
-                    "saddr",
-                    json!({"prefix": {"addr": "fe80::", "len": 10}}),
-                ),
-                json!({"accept": null}),
-            ],
-        ));
-        cmds.push(rule(
-            dev,
-            vec![
-                m("ip6", "saddr", json!("::")),
-                m("icmpv6", "type", json!("nd-neighbor-solicit")),
-                json!({"accept": null}),
-            ],
+            vec![m("ip6", "saddr", addr_set(&v6)), json!({"accept": null})],
         ));
     }
+    cmds.push(rule(
+        dev,
+        vec![
+            m(
+                "ip6",
+                "saddr",
+                json!({"prefix": {"addr": "fe80::", "len": 10}}),
+            ),
+            json!({"accept": null}),
+        ],
+    ));
+    cmds.push(rule(
+        dev,
+        vec![
+            m("ip6", "saddr", json!("::")),
+            m("icmpv6", "type", json!("nd-neighbor-solicit")),
+            json!({"accept": null}),
+        ],
+    ));
     let what = format!(
-        "netdev {TABLE} chain {dev}: {} policy {policy}{}",
-        if spoof {
-            format!("{mode:?} antispoof for {} address(es),", addrs.len())
-        } else {
-            String::new()
-        },
-        rate.map(|r| format!(", rate {} B/s", r.bytes_per_second()))
-            .unwrap_or_default()
+        "netdev {TABLE} chain {dev}: {mode:?} antispoof for {} address(es), policy {policy}",
+        addrs.len()
     );
     Some(NftBatch {
         what,
@@ -280,7 +246,7 @@ impl Firewall for NftCli {
                 // No nft at all: no rule of ours can exist, so a removal is done.
                 gone: batch.removal && e.kind() == std::io::ErrorKind::NotFound,
                 ..fail(format!(
-                    "cannot run {} (antispoofing and rate limits need nftables; \
+                    "cannot run {} (antispoofing and masquerading need nftables; \
                      antispoof=off disables antispoofing): {e}",
                     self.program.display()
                 ))
@@ -314,6 +280,28 @@ impl Firewall for NftCli {
     }
 }
 
+impl NftBatch {
+    /// The commands of the batch (the `nftables` array).
+    pub fn commands(&self) -> Vec<Value> {
+        self.json["nftables"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// One batch doing `self`'s commands then `other`'s, atomically; `undo` undoes both.
+    pub fn then(self, other: NftBatch, undo: Option<NftBatch>) -> NftBatch {
+        let mut cmds = self.commands();
+        cmds.extend(other.commands());
+        NftBatch {
+            what: format!("{}; {}", self.what, other.what),
+            json: json!({ "nftables": cmds }),
+            undo: undo.map(Box::new),
+            removal: self.removal && other.removal,
+        }
+    }
+}
+
 impl fmt::Display for NftBatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.json.to_string())
@@ -325,27 +313,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rate_parsing() {
-        assert_eq!(
-            Rate::parse("125000,50000").unwrap().bytes_per_second(),
-            2_500_000
-        );
-        assert!(Rate::parse("12").is_err());
-        assert!(Rate::parse("a,b").is_err());
-        assert!(Rate::parse("0,5").is_err());
-        assert!(Rate::parse("1,-5").is_err());
-    }
-
-    #[test]
-    fn no_rules_without_addresses_or_rate() {
-        assert!(vif_batch("vif1.0", &[], Mode::Enforce, None).is_none());
-        assert!(vif_batch(
-            "vif1.0",
-            &[Net::parse("10.0.0.5").unwrap()],
-            Mode::Off,
-            None
-        )
-        .is_none());
+    fn no_rules_without_addresses() {
+        assert!(vif_batch("vif1.0", &[], Mode::Enforce).is_none());
+        assert!(vif_batch("vif1.0", &[Net::parse("10.0.0.5").unwrap()], Mode::Off).is_none());
     }
 
     #[test]
@@ -354,7 +324,7 @@ mod tests {
             .iter()
             .map(|a| Net::parse(a).unwrap())
             .collect();
-        let b = vif_batch("vif1.0", &addrs, Mode::Enforce, None).unwrap();
+        let b = vif_batch("vif1.0", &addrs, Mode::Enforce).unwrap();
         let cmds = b.json["nftables"].as_array().unwrap();
         assert_eq!(cmds[3]["add"]["chain"]["policy"], "drop");
         assert_eq!(cmds[3]["add"]["chain"]["dev"], "vif1.0");
@@ -365,28 +335,29 @@ mod tests {
             b.undo.unwrap().json["nftables"][0]["delete"]["chain"]["name"],
             "vif1.0"
         );
-        let c = vif_batch("vif1.0", &addrs, Mode::Compat, None).unwrap();
+        let c = vif_batch("vif1.0", &addrs, Mode::Compat).unwrap();
         assert_eq!(c.json["nftables"][3]["add"]["chain"]["policy"], "accept");
     }
 
     #[test]
-    fn rate_only_batch() {
-        let b = vif_batch(
-            "t-emu",
-            &[],
-            Mode::Enforce,
-            Some(Rate {
-                bytes: 1000,
-                usecs: 1000,
-            }),
-        )
-        .unwrap();
-        let cmds = b.json["nftables"].as_array().unwrap();
-        assert_eq!(cmds.len(), 5);
-        assert_eq!(
-            cmds[4]["add"]["rule"]["expr"][0]["limit"]["rate"],
-            1_000_000
+    fn robust_removal_and_joined_batches() {
+        let cmds = remove_chain_cmds("ip", "t", "c");
+        assert_eq!(cmds[0]["add"]["table"]["name"], "t");
+        assert_eq!(cmds[1]["add"]["chain"]["name"], "c");
+        assert!(
+            cmds[1]["add"]["chain"].get("hook").is_none(),
+            "a plain chain"
         );
-        assert_eq!(cmds[3]["add"]["chain"]["policy"], "accept");
+        assert_eq!(cmds[2]["delete"]["chain"]["name"], "c");
+        let a = vif_batch("vif1.0", &[Net::parse("10.0.0.5").unwrap()], Mode::Enforce).unwrap();
+        let n = a.commands().len();
+        let both = a
+            .clone()
+            .then(remove_batch("x"), Some(remove_batch("vif1.0")));
+        assert_eq!(both.commands().len(), n + 1);
+        assert_eq!(both.commands()[n]["delete"]["chain"]["name"], "x");
+        assert!(!both.removal);
+        assert_eq!(both.undo.unwrap().what, remove_batch("vif1.0").what);
+        assert!(remove_batch("a").then(remove_batch("b"), None).removal);
     }
 }

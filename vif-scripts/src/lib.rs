@@ -10,7 +10,8 @@
 //! `hotplug-error`/`hotplug-status=error` on failure (exit 1).
 //!
 //! Layers: [`links`] (the `Links` trait and a recording fake) and [`netlink`] (the synchronous
-//! rtnetlink adapter); [`firewall`] (nftables JSON batches); [`common`] (vif-common.sh);
+//! rtnetlink adapter, including a tap's tc ingress policing); [`firewall`] (nftables JSON
+//! batches); [`rate`] (the `rate` node, policed for taps); [`common`] (vif-common.sh);
 //! [`scripts`] (pure planners + wiring); [`plan`] (the applier: rollback on failed set-up,
 //! keep-going teardown); [`adapters`] (/proc/sys, xenstore, ovs-vsctl, dnsmasq).
 
@@ -21,6 +22,7 @@ pub mod firewall;
 pub mod links;
 pub mod netlink;
 pub mod plan;
+pub mod rate;
 pub mod scripts;
 
 use std::process::ExitCode;

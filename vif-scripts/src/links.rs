@@ -1,5 +1,5 @@
 //! The narrow interface between the vif logic and the kernel's link, address, route and
-//! neighbour tables.
+//! neighbour tables, and a link's ingress policing (tc).
 //!
 //! [`Links`] has three read methods and one write method taking a [`LinkChange`], so plan/apply
 //! logic can be tested with [`RecordingLinks`] (an in-memory model that records every change) and
@@ -111,6 +111,12 @@ pub enum LinkChange {
     AddProxyNeigh { dev: String, addr: IpAddr },
     /// Delete a proxy neighbour entry.
     DelProxyNeigh { dev: String, addr: IpAddr },
+    /// Police what arrives on `dev` (its ingress) to `rate` bytes per second with a bucket of
+    /// `burst` bytes, dropping the excess (tc: ingress qdisc, matchall, police). Replaces any
+    /// ingress qdisc the link had.
+    SetIngressRate { dev: String, rate: u64, burst: u32 },
+    /// Delete `dev`'s ingress qdisc with its filters ("already gone" when it has none).
+    ClearIngressRate { dev: String },
 }
 
 impl fmt::Display for LinkChange {
@@ -140,6 +146,10 @@ impl fmt::Display for LinkChange {
             LinkChange::DelProxyNeigh { dev, addr } => {
                 write!(f, "delete proxy neighbour {addr} on {dev}")
             }
+            LinkChange::SetIngressRate { dev, rate, burst } => {
+                write!(f, "police {dev} ingress to {rate} B/s burst {burst} B")
+            }
+            LinkChange::ClearIngressRate { dev } => write!(f, "remove {dev} ingress policing"),
         }
     }
 }
@@ -223,7 +233,8 @@ pub trait Links {
 /// An in-memory model of links that records every change and can be told to fail one.
 ///
 /// It models enough of the kernel for the planners and the applier: renames, MAC, MTU, up/down,
-/// masters, addresses, routes and proxy neighbours, with the kernel's "already gone" errnos.
+/// masters, addresses, routes, proxy neighbours and ingress policing (held by interface index,
+/// so it follows a rename as the kernel's does), with the kernel's "already gone" errnos.
 #[derive(Debug, Default, Clone)]
 pub struct RecordingLinks {
     /// The current links.
@@ -234,6 +245,8 @@ pub struct RecordingLinks {
     pub routes: Vec<Route>,
     /// The current proxy neighbours `(dev, addr)`.
     pub proxies: Vec<(String, IpAddr)>,
+    /// Ingress policing by interface index: `(rate, burst)`.
+    pub ingress: std::collections::BTreeMap<u32, (u64, u32)>,
     /// Every change applied successfully, in order.
     pub log: Vec<LinkChange>,
     /// Changes for which `fail(change)` returns an errno fail with it.
@@ -254,6 +267,12 @@ impl RecordingLinks {
             kind: kind.map(str::to_string),
         });
         self
+    }
+
+    /// The ingress policing `(rate, burst)` of the link called `name`, if any.
+    pub fn ingress_of(&self, name: &str) -> Option<(u64, u32)> {
+        let l = self.links.iter().find(|l| l.name == name)?;
+        self.ingress.get(&l.index).copied()
     }
 
     /// The link called `name` (panics when absent: for tests).
@@ -393,6 +412,16 @@ impl Links for RecordingLinks {
                     return err(libc::ENOENT);
                 }
             }
+            LinkChange::SetIngressRate { dev, rate, burst } => {
+                let index = self.index_of(dev, change)?;
+                self.ingress.insert(index, (*rate, *burst));
+            }
+            LinkChange::ClearIngressRate { dev } => {
+                let index = self.index_of(dev, change)?;
+                if self.ingress.remove(&index).is_none() {
+                    return err(libc::ENOENT);
+                }
+            }
         }
         self.log.push(change.clone());
         Ok(())
@@ -448,5 +477,43 @@ mod tests {
             })
             .unwrap_err();
         assert!(e.is_gone());
+    }
+
+    #[test]
+    fn fake_models_ingress_policing_by_index() {
+        let mut l = RecordingLinks::default();
+        l.add("vif1.0-emu", Some("tun"));
+        let set = |dev: &str, rate| LinkChange::SetIngressRate {
+            dev: dev.into(),
+            rate,
+            burst: 131_072,
+        };
+        let clear = |dev: &str| LinkChange::ClearIngressRate { dev: dev.into() };
+        l.change(&set("vif1.0-emu", 1000)).unwrap();
+        l.change(&set("vif1.0-emu", 2000)).unwrap();
+        assert_eq!(
+            l.ingress_of("vif1.0-emu"),
+            Some((2000, 131_072)),
+            "replaced"
+        );
+        // It follows the link through a rename.
+        l.change(&LinkChange::Rename {
+            dev: "vif1.0-emu".into(),
+            to: "web-emu".into(),
+        })
+        .unwrap();
+        assert_eq!(l.ingress_of("web-emu"), Some((2000, 131_072)));
+        l.change(&clear("web-emu")).unwrap();
+        assert_eq!(l.ingress_of("web-emu"), None);
+        // Nothing to remove, or no link: both "already gone".
+        assert!(l.change(&clear("web-emu")).unwrap_err().is_gone());
+        assert_eq!(
+            l.change(&clear("nosuch")).unwrap_err().errno,
+            Some(libc::ENODEV)
+        );
+        assert_eq!(
+            l.change(&set("nosuch", 1)).unwrap_err().errno,
+            Some(libc::ENODEV)
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The real [`Links`] adapter: a thin wrapper over the shared synchronous rtnetlink client
-//! ([`xenplug_netlink::Client`]) that resolves device names to indexes.
+//! ([`xenplug_netlink::Client`]) that resolves device names to indexes. Ingress policing is the
+//! client's tc support ([`xenplug_netlink::tc`]).
 
 use xenplug_netlink::{Client, Create, RouteProtocol};
 
@@ -135,6 +136,19 @@ impl Netlink {
                 let index = self.index(dev)?;
                 self.client.del_proxy_neighbour(index, *addr)
             }
+            LinkChange::SetIngressRate { dev, rate, burst } => {
+                let index = self.index(dev)?;
+                self.client.set_ingress_police(index, *rate, *burst)
+            }
+            LinkChange::ClearIngressRate { dev } => {
+                let index = self.index(dev)?;
+                match self.client.clear_ingress(index) {
+                    Ok(true) => Ok(()),
+                    // No ingress qdisc: "already gone" for the teardown.
+                    Ok(false) => Err(xenplug_netlink::Error::Kernel(libc::ENOENT)),
+                    Err(e) => Err(e),
+                }
+            }
         })
     }
 }
@@ -237,7 +251,19 @@ impl Links for Netlink {
 
     fn change(&mut self, change: &LinkChange) -> Result<(), LinkError> {
         let result = match self.apply(change) {
-            Ok(r) => r.map_err(|e| link_error(change.to_string(), e)),
+            Ok(r) => r.map_err(|e| {
+                let mut err = link_error(change.to_string(), e);
+                if matches!(change, LinkChange::SetIngressRate { .. })
+                    && err.errno == Some(libc::ENOENT)
+                {
+                    // The kernel's answer when a tc module is missing.
+                    err.message = format!(
+                        "{} (the kernel lacks tc ingress policing: sch_ingress, cls_matchall, act_police)",
+                        err.message
+                    );
+                }
+                err
+            }),
             Err(e) => Err(e),
         };
         self.remember(change, result.is_ok());

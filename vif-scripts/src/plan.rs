@@ -1,7 +1,7 @@
 //! Plans and the applier.
 //!
-//! A planner turns gathered facts into a [`Plan`]: an ordered list of [`Step`]s (link changes,
-//! sysctls, one nftables batch, xenstore writes, an `ovs-vsctl` transaction, a DHCP host entry).
+//! A planner turns gathered facts into a [`Plan`]: an ordered list of [`Step`]s (link changes
+//! and tc ingress policing, sysctls, one nftables batch, xenstore writes, an `ovs-vsctl` transaction, a DHCP host entry).
 //! [`apply`] carries a plan out through the narrow [`System`] traits:
 //!
 //! * set-up (`online`/`add`): a [`OnError::Fatal`] step that fails stops the plan and every step
@@ -29,7 +29,7 @@ pub enum OnError {
 /// One step of a plan.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    /// A link/address/route/neighbour change.
+    /// A link/address/route/neighbour change, or a link's ingress policing.
     Link(LinkChange, OnError),
     /// Write a sysctl (a path below /proc/sys, e.g. `net/ipv4/conf/vif1.0/proxy_arp`).
     Sysctl {
@@ -324,11 +324,16 @@ fn inverse_of(step: &Step, sys: &mut System<'_>) -> Option<Step> {
                     dev: dev.clone(),
                     addr: *addr,
                 }),
+                // A fresh tap has no ingress qdisc: undo removes ours.
+                LinkChange::SetIngressRate { dev, .. } => {
+                    lenient(LinkChange::ClearIngressRate { dev: dev.clone() })
+                }
                 // Flushing a fresh vif's addresses and deletions are not undone.
                 LinkChange::FlushAddrs { .. }
                 | LinkChange::DelAddr { .. }
                 | LinkChange::DelRoute(_)
-                | LinkChange::DelProxyNeigh { .. } => None,
+                | LinkChange::DelProxyNeigh { .. }
+                | LinkChange::ClearIngressRate { .. } => None,
             }
         }
         Step::Sysctl { key, .. } => {

@@ -11,7 +11,7 @@ use xenplug_hotplug::{run_hooks_with, Action, Context, Failure, Outcome};
 
 use crate::adapters::{CtxXs, DnsmasqHosts, OvsCli, ProcSys};
 use crate::common::{resolve, Common, CommonInputs, Net, Observed, TypeIf};
-use crate::firewall::{self, Firewall, Mode, NftCli};
+use crate::firewall::{self, Firewall, Mode, NftBatch, NftCli};
 use crate::links::{LinkChange, Links, Route, BRIDGE_PORT_MAC};
 use crate::netlink::Netlink;
 use crate::plan::{apply, Dhcp, OnError, Ovs, Plan, Step, Sysctl, System};
@@ -93,27 +93,54 @@ fn plan_port_setup(c: &Common, obs: &Observed, plan: &mut Plan) -> Result<(), Fa
     Ok(())
 }
 
-/// The antispoofing/rate batch for set-up (rate only for taps: netback enforces it for vifs).
-fn plan_firewall_up(c: &Common, plan: &mut Plan) {
-    let rate = if c.type_if == TypeIf::Tap {
-        c.rate
+/// The antispoofing batch for set-up and what its failure does (enforce: fatal, fail closed;
+/// compat: logged).
+fn firewall_up(c: &Common) -> Option<(NftBatch, OnError)> {
+    let b = firewall::vif_batch(&c.name, &c.ip, c.antispoof)?;
+    let on = if c.antispoof == Mode::Enforce {
+        OnError::Fatal
     } else {
-        None
+        OnError::Ignore
     };
-    if let Some(b) = firewall::vif_batch(&c.name, &c.ip, c.antispoof, rate) {
-        let on = if c.antispoof == Mode::Enforce && !c.ip.is_empty() {
-            OnError::Fatal
-        } else {
-            OnError::Ignore
-        };
+    Some((b, on))
+}
+
+fn plan_firewall_up(c: &Common, plan: &mut Plan) {
+    if let Some((b, on)) = firewall_up(c) {
         plan.push(Step::Nft(b, on));
     }
 }
 
+/// True when set-up installs antispoofing rules (teardown removes them).
+fn has_firewall(c: &Common) -> bool {
+    c.antispoof != Mode::Off && !c.ip.is_empty()
+}
+
 fn plan_firewall_down(c: &Common, plan: &mut Plan) {
-    let rate = c.type_if == TypeIf::Tap && c.rate.is_some();
-    if (c.antispoof != Mode::Off && !c.ip.is_empty()) || rate {
+    if has_firewall(c) {
         plan.push(Step::Nft(firewall::remove_batch(&c.name), OnError::Ignore));
+    }
+}
+
+/// A tap's `rate`, policed at the tap's ingress with tc ([`crate::rate`]); vifs have netback.
+/// Planned before the link comes up. A failure (a kernel without `act_police`, say) is logged
+/// and the tap is plumbed unlimited, as the rate-only nft rule used to be.
+fn plan_rate_up(c: &Common, plan: &mut Plan) {
+    if let (TypeIf::Tap, Some(r)) = (c.type_if, c.rate) {
+        plan.link_lenient(LinkChange::SetIngressRate {
+            dev: c.name.clone(),
+            rate: r.bytes_per_second(),
+            burst: r.burst(),
+        });
+    }
+}
+
+/// Teardown of [`plan_rate_up`]: only while the tap exists (its policer dies with it).
+fn plan_rate_down(c: &Common, obs: &Observed, plan: &mut Plan) {
+    if c.type_if == TypeIf::Tap && c.rate.is_some() && obs.get(&c.name).is_some() {
+        plan.link(LinkChange::ClearIngressRate {
+            dev: c.name.clone(),
+        });
     }
 }
 
@@ -158,6 +185,7 @@ pub fn plan_bridge(c: &Common, f: &BridgeFacts, obs: &Observed) -> Result<(Plan,
         plan_port_setup(c, obs, &mut plan)?;
         let dev = c.name.clone();
         plan_firewall_up(c, &mut plan);
+        plan_rate_up(c, &mut plan);
         let mtu = match f.mtu.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
             Some(m) => m
                 .parse::<u32>()
@@ -203,6 +231,7 @@ pub fn plan_bridge(c: &Common, f: &BridgeFacts, obs: &Observed) -> Result<(Plan,
                 });
             }
         }
+        plan_rate_down(c, obs, &mut plan);
         plan_firewall_down(c, &mut plan);
         Ok((plan, br))
     }
@@ -240,6 +269,7 @@ pub fn plan_route(c: &Common, f: &RouteFacts, obs: &Observed) -> Result<Plan, Fa
         require_dev(c, obs)?;
         plan_rename(c, obs, &mut plan)?;
         plan_firewall_up(c, &mut plan);
+        plan_rate_up(c, &mut plan);
         if !obs.has_addr(&c.dev, IpAddr::V4(main_ip)) {
             plan.link(LinkChange::AddAddr {
                 dev: dev.clone(),
@@ -325,6 +355,7 @@ pub fn plan_route(c: &Common, f: &RouteFacts, obs: &Observed) -> Result<Plan, Fa
                 }
             }
         }
+        plan_rate_down(c, obs, &mut plan);
         plan_firewall_down(c, &mut plan);
     }
     Ok(plan)
@@ -389,7 +420,7 @@ pub fn nat_addresses(c: &Common, f: &NatFacts) -> Result<(Net, Ipv4Addr, String)
 }
 
 /// The NAT masquerade batch: chain `nat-<dev>` in table `ip xenplug-nat`.
-pub fn nat_batch(dev: &str, guest: Ipv4Addr) -> firewall::NftBatch {
+pub fn nat_batch(dev: &str, guest: Ipv4Addr) -> NftBatch {
     use serde_json::json;
     let chain = format!("nat-{dev}");
     let cref = json!({"family": "ip", "table": "xenplug-nat", "name": chain});
@@ -412,11 +443,63 @@ pub fn nat_batch(dev: &str, guest: Ipv4Addr) -> firewall::NftBatch {
 }
 
 /// Removal of [`nat_batch`].
-pub fn nat_remove_batch(dev: &str) -> firewall::NftBatch {
+pub fn nat_remove_batch(dev: &str) -> NftBatch {
     use serde_json::json;
-    firewall::NftBatch {
+    NftBatch {
         what: format!("remove ip xenplug-nat chain nat-{dev}"),
         json: json!({"nftables": [{"delete": {"chain": {"family": "ip", "table": "xenplug-nat", "name": format!("nat-{dev}")}}}]}),
+        undo: None,
+        removal: true,
+    }
+}
+
+/// vif-nat's set-up batch: ONE `nft -j -f -` run for the vif's antispoofing chain (when
+/// configured) and its masquerade chain (when enabled), applied atomically, with one undo. Its
+/// failure is fatal when either part's would be: masquerading always, antispoofing in enforce
+/// mode; only a compat-mode antispoofing batch alone is logged and ignored. (With compat and
+/// masquerading, a failing batch installs neither, so the online fails.)
+pub fn nat_firewall_up(
+    c: &Common,
+    guest: Ipv4Addr,
+    masquerade: bool,
+) -> Option<(NftBatch, OnError)> {
+    let dev = &c.name;
+    match (firewall_up(c), masquerade) {
+        (None, false) => None,
+        (Some(spoof), false) => Some(spoof),
+        (None, true) => Some((nat_batch(dev, guest), OnError::Fatal)),
+        (Some((spoof, _)), true) => Some((
+            spoof.then(nat_batch(dev, guest), Some(nat_remove_both(dev))),
+            OnError::Fatal,
+        )),
+    }
+}
+
+/// vif-nat's teardown batch (one `nft` run): removes what [`nat_firewall_up`] installs.
+pub fn nat_firewall_down(c: &Common, masquerade: bool) -> Option<NftBatch> {
+    match (has_firewall(c), masquerade) {
+        (false, false) => None,
+        (true, false) => Some(firewall::remove_batch(&c.name)),
+        (false, true) => Some(nat_remove_batch(&c.name)),
+        (true, true) => Some(nat_remove_both(&c.name)),
+    }
+}
+
+/// Removal of both chains in one batch that succeeds whichever of them still exists (a netdev
+/// chain may have gone with its device): see [`firewall::remove_chain_cmds`].
+fn nat_remove_both(dev: &str) -> NftBatch {
+    let mut cmds = firewall::remove_chain_cmds("netdev", firewall::TABLE, dev);
+    cmds.extend(firewall::remove_chain_cmds(
+        "ip",
+        "xenplug-nat",
+        &format!("nat-{dev}"),
+    ));
+    NftBatch {
+        what: format!(
+            "remove netdev {} chain {dev} and ip xenplug-nat chain nat-{dev}",
+            firewall::TABLE
+        ),
+        json: serde_json::json!({ "nftables": cmds }),
         undo: None,
         removal: true,
     }
@@ -433,7 +516,13 @@ pub fn plan_nat(c: &Common, f: &NatFacts, obs: &Observed) -> Result<Plan, Failur
     if c.setup() {
         require_dev(c, obs)?;
         plan_rename(c, obs, &mut plan)?;
-        plan_firewall_up(c, &mut plan);
+        // Antispoofing and masquerading: one batch, where the other scripts put antispoofing
+        // (before the link comes up). The masquerade rule only matches the guest's source
+        // address, so installing it this early changes nothing else.
+        if let Some((b, on)) = nat_firewall_up(c, guest_v4, f.masquerade) {
+            plan.push(Step::Nft(b, on));
+        }
+        plan_rate_up(c, &mut plan);
         plan.link(LinkChange::SetUp {
             dev: dev.clone(),
             up: true,
@@ -461,9 +550,6 @@ pub fn plan_nat(c: &Common, f: &NatFacts, obs: &Observed) -> Result<Plan, Failur
             value: "1".into(),
             on_error: OnError::Fatal,
         });
-        if f.masquerade {
-            plan.push(Step::Nft(nat_batch(&dev, guest_v4), OnError::Fatal));
-        }
         if f.dhcp {
             let mac = f
                 .mac
@@ -502,10 +588,10 @@ pub fn plan_nat(c: &Common, f: &NatFacts, obs: &Observed) -> Result<Plan, Failur
                 prefix: 32,
             });
         }
-        if f.masquerade {
-            plan.push(Step::Nft(nat_remove_batch(&dev), OnError::Ignore));
+        plan_rate_down(c, obs, &mut plan);
+        if let Some(b) = nat_firewall_down(c, f.masquerade) {
+            plan.push(Step::Nft(b, OnError::Ignore));
         }
-        plan_firewall_down(c, &mut plan);
     }
     Ok(plan)
 }
@@ -593,6 +679,10 @@ pub fn plan_ovs(c: &Common, f: &OvsFacts, obs: &Observed) -> Result<Plan, Failur
     if c.setup() {
         let b = parse_ovs_bridge(&f.bridge).ok_or_else(|| fail("No valid bridge was specified"))?;
         plan_port_setup(c, obs, &mut plan)?;
+        // As the reference, rules only for vifs. A tap's `rate` is not policed here either:
+        // ovs-vswitchd owns an OVS port's ingress qdisc (it applies the Interface's own
+        // `ingress_policing_rate` with one, and deletes whatever ingress qdisc a port has when
+        // the port is added: seen with Debian 12's Open vSwitch), so ours would not last.
         if c.type_if == TypeIf::Vif {
             plan_firewall_up(c, &mut plan);
         }
@@ -1117,23 +1207,144 @@ mod tests {
     }
 
     #[test]
-    fn tap_bridge_writes_no_frontend_mtu_and_rate_limits() {
+    fn tap_bridge_writes_no_frontend_mtu_and_polices_the_rate_before_up() {
         let mut l = host();
         l.add("vif5.0-emu", Some("tun"));
         let c = common(Action::Add, "tap", &[("rate", "125000,1000000")]);
         let (plan, _) = plan_xenbr0(&c, None, &l).unwrap();
         assert!(!plan.steps.iter().any(|s| matches!(s, Step::XsWrite { .. })));
-        let nft = plan
+        assert!(
+            !plan.steps.iter().any(|s| matches!(s, Step::Nft(..))),
+            "the rate is no nft rule: {plan:?}"
+        );
+        let text: Vec<String> = plan.steps.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "set vif5.0-emu down",
+                "set vif5.0-emu address fe:ff:ff:ff:ff:ff",
+                "flush addresses of vif5.0-emu",
+                "police vif5.0-emu ingress to 125000 B/s burst 131072 B",
+                "set vif5.0-emu mtu 1400",
+                "set vif5.0-emu master xenbr0",
+                "set vif5.0-emu up",
+            ]
+        );
+        // Lenient: a kernel without act_police leaves the tap unlimited, with a warning.
+        assert!(plan.steps.iter().any(|s| matches!(
+            s,
+            Step::Link(LinkChange::SetIngressRate { .. }, OnError::Ignore)
+        )));
+        // The bucket is the credit when that is above netback's 128 KiB floor.
+        let big = common(Action::Add, "tap", &[("rate", "1000000,50000")]);
+        let (plan, _) = plan_xenbr0(&big, None, &l).unwrap();
+        assert!(plan
             .steps
             .iter()
-            .find_map(|s| match s {
-                Step::Nft(b, _) => Some(b),
-                _ => None,
-            })
-            .unwrap();
+            .any(|s| s.to_string() == "police vif5.0-emu ingress to 20000000 B/s burst 1000000 B"));
+        // Removal, only while the tap exists.
+        let rm = common(Action::Remove, "tap", &[("rate", "125000,1000000")]);
+        let (plan, _) = plan_xenbr0(&rm, None, &l).unwrap();
         assert_eq!(
-            nft.json["nftables"][4]["add"]["rule"]["expr"][0]["limit"]["rate"],
-            125000
+            plan.steps.last().map(ToString::to_string).as_deref(),
+            Some("remove vif5.0-emu ingress policing")
+        );
+        let (plan, _) = plan_xenbr0(&rm, None, &host()).unwrap();
+        assert!(plan.steps.is_empty(), "{plan:?}");
+    }
+
+    #[test]
+    fn vifs_leave_the_rate_to_netback() {
+        let c = common(Action::Online, "vif", &[("rate", "125000,1000000")]);
+        let (plan, _) = plan_xenbr0(&c, None, &host()).unwrap();
+        assert!(!plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::Link(LinkChange::SetIngressRate { .. }, _))));
+        let f = RouteFacts {
+            netdev: "eth0".into(),
+            program: "vif-route".into(),
+        };
+        let plan = plan_route(&c, &f, &observed(&host())).unwrap();
+        assert!(!plan
+            .steps
+            .iter()
+            .any(|s| s.to_string().starts_with("police")));
+    }
+
+    #[test]
+    fn tap_rate_in_route_and_nat_plans_comes_before_up() {
+        let mut l = host();
+        l.add("vif5.0-emu", Some("tun"));
+        let c = common(Action::Add, "tap", &[("rate", "125000,1000000")]);
+        let f = RouteFacts {
+            netdev: "eth0".into(),
+            program: "vif-route".into(),
+        };
+        let pos = |plan: &Plan, p: &str| {
+            plan.steps
+                .iter()
+                .position(|s| s.to_string().starts_with(p))
+                .unwrap_or_else(|| panic!("{p} in {plan:?}"))
+        };
+        let plan = plan_route(&c, &f, &observed(&l)).unwrap();
+        assert!(pos(&plan, "police vif5.0-emu") < pos(&plan, "set vif5.0-emu up"));
+        let n = NatFacts {
+            domid: 5,
+            handle: 0,
+            masquerade: true,
+            ..Default::default()
+        };
+        let plan = plan_nat(&c, &n, &observed(&l)).unwrap();
+        assert!(pos(&plan, "police vif5.0-emu") < pos(&plan, "set vif5.0-emu up"));
+        let rm = common(Action::Remove, "tap", &[("rate", "125000,1000000")]);
+        let plan = plan_route(&rm, &f, &observed(&l)).unwrap();
+        pos(&plan, "remove vif5.0-emu ingress policing");
+        let plan = plan_nat(&rm, &n, &observed(&l)).unwrap();
+        pos(&plan, "remove vif5.0-emu ingress policing");
+    }
+
+    #[test]
+    fn failed_tap_add_removes_the_policer_and_a_police_failure_is_only_logged() {
+        let mut l = host();
+        l.add("vif5.0-emu", Some("tun"));
+        let c = common(Action::Add, "tap", &[("rate", "125000,1000000")]);
+        let (plan, _) = plan_xenbr0(&c, None, &l).unwrap();
+        // A later step fails: rolled back, the policer with the rest.
+        let mut links = l.clone();
+        links.fail = Some(|c| matches!(c, LinkChange::SetUp { up: true, .. }).then_some(libc::EIO));
+        let mut parts = crate::fakes::Parts::default();
+        let err = apply(&plan, &mut parts.system(&mut links), false).unwrap_err();
+        assert!(err
+            .report
+            .done
+            .contains(&"rollback: remove vif5.0-emu ingress policing".to_string()));
+        assert_eq!(links.ingress_of("vif5.0-emu"), None);
+        assert_eq!(links.get("vif5.0-emu").master, None);
+        // The kernel cannot police (ENOENT for a missing tc module): plumbed anyway, noted.
+        let mut links = l.clone();
+        links.fail =
+            Some(|c| matches!(c, LinkChange::SetIngressRate { .. }).then_some(libc::ENOENT));
+        let report = apply(&plan, &mut parts.system(&mut links), false).unwrap();
+        assert!(
+            report.notes.iter().any(|n| n.starts_with(
+                "police vif5.0-emu ingress to 125000 B/s burst 131072 B failed (ignored)"
+            )),
+            "{report:?}"
+        );
+        assert!(links.get("vif5.0-emu").up);
+        // Success, then a teardown that finds it gone already (tap re-created, say).
+        let mut links = l.clone();
+        apply(&plan, &mut parts.system(&mut links), false).unwrap();
+        assert_eq!(links.ingress_of("vif5.0-emu"), Some((125_000, 131_072)));
+        let rm = common(Action::Remove, "tap", &[("rate", "125000,1000000")]);
+        let (down, _) = plan_xenbr0(&rm, None, &links).unwrap();
+        apply(&down, &mut parts.system(&mut links), true).unwrap();
+        assert_eq!(links.ingress_of("vif5.0-emu"), None);
+        let report = apply(&down, &mut parts.system(&mut links), true).unwrap();
+        assert!(
+            report.notes.iter().any(|n| n.contains("already gone")),
+            "{report:?}"
         );
     }
 
@@ -1206,6 +1417,111 @@ mod tests {
         );
         let c1 = common(Action::Online, "vif", &[("ip", "10.0.0.200")]);
         assert!(nat_addresses(&c1, &f).is_err());
+    }
+
+    /// The `Step::Nft`s of `plan` with their error handling.
+    fn nft_steps(plan: &Plan) -> Vec<(&NftBatch, OnError)> {
+        plan.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Nft(b, o) => Some((b, *o)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn nat_applies_one_nft_batch_each_way() {
+        let l = host();
+        let f = NatFacts {
+            domid: 5,
+            handle: 0,
+            masquerade: true,
+            ..Default::default()
+        };
+        let c = common(Action::Online, "vif", &[("ip", "10.0.5.1")]);
+        let plan = plan_nat(&c, &f, &observed(&l)).unwrap();
+        let nft = nft_steps(&plan);
+        assert_eq!(nft.len(), 1, "{plan:?}");
+        assert_eq!(nft[0].1, OnError::Fatal);
+        let cmds = nft[0].0.commands();
+        let chains: Vec<&str> = cmds
+            .iter()
+            .filter_map(|c| c["add"]["chain"]["name"].as_str())
+            .collect();
+        assert_eq!(chains, ["vif5.0", "vif5.0", "nat-vif5.0"]);
+        // The antispoofing part is exactly the other scripts' batch.
+        let spoof = firewall::vif_batch("vif5.0", &c.ip, Mode::Enforce).unwrap();
+        assert_eq!(
+            nft[0].0.commands()[..spoof.commands().len()],
+            spoof.commands()[..]
+        );
+
+        let mut links = l.clone();
+        let mut parts = crate::fakes::Parts::default();
+        apply(&plan, &mut parts.system(&mut links), false).unwrap();
+        assert_eq!(parts.fw.applied.len(), 1);
+        assert_eq!(parts.fw.chains, ["vif5.0", "nat-vif5.0"]);
+
+        let off = common(Action::Offline, "vif", &[("ip", "10.0.5.1")]);
+        let down = plan_nat(&off, &f, &observed(&links)).unwrap();
+        assert_eq!(nft_steps(&down).len(), 1, "{down:?}");
+        apply(&down, &mut parts.system(&mut links), true).unwrap();
+        assert_eq!(parts.fw.applied.len(), 2);
+        assert!(parts.fw.chains.is_empty(), "{:?}", parts.fw.chains);
+        // Whichever chain is already gone (a netdev chain can go with its device), the batch
+        // still removes the other one, and nothing is left to report.
+        apply(&plan, &mut parts.system(&mut links), false).unwrap();
+        parts.fw.chains.retain(|c| c != "vif5.0");
+        let report = apply(&down, &mut parts.system(&mut links), true).unwrap();
+        assert!(parts.fw.chains.is_empty());
+        assert!(
+            report.notes.iter().all(|n| !n.contains("nft")),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn nat_batch_error_handling_and_rollback() {
+        let l = host();
+        let nat = |masquerade| NatFacts {
+            domid: 5,
+            handle: 0,
+            masquerade,
+            ..Default::default()
+        };
+        let on = |mode: &str, masq: bool| {
+            let mut c = common(Action::Online, "vif", &[("ip", "10.0.5.1")]);
+            c.antispoof = mode.parse().unwrap();
+            nft_steps(&plan_nat(&c, &nat(masq), &observed(&l)).unwrap())
+                .iter()
+                .map(|(b, o)| (b.commands().len(), *o))
+                .collect::<Vec<_>>()
+        };
+        // Fatal when either part would be: masquerading always, antispoofing in enforce mode.
+        assert_eq!(on("compat", true)[0].1, OnError::Fatal);
+        assert_eq!(on("compat", false), [(9, OnError::Ignore)]);
+        assert_eq!(on("enforce", false), [(9, OnError::Fatal)]);
+        assert_eq!(on("off", true), [(4, OnError::Fatal)]);
+        assert_eq!(on("off", false), []);
+        assert_eq!(on("compat", true), [(13, OnError::Fatal)]);
+
+        // A failing batch (compat + masquerade) fails the online, and nothing stays.
+        let mut c = common(Action::Online, "vif", &[("ip", "10.0.5.1")]);
+        c.antispoof = Mode::Compat;
+        let plan = plan_nat(&c, &nat(true), &observed(&l)).unwrap();
+        let mut links = l.clone();
+        let mut parts = crate::fakes::Parts::default();
+        parts.fw.fail = Some("nft: boom".into());
+        let err = apply(&plan, &mut parts.system(&mut links), false).unwrap_err();
+        assert_eq!(err.message, "nft: boom");
+        assert!(parts.fw.chains.is_empty() && links.log.is_empty());
+        // A later failure undoes the batch with one removal batch.
+        parts.fw.fail = None;
+        links.fail = Some(|c| matches!(c, LinkChange::AddRoute(_)).then_some(libc::EIO));
+        apply(&plan, &mut parts.system(&mut links), false).unwrap_err();
+        assert!(parts.fw.chains.is_empty(), "{:?}", parts.fw.chains);
+        assert_eq!(parts.fw.applied.len(), 2, "the batch and its undo");
     }
 
     #[test]

@@ -154,3 +154,74 @@ pub fn setup(tag: &str) -> (NetNs, NetNs) {
     guest.ip(&["link", "set", "eth0", "up"]).unwrap();
     (host, guest)
 }
+
+/// `tc ARGS…` in `ns`, stdout (panics on failure).
+pub fn tc(ns: &NetNs, args: &[&str]) -> String {
+    let out = ns.command("tc").args(args).output().unwrap();
+    assert!(out.status.success(), "tc {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `tc -j ARGS…` in `ns`, as a JSON array (empty output: empty array).
+pub fn tc_json(ns: &NetNs, args: &[&str]) -> Vec<Value> {
+    let mut a = vec!["-j"];
+    a.extend_from_slice(args);
+    let text = tc(ns, &a);
+    if text.trim().is_empty() {
+        return Vec::new();
+    }
+    serde_json::from_str::<Value>(&text)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The ingress qdiscs of `dev` (`tc -j qdisc show dev DEV ingress`).
+pub fn ingress_qdiscs(ns: &NetNs, dev: &str) -> Vec<Value> {
+    tc_json(ns, &["qdisc", "show", "dev", dev, "ingress"])
+}
+
+/// The filters of `dev`'s ingress that carry options, with statistics (`tc -s -j filter show`;
+/// the other entries are per-priority headers).
+pub fn ingress_filters(ns: &NetNs, dev: &str) -> Vec<Value> {
+    tc_json(ns, &["-s", "filter", "show", "dev", dev, "ingress"])
+        .into_iter()
+        .filter(|f| f.get("options").is_some())
+        .collect()
+}
+
+/// True when the kernel can police at ingress (cls_matchall + act_police), probed with `tc` on
+/// a throwaway veth pair in `ns`.
+pub fn police_supported(ns: &NetNs) -> bool {
+    ns.ip(&[
+        "link", "add", "probe0", "type", "veth", "peer", "name", "probe1",
+    ])
+    .unwrap();
+    tc(ns, &["qdisc", "add", "dev", "probe0", "ingress"]);
+    let ok = ns
+        .command("tc")
+        .args([
+            "filter", "add", "dev", "probe0", "ingress", "matchall", "action", "police", "rate",
+            "1mbit", "burst", "128k", "drop",
+        ])
+        .output()
+        .unwrap()
+        .status
+        .success();
+    ns.ip(&["link", "del", "probe0"]).unwrap();
+    ok
+}
+
+/// Run `f` on a thread that has entered `ns`.
+pub fn in_netns<T: Send + 'static>(
+    ns: &NetNs,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open netns");
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+}
