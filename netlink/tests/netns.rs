@@ -248,3 +248,45 @@ fn addresses_routes_and_proxy_neighbours_match_ip() {
     let left = json(&ns, &["addr", "show", "dev", "d0"]);
     assert!(!left.to_string().contains("10.1.0.2"));
 }
+
+#[test]
+fn addresses_of_one_link_are_filtered_by_the_kernel() {
+    let Some(ns) = veth_ns("nl-addrof") else {
+        return;
+    };
+    ns.ip(&["addr", "add", "10.7.0.1/24", "dev", "d0"]).unwrap();
+    ns.ip(&["addr", "add", "10.7.0.2/32", "dev", "d0"]).unwrap();
+    ns.ip(&["addr", "add", "10.8.0.1/24", "dev", "p0"]).unwrap();
+    ns.ip(&["addr", "add", "fd00::8/64", "dev", "p0"]).unwrap();
+    let (d0, p0, all, of_d0, of_p0, of_none) = in_ns(&ns, |c| {
+        let d0 = c.link("d0").unwrap().unwrap().index;
+        let p0 = c.link("p0").unwrap().unwrap().index;
+        (
+            d0,
+            p0,
+            c.addresses().unwrap(),
+            c.addresses_of(d0).unwrap(),
+            c.addresses_of(p0).unwrap(),
+            c.addresses_of(999_999).unwrap(),
+        )
+    });
+    let mut want_d0: Vec<IpAddr> = all
+        .iter()
+        .filter(|a| a.index == d0)
+        .map(|a| a.addr)
+        .collect();
+    want_d0.sort();
+    let mut got_d0: Vec<IpAddr> = of_d0.iter().map(|a| a.addr).collect();
+    got_d0.sort();
+    assert_eq!(got_d0, want_d0);
+    assert_eq!(got_d0, vec![ip("10.7.0.1"), ip("10.7.0.2")]);
+    assert!(of_p0.iter().all(|a| a.index == p0));
+    assert!(of_p0.iter().any(|a| a.addr == ip("fd00::8")));
+    assert!(of_none.is_empty());
+    // The socket is back to normal checking: a plain dump still lists both links' addresses.
+    let again = in_ns(&ns, |c| {
+        c.addresses_of(d0).unwrap();
+        c.addresses().unwrap()
+    });
+    assert!(again.iter().any(|a| a.index == p0) && again.iter().any(|a| a.index == d0));
+}

@@ -233,10 +233,11 @@ impl Links for Netlink {
     }
 
     fn addresses(&mut self, index: Option<u32>) -> Result<Vec<IfAddr>, LinkError> {
-        let addrs = self
-            .client
-            .addresses()
-            .map_err(|e| link_error("list addresses".into(), e))?;
+        let addrs = match index {
+            Some(i) => self.client.addresses_of(i),
+            None => self.client.addresses(),
+        }
+        .map_err(|e| link_error("list addresses".into(), e))?;
         Ok(addrs
             .into_iter()
             .filter(|a| index.is_none() || index == Some(a.index))
