@@ -14,11 +14,12 @@
 //!   when the nearest existing ancestor grants the wanted access, `EACCES` otherwise. New nodes
 //!   inherit their parent's list; an unprivileged creator becomes the owner. Unprivileged
 //!   connections may not change a node's owner (`EPERM`).
-//! * Transactions work on a snapshot of the whole tree taken at `TRANSACTION_START`. Every node
-//!   looked at (present or absent) records its generation; `TRANSACTION_END T` fails with `EAGAIN`
-//!   when any of them changed globally meanwhile, otherwise the nodes the transaction changed
-//!   replace the global ones and the queued watch events fire. The transaction is gone after
-//!   `TRANSACTION_END` in every case.
+//! * Transactions copy nothing at `TRANSACTION_START` (as in C xenstored since Xen 4.9): they
+//!   read the live tree through an overlay of their own changes. Every node looked at (present
+//!   or absent) records its generation when first looked at; `TRANSACTION_END T` fails with
+//!   `EAGAIN` when any of them changed globally since, otherwise the nodes the transaction
+//!   changed replace the global ones and the queued watch events fire. The transaction is gone
+//!   after `TRANSACTION_END` in every case.
 //! * Watches fire once on registration, then for every change at or below the watched path, and
 //!   for the removal of an ancestor (the event then names the watched path). Events of relative
 //!   watches are relative. Unprivileged watchers only get events for nodes they (or the parent)
@@ -50,7 +51,7 @@ pub const DOMID_ANY: u32 = 0x7FF4;
 pub const UNPRIV_MAX_WATCHES: usize = 128;
 /// Open transactions an unprivileged connection may hold (xenstored's default quota).
 pub const UNPRIV_MAX_TRANSACTIONS: usize = 10;
-/// Open transactions any connection may hold (each holds a snapshot of the tree).
+/// Open transactions any connection may hold.
 pub const MAX_TRANSACTIONS: usize = 256;
 /// Watches any connection may hold.
 pub const MAX_WATCHES: usize = 4096;
@@ -283,7 +284,8 @@ struct Watch {
 
 #[derive(Debug)]
 struct Tx {
-    tree: Tree,
+    /// Nodes this transaction wrote (`None`: removed); everything else is read live.
+    overlay: HashMap<Arc<str>, Option<Arc<Node>>>,
     accessed: HashMap<Arc<str>, Option<u64>>,
     modified: HashSet<Arc<str>>,
     events: Vec<PendingEvent>,
@@ -351,19 +353,38 @@ fn is_child(child: &str, parent: &str) -> bool {
         || (child.starts_with(parent) && child.as_bytes().get(parent.len()) == Some(&b'/'))
 }
 
-/// Tree access for one operation: the global tree, or a transaction's snapshot with access
-/// recording.
+/// Tree access for one operation: the global tree, or, in a transaction, the global tree seen
+/// through the transaction's own changes (its overlay), with access recording.
+///
+/// A transaction copies nothing when it starts (the store can hold many thousands of nodes):
+/// like C xenstored, it reads the live tree except where it changed something itself, and
+/// records the generation of every node it looks at; `TRANSACTION_END` fails with `EAGAIN` if
+/// any of them changed meanwhile, so what commits is what the transaction saw.
 struct View<'a> {
     tree: &'a mut Tree,
+    /// The transaction's own changes (`None`: removed), in a transaction.
+    overlay: Option<&'a mut HashMap<Arc<str>, Option<Arc<Node>>>>,
     generation: &'a mut u64,
     accessed: Option<&'a mut HashMap<Arc<str>, Option<u64>>>,
     modified: Option<&'a mut HashSet<Arc<str>>>,
 }
 
 impl View<'_> {
+    /// The node as this view sees it, without recording the access.
+    fn peek(&self, path: &str) -> Option<&Arc<Node>> {
+        if let Some(ov) = self.overlay.as_deref() {
+            if let Some(entry) = ov.get(path) {
+                return entry.as_ref();
+            }
+        }
+        self.tree.get(path)
+    }
+
     fn record(&mut self, path: &str) {
         if let Some(acc) = self.accessed.as_deref_mut() {
             if !acc.contains_key(path) {
+                // The first access comes before any change of this node by the transaction,
+                // so this is the global tree's generation.
                 let gen = self.tree.get(path).map(|n| n.generation);
                 acc.insert(Arc::from(path), gen);
             }
@@ -372,7 +393,7 @@ impl View<'_> {
 
     fn get(&mut self, path: &str) -> Option<Arc<Node>> {
         self.record(path);
-        self.tree.get(path).cloned()
+        self.peek(path).cloned()
     }
 
     fn mark_modified(&mut self, path: &str) {
@@ -389,7 +410,17 @@ impl View<'_> {
         self.mark_modified(path);
         *self.generation += 1;
         let gen = *self.generation;
-        let node = Arc::make_mut(self.tree.get_mut(path)?);
+        let slot = match self.overlay.as_deref_mut() {
+            Some(ov) => {
+                if !ov.contains_key(path) {
+                    let current = self.tree.get(path)?.clone();
+                    ov.insert(Arc::from(path), Some(current));
+                }
+                ov.get_mut(path)?.as_mut()?
+            }
+            None => self.tree.get_mut(path)?,
+        };
+        let node = Arc::make_mut(slot);
         node.generation = gen;
         Some(node)
     }
@@ -398,12 +429,26 @@ impl View<'_> {
         self.mark_modified(path);
         *self.generation += 1;
         node.generation = *self.generation;
-        self.tree.insert(Arc::from(path), Arc::new(node));
+        match self.overlay.as_deref_mut() {
+            Some(ov) => {
+                ov.insert(Arc::from(path), Some(Arc::new(node)));
+            }
+            None => {
+                self.tree.insert(Arc::from(path), Arc::new(node));
+            }
+        }
     }
 
     fn remove(&mut self, path: &str) {
         self.mark_modified(path);
-        self.tree.remove(path);
+        match self.overlay.as_deref_mut() {
+            Some(ov) => {
+                ov.insert(Arc::from(path), None);
+            }
+            None => {
+                self.tree.remove(path);
+            }
+        }
     }
 }
 
@@ -885,7 +930,7 @@ impl State {
             _ => {}
         }
 
-        // Node operations, on the global tree or a transaction's snapshot.
+        // Node operations, on the global tree or through a transaction's overlay.
         let name = match &req {
             Request::Read(p)
             | Request::Write(p, _)
@@ -910,6 +955,7 @@ impl State {
         let done = if tx_id == 0 {
             let mut view = View {
                 tree,
+                overlay: None,
                 generation,
                 accessed: None,
                 modified: None,
@@ -921,7 +967,8 @@ impl State {
                 .and_then(|c| c.txs.get_mut(&tx_id))
                 .ok_or(Errno::ENOENT)?;
             let mut view = View {
-                tree: &mut tx.tree,
+                tree,
+                overlay: Some(&mut tx.overlay),
                 generation,
                 accessed: Some(&mut tx.accessed),
                 modified: Some(&mut tx.modified),
@@ -1031,7 +1078,6 @@ impl State {
             // Nested transactions are not supported (the id was found by check_type).
             return Err(Errno::EBUSY);
         }
-        let snapshot = self.tree.clone();
         let c = self.conns.get_mut(&conn.0).ok_or(Errno::EIO)?;
         let limit = if caller.privileged() {
             MAX_TRANSACTIONS
@@ -1049,7 +1095,7 @@ impl State {
         c.txs.insert(
             id,
             Tx {
-                tree: snapshot,
+                overlay: HashMap::new(),
                 accessed: HashMap::new(),
                 modified: HashSet::new(),
                 events: Vec::new(),
@@ -1073,15 +1119,17 @@ impl State {
             }
         }
         for path in &tx.modified {
-            match tx.tree.remove(&**path) {
-                Some(mut node) => {
+            match tx.overlay.remove(&**path) {
+                Some(Some(mut node)) => {
                     self.generation += 1;
                     Arc::make_mut(&mut node).generation = self.generation;
                     self.tree.insert(path.clone(), node);
                 }
-                None => {
+                Some(None) => {
                     self.tree.remove(&**path);
                 }
+                // Marked but never changed (a failed operation half-way): nothing to apply.
+                None => {}
             }
         }
         self.fire(&tx.events);
@@ -1272,11 +1320,11 @@ fn get_checked(
 
 fn changed_event(view: &mut View<'_>, name: &str, extra: Option<Vec<Perm>>) -> PendingEvent {
     let mut perms = Vec::new();
-    if let Some(n) = view.tree.get(name) {
+    if let Some(n) = view.peek(name) {
         perms.push(n.perms.clone());
     }
     if name != "/" {
-        if let Some(p) = view.tree.get(parent_of(name)) {
+        if let Some(p) = view.peek(parent_of(name)) {
             perms.push(p.perms.clone());
         }
     }

@@ -273,22 +273,26 @@ fn set_perms_rules() {
 }
 
 #[test]
-fn transactions_are_isolated_snapshots() {
+fn transactions_are_isolated_and_fail_when_what_they_saw_changed() {
     let a = MemStore::new();
     let b = a.connect(0);
     a.write("/t/x", "1").unwrap();
     let tx = a.begin().unwrap();
-    b.write("/t/x", "2").unwrap();
+    // Nothing is copied at start: the transaction reads the live tree (as C xenstored does)...
     b.write("/t/new", "n").unwrap();
-    assert_eq!(
-        tx.read("/t/x").unwrap().as_deref(),
-        Some("1"),
-        "snapshot at start"
-    );
-    assert_eq!(tx.read("/t/new").unwrap(), None);
+    assert_eq!(tx.read("/t/new").unwrap().as_deref(), Some("n"));
+    assert_eq!(tx.read("/t/x").unwrap().as_deref(), Some("1"));
+    // ...its own writes are visible only to itself...
     tx.write("/t/y", "tx").unwrap();
     assert_eq!(tx.read("/t/y").unwrap().as_deref(), Some("tx"));
     assert_eq!(a.read("/t/y").unwrap(), None, "not visible before commit");
+    // ...and it cannot commit once something it looked at changed after it looked.
+    b.write("/t/x", "2").unwrap();
+    assert_eq!(
+        tx.read("/t/x").unwrap().as_deref(),
+        Some("2"),
+        "a later read sees the change, but the transaction is already doomed"
+    );
     assert_eq!(
         errno(tx.commit()),
         Errno::EAGAIN,
