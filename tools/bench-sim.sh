@@ -9,8 +9,8 @@ cd "$(dirname "$0")/.."
 n=${1:-8}
 rounds=${2:-5}
 tools/deps.sh
-cargo build --release -p xenplug
-bin=$PWD/target/release/xenplug
+# The form installed on hosts: the static build.
+bin=$PWD/$(tools/build-static.sh)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$bin" install --scripts-dir "$work/ours" >/dev/null

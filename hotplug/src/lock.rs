@@ -16,7 +16,8 @@
 //! concurrent `block add`s took 420 ms, 117 ms without it). So xenplug's waiters first line up
 //! on a second, private lock, `<lock_dir>/.<name>.queue` (never unlinked, so the kernel hands
 //! it from one waiter to the next), and only the head of that line takes part in the protocol
-//! above; it leaves the line as soon as it holds the real lock. locking.sh's scripts know
+//! above; it leaves the line as soon as it holds the real lock. A lock that is free is taken
+//! at once, without the line (so the file appears only once someone had to wait). locking.sh's scripts know
 //! nothing of the line and simply compete with its head, exactly as with one xenplug waiter.
 //! (A real lock name never starts with `.`, so the two cannot collide.)
 //!
@@ -95,6 +96,28 @@ fn wait_for_flock(file: &File, limit: Duration) -> std::io::Result<bool> {
         Err(mpsc::RecvTimeoutError::Disconnected) => Err(std::io::Error::other(
             "lock wait thread ended without an answer",
         )),
+    }
+}
+
+/// One attempt at the with-lock-ex protocol without waiting: the lock held on the file that
+/// is at `path`, or `None` when someone holds it (or the file we got was just unlinked).
+fn try_once(path: &Path) -> std::io::Result<Option<Flock<File>>> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(held) => {
+            let fd_meta = held.metadata()?;
+            match std::fs::metadata(path) {
+                Ok(m) if m.dev() == fd_meta.dev() && m.ino() == fd_meta.ino() => Ok(Some(held)),
+                _ => Ok(None),
+            }
+        }
+        Err((_, Errno::EWOULDBLOCK | Errno::EINTR)) => Ok(None),
+        Err((_, e)) => Err(e.into()),
     }
 }
 
@@ -325,7 +348,20 @@ impl Locks {
                 ino: meta.as_ref().map(|m| m.ino()),
             }
         };
-        // Wait in line first (see the module documentation); leave it once the lock is held.
+        // Free right now (the common case): take it without touching the waiting line.
+        if let Some(held) = try_once(&path).map_err(|e| {
+            Acquire::Failed(Failure::error(format!(
+                "cannot lock {}: {e}",
+                path.display()
+            )))
+        })? {
+            return Ok(LockGuard {
+                name: name.to_string(),
+                path,
+                lock: Some(held),
+            });
+        }
+        // Otherwise wait in line (see the module documentation); leave it once the lock is held.
         let queue = self.dir.join(format!(".{name}.queue"));
         let _in_line = match take_flock(&queue, deadline).map_err(|e| {
             Acquire::Failed(Failure::error(format!(

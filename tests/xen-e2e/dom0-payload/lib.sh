@@ -91,6 +91,15 @@ destroy_all() {
 loops_for() { losetup -a 2>/dev/null | grep -F -- "$1"; }
 no_loops_for() { ! loops_for "$1"; }
 no_link() { ! ip link show "$1" > /dev/null 2>&1; }
-no_lock_files() { [ -z "$(ls -A /var/run/xen-hotplug 2>/dev/null | grep -v '^xenplug-block$')" ]; }
+# No lock file left behind and none held: a lock is unlinked on release (locking.sh's
+# protocol); xenplug's waiting-line files (.<name>.queue, never unlinked) stay but must be free.
+no_lock_files() {
+    [ -z "$(ls -A /var/run/xen-hotplug 2>/dev/null | grep -v -e '^xenplug-block$' -e '^\..*\.queue$')" ] || return 1
+    local q
+    for q in /var/run/xen-hotplug/.*.queue; do
+        [ -e "$q" ] || continue
+        flock -n "$q" true || return 1
+    done
+}
 no_block_state_for() { [ -z "$(ls /run/xen-hotplug/xenplug-block 2>/dev/null | grep -- "-$1-")" ]; }
 no_backend_dir() { ! xenstore-exists "/local/domain/0/backend/$1" 2>/dev/null; }
