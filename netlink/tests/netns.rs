@@ -1,10 +1,8 @@
 //! The client against the real kernel, in a throwaway network namespace, with `ip -j` as the
 //! oracle. Needs root (skipped otherwise; fails under CI).
 
-use std::net::IpAddr;
-use std::os::fd::AsFd;
-
 use serde_json::Value;
+use std::net::IpAddr;
 use xenplug_netlink::{Client, Create, Error, Route, RouteProtocol};
 use xenplug_testkit::{require_program, require_root, NetNs};
 
@@ -35,16 +33,7 @@ fn ip_link(ns: &NetNs, dev: &str) -> Option<Value> {
 
 /// Run `f` with a client opened on a thread that has entered `ns`.
 fn in_ns<T: Send>(ns: &NetNs, f: impl FnOnce(&mut Client) -> T + Send) -> T {
-    let path = ns.path();
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            let file = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            f(&mut Client::open().unwrap())
-        })
-        .join()
-        .unwrap()
-    })
+    ns.run(|| f(&mut Client::open().unwrap()))
 }
 
 #[test]

@@ -3,8 +3,6 @@
 //! `act_police` (Debian's has them as modules; tools/vm-test.sh runs these tests under it when
 //! the host kernel lacks them). Skipped otherwise; fail under CI.
 
-use std::os::fd::AsFd;
-
 use netlink_packet_route::RouteNetlinkMessage;
 use serde_json::Value;
 use xenplug_netlink::tc::{ingress_qdisc_message, TC_ACT_OK, TC_ACT_SHOT};
@@ -24,16 +22,7 @@ fn veth_ns(tag: &str) -> Option<NetNs> {
 
 /// Run `f` with a client opened on a thread that has entered `ns`.
 fn in_ns<T: Send>(ns: &NetNs, f: impl FnOnce(&mut Client) -> T + Send) -> T {
-    let path = ns.path();
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            let file = std::fs::File::open(&path).unwrap();
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            f(&mut Client::open().unwrap())
-        })
-        .join()
-        .unwrap()
-    })
+    ns.run(|| f(&mut Client::open().unwrap()))
 }
 
 fn index(ns: &NetNs, dev: &str) -> u32 {

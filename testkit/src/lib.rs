@@ -108,6 +108,23 @@ impl NetNs {
         Ok(out)
     }
 
+    /// Run `f` on a thread that has entered the namespace (so sockets it opens, netlink
+    /// included, live there), and return what it returns. Panics in `f` propagate.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        use std::os::fd::AsFd;
+        let path = self.path();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let file = std::fs::File::open(&path).expect("open the namespace");
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .expect("enter the namespace");
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+
     /// `ip -j -n <ns> <args…>` parsed output as a string (callers parse the JSON they need).
     pub fn ip_json(&self, args: &[&str]) -> std::io::Result<String> {
         let out = run_ok(Command::new("ip").args(["-j", "-n", &self.name]).args(args))?;
