@@ -4,7 +4,6 @@
 //! the host kernel lacks them). Skipped otherwise; fail under CI.
 
 use netlink_packet_route::RouteNetlinkMessage;
-use serde_json::Value;
 use xenplug_netlink::tc::{ingress_qdisc_message, TC_ACT_OK, TC_ACT_SHOT};
 use xenplug_netlink::{Client, Error};
 use xenplug_testkit::{require, require_program, require_root, NetNs};
@@ -28,41 +27,6 @@ fn in_ns<T: Send>(ns: &NetNs, f: impl FnOnce(&mut Client) -> T + Send) -> T {
 fn index(ns: &NetNs, dev: &str) -> u32 {
     let dev = dev.to_string();
     in_ns(ns, move |c| c.link(&dev).unwrap().unwrap().index)
-}
-
-/// `tc ARGS…` in `ns`, stdout.
-fn tc(ns: &NetNs, args: &[&str]) -> String {
-    let out = ns.command("tc").args(args).output().unwrap();
-    assert!(out.status.success(), "tc {args:?}: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn tc_json(ns: &NetNs, args: &[&str]) -> Vec<Value> {
-    let mut a = vec!["-j"];
-    a.extend_from_slice(args);
-    let text = tc(ns, &a);
-    if text.trim().is_empty() {
-        return Vec::new();
-    }
-    serde_json::from_str::<Value>(&text)
-        .unwrap()
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// The ingress qdiscs of `dev` (`tc -j qdisc show dev DEV ingress`).
-fn ingress_qdiscs(ns: &NetNs, dev: &str) -> Vec<Value> {
-    tc_json(ns, &["qdisc", "show", "dev", dev, "ingress"])
-}
-
-/// The filters of `dev`'s ingress that carry options (`tc -s -j filter show`; the other
-/// entries are the per-priority headers).
-fn ingress_filters(ns: &NetNs, dev: &str) -> Vec<Value> {
-    tc_json(ns, &["-s", "filter", "show", "dev", dev, "ingress"])
-        .into_iter()
-        .filter(|f| f.get("options").is_some())
-        .collect()
 }
 
 /// True when the kernel can police (cls_matchall + act_police), probed on `p0`.
@@ -99,19 +63,19 @@ fn clear_ingress_counts_every_kernel_answer_for_absent_as_gone() {
     assert!(matches!(raw, Err(Error::Kernel(libc::ENOENT))), "{raw:?}");
     assert!(!cleared);
 
-    tc(&ns, &["qdisc", "add", "dev", "d0", "ingress"]);
-    assert_eq!(ingress_qdiscs(&ns, "d0").len(), 1);
+    ns.tc(&["qdisc", "add", "dev", "d0", "ingress"]);
+    assert_eq!(ns.ingress_qdiscs("d0").len(), 1);
     assert!(in_ns(&ns, move |c| c.clear_ingress(d0).unwrap()));
-    assert!(ingress_qdiscs(&ns, "d0").is_empty());
+    assert!(ns.ingress_qdiscs("d0").is_empty());
     // Had one, deleted: the slot holds the handle-less noop qdisc, EINVAL ("Invalid handle").
     let (raw, cleared) = in_ns(&ns, move |c| (raw_del(c), c.clear_ingress(d0).unwrap()));
     assert!(matches!(raw, Err(Error::Kernel(libc::EINVAL))), "{raw:?}");
     assert!(!cleared);
 
     // A clsact qdisc is not ours: EINVAL ("Invalid qdisc name"), and it stays.
-    tc(&ns, &["qdisc", "add", "dev", "d0", "clsact"]);
+    ns.tc(&["qdisc", "add", "dev", "d0", "clsact"]);
     assert!(!in_ns(&ns, move |c| c.clear_ingress(d0).unwrap()));
-    assert!(tc(&ns, &["qdisc", "show", "dev", "d0"]).contains("clsact"));
+    assert!(ns.tc(&["qdisc", "show", "dev", "d0"]).contains("clsact"));
 
     // No such link.
     let e = in_ns(&ns, |c| c.clear_ingress(999_999).unwrap_err());
@@ -134,13 +98,13 @@ fn police_is_installed_read_back_replaced_and_removed() {
     // 125000,1000000 as a rate node: 1 Mbit/s with netback's 128 KiB bucket.
     in_ns(&ns, move |c| c.set_ingress_police(d0, 125_000, 131_072)).unwrap();
 
-    let q = ingress_qdiscs(&ns, "d0");
+    let q = ns.ingress_qdiscs("d0");
     assert_eq!(q.len(), 1, "{q:?}");
     assert_eq!(
         (q[0]["kind"].as_str(), q[0]["handle"].as_str()),
         (Some("ingress"), Some("ffff:"))
     );
-    let f = ingress_filters(&ns, "d0");
+    let f = ns.ingress_filters("d0");
     assert_eq!(f.len(), 1, "{f:?}");
     assert_eq!(
         (
@@ -156,7 +120,7 @@ fn police_is_installed_read_back_replaced_and_removed() {
     assert_eq!(act[0]["control_action"]["type"], "drop");
     // iproute2 6.1 prints the policer's parameters in text only; the conform action (pass,
     // TC_ACT_OK) is the default, which the kernel does not echo back.
-    let text = tc(&ns, &["filter", "show", "dev", "d0", "ingress"]);
+    let text = ns.tc(&["filter", "show", "dev", "d0", "ingress"]);
     assert!(
         text.contains("police 0x")
             && text.contains(" rate 1Mbit burst 128Kb mtu 4096Mb action drop "),
@@ -172,8 +136,8 @@ fn police_is_installed_read_back_replaced_and_removed() {
 
     // Again with other figures: replaced, still one filter.
     in_ns(&ns, move |c| c.set_ingress_police(d0, 2_500_000, 262_144)).unwrap();
-    assert_eq!(ingress_filters(&ns, "d0").len(), 1);
-    let text = tc(&ns, &["filter", "show", "dev", "d0", "ingress"]);
+    assert_eq!(ns.ingress_filters("d0").len(), 1);
+    let text = ns.tc(&["filter", "show", "dev", "d0", "ingress"]);
     assert!(text.contains("rate 20Mbit burst 256Kb"), "{text}");
 
     // Above 32 bits of bytes/s: TCA_POLICE_RATE64.
@@ -181,7 +145,7 @@ fn police_is_installed_read_back_replaced_and_removed() {
         c.set_ingress_police(d0, 10_000_000_000, 1 << 20)
     })
     .unwrap();
-    let text = tc(&ns, &["filter", "show", "dev", "d0", "ingress"]);
+    let text = ns.tc(&["filter", "show", "dev", "d0", "ingress"]);
     assert!(text.contains("rate 80Gbit burst "), "{text}");
     let p = in_ns(&ns, move |c| c.ingress_police(d0)).unwrap().unwrap();
     assert_eq!(p.rate, 10_000_000_000);
@@ -190,8 +154,9 @@ fn police_is_installed_read_back_replaced_and_removed() {
 
     // Removal takes the filter with it; a second removal finds nothing.
     assert!(in_ns(&ns, move |c| c.clear_ingress(d0)).unwrap());
-    assert!(ingress_qdiscs(&ns, "d0").is_empty());
-    assert!(tc(&ns, &["filter", "show", "dev", "d0", "ingress"])
+    assert!(ns.ingress_qdiscs("d0").is_empty());
+    assert!(ns
+        .tc(&["filter", "show", "dev", "d0", "ingress"])
         .trim()
         .is_empty());
     assert_eq!(in_ns(&ns, move |c| c.ingress_police(d0)).unwrap(), None);

@@ -125,6 +125,42 @@ impl NetNs {
         })
     }
 
+    /// `tc ARGS…` in the namespace, its stdout (panics on failure: a test oracle).
+    pub fn tc(&self, args: &[&str]) -> String {
+        let out = self.command("tc").args(args).output().expect("run tc");
+        assert!(out.status.success(), "tc {args:?}: {out:?}");
+        String::from_utf8(out.stdout).expect("tc output is UTF-8")
+    }
+
+    /// `tc -j ARGS…` in the namespace as a JSON array (empty output: empty array).
+    pub fn tc_json(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let mut a = vec!["-j"];
+        a.extend_from_slice(args);
+        let text = self.tc(&a);
+        if text.trim().is_empty() {
+            return Vec::new();
+        }
+        serde_json::from_str::<serde_json::Value>(&text)
+            .expect("tc -j output is JSON")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The ingress qdiscs of `dev` (`tc -j qdisc show dev DEV ingress`).
+    pub fn ingress_qdiscs(&self, dev: &str) -> Vec<serde_json::Value> {
+        self.tc_json(&["qdisc", "show", "dev", dev, "ingress"])
+    }
+
+    /// The filters of `dev`'s ingress that carry options, with statistics (`tc -s -j filter
+    /// show`; the other entries are per-priority headers).
+    pub fn ingress_filters(&self, dev: &str) -> Vec<serde_json::Value> {
+        self.tc_json(&["-s", "filter", "show", "dev", dev, "ingress"])
+            .into_iter()
+            .filter(|f| f.get("options").is_some())
+            .collect()
+    }
+
     /// `ip -j -n <ns> <args…>` parsed output as a string (callers parse the JSON they need).
     pub fn ip_json(&self, args: &[&str]) -> std::io::Result<String> {
         let out = run_ok(Command::new("ip").args(["-j", "-n", &self.name]).args(args))?;

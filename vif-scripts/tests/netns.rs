@@ -11,10 +11,7 @@ mod common;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 
-use common::{
-    in_netns, ingress_filters, ingress_qdiscs, link, nft_chains, police_supported, run_in,
-    run_in_ok, setup, tc, up, Xs,
-};
+use common::{in_netns, link, nft_chains, police_supported, run_in, run_in_ok, setup, up, Xs};
 use serde_json::Value;
 use xenplug_testkit::{require, require_program, require_root, NetNs};
 use xenplug_vif::scripts::Script;
@@ -203,13 +200,10 @@ fn tap_add_remove() {
         "no antispoofing, and no nft rate"
     );
     let police = police_supported(&host);
-    assert_eq!(
-        ingress_qdiscs(&host, "vif5.0-emu").len(),
-        usize::from(police)
-    );
+    assert_eq!(host.ingress_qdiscs("vif5.0-emu").len(), usize::from(police));
     run_in_ok(&host, Script::Bridge, &["remove", "type_if=tap"], &env, &xs);
     assert!(link(&host, "vif5.0-emu").unwrap().get("master").is_none());
-    assert!(ingress_qdiscs(&host, "vif5.0-emu").is_empty());
+    assert!(host.ingress_qdiscs("vif5.0-emu").is_empty());
     assert!(nft_chains(&host).is_empty());
     // Idempotent, also once the tap is gone (QEMU removes it).
     run_in_ok(&host, Script::Bridge, &["remove", "type_if=tap"], &env, &xs);
@@ -262,7 +256,7 @@ fn send(
 
 /// The police action's counters on `dev`'s ingress: (bytes, packets, drops, overlimits).
 fn police_stats(ns: &NetNs, dev: &str) -> (u64, u64, u64, u64) {
-    let f = ingress_filters(ns, dev);
+    let f = ns.ingress_filters(dev);
     let s = &f[0]["options"]["actions"][0]["stats"];
     let n = |k: &str| s[k].as_u64().unwrap_or_else(|| panic!("{k} in {s}"));
     (n("bytes"), n("packets"), n("drops"), n("overlimits"))
@@ -315,13 +309,13 @@ fn tap_rate_is_policed_at_ingress() {
     run_in_ok(&host, Script::Bridge, &["add", "type_if=tap"], &env, &xs);
 
     // What vif-bridge installed, as tc sees it.
-    let q = ingress_qdiscs(&host, "vif5.0-emu");
+    let q = host.ingress_qdiscs("vif5.0-emu");
     assert_eq!(q.len(), 1, "{q:?}");
     assert_eq!(
         (q[0]["kind"].as_str(), q[0]["handle"].as_str()),
         (Some("ingress"), Some("ffff:"))
     );
-    let f = ingress_filters(&host, "vif5.0-emu");
+    let f = host.ingress_filters("vif5.0-emu");
     assert_eq!(f.len(), 1, "{f:?}");
     assert_eq!(
         (f[0]["kind"].as_str(), f[0]["protocol"].as_str()),
@@ -332,7 +326,7 @@ fn tap_rate_is_policed_at_ingress() {
         f[0]["options"]["actions"][0]["control_action"]["type"],
         "drop"
     );
-    let text = tc(&host, &["filter", "show", "dev", "vif5.0-emu", "ingress"]);
+    let text = host.tc(&["filter", "show", "dev", "vif5.0-emu", "ingress"]);
     assert!(
         text.contains(" rate 1Mbit burst 128Kb mtu 4096Mb action drop "),
         "{text}"
@@ -410,12 +404,11 @@ fn tap_rate_is_policed_at_ingress() {
     assert_eq!((paced_sent, got[2].packets), (100, 100));
 
     run_in_ok(&host, Script::Bridge, &["remove", "type_if=tap"], &env, &xs);
-    assert!(ingress_qdiscs(&host, "vif5.0-emu").is_empty());
-    assert!(
-        tc(&host, &["filter", "show", "dev", "vif5.0-emu", "ingress"])
-            .trim()
-            .is_empty()
-    );
+    assert!(host.ingress_qdiscs("vif5.0-emu").is_empty());
+    assert!(host
+        .tc(&["filter", "show", "dev", "vif5.0-emu", "ingress"])
+        .trim()
+        .is_empty());
 }
 
 fn ping(ns: &NetNs, args: &[&str]) -> bool {

@@ -155,42 +155,6 @@ pub fn setup(tag: &str) -> (NetNs, NetNs) {
     (host, guest)
 }
 
-/// `tc ARGS…` in `ns`, stdout (panics on failure).
-pub fn tc(ns: &NetNs, args: &[&str]) -> String {
-    let out = ns.command("tc").args(args).output().unwrap();
-    assert!(out.status.success(), "tc {args:?}: {out:?}");
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// `tc -j ARGS…` in `ns`, as a JSON array (empty output: empty array).
-pub fn tc_json(ns: &NetNs, args: &[&str]) -> Vec<Value> {
-    let mut a = vec!["-j"];
-    a.extend_from_slice(args);
-    let text = tc(ns, &a);
-    if text.trim().is_empty() {
-        return Vec::new();
-    }
-    serde_json::from_str::<Value>(&text)
-        .unwrap()
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// The ingress qdiscs of `dev` (`tc -j qdisc show dev DEV ingress`).
-pub fn ingress_qdiscs(ns: &NetNs, dev: &str) -> Vec<Value> {
-    tc_json(ns, &["qdisc", "show", "dev", dev, "ingress"])
-}
-
-/// The filters of `dev`'s ingress that carry options, with statistics (`tc -s -j filter show`;
-/// the other entries are per-priority headers).
-pub fn ingress_filters(ns: &NetNs, dev: &str) -> Vec<Value> {
-    tc_json(ns, &["-s", "filter", "show", "dev", dev, "ingress"])
-        .into_iter()
-        .filter(|f| f.get("options").is_some())
-        .collect()
-}
-
 /// True when the kernel can police at ingress (cls_matchall + act_police), probed with `tc` on
 /// a throwaway veth pair in `ns`.
 pub fn police_supported(ns: &NetNs) -> bool {
@@ -198,7 +162,7 @@ pub fn police_supported(ns: &NetNs) -> bool {
         "link", "add", "probe0", "type", "veth", "peer", "name", "probe1",
     ])
     .unwrap();
-    tc(ns, &["qdisc", "add", "dev", "probe0", "ingress"]);
+    ns.tc(&["qdisc", "add", "dev", "probe0", "ingress"]);
     let ok = ns
         .command("tc")
         .args([
