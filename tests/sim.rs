@@ -305,3 +305,87 @@ fn a_hung_script_is_killed_at_the_timeout() {
     assert!(stdout.contains("killing execution of"));
     assert_eq!(report["events"][1]["exec"]["argv"][1], "remove");
 }
+
+/// What a directory holds, recursively (names, relative to it), or `None` if it does not exist.
+fn snapshot(dir: &Path) -> Option<Vec<String>> {
+    fn walk(base: &Path, d: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = fs::read_dir(d) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(base).unwrap().display().to_string());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(base, &p, out);
+            }
+        }
+    }
+    if !dir.exists() {
+        return None;
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    Some(out)
+}
+
+#[test]
+fn the_hosts_hotplug_directory_is_never_touched() {
+    // The machine running the simulator may be a real dom0: its /run/xen-hotplug (locks and
+    // xenplug's block state) must be neither used nor created. Scripts inside the simulator see
+    // a private one: empty by default, or the directory given with --hotplug-dir.
+    let Some(rig) = Rig::new() else { return };
+    let host = Path::new("/run/xen-hotplug");
+    let before = snapshot(host);
+    let img = rig.image("disk.img", 16);
+    let config = format!(
+        "name='t5'\ndisk=['format=raw,vdev=xvda,access=rw,target={}']\n",
+        img.display()
+    );
+    // A `block` that leaves a mark in the /run/xen-hotplug it sees, then is ours.
+    let scripts = rig.path("scripts");
+    let ours = fs::read_link(scripts.join("block")).unwrap();
+    fs::remove_file(scripts.join("block")).unwrap();
+    fs::write(
+        scripts.join("block"),
+        format!(
+            "#!/bin/bash\ntouch /run/xen-hotplug/seen-$1\nexec -a \"$0\" {} \"$@\"\n",
+            ours.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(
+        scripts.join("block"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+
+    // Private by default.
+    let (code, stdout, _) = rig.sim(&config, &scripts, &["--domid", "5"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(
+        snapshot(host),
+        before,
+        "the simulator changed the host's {}",
+        host.display()
+    );
+
+    // --hotplug-dir: the scripts' locks and state go there (and the host's is still untouched).
+    let mine = rig.path("hotplug");
+    fs::create_dir(&mine).unwrap();
+    let (code, stdout, _) = rig.sim(
+        &config,
+        &scripts,
+        &["--domid", "6", "--hotplug-dir", mine.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{stdout}");
+    let seen = snapshot(&mine).unwrap();
+    for want in ["seen-add", "seen-remove", "xenplug-block"] {
+        assert!(seen.iter().any(|s| s == want), "{want} not in {seen:?}");
+    }
+    assert_eq!(
+        snapshot(host),
+        before,
+        "the simulator changed the host's {}",
+        host.display()
+    );
+    assert!(loops_backed_by(&img).is_empty(), "loop device leaked");
+}

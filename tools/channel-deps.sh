@@ -6,42 +6,19 @@
 #   * bookworm-backports udev + libsystemd-shared >= 254 (unpacked): `udevadm verify`
 #   * a venv with PyPI `qemu.qmp` (a QGA/QMP client nobody here wrote)
 # Everything goes under $XENPLUG_CHANNEL_DEPS (default /var/cache/xenplug-channel-deps); nothing is
-# installed into the system except the packages socat/python3-venv and an apt source entry for
-# bookworm-backports (priority 100 by default: never picked unless asked for).
+# installed into the system except what tools/deps.sh installs (it runs first: socat, python3-venv
+# and the bookworm-backports apt source, at priority 100, never picked unless asked for).
 # Idempotent. Run as root on Debian 12. Prints the directory on success.
 set -euo pipefail
 
+# The packages (socat, python3-venv) and the bookworm-backports apt source come from deps.sh.
+"$(dirname "$(readlink -f "$0")")/deps.sh"
 DEST=${XENPLUG_CHANNEL_DEPS:-/var/cache/xenplug-channel-deps}
 mkdir -p "$DEST"
 cd "$DEST"
 export DEBIAN_FRONTEND=noninteractive
-
-need_update=0
-for p in socat python3-venv; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_install+=("$p")
-done
-if [ ! -e /etc/apt/sources.list.d/xenplug-backports.sources ] && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
-  # The machine's own Debian mirror (the first archive URI in its apt configuration).
-  mirror=$(awk '$1 == "URIs:" && $2 !~ /security/ {print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
-  [ -n "$mirror" ] || mirror=$(awk '$1 == "deb" && $0 !~ /security/ {print ($2 ~ /^\[/ ? $3 : $2); exit}' /etc/apt/sources.list 2>/dev/null || true)
-  [ -n "$mirror" ] || { echo "channel-deps.sh: no Debian mirror in the apt configuration" >&2; exit 1; }
-  cat > /etc/apt/sources.list.d/xenplug-backports.sources <<SRC
-Types: deb
-URIs: $mirror
-Suites: bookworm-backports
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-  need_update=1
-fi
-if [ "$need_update" = 1 ] || ! apt-cache policy udev | grep -q bpo; then
+if ! apt-cache policy udev | grep -q bpo; then
   apt-get update -qq
-fi
-if [ -n "${need_install[*]:-}" ]; then
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
-  chmod +x /usr/sbin/policy-rc.d
-  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
-  apt-get install -y -qq --no-install-recommends "${need_install[@]}" >/dev/null
 fi
 
 unpack() { # dir pkg...

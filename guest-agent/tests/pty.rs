@@ -175,6 +175,8 @@ fn waits_for_the_channel_link_and_reopens_when_it_is_repointed() {
     let chan_dir = root.path().join("dev/xen-channel");
     let chan = chan_dir.join("org.test.agent.1");
     let dir_s = chan_dir.to_str().unwrap().to_string();
+    // /dev exists in a guest; /dev/xen-channel appears with the first channel.
+    std::fs::create_dir_all(chan_dir.parent().unwrap()).unwrap();
     let agent = AgentProc::spawn(
         &[
             "--channel-dir",
@@ -185,8 +187,14 @@ fn waits_for_the_channel_link_and_reopens_when_it_is_repointed() {
         ],
         root,
     );
-    std::thread::sleep(Duration::from_millis(300));
-    // The directory and the link appear later (udev).
+    // The directory and the link appear later (udev), once the agent is waiting for them with
+    // inotify (its watch shows in /proc/PID/fdinfo).
+    let pid = agent.pid();
+    wait_until(
+        "the agent watching for its channel",
+        Duration::from_secs(10),
+        || has_inotify_watch(pid),
+    );
     let pty1 = Pty::new();
     std::fs::create_dir_all(&chan_dir).unwrap();
     std::os::unix::fs::symlink(&pty1.slave_path, &chan).unwrap();
@@ -329,4 +337,13 @@ fn one_dom0_session_after_another() {
         );
     }
     drop(agent);
+}
+
+/// Whether process `pid` holds an inotify descriptor with at least one watch.
+fn has_inotify_watch(pid: u32) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return false;
+    };
+    fds.flatten()
+        .any(|f| std::fs::read_to_string(f.path()).is_ok_and(|info| info.contains("inotify wd:")))
 }

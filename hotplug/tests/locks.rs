@@ -40,6 +40,17 @@ fn bash(dir: &Path, body: &str) -> Command {
 }
 
 /// Read lines from the child's stdout until one equals `want`.
+/// Whether /proc/locks shows a process blocked waiting for a lock on inode `ino`.
+fn flock_waiter_on(ino: u64) -> bool {
+    std::fs::read_to_string("/proc/locks")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&"->") && f.get(6).is_some_and(|d| d.ends_with(&format!(":{ino}")))
+        })
+}
+
 fn wait_line(child: &mut ChildGuard, want: &str) {
     let out = child.child().stdout.take().expect("stdout");
     let mut r = BufReader::new(out);
@@ -117,7 +128,13 @@ fn locking_sh_waits_for_us() {
         .unwrap(),
     );
     wait_line(&mut child, "started");
-    std::thread::sleep(Duration::from_millis(600));
+    // Wait until bash's flock is queued behind ours in the kernel (a "->" waiter on the lock
+    // file's inode in /proc/locks): from then on it can only get the lock when we release it.
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(dir.join("block")).unwrap());
+    xenplug_testkit::wait_until("bash waiting for the lock", Duration::from_secs(10), || {
+        assert!(!marker.exists(), "bash took the lock while we held it");
+        flock_waiter_on(ino)
+    });
     assert!(!marker.exists(), "bash took the lock while we held it");
     g.release().unwrap();
     let st = child.wait();

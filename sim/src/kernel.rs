@@ -6,7 +6,10 @@
 //! [`enter_private_namespaces`] moves the whole process into a fresh network and mount namespace
 //! (with /sys remounted so sysfs shows the new namespace's links); the namespace and everything in
 //! it disappears when the process exits, which is what makes the simulator clean up after itself
-//! even when it is killed.
+//! even when it is killed. Both it and [`enter_private_mounts`] give the process a private, empty
+//! `/run/xen-hotplug` (and `/var/run/xen-hotplug`), where the scripts keep their locks and state:
+//! the machine running the simulator may be a real dom0 whose own hotplug state must not be
+//! touched or seen.
 
 use std::process::Command;
 
@@ -38,7 +41,10 @@ fn ip(args: &[&str]) -> Result<String, KernelError> {
 /// Move this process into new network, mount and UTS namespaces (so nothing done inside can
 /// touch the host's links, mounts or host name), remount /sys for the new network namespace and
 /// bring up `lo`. Must be called while the process has a single thread.
-pub fn enter_private_namespaces() -> Result<(), KernelError> {
+///
+/// `hotplug_dir`, when given, is bind-mounted on the private `/run/xen-hotplug` so that the
+/// scripts' state outlives the process; otherwise that directory is an empty tmpfs directory.
+pub fn enter_private_namespaces(hotplug_dir: Option<&std::path::Path>) -> Result<(), KernelError> {
     use nix::mount::{mount, MsFlags};
     use nix::sched::{unshare, CloneFlags};
     let err = |what: &str| {
@@ -52,14 +58,7 @@ pub fn enter_private_namespaces() -> Result<(), KernelError> {
         .map_err(err(
             "unshare(CLONE_NEWNET|CLONE_NEWNS|CLONE_NEWUTS) (needs root)",
         ))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(err("make / private"))?;
+    private_mounts(hotplug_dir)?;
     mount(
         Some("sysfs"),
         "/sys",
@@ -69,6 +68,149 @@ pub fn enter_private_namespaces() -> Result<(), KernelError> {
     )
     .map_err(err("mount sysfs on /sys"))?;
     ip(&["link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// Move this process into a new mount namespace only (the host's network stays visible) with a
+/// private `/run/xen-hotplug` (see [`enter_private_namespaces`]). Must be called while the process
+/// has a single thread.
+pub fn enter_private_mounts(hotplug_dir: Option<&std::path::Path>) -> Result<(), KernelError> {
+    use nix::sched::{unshare, CloneFlags};
+    unshare(CloneFlags::CLONE_NEWNS).map_err(|e| KernelError {
+        what: "unshare(CLONE_NEWNS) (needs root)".into(),
+        msg: e.to_string(),
+    })?;
+    private_mounts(hotplug_dir)
+}
+
+/// In a new mount namespace: make every mount private, then hide the host's hotplug lock and
+/// state directory (or put `hotplug_dir` in its place).
+fn private_mounts(hotplug_dir: Option<&std::path::Path>) -> Result<(), KernelError> {
+    use nix::mount::{mount, MsFlags};
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| KernelError {
+        what: "make / private".into(),
+        msg: e.to_string(),
+    })?;
+    let run = std::path::Path::new("/run");
+    hide_entry(run, "xen-hotplug")?;
+    // Debian's /var/run is a link to /run; where it is a directory of its own, hide there too.
+    let var_run = std::path::Path::new("/var/run");
+    if var_run.is_dir()
+        && !var_run.is_symlink()
+        && std::fs::canonicalize(var_run).ok().as_deref() != Some(run)
+    {
+        hide_entry(var_run, "xen-hotplug")?;
+    }
+    if let Some(d) = hotplug_dir {
+        let at = run.join("xen-hotplug");
+        std::fs::create_dir(&at).map_err(|e| KernelError {
+            what: format!("mkdir {}", at.display()),
+            msg: e.to_string(),
+        })?;
+        mount(Some(d), &at, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| {
+            KernelError {
+                what: format!("bind {} on {}", d.display(), at.display()),
+                msg: e.to_string(),
+            }
+        })?;
+    }
+    Ok(())
+}
+
+/// Replace `dir` (in this private mount namespace) by a tmpfs holding everything `dir` held
+/// except `hidden`: sub-directories, files and sockets are bind-mounted from the original, links
+/// copied. Nothing is created on the host (the host's `dir/hidden` need not exist, and if it
+/// does it is neither read nor changed).
+fn hide_entry(dir: &std::path::Path, hidden: &str) -> Result<(), KernelError> {
+    use nix::mount::{mount, MsFlags};
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let fail = |what: String| {
+        move |e: std::io::Error| KernelError {
+            what,
+            msg: e.to_string(),
+        }
+    };
+    let nixfail = |what: String| {
+        move |e: nix::Error| KernelError {
+            what,
+            msg: e.to_string(),
+        }
+    };
+    // The original stays reachable through this descriptor once the tmpfs covers `dir`.
+    let orig = std::fs::File::open(dir).map_err(fail(format!("open {}", dir.display())))?;
+    let mut entries = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(fail(format!("list {}", dir.display())))? {
+        let e = e.map_err(fail(format!("list {}", dir.display())))?;
+        if e.file_name() != hidden {
+            entries.push(e);
+        }
+    }
+    let mode = std::fs::metadata(dir)
+        .map_err(fail(format!("stat {}", dir.display())))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(format!("mode={mode:o}").as_str()),
+    )
+    .map_err(nixfail(format!(
+        "mount a private tmpfs on {}",
+        dir.display()
+    )))?;
+    let fd_dir = std::path::PathBuf::from(format!("/proc/self/fd/{}", {
+        use std::os::fd::AsRawFd;
+        orig.as_raw_fd()
+    }));
+    for e in entries {
+        let name = e.file_name();
+        let src = fd_dir.join(&name);
+        let dst = dir.join(&name);
+        let ft = e
+            .file_type()
+            .map_err(fail(format!("stat {}", src.display())))?;
+        if ft.is_symlink() {
+            let target =
+                std::fs::read_link(&src).map_err(fail(format!("readlink {}", src.display())))?;
+            std::os::unix::fs::symlink(target, &dst)
+                .map_err(fail(format!("link {}", dst.display())))?;
+            continue;
+        }
+        if ft.is_dir() {
+            std::fs::create_dir(&dst).map_err(fail(format!("mkdir {}", dst.display())))?;
+        } else if ft.is_file()
+            || ft.is_socket()
+            || ft.is_fifo()
+            || ft.is_char_device()
+            || ft.is_block_device()
+        {
+            std::fs::File::create(&dst).map_err(fail(format!("create {}", dst.display())))?;
+        } else {
+            continue;
+        }
+        mount(
+            Some(&src),
+            &dst,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(nixfail(format!(
+            "bind {} on {}",
+            dir.join(&name).display(),
+            dst.display()
+        )))?;
+    }
     Ok(())
 }
 

@@ -32,9 +32,9 @@ fn bytes_cross_both_ways_and_wait_for_a_client() {
     let relay = ChannelRelay::start(&sock).unwrap();
     let mut guest = raw_tty(relay.guest_tty());
 
-    // Written before anyone connected: kept, delivered to the first client.
+    // Written before anyone connected (write_all returns once the bytes are in the pty): kept,
+    // delivered to the first client.
     guest.write_all(b"early\n").unwrap();
-    std::thread::sleep(Duration::from_millis(100));
     let mut c = UnixStream::connect(&sock).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert_eq!(read_exactly(&mut c, 6), b"early\n");

@@ -3,6 +3,9 @@
 //! A test that cannot get what it needs (root, a network namespace, loop devices, a program from
 //! Debian) calls [`require`]. Outside CI it prints why it is skipped and returns `false`; with the
 //! `CI` environment variable set it panics, so a privileged test can never pass silently in CI.
+//! Either way, when `XENPLUG_SKIP_LOG` names a file, a line naming the test and the reason is
+//! appended to it, so the test command can list every skip at the end (the test harness keeps a
+//! passing test's stderr to itself).
 
 use std::path::Path;
 use std::process::Command;
@@ -20,12 +23,46 @@ pub fn in_ci() -> bool {
 #[track_caller]
 pub fn require(ok: bool, what: &str) -> bool {
     if !ok {
+        record_skip(&format!(
+            "{} ({}): {what}",
+            std::thread::current().name().unwrap_or("?"),
+            std::panic::Location::caller()
+        ));
         if in_ci() {
             panic!("CI is set and this test cannot run: {what}");
         }
         eprintln!("SKIP ({}): {what}", std::panic::Location::caller());
     }
     ok
+}
+
+/// Append `line` to the file `XENPLUG_SKIP_LOG` names, if any (one `write` of a whole line with
+/// O_APPEND, so tests running in parallel never interleave).
+fn record_skip(line: &str) {
+    use std::io::Write;
+    let Some(path) = std::env::var_os("XENPLUG_SKIP_LOG").filter(|p| !p.is_empty()) else {
+        return;
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+    {
+        let _ = f.write_all(format!("{line}\n").as_bytes());
+    }
+}
+
+/// Wait until `cond` holds, polling it (every 10 ms) up to `timeout`; panic naming `what` if it
+/// never does. Tests wait for the condition itself this way, never for a fixed time.
+#[track_caller]
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        if std::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// True when the effective user is root.

@@ -93,10 +93,14 @@ struct SimArgs {
     /// Write a JSON report of everything that happened here.
     #[arg(long)]
     report: Option<PathBuf>,
-    /// Create the domain and exit without destroying it (needs --xenstored-socket and --no-netns,
-    /// so that what was created outlives this process).
+    /// Create the domain and exit without destroying it (needs --xenstored-socket, --no-netns
+    /// and --hotplug-dir, so that what was created outlives this process).
     #[arg(long)]
     keep: bool,
+    /// The directory the scripts see as `/run/xen-hotplug` (their locks and state). Default: a
+    /// private empty one that disappears with this process; the host's own is never used.
+    #[arg(long)]
+    hotplug_dir: Option<PathBuf>,
 }
 
 pub fn main() -> ExitCode {
@@ -300,11 +304,15 @@ fn run_sim(run: SimRun, out: &mut dyn Write) -> Result<xenplug_sim::Report> {
 }
 
 fn sim(args: SimArgs) -> Result<ExitCode> {
-    if args.keep && (args.xenstored_socket.is_none() || !args.no_netns) {
-        bail!("--keep needs --xenstored-socket and --no-netns");
+    if args.keep
+        && (args.xenstored_socket.is_none() || !args.no_netns || args.hotplug_dir.is_none())
+    {
+        bail!("--keep needs --xenstored-socket, --no-netns and --hotplug-dir");
     }
-    if !args.no_netns {
-        xenplug_sim::kernel::enter_private_namespaces()?;
+    if args.no_netns {
+        xenplug_sim::kernel::enter_private_mounts(args.hotplug_dir.as_deref())?;
+    } else {
+        xenplug_sim::kernel::enter_private_namespaces(args.hotplug_dir.as_deref())?;
     }
     let config = std::fs::read_to_string(&args.config)
         .with_context(|| format!("reading {}", args.config.display()))?;
@@ -354,7 +362,7 @@ vif = [ 'bridge=nosuchbr0' ]
 "#;
 
 fn demo(reference: Option<PathBuf>) -> Result<ExitCode> {
-    xenplug_sim::kernel::enter_private_namespaces()?;
+    xenplug_sim::kernel::enter_private_namespaces(None)?;
     let work = tempfile::Builder::new()
         .prefix("xenplug-demo.")
         .tempdir()

@@ -125,8 +125,17 @@ fn read_watch_times_out_and_waits() {
     );
     assert!(start.elapsed() >= Duration::from_millis(190));
     let writer = d.client();
+    // The write comes once this thread is asleep in read_watch (its state in /proc is 'S').
+    // SAFETY: gettid has no preconditions.
+    let me = unsafe { libc::gettid() };
     let t = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(100));
+        xenplug_testkit::wait_until("the reader blocked", Duration::from_secs(10), || {
+            std::fs::read_to_string(format!("/proc/self/task/{me}/stat")).is_ok_and(|st| {
+                st.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('S'))
+            })
+        });
         writer.write("/later/x", "1").unwrap();
     });
     assert_eq!(xs.read_watch(None).unwrap(), Some(ev("/later/x", "t")));

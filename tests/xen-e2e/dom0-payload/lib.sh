@@ -9,25 +9,40 @@ ping() { /srv/e2e/bin/busybox ping "$@"; }
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 timing() { echo "E2E: TIME $1 $2"; }
 
-# pass NAME / fail NAME [DETAIL…]: one result line each; details indented below a FAIL.
-pass() { echo "PASS $1"; }
+# pass NAME / fail NAME [DETAIL…]: one result line each; details indented below a FAIL. Every
+# name a scenario prints must be declared in tests/xen-e2e/manifest (the harness fails on a
+# missing or an undeclared one). E2E_PREFIX (the self-test's variant) is put in front of it.
+pass() { echo "PASS ${E2E_PREFIX:-}$1"; }
 fail() {
     local n=$1; shift
-    echo "FAIL $n"
+    echo "FAIL ${E2E_PREFIX:-}$n"
     [ $# -gt 0 ] && printf '%s\n' "$@" | sed 's/^/    | /' | head -40
     return 0
 }
-# check NAME CMD…: PASS if CMD succeeds.
+# check NAME CMD…: PASS if CMD succeeds now. For facts that are settled when the command that
+# made them returned (xl create waits for the hotplug scripts; xl destroy for their removal).
 check() {
     local n=$1; shift
     if "$@" > /tmp/check.out 2>&1; then pass "$n"; else fail "$n" "command: $*" "$(cat /tmp/check.out)"; fi
 }
-# wait_for SECS CMD…: poll CMD every 0.5 s.
+# eventually SECS NAME CMD…: PASS as soon as CMD succeeds, FAIL if it has not within SECS. For
+# anything asynchronous (a guest's console line, a backend state, a link or device that the
+# kernel or a daemon removes after the command returned): never sample those once.
+eventually() {
+    local secs=$1 n=$2; shift 2
+    if wait_for "$secs" "$@"; then pass "$n"; else
+        "$@" > /tmp/check.out 2>&1
+        fail "$n" "command (still failing after ${secs}s): $*" "$(cat /tmp/check.out)"
+    fi
+}
+# wait_for SECS CMD…: until CMD succeeds (polled every 0.2 s), at most SECS seconds; its status.
 wait_for() {
-    local deadline=$(( $(date +%s) + $1 )); shift
+    local deadline
+    deadline=$(awk -v u="$(cut -d' ' -f1 /proc/uptime)" -v s="$1" 'BEGIN{printf "%.2f", u+s}')
+    shift
     while ! "$@" > /dev/null 2>&1; do
-        [ "$(date +%s)" -ge "$deadline" ] && return 1
-        sleep 0.5
+        awk -v u="$(cut -d' ' -f1 /proc/uptime)" -v d="$deadline" 'BEGIN{exit !(u >= d)}' && return 1
+        sleep 0.2
     done
 }
 
@@ -43,7 +58,12 @@ write_cfg() {
         echo 'vcpus = 1'
         echo 'on_poweroff = "destroy"'
         echo 'on_crash = "preserve"'
-        printf '%s\n' "$@"
+        # The self-test's variants may add guest options (E2E_GUEST_EXTRA) to the kernel line.
+        local l
+        for l in "$@"; do
+            case "$l" in 'extra = "'*) [ -n "${E2E_GUEST_EXTRA:-}" ] && l="extra = \"$E2E_GUEST_EXTRA ${l#extra = \"}" ;; esac
+            printf '%s\n' "$l"
+        done
     } > "$file"
 }
 
@@ -66,7 +86,11 @@ show_xl_log() {
 guest_log() { echo "$CONSOLE_DIR/guest-$1.log"; }
 # wait_guest NAME SECS: until the guest printed GUEST: READY.
 wait_guest() { wait_for "$2" grep -q 'GUEST: READY' "$(guest_log "$1")"; }
-guest_has() { grep -q -- "$2" "$(guest_log "$1")"; }
+# guest_has NAME PATTERN: the guest printed a line matching PATTERN, waiting for it up to
+# GUEST_WAIT seconds (20): xenconsoled writes the console log asynchronously, and the guest's
+# background jobs report after READY. guest_saw: the same, now (for diagnostics only).
+guest_has() { wait_for "${GUEST_WAIT:-20}" grep -q -- "$2" "$(guest_log "$1")"; }
+guest_saw() { grep -q -- "$2" "$(guest_log "$1")"; }
 show_guest() { sed 's/^/    guest| /' "$(guest_log "$1")" 2>/dev/null | tail -40; }
 
 domid_of() { xl domid "$1" 2>/dev/null; }
