@@ -1,8 +1,7 @@
 //! Real adapters of the applier's traits: /proc/sys, xenstore through the hotplug context,
 //! `ovs-vsctl`, and dnsmasq's dhcp-hosts file.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use xenplug_hotplug::Context;
 
@@ -170,30 +169,6 @@ impl DnsmasqHosts {
     }
 }
 
-/// Write `text` to `path` atomically: temporary file in the same directory, fsync, rename,
-/// fsync of the directory.
-pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
 impl Dhcp for DnsmasqHosts {
     fn set_host(&mut self, key: &str, line: Option<&str>) -> Result<(), StepError> {
         let old = self.lines()?;
@@ -212,7 +187,10 @@ impl Dhcp for DnsmasqHosts {
         if !text.is_empty() {
             text.push('\n');
         }
-        write_atomic(&self.file, &text)
+        // dnsmasq reads the file after dropping root: world-readable, as before.
+        let dir = self.file.parent().filter(|d| !d.as_os_str().is_empty());
+        dir.map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| xenplug_atomic_write::write(&self.file, text.as_bytes(), 0o644, None))
             .map_err(|e| err(format!("write {}: {e}", self.file.display())))?;
         self.reload()
     }
