@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use xenplug_hotplug::{Action, Failure};
 
 use crate::firewall::Mode;
-use crate::links::{IfAddr, Link};
 use crate::rate::Rate;
+use xenplug_netlink::{Address, Link};
 
 /// `type_if`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,7 +235,7 @@ pub struct Observed {
     /// Every link.
     pub links: Vec<Link>,
     /// Addresses (of the links the script cares about).
-    pub addrs: Vec<IfAddr>,
+    pub addrs: Vec<Address>,
 }
 
 impl Observed {

@@ -1,11 +1,11 @@
-//! Recording fakes of the applier's traits other than [`crate::links::Links`] (whose fake is
-//! [`crate::links::RecordingLinks`]), for tests of ordering and error paths.
+//! Recording fakes of the applier's traits other than [`xenplug_netlink::links::Links`] (whose fake
+//! is `xenplug_netlink::fake::RecordingLinks`), for tests of ordering and error paths.
 
 use std::collections::BTreeMap;
 
 use crate::firewall::{Firewall, NftBatch};
-use crate::links::Links;
 use crate::plan::{Dhcp, Ovs, StepError, Sysctl, System, XsWrite, RM_MARKER};
+use xenplug_netlink::links::Links;
 
 /// In-memory sysctls; a missing key reads as "0".
 #[derive(Debug, Default, Clone)]

@@ -19,8 +19,6 @@ pub mod adapters;
 pub mod common;
 pub mod fakes;
 pub mod firewall;
-pub mod links;
-pub mod netlink;
 pub mod plan;
 pub mod rate;
 pub mod scripts;

@@ -13,7 +13,7 @@
 use std::fmt;
 
 use crate::firewall::{Firewall, NftBatch};
-use crate::links::{LinkChange, LinkError, Links};
+use xenplug_netlink::links::{LinkChange, LinkError, Links};
 
 /// What to do when a step fails during set-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,7 +375,7 @@ pub(crate) const RM_MARKER: &str = "\0rm";
 mod tests {
     use super::*;
     use crate::fakes::Parts;
-    use crate::links::RecordingLinks;
+    use xenplug_netlink::fake::RecordingLinks;
 
     #[test]
     fn failed_setup_rolls_back_in_reverse() {

@@ -12,9 +12,9 @@ use xenplug_hotplug::{run_hooks_with, Action, Context, Failure, Outcome};
 use crate::adapters::{CtxXs, DnsmasqHosts, OvsCli, ProcSys};
 use crate::common::{resolve, Common, CommonInputs, Net, Observed, TypeIf};
 use crate::firewall::{self, Firewall, Mode, NftBatch, NftCli};
-use crate::links::{LinkChange, Links, Route, BRIDGE_PORT_MAC};
-use crate::netlink::Netlink;
 use crate::plan::{apply, Dhcp, OnError, Ovs, Plan, Step, Sysctl, System};
+use xenplug_netlink::links::KernelLinks;
+use xenplug_netlink::links::{DevRoute as Route, LinkChange, Links};
 
 /// Which script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +74,10 @@ fn require_dev(c: &Common, obs: &Observed) -> Result<(), Failure> {
     }
     Ok(())
 }
+
+/// The MAC every bridge port gets, so a bridge never takes its address from a vif (the highest
+/// non-broadcast, locally administered address).
+pub const BRIDGE_PORT_MAC: [u8; 6] = [0xfe, 0xff, 0xff, 0xff, 0xff, 0xff];
 
 /// The start of a switch port's set-up (bridge, Open vSwitch): the device must exist; rename
 /// it, take it down, give it [`BRIDGE_PORT_MAC`] and flush its addresses.
@@ -554,7 +558,7 @@ pub fn plan_nat(c: &Common, f: &NatFacts, obs: &Observed) -> Result<Plan, Failur
             let mac = f
                 .mac
                 .clone()
-                .filter(|m| crate::links::parse_mac(m).is_some())
+                .filter(|m| xenplug_netlink::links::parse_mac(m).is_some())
                 .ok_or_else(|| fail(format!("xenstore-read {}/mac failed.", c.backend)))?;
             plan.push(Step::Dhcp {
                 key: hostname.clone(),
@@ -869,7 +873,7 @@ pub fn body_with(script: Script, ctx: &Context<'_>, be: Backends<'_>) -> Result<
         return Ok(Outcome::Done);
     };
     let node = |k: &str| format!("{}/{k}", c.backend.trim_end_matches('/'));
-    let links_err = |e: crate::links::LinkError| fail(e);
+    let links_err = |e: xenplug_netlink::links::LinkError| fail(e);
     // Look up only the links the planner needs (a full dump costs more than the whole rest of
     // a run on a host with many vifs); `dump` when it needs every link.
     let observe =
@@ -1049,7 +1053,7 @@ pub const DEFAULT_DNSMASQ_PIDFILE: &str = "/run/dnsmasq/dnsmasq.pid";
 
 /// Run `script` with the real adapters (netlink, /proc/sys, `nft`, `ovs-vsctl`, dnsmasq).
 pub fn body(script: Script, ctx: &Context<'_>) -> Result<Outcome, Failure> {
-    let mut links = Netlink::open().map_err(fail)?;
+    let mut links = KernelLinks::open().map_err(fail)?;
     let mut sysctl = ProcSys::default();
     let mut fw = NftCli {
         program: ctx
@@ -1078,9 +1082,10 @@ mod tests {
     use super::*;
     use crate::common::CommonInputs;
     use crate::fakes::{FakeDhcp, FakeFirewall, FakeOvs, FakeSysctl, MemXs};
-    use crate::links::{IfAddr, RecordingLinks};
     use std::process::ExitCode;
     use xenplug_hotplug::{run_with, Raw};
+    use xenplug_netlink::fake::RecordingLinks;
+    use xenplug_netlink::Address as IfAddr;
 
     fn common(action: Action, type_if: &str, nodes: &[(&str, &str)]) -> Common {
         let inp = CommonInputs {

@@ -177,8 +177,7 @@ fn write_manifest(dir: &Path, names: &[String]) -> io::Result<()> {
         text.push_str(n);
         text.push('\n');
     }
-    xenplug_atomic_write::write(&p, text.as_bytes(), 0o644, None)
-        .map_err(|e| ctx(e, "writing", &p))
+    xenplug_atomic_write::write(&p, text.as_bytes(), 0o644, None).map_err(|e| ctx(e, "writing", &p))
 }
 
 /// The default binary to link to: this executable.
