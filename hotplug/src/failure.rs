@@ -136,12 +136,3 @@ impl<T, E: fmt::Display> OrFail<T> for Result<T, E> {
         self.map_err(|e| Failure::io(what(), e))
     }
 }
-
-/// What a successful body asks [`crate::run`] to report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Write `hotplug-status=connected` (`success` in xen-hotplug-common.sh).
-    Connected,
-    /// Write nothing (remove, offline, "already done", no-op runs).
-    Done,
-}

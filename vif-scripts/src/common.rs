@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use xenplug_hotplug::{Action, Failure};
+use xenplug_hotplug::{Action, BackendPath, Failure};
 
 use crate::firewall::Mode;
 use crate::rate::Rate;
@@ -113,14 +113,6 @@ pub fn parse_vif_name(name: &str) -> Option<(u32, u32)> {
     Some((d.parse().ok()?, n.parse().ok()?))
 }
 
-/// The (domid, devid) of a backend path `…/backend/vif/<domid>/<devid>`.
-pub fn parse_backend_path(path: &str) -> Option<(u32, u32)> {
-    let mut it = path.trim_end_matches('/').rsplit('/');
-    let devid = it.next()?.parse().ok()?;
-    let domid = it.next()?.parse().ok()?;
-    (it.next()? == "vif").then_some((domid, devid))
-}
-
 /// What [`resolve`] needs besides xenstore.
 #[derive(Debug, Clone, Default)]
 pub struct CommonInputs {
@@ -172,7 +164,7 @@ pub fn resolve(
             })?;
             // Relative: xenstored resolves it under this (backend) domain, as
             // /local/domain/0/backend/vif/<d>/<n> in dom0, and correctly in a driver domain.
-            (inp.interface.clone(), format!("backend/vif/{d}/{n}"))
+            (inp.interface.clone(), BackendPath::vif(d, n).path)
         }
     };
     let node = |k: &str| format!("{}/{k}", backend.trim_end_matches('/'));
@@ -189,8 +181,9 @@ pub fn resolve(
     if !valid_ifname(&name) {
         return Err(Failure::error(format!("invalid interface name '{name}'")));
     }
-    let frontend =
-        parse_backend_path(&backend).map(|(d, n)| format!("/local/domain/{d}/device/vif/{n}"));
+    let frontend = BackendPath::parse(&backend)
+        .filter(|b| b.kind == "vif")
+        .map(|b| b.frontend());
     let ip_text = match read(&node("ip"))? {
         Some(v) => v,
         None => inp.ip_var.clone().unwrap_or_default(),
@@ -382,10 +375,14 @@ mod tests {
     #[test]
     fn paths() {
         assert_eq!(parse_vif_name("vif12.3-emu"), Some((12, 3)));
-        assert_eq!(
-            parse_backend_path("/local/domain/0/backend/vif/7/1"),
-            Some((7, 1))
-        );
-        assert_eq!(parse_backend_path("backend/vbd/7/1"), None);
+        // The frontend comes from XENBUS_PATH (taken apart by the runtime's BackendPath), and
+        // only for a vif backend.
+        let mut inp = inputs("vif");
+        inp.xenbus_path = "/local/domain/0/backend/vif/7/1".into();
+        let c = run(Action::Online, &inp, &[]).unwrap().unwrap();
+        assert_eq!(c.frontend.as_deref(), Some("/local/domain/7/device/vif/1"));
+        inp.xenbus_path = "backend/vbd/7/1".into();
+        let c = run(Action::Online, &inp, &[]).unwrap().unwrap();
+        assert_eq!(c.frontend, None);
     }
 }

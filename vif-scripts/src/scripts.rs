@@ -849,7 +849,11 @@ impl<'c, 'x> Nodes<'c, 'x> {
 }
 
 /// Run `script` for the invocation in `ctx` against `be` (see the module docs).
-pub fn body_with(script: Script, ctx: &Context<'_>, be: Backends<'_>) -> Result<Outcome, Failure> {
+pub fn body_with(
+    script: Script,
+    ctx: &Context<'_>,
+    be: Backends<'_>,
+) -> Result<Outcome<'static>, Failure> {
     let inp = CommonInputs {
         type_if: ctx.var("type_if").map(str::to_string),
         vif: ctx.inv.env.vif.clone(),
@@ -1052,7 +1056,7 @@ pub const DEFAULT_DHCP_HOSTSFILE: &str = "/var/lib/xenplug/vif-nat-dhcp-hosts";
 pub const DEFAULT_DNSMASQ_PIDFILE: &str = "/run/dnsmasq/dnsmasq.pid";
 
 /// Run `script` with the real adapters (netlink, /proc/sys, `nft`, `ovs-vsctl`, dnsmasq).
-pub fn body(script: Script, ctx: &Context<'_>) -> Result<Outcome, Failure> {
+pub fn body(script: Script, ctx: &Context<'_>) -> Result<Outcome<'static>, Failure> {
     let mut links = KernelLinks::open().map_err(fail)?;
     let mut sysctl = ProcSys::default();
     let mut fw = NftCli {
