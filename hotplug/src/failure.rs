@@ -43,19 +43,6 @@ pub(crate) fn one_line(s: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::one_line;
-
-    #[test]
-    fn one_line_joins_sensibly() {
-        assert_eq!(one_line("domain,\nand so"), "domain, and so");
-        assert_eq!(one_line("first\nsecond\r\n\nthird"), "first; second; third");
-        assert_eq!(one_line("  tab\there\n"), "tab here");
-        assert_eq!(one_line("ends.\n  next"), "ends. next");
-    }
-}
-
 impl Failure {
     /// A fatal error with this message.
     pub fn error(msg: impl fmt::Display) -> Failure {
@@ -134,5 +121,18 @@ pub trait OrFail<T> {
 impl<T, E: fmt::Display> OrFail<T> for Result<T, E> {
     fn or_fail<S: fmt::Display>(self, what: impl FnOnce() -> S) -> Result<T, Failure> {
         self.map_err(|e| Failure::io(what(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn one_line_joins_sensibly() {
+        assert_eq!(one_line("domain,\nand so"), "domain, and so");
+        assert_eq!(one_line("first\nsecond\r\n\nthird"), "first; second; third");
+        assert_eq!(one_line("  tab\there\n"), "tab here");
+        assert_eq!(one_line("ends.\n  next"), "ends. next");
     }
 }
