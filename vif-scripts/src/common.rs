@@ -5,68 +5,9 @@ use std::net::IpAddr;
 
 use xenplug_hotplug::{Action, BackendPath, Failure};
 
-use crate::firewall::Mode;
 use crate::rate::Rate;
+use crate::types::{parse_ip_list, Mode, Net, TypeIf};
 use xenplug_netlink::{Address, Link};
-
-/// `type_if`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TypeIf {
-    /// A netback interface (`vif<d>.<n>`), actions online/offline.
-    Vif,
-    /// QEMU's emulated NIC (`vif<d>.<n>-emu`), actions add/remove.
-    Tap,
-}
-
-/// An entry of the `ip` list: an address or a network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Net {
-    /// Address.
-    pub addr: IpAddr,
-    /// Prefix length (32/128 for a plain address).
-    pub prefix: u8,
-}
-
-impl Net {
-    /// Parse `a.b.c.d`, `a.b.c.d/nn`, `x::y` or `x::y/nn`.
-    pub fn parse(s: &str) -> Option<Net> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a.parse().ok()?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max)?,
-            None => max,
-        };
-        Some(Net { addr, prefix })
-    }
-
-    /// True for a single host (/32 or /128).
-    pub fn is_host(&self) -> bool {
-        self.prefix == if self.addr.is_ipv4() { 32 } else { 128 }
-    }
-}
-
-impl std::fmt::Display for Net {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.is_host() {
-            write!(f, "{}", self.addr)
-        } else {
-            write!(f, "{}/{}", self.addr, self.prefix)
-        }
-    }
-}
-
-/// Parse the space-separated `ip` list.
-pub fn parse_ip_list(s: &str, path: &str) -> Result<Vec<Net>, Failure> {
-    s.split_whitespace()
-        .map(|w| {
-            Net::parse(w).ok_or_else(|| Failure::error(format!("invalid address '{w}' in {path}")))
-        })
-        .collect()
-}
 
 /// The facts common to every vif script.
 #[derive(Debug, Clone, PartialEq, Eq)]
