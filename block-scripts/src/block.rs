@@ -872,6 +872,60 @@ mod tests {
         }
     }
 
+    /// The backend writes of a publication, as the runtime makes them (in one transaction).
+    fn render(title: &str, d: &Device<'_>) -> String {
+        let mut out = format!("# {title}\n");
+        for (k, v) in d.nodes() {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+        out.push_str("hotplug-status = connected\n\n");
+        out
+    }
+
+    /// Golden file `block-scripts/tests/golden/published.txt` (`XENPLUG_BLESS=1` rewrites it).
+    #[test]
+    fn golden_published_nodes() {
+        let mut text = String::new();
+        for (mode, what) in [
+            ("r", "file, mode r"),
+            ("w!", "file, mode w! (no sharing check)"),
+        ] {
+            let w = World::new();
+            let img = w.image();
+            w.backend(img.to_str().unwrap(), mode);
+            let inv = Invocation::parse(Raw::new(
+                &["block", "add"],
+                &[("XENBUS_PATH", "backend/vbd/5/1"), ("XENBUS_TYPE", "vbd")],
+            ))
+            .unwrap();
+            let config = Config {
+                lock_dir: w.dir.path().join("locks"),
+                state_dir: w.dir.path().join("state"),
+                log_file: None,
+                syslog: false,
+                ..Config::default()
+            };
+            let ctx = Context::new(inv, &w.xs, Log::stderr_only("block", Level::Err), config);
+            let host = Host {
+                loops: &w.loops,
+                paths: &w.paths,
+                dev_dir: Path::new("/dev"),
+            };
+            let published = body(&ctx, &host);
+            match &published {
+                Ok(Outcome::Published(d)) => text += &render(&format!("block add: {what}"), d),
+                other => panic!("{other:?}"),
+            };
+        }
+        let phy = device_nodes(None, Path::new("/dev/xvdb"), DevNum::new(202, 16));
+        text += &render(
+            "block add: block device (also block-nbd, block-iscsi)",
+            &phy,
+        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/published.txt");
+        xenplug_testkit::golden::check(path, &text);
+    }
+
     #[test]
     fn file_add_writes_in_order_and_remove_detaches_exactly_that() {
         let w = World::new();

@@ -3,9 +3,13 @@
 //! A test that cannot get what it needs (root, a network namespace, loop devices, a program from
 //! Debian) calls [`require`]. Outside CI it prints why it is skipped and returns `false`; with the
 //! `CI` environment variable set it panics, so a privileged test can never pass silently in CI.
+//!
+//! [`golden`] compares planners' outputs with golden files kept in the repository.
 
 use std::path::Path;
 use std::process::Command;
+
+pub mod golden;
 
 /// True when running under CI (`CI` set to anything but empty, `0` or `false`).
 pub fn in_ci() -> bool {

@@ -25,6 +25,8 @@ use crate::firewall;
 use crate::types::{Mode, NftBatch, OnError, Plan, Step, TypeIf};
 
 pub mod bridge;
+#[cfg(test)]
+mod golden;
 pub mod nat;
 pub mod openvswitch;
 pub mod route;
