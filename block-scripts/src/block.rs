@@ -4,7 +4,7 @@
 //!
 //! libxl (`xl create`, `xl block-attach`, `xl devd` in a driver domain) for every `phy`-backend
 //! disk without its own `script=`: `block add` after the backend reached InitWait, `block remove`
-//! after it reached Closed (reference §5.3). argv is `[block, add|remove]`; any other action is
+//! after it reached Closed (docs/hotplug-contract.md, "Sequencing and time limits"). argv is `[block, add|remove]`; any other action is
 //! `Invalid command` (exit 1, nothing written). Environment: `XENBUS_PATH` (required, usually the
 //! relative `backend/vbd/<domid>/<devid>`), `XENBUS_TYPE` (`vbd`), `XENBUS_BASE_PATH`
 //! (`backend`), plus the runtime's `XENPLUG_*` settings (state and lock directories, …).
@@ -181,7 +181,7 @@ fn sharing_check(
     }
 }
 
-/// The nodes `write_dev` writes for a device (plus `node` first for loop devices), in the
+/// The nodes Xen's `write_dev` writes for a device (plus `node` first for loop devices), in the
 /// reference's order; the runtime writes them with `hotplug-status=connected` in one transaction.
 pub fn device_nodes<'a>(node: Option<&Path>, dev: &Path, devnum: DevNum) -> Device<'a> {
     let d = match node {

@@ -1,7 +1,7 @@
 //! `block-nbd add|remove`: attach a Network Block Device export as the backend device.
 //!
 //! Xen's `block-nbd` is a xend-era script that reads the server and port from `$2 $3`, which
-//! libxl never passes, so it cannot work (reference §2.4). This one takes everything from
+//! libxl never passes, so it cannot work (docs/hotplug-scripts.md, "block-nbd"). This one takes everything from
 //! `params`, as every libxl block script does.
 //!
 //! # Who calls it

@@ -2,7 +2,7 @@
 //! (`/run/xen-hotplug/xenplug-block/<kind>-<domid>-<devid>`).
 //!
 //! `remove` must detach exactly what `add` attached, also when the image file was deleted or
-//! renamed meanwhile and when the xenstore nodes are already gone (reference §6.5; Qubes keeps
+//! renamed meanwhile and when the xenstore nodes are already gone (docs/hotplug-scripts.md, "block"; Qubes keeps
 //! the same kind of record for the same reason). The record names the loop device, its disk
 //! sequence number (which changes on every attach, so a device reused by someone else later is
 //! never mistaken for ours) and the backing file's identity. A record for a helper script
