@@ -214,7 +214,7 @@ impl Agent {
                     .map_err(|e| ErrorBody::generic(format!("invalid configuration: {e}")))?;
                 let mut nl;
                 let net: Option<&mut dyn NetOps> = if self.live_network && doc.network.is_some() {
-                    nl = Netlink::open().map_err(generic)?;
+                    nl = Netlink::open().map_err(|e| generic(e.into()))?;
                     Some(&mut nl)
                 } else {
                     None
@@ -302,7 +302,7 @@ pub fn network_interfaces() -> Result<Vec<NetworkInterface>> {
                 name: l.name,
                 hardware_address: Some(
                     l.mac
-                        .map(|m| m.to_string())
+                        .map(|m| xenplug_channel::config::MacAddr(m).to_string())
                         .unwrap_or_else(|| "00:00:00:00:00:00".into()),
                 ),
                 ip_addresses: if ips.is_empty() { None } else { Some(ips) },

@@ -444,10 +444,10 @@ fn apply_network(
             .filter_map(|(id, e)| {
                 let l = links
                     .iter()
-                    .find(|l| !l.loopback && e.matches(id, &l.name, l.mac))?;
+                    .find(|l| !l.loopback && e.matches(id, &l.name, l.mac.map(MacAddr)))?;
                 Some(LiveRec {
                     name: l.name.clone(),
-                    mac: l.mac,
+                    mac: l.mac.map(MacAddr),
                     addresses: e.addresses.clone(),
                     routes: e.all_routes().iter().map(route_key).collect(),
                 })
@@ -581,14 +581,14 @@ fn take_back(
     for o in old {
         let Some(link) = links
             .iter()
-            .find(|l| o.mac.is_some() && l.mac == o.mac)
+            .find(|l| o.mac.is_some() && l.mac.map(MacAddr) == o.mac)
             .or_else(|| links.iter().find(|l| l.name == o.name))
         else {
             continue;
         };
         let cur = now
             .iter()
-            .find(|n| n.name == link.name || (n.mac.is_some() && n.mac == link.mac));
+            .find(|n| n.name == link.name || (n.mac.is_some() && n.mac == link.mac.map(MacAddr)));
         for (dst, via) in &o.routes {
             if !cur.is_some_and(|c| c.routes.contains(&(*dst, *via))) {
                 net.del_route(link.index, dst.addr, dst.prefix, Some(*via))?;
@@ -640,7 +640,7 @@ fn apply_live(
     let links = net.links()?;
     let Some(link) = links
         .iter()
-        .find(|l| !l.loopback && e.matches(id, &l.name, l.mac))
+        .find(|l| !l.loopback && e.matches(id, &l.name, l.mac.map(MacAddr)))
         .cloned()
     else {
         changes.push(format!("no interface matches {id} now (persisted only)"));
@@ -689,7 +689,7 @@ fn apply_live(
     }
     Ok(Some(LiveRec {
         name,
-        mac: link.mac,
+        mac: link.mac.map(MacAddr),
         addresses: e.addresses.clone(),
         routes: rec_routes,
     }))
@@ -768,6 +768,7 @@ mod tests {
                 index,
                 addr,
                 prefix,
+                secondary: false,
             });
             Ok(())
         }
@@ -841,10 +842,12 @@ mod tests {
             links: vec![crate::net::Link {
                 index: 2,
                 name: "eth7".into(),
-                mac: Some("00:16:3e:00:00:09".parse().unwrap()),
+                mac: Some("00:16:3e:00:00:09".parse::<MacAddr>().unwrap().0),
                 up: false,
                 mtu: 1500,
                 loopback: false,
+                master: None,
+                kind: None,
                 stats: None,
             }],
             ..Default::default()

@@ -1,8 +1,6 @@
-//! Plans and the applier.
-//!
-//! A planner turns gathered facts into a [`Plan`]: an ordered list of [`Step`]s (link changes
-//! and tc ingress policing, sysctls, one nftables batch, xenstore writes, an `ovs-vsctl` transaction, a DHCP host entry).
-//! [`apply`] carries a plan out through the narrow [`System`] traits:
+//! The applier: [`apply`] carries a [`Plan`] (an ordered list of [`Step`]s: link changes and tc
+//! ingress policing, sysctls, one nftables batch, xenstore writes, an `ovs-vsctl` transaction, a
+//! DHCP host entry) out through the narrow [`System`] traits, passed in as arguments:
 //!
 //! * set-up (`online`/`add`): a [`OnError::Fatal`] step that fails stops the plan and every step
 //!   done so far is undone in reverse order (the undo is computed from the state observed just
@@ -10,105 +8,14 @@
 //! * teardown (`offline`/`remove`): every step runs whatever happens; "already gone" is a note,
 //!   other failures are collected and reported together at the end.
 
-use std::fmt;
+use xenplug_netlink::links::{LinkChange, Links};
 
-use crate::firewall::{Firewall, NftBatch};
-use crate::links::{LinkChange, LinkError, Links};
+use crate::types::{NftBatch, OnError, Plan, Step, StepError};
 
-/// What to do when a step fails during set-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnError {
-    /// Stop and roll back.
-    Fatal,
-    /// Log and go on (the reference's `|| true`).
-    Ignore,
-    /// Fatal, except that "already exists" counts as done (and is not undone).
-    FatalUnlessExists,
-}
-
-/// One step of a plan.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Step {
-    /// A link/address/route/neighbour change, or a link's ingress policing.
-    Link(LinkChange, OnError),
-    /// Write a sysctl (a path below /proc/sys, e.g. `net/ipv4/conf/vif1.0/proxy_arp`).
-    Sysctl {
-        key: String,
-        value: String,
-        on_error: OnError,
-    },
-    /// Apply an nftables batch (one `nft -j -f -` run).
-    Nft(NftBatch, OnError),
-    /// Write a xenstore node.
-    XsWrite { path: String, value: String },
-    /// One `ovs-vsctl` run (argv after the program name); `undo` is run on rollback.
-    Ovs {
-        args: Vec<String>,
-        undo: Option<Vec<String>>,
-    },
-    /// Set (`Some`) or remove (`None`) this vif's dnsmasq dhcp-hosts entry, then signal dnsmasq.
-    Dhcp { key: String, line: Option<String> },
-}
-
-impl fmt::Display for Step {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Step::Link(c, _) => write!(f, "{c}"),
-            Step::Sysctl { key, value, .. } => write!(f, "sysctl {key}={value}"),
-            Step::Nft(b, _) => write!(f, "nft batch ({})", b.what),
-            Step::XsWrite { path, value } if value == RM_MARKER => write!(f, "xenstore rm {path}"),
-            Step::XsWrite { path, value } => write!(f, "xenstore write {path}={value}"),
-            Step::Ovs { args, .. } => write!(f, "ovs-vsctl {}", args.join(" ")),
-            Step::Dhcp { key, line: Some(l) } => write!(f, "dhcp-hosts {key}: {l}"),
-            Step::Dhcp { key, line: None } => write!(f, "dhcp-hosts {key}: remove"),
-        }
-    }
-}
-
-/// An ordered plan.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Plan {
-    /// The steps, in order.
-    pub steps: Vec<Step>,
-}
-
-impl Plan {
-    /// Append a step.
-    pub fn push(&mut self, s: Step) -> &mut Self {
-        self.steps.push(s);
-        self
-    }
-
-    /// Append a fatal link change.
-    pub fn link(&mut self, c: LinkChange) -> &mut Self {
-        self.push(Step::Link(c, OnError::Fatal))
-    }
-
-    /// Append a link change whose failure is only logged.
-    pub fn link_lenient(&mut self, c: LinkChange) -> &mut Self {
-        self.push(Step::Link(c, OnError::Ignore))
-    }
-}
-
-/// A failure of one step.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct StepError {
-    /// Human-readable cause.
-    pub message: String,
-    /// True when it means "already gone".
-    pub gone: bool,
-    /// True when it means "already exists".
-    pub exists: bool,
-}
-
-impl From<LinkError> for StepError {
-    fn from(e: LinkError) -> Self {
-        StepError {
-            gone: e.is_gone(),
-            exists: e.errno == Some(libc::EEXIST),
-            message: e.to_string(),
-        }
-    }
+/// Applies nftables batches.
+pub trait Firewall {
+    /// Apply a batch atomically.
+    fn apply(&mut self, batch: &NftBatch) -> Result<(), StepError>;
 }
 
 /// Sysctl access (paths relative to /proc/sys).
@@ -242,7 +149,9 @@ fn on_error(step: &Step) -> OnError {
     match step {
         Step::Link(_, o) | Step::Nft(_, o) => *o,
         Step::Sysctl { on_error, .. } => *on_error,
-        Step::XsWrite { .. } | Step::Ovs { .. } | Step::Dhcp { .. } => OnError::Fatal,
+        Step::XsWrite { .. } | Step::XsRm { .. } | Step::Ovs { .. } | Step::Dhcp { .. } => {
+            OnError::Fatal
+        }
     }
 }
 
@@ -251,8 +160,8 @@ fn run(step: &Step, sys: &mut System<'_>) -> Result<(), StepError> {
         Step::Link(c, _) => sys.links.change(c).map_err(StepError::from),
         Step::Sysctl { key, value, .. } => sys.sysctl.write(key, value),
         Step::Nft(b, _) => sys.firewall.apply(b),
-        Step::XsWrite { path, value } if value == RM_MARKER => sys.xs.rm(path),
         Step::XsWrite { path, value } => sys.xs.write(path, value),
+        Step::XsRm { path } => sys.xs.rm(path),
         Step::Ovs { args, .. } => sys.ovs.vsctl(args),
         Step::Dhcp { key, line } => sys.dhcp.set_host(key, line.as_deref()),
     }
@@ -351,11 +260,15 @@ fn inverse_of(step: &Step, sys: &mut System<'_>) -> Option<Step> {
                 value: old,
             }),
             // The node did not exist: undo removes it.
-            Ok(None) => Some(Step::XsWrite {
-                path: path.clone(),
-                value: RM_MARKER.into(),
-            }),
+            Ok(None) => Some(Step::XsRm { path: path.clone() }),
             Err(_) => None,
+        },
+        Step::XsRm { path } => match sys.xs.read(path) {
+            Ok(Some(old)) => Some(Step::XsWrite {
+                path: path.clone(),
+                value: old,
+            }),
+            _ => None,
         },
         Step::Ovs { undo, .. } => undo.clone().map(|args| Step::Ovs { args, undo: None }),
         Step::Dhcp { key, .. } => {
@@ -368,14 +281,12 @@ fn inverse_of(step: &Step, sys: &mut System<'_>) -> Option<Step> {
     }
 }
 
-/// Value of an undo `XsWrite` meaning "remove the node" (a xenstore value never holds NUL).
-pub(crate) const RM_MARKER: &str = "\0rm";
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fakes::Parts;
-    use crate::links::RecordingLinks;
+    use xenplug_netlink::fake::RecordingLinks;
+    use xenplug_netlink::links::LinkChange;
 
     #[test]
     fn failed_setup_rolls_back_in_reverse() {
