@@ -72,9 +72,11 @@ enum Command {
     },
     /// List the script names this binary provides.
     List,
-    /// Check what breaks hotplug on this host (script links, diversions, xenstored, xl.conf,
-    /// bridges, nft, loop devices, kernel modules, directories, syslog, leftovers, the peer
-    /// daemon) and say how to fix each problem.
+    /// Check what breaks hotplug on this host, and say how to fix it.
+    ///
+    /// The checks: script links, diversions, xenstored, xl.conf, bridges, nft, loop devices,
+    /// kernel modules, log/lock/state directories, syslog, leftovers of earlier runs, the peer
+    /// daemon.
     ///
     /// Exit status: 0 when every check passed, 1 when one failed, 3 when there are warnings only.
     Doctor(DoctorArgs),

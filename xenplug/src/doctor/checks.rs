@@ -607,8 +607,25 @@ fn network(p: &Paths, xl: &XlConf) -> Check {
     let f = p.xl_conf.display();
     match script.as_str() {
         "vif-bridge" | "vif-openvswitch" => {
-            let br = xl.bridge();
-            let dev = net.join(br);
+            // vif-openvswitch takes `bridge[.vlan][:trunk…]`.
+            let br = if script == "vif-openvswitch" {
+                let b = xl.bridge();
+                let b = b.split(':').next().unwrap_or(b);
+                b.split('.').next().unwrap_or(b)
+            } else {
+                xl.bridge()
+            };
+            let mut dev = net.join(br);
+            // vif-bridge's legacy translation: a missing `xenbrN` is `ethN` when that is a
+            // bridge (Xen's old network-bridge script renamed the uplink so).
+            let legacy = br
+                .strip_prefix("xenbr")
+                .filter(|_| script == "vif-bridge" && !dev.exists())
+                .map(|n| format!("eth{n}"))
+                .filter(|eth| net.join(eth).join("bridge").is_dir());
+            if let Some(eth) = &legacy {
+                dev = net.join(eth);
+            }
             let is_linux_bridge = dev.join("bridge").is_dir();
             if !dev.exists() {
                 return Check::new(
@@ -632,7 +649,12 @@ fn network(p: &Paths, xl: &XlConf) -> Check {
                 ("vif-bridge", true) => Check::new(
                     "network",
                     Status::Ok,
-                    format!("bridge {br} exists (Linux bridge)"),
+                    match &legacy {
+                        Some(eth) => format!(
+                            "{br} does not exist, but {eth} is a bridge: vif-bridge uses it"
+                        ),
+                        None => format!("bridge {br} exists (Linux bridge)"),
+                    },
                 ),
                 ("vif-bridge", false) => Check::new(
                     "network",

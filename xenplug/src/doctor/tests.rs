@@ -408,6 +408,12 @@ fn network_devices_xl_conf_names() {
     let c = h.check("network");
     assert_status(&c, Status::Fail);
     assert!(c.summary.contains("br-missing"));
+    // Xen's legacy naming: no xenbr1, but eth1 is a bridge.
+    fs::create_dir_all(h.at("sys/class/net/eth1/bridge")).unwrap();
+    write(&h.paths.xl_conf, "vif.default.bridge=\"xenbr1\"\n");
+    let c = h.check("network");
+    assert_status(&c, Status::Ok);
+    assert!(c.summary.contains("eth1 is a bridge"), "{c:#?}");
     fs::create_dir_all(h.at("sys/class/net/eth9")).unwrap();
     write(&h.paths.xl_conf, "vif.default.bridge=\"eth9\"\n");
     let c = h.check("network");
@@ -420,9 +426,11 @@ fn network_devices_xl_conf_names() {
     assert_status(&h.check("network"), Status::Fail);
     write(
         &h.paths.xl_conf,
-        "vif.default.script=\"vif-openvswitch\"\nvif.default.bridge=\"eth9\"\n",
+        "vif.default.script=\"vif-openvswitch\"\nvif.default.bridge=\"eth9.10:20:30\"\n",
     );
-    assert_status(&h.check("network"), Status::Ok);
+    let c = h.check("network");
+    assert_status(&c, Status::Ok);
+    assert!(c.summary.starts_with("eth9 exists"), "{c:#?}");
     write(
         &h.paths.xl_conf,
         "vif.default.script=\"vif-route\"\nvif.default.gatewaydev=\"uplink7\"\n",
