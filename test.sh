@@ -10,6 +10,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 # One test at a time per binary would be slow; tests isolate themselves (own namespaces, own
 # xenstore subtrees, own loop devices), so the default parallelism is kept.
 cargo test --workspace --no-fail-fast
+# The Debian packages (tools/build-deb.sh): lintian, then installed, upgraded around and removed
+# in a fresh Debian 12 root, and the peer's sandboxed unit under systemd in systemd-nspawn
+# (packaging/test-packages.sh; about 2 minutes with its base root cached in
+# /var/cache/xenplug-pkgtest).
+packaging/test-packages.sh
 # The end-to-end suite on real Xen 4.17 + a Debian 12 dom0 under QEMU (tests/xen-e2e/README.md):
 # our static build (tools/build-static.sh) installed into dom0 with `xenplug install`, real
 # libxl/blkback/netback/hvc_xen.
