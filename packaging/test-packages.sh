@@ -121,9 +121,16 @@ R=$WORK/root
 BG_PIDS=()
 cleanup() {
     local rc=$?
-    local p
-    for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${BG_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    local p i
+    # Newest first (the helpers inside the container before the container itself); bounded.
+    for ((i = ${#BG_PIDS[@]} - 1; i >= 0; i--)); do
+        p=${BG_PIDS[i]}
+        kill -TERM "$p" 2>/dev/null || continue
+        local deadline=$((SECONDS + 30))
+        while kill -0 "$p" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
     # Mounts belong to this mount namespace; unmount anyway so that the directory can go.
     local m
     for m in $(awk -v r="$R" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r); do
@@ -383,7 +390,7 @@ if wait_for "the container's systemd" 30 find_init && wait_for "the boot" 90 boo
     if wait_for "vm5 configured" 30 vm5_configured; then pass "sandboxed daemon configured the VM behind /run/xen/5 (xenstored and QEMU's socket reachable)"; else fail "sandboxed daemon configured vm5" "$(state_of 5)"; fi
     st6=$(state_of 6)
     check "the VM behind /tmp/xen/6 is out of the daemon's sight (PrivateTmp): $st6" test "$st6" != configured -a "$st6" != absent
-    in_ct xenplug-peer list | sed 's/^/   /'
+    in_ct xenplug-peer list | sed 's/^/   /' || true
     check "systemctl reload xenplug-peer" in_ct systemctl reload xenplug-peer
     sighup() { in_ct journalctl -u xenplug-peer -o cat | grep -q '"event":"sighup"'; }
     check "the reload reached the daemon (SIGHUP)" wait_for "sighup in the journal" 20 sighup
@@ -392,7 +399,7 @@ if wait_for "the container's systemd" 30 find_init && wait_for "the boot" 90 boo
     check "doctor under systemd: peer ok with the configured VM" grep -qE '^ok +peer .*configured 1' "$WORK/doctor-booted.txt"
     check "doctor under systemd: syslog ok (journald's /dev/log)" grep -qE '^ok +syslog' "$WORK/doctor-booted.txt"
     in_ct systemd-analyze security xenplug-peer.service 2>/dev/null | tail -1 | sed 's/^/   live: /' || true
-    in_ct systemctl show -p NoNewPrivileges -p ProtectSystem -p PrivateTmp -p PrivateNetwork -p CapabilityBoundingSet xenplug-peer.service | sed 's/^/   /'
+    in_ct systemctl show -p NoNewPrivileges -p ProtectSystem -p PrivateTmp -p PrivateNetwork -p CapabilityBoundingSet xenplug-peer.service | sed 's/^/   /' || true
     # Closing the FIFO ends both helpers (they report how many guests applied generation 1);
     # they must be gone before the container shuts down.
     exec 8>&-
