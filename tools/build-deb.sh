@@ -41,7 +41,10 @@ export SOURCE_DATE_EPOCH
 
 echo "build-deb: building the programs" >&2
 static=$(tools/build-static.sh)
-cargo build --release --locked -p xenplug-peer -p xenplug-guest-agent -p xenplug-packaging >&2
+# The same selection as the real-Xen suite builds (so its artifacts are shared), then the
+# generator on its own (built together, feature unification could give other binaries).
+cargo build --release --locked -p xenplug-guest-agent -p xenplug-peer >&2
+cargo build --release --locked -p xenplug-packaging >&2
 
 # The maintainer scripts name every script the binary answers to.
 for f in debian/xenplug.postinst debian/xenplug.prerm; do
