@@ -15,6 +15,7 @@
 //! The guest is untrusted: see the bounds in [`wire`] and [`session`].
 
 pub mod bench;
+pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod discovery;

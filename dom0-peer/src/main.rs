@@ -39,111 +39,18 @@
 //! 8 invalid configuration document; 9 the daemon's control socket cannot be reached (`list`).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use serde_json::Value;
 
+use xenplug_peer::cli::{Cli, Cmd, DaemonArgs, Timeouts};
 use xenplug_peer::client::{self, exit, Client, ClientError};
 use xenplug_peer::daemon::{self, XenstoreTarget};
 use xenplug_peer::log::{Level, Logger};
 use xenplug_peer::{bench, doc, wire};
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "xenplug-peer",
-    version,
-    about = "dom0 peer of xenplug's Xen PV channels"
-)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(clap::Args, Debug)]
-struct Timeouts {
-    /// Seconds to wait for an answer to the handshake, repeated every second (default: the
-    /// value of --timeout).
-    #[arg(long)]
-    handshake_timeout: Option<f64>,
-    /// Seconds to wait for each reply.
-    #[arg(long, default_value_t = 30.0)]
-    timeout: f64,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Deliver a configuration document to one VM's channel and verify it is applied.
-    Send {
-        /// The channel's Unix socket.
-        #[arg(long)]
-        socket: PathBuf,
-        /// The document: canonical JSON file, or a NoCloud seed directory.
-        #[arg(long)]
-        config: PathBuf,
-        #[command(flatten)]
-        t: Timeouts,
-    },
-    /// Run one query on one VM's channel and print the reply as JSON.
-    Query {
-        /// The channel's Unix socket.
-        #[arg(long)]
-        socket: PathBuf,
-        /// ping, info, network, hostname, osinfo, time, ssh-keys, generation, or a full name.
-        cmd: String,
-        /// User for ssh-keys.
-        #[arg(long, default_value = "root")]
-        user: String,
-        /// Arguments (a JSON object) for a full command name.
-        #[arg(long)]
-        args: Option<String>,
-        #[command(flatten)]
-        t: Timeouts,
-    },
-    /// Serve every channel on this host.
-    Daemon(DaemonArgs),
-    /// Show every channel the daemon knows.
-    List {
-        /// Control socket.
-        #[arg(long, default_value = "/run/xenplug-peer/control.sock")]
-        control: PathBuf,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// (Used by `bench`.) Serve simulated guests `from..to` under `dir`.
-    #[command(hide = true)]
-    BenchGuests {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long)]
-        from: usize,
-        #[arg(long)]
-        to: usize,
-        #[arg(long, default_value_t = 0)]
-        open_delay_ms: u64,
-    },
-    /// Benchmark the daemon against N simulated VMs.
-    Bench {
-        /// Number of VMs.
-        #[arg(long, default_value_t = 1000)]
-        vms: usize,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 120.0)]
-        timeout: f64,
-        /// Simulated agents open their tty this many ms after the connection (echo window).
-        #[arg(long, default_value_t = 0)]
-        open_delay_ms: u64,
-        /// The daemon's log level (its log goes to stderr).
-        #[arg(long, default_value = "warn")]
-        daemon_log_level: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
 
 fn fail(e: &ClientError) -> ExitCode {
     eprintln!("xenplug-peer: {e}");
@@ -293,47 +200,6 @@ fn list(control: &Path, json: bool) -> ExitCode {
         );
     }
     ExitCode::SUCCESS
-}
-
-/// `xenplug-peer daemon`'s options.
-#[derive(clap::Args, Debug)]
-struct DaemonArgs {
-    /// The configuration store directory.
-    #[arg(long)]
-    store: PathBuf,
-    /// Channel name(s) to serve.
-    #[arg(long = "channel-name", default_value = xenplug_channel::DEFAULT_CHANNEL_NAME)]
-    channel_names: Vec<String>,
-    /// Policy file for guest-originated requests (none: deny all).
-    #[arg(long)]
-    policy: Option<PathBuf>,
-    /// Control socket.
-    #[arg(long, default_value = "/run/xenplug-peer/control.sock")]
-    control: PathBuf,
-    /// xenstored socket (default: the environment's xenstore).
-    #[arg(long)]
-    xenstore: Option<PathBuf>,
-    /// Console backend root.
-    #[arg(long, default_value = xenplug_peer::discovery::DEFAULT_BACKEND_ROOT)]
-    backend_root: String,
-    /// debug, info, warn or error.
-    #[arg(long, default_value = "info")]
-    log_level: String,
-    /// Largest frame accepted from a guest, in bytes.
-    #[arg(long, default_value_t = 64 * 1024)]
-    max_frame: usize,
-    /// Sustained bytes per second read from one guest (a flooding guest is read no faster).
-    #[arg(long, default_value_t = 256 * 1024)]
-    guest_rate: u64,
-    /// Seconds without an answer to the handshake before it is reported as failing.
-    #[arg(long, default_value_t = 30.0)]
-    handshake_timeout: f64,
-    /// Seconds a request may wait for its reply.
-    #[arg(long, default_value_t = 10.0)]
-    request_timeout: f64,
-    /// Worker threads.
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
 }
 
 fn run_daemon(a: DaemonArgs) -> ExitCode {

@@ -12,10 +12,12 @@
 
 pub mod agent;
 pub mod apply;
+pub mod cli;
 pub mod fsutil;
 pub mod net;
 pub mod session;
 pub mod setup;
+pub mod template;
 pub mod users;
 
 /// The channel name the agent serves when its configuration names none. The dom0 peer uses the

@@ -23,6 +23,10 @@
 //!   as `PATH -P|-H|-r +0 "hypervisor initiated shutdown"` (injectable: tests pass a recorder).
 //! * `--no-live-network`: write network configuration files only, change nothing live.
 //! * `--max-frame BYTES` (default 1048576): largest accepted request.
+//! * `--prepare-template [--dry-run]`: prepare this guest to be cloned and exit, without
+//!   serving anything: forget the applied generation, empty the machine id, remove SSH host
+//!   keys, the random seed, the agent's network files and DHCP leases (`template` module); each
+//!   change is printed on stdout (`would …` with `--dry-run`).
 //!
 //! **Files** (all under `--root`): reads `/etc/passwd`, `/etc/os-release`; writes atomically
 //! `/etc/hostname`, `/etc/hosts` (a marked block), `/etc/systemd/network/10-xenplug-*.{network,link}`,
@@ -32,8 +36,8 @@
 //! `/etc/.pwd.lock`), `/var/lib/xenplug-agent/applied.json` (the applied generation).
 //! Security-relevant changes are logged to stderr as `xenplug-agent: event=… key=value` lines.
 //!
-//! **Exit codes:** 0 after SIGTERM/SIGINT; 1 when it cannot start (bad configuration, signal
-//! set-up); 2 for usage errors (clap).
+//! **Exit codes:** 0 after SIGTERM/SIGINT (or a prepared template); 1 when it cannot start
+//! (bad configuration, signal set-up) or a template change failed; 2 for usage errors (clap).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,62 +45,48 @@ use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use serde::Deserialize;
 use xenplug_channel::frame::Limits;
 use xenplug_guest_agent::agent::{Agent, ShutdownProgram};
 use xenplug_guest_agent::apply::RealHost;
+use xenplug_guest_agent::cli::{load_config, AgentArgs as Args};
 use xenplug_guest_agent::session::{self, Options};
+use xenplug_guest_agent::template;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "xenplug-agent",
-    about = "Xen PV channel guest agent (QGA protocol)"
-)]
-struct Args {
-    /// Serve this tty instead of watching the channel directory.
-    #[arg(long)]
-    device: Option<PathBuf>,
-    /// Apply files under this root.
-    #[arg(long, default_value = "/")]
-    root: PathBuf,
-    /// Configuration file (TOML).
-    #[arg(long, default_value = "/etc/xenplug/agent.toml")]
-    config: PathBuf,
-    /// Directory the udev helper fills with channel links.
-    #[arg(long, default_value = "/dev/xen-channel")]
-    channel_dir: PathBuf,
-    /// Channel name(s) to serve (overrides the configuration).
-    #[arg(long = "name")]
-    names: Vec<String>,
-    /// Program run by guest-shutdown.
-    #[arg(long, env = "XENPLUG_AGENT_SHUTDOWN_PROGRAM")]
-    shutdown_program: Option<PathBuf>,
-    /// Only write network files; change nothing live.
-    #[arg(long)]
-    no_live_network: bool,
-    /// Largest request in bytes.
-    #[arg(long, default_value_t = xenplug_channel::frame::DEFAULT_MAX_FRAME)]
-    max_frame: usize,
-}
-
-#[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct FileConfig {
-    #[serde(default)]
-    channels: Vec<String>,
-    shutdown_program: Option<PathBuf>,
-    live_network: Option<bool>,
-}
-
-fn load_config(path: &std::path::Path) -> Result<FileConfig> {
-    match std::fs::read_to_string(path) {
-        Ok(t) => toml::from_str(&t).with_context(|| format!("parse {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(FileConfig::default()),
-        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+/// `--prepare-template [--dry-run]`: see `xenplug_guest_agent::template`.
+fn prepare_template(root: &std::path::Path, dry_run: bool) -> Result<()> {
+    let steps = template::plan(root);
+    for s in &steps {
+        println!(
+            "{}{}",
+            if dry_run { "would " } else { "" },
+            s.describe(root)
+        );
     }
+    if dry_run {
+        return Ok(());
+    }
+    let errors = template::apply(&steps);
+    for e in &errors {
+        eprintln!("xenplug-agent: {e:#}");
+    }
+    eprintln!(
+        "xenplug-agent: event=template-prepared changes={} failed={}",
+        steps.len(),
+        errors.len()
+    );
+    if !errors.is_empty() {
+        anyhow::bail!("{} of {} changes failed", errors.len(), steps.len());
+    }
+    eprintln!(
+        "xenplug-agent: shut down now: the next boot of this disk (or a clone) is a first boot"
+    );
+    Ok(())
 }
 
 fn run(args: Args) -> Result<()> {
+    if args.prepare_template {
+        return prepare_template(&args.root, args.dry_run);
+    }
     let cfg = load_config(&args.config)?;
     let mut names = if args.names.is_empty() {
         cfg.channels.clone()

@@ -1,0 +1,95 @@
+//! The command lines of `xenplug-agent` and `xen-channel-setup` (their clap definitions) and the
+//! agent's configuration file, shared by the binaries (`src/bin/`, which document the interface)
+//! and the packaging's man page and completion generator.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde::Deserialize;
+
+/// `xenplug-agent`'s options.
+#[derive(Parser, Debug)]
+#[command(
+    name = "xenplug-agent",
+    version,
+    about = "Xen PV channel guest agent (QGA protocol)"
+)]
+pub struct AgentArgs {
+    /// Serve this tty instead of watching the channel directory.
+    #[arg(long)]
+    pub device: Option<PathBuf>,
+    /// Apply files under this root.
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// Configuration file (TOML).
+    #[arg(long, default_value = "/etc/xenplug/agent.toml")]
+    pub config: PathBuf,
+    /// Directory the udev helper fills with channel links.
+    #[arg(long, default_value = "/dev/xen-channel")]
+    pub channel_dir: PathBuf,
+    /// Channel name(s) to serve (overrides the configuration).
+    #[arg(long = "name")]
+    pub names: Vec<String>,
+    /// Program run by guest-shutdown.
+    #[arg(long, env = "XENPLUG_AGENT_SHUTDOWN_PROGRAM")]
+    pub shutdown_program: Option<PathBuf>,
+    /// Only write network files; change nothing live.
+    #[arg(long)]
+    pub no_live_network: bool,
+    /// Largest request in bytes.
+    #[arg(long, default_value_t = xenplug_channel::frame::DEFAULT_MAX_FRAME)]
+    pub max_frame: usize,
+    /// Prepare this guest to be a template for clones, then exit: forget the applied
+    /// configuration and remove what would make clones alike (machine id, SSH host keys,
+    /// random seed, the agent's network files, DHCP leases). Run it last, then shut down.
+    #[arg(long)]
+    pub prepare_template: bool,
+    /// With --prepare-template: print what would be removed, change nothing.
+    #[arg(long, requires = "prepare_template")]
+    pub dry_run: bool,
+}
+
+/// `/etc/xenplug/agent.toml`.
+#[derive(Deserialize, Debug, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AgentConfig {
+    /// Channel names to serve (default: `org.xenplug.agent.0`).
+    #[serde(default)]
+    pub channels: Vec<String>,
+    /// What `guest-shutdown` runs.
+    pub shutdown_program: Option<PathBuf>,
+    /// `false`: write network files only, change nothing live.
+    pub live_network: Option<bool>,
+}
+
+/// Read the agent's configuration; a missing file is the defaults.
+pub fn load_config(path: &Path) -> Result<AgentConfig> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => toml::from_str(&t).with_context(|| format!("parse {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(AgentConfig::default()),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+/// `xen-channel-setup`'s options.
+#[derive(Parser, Debug)]
+#[command(
+    name = "xen-channel-setup",
+    version,
+    about = "Create /dev/xen-channel/<name> for a Xen PV channel"
+)]
+pub struct ChannelSetupArgs {
+    /// udev ACTION.
+    #[arg(long, env = "ACTION")]
+    pub action: String,
+    /// udev DEVPATH (e.g. /devices/console-1).
+    #[arg(long, env = "DEVPATH")]
+    pub devpath: String,
+    /// sysfs mount point.
+    #[arg(long, default_value = "/sys")]
+    pub sysfs: PathBuf,
+    /// Device directory.
+    #[arg(long, default_value = "/dev")]
+    pub dev: PathBuf,
+}
