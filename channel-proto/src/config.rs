@@ -394,8 +394,8 @@ impl NetworkConfig {
             let at = format!("ethernets.{id}");
             if e.match_.is_none() {
                 validate_ifname(id).map_err(|m| ConfigError::new(&at, m))?;
-            } else if id.is_empty() || id.chars().any(|c| c.is_control() || c == '/') {
-                return Err(ConfigError::new(&at, "invalid entry id"));
+            } else {
+                validate_entry_id(id).map_err(|m| ConfigError::new(&at, m))?;
             }
             if let Some(m) = &e.match_ {
                 if m.macaddress.is_none() && m.name.is_none() {
@@ -405,13 +405,8 @@ impl NetworkConfig {
                     ));
                 }
                 if let Some(n) = &m.name {
-                    if n.is_empty() || n.len() > 15 || n.chars().any(|c| c.is_control() || c == '/')
-                    {
-                        return Err(ConfigError::new(
-                            format!("{at}.match.name"),
-                            "not an interface name pattern",
-                        ));
-                    }
+                    validate_ifname_pattern(n)
+                        .map_err(|m| ConfigError::new(format!("{at}.match.name"), m))?;
                 }
             }
             if let Some(s) = &e.set_name {
@@ -903,18 +898,110 @@ pub fn truncate_hostname(h: &str, max: usize) -> String {
     first.chars().take(max).collect()
 }
 
-/// Validate a Linux interface name (IFNAMSIZ-1 = 15 bytes, no `/`, whitespace, `:`).
+/// The kernel's `dev_valid_name()` (net/core/dev.c): not empty, at most IFNAMSIZ-1 = 15 bytes,
+/// not `.` or `..`, and no `/`, `:` or byte the kernel's `isspace()` accepts (`\t \n \v \f \r`,
+/// space, and 0xA0, which it counts as a space too). A NUL byte would end the name early, so it
+/// is refused as well.
+pub fn kernel_valid_ifname(n: &str) -> Result<(), String> {
+    let b = n.as_bytes();
+    let why = if b.is_empty() {
+        Some("is empty".to_string())
+    } else if b.len() > 15 {
+        Some(format!("is {} bytes long (at most 15)", b.len()))
+    } else if n == "." || n == ".." {
+        Some("is reserved".to_string())
+    } else {
+        b.iter()
+            .find(|c| {
+                matches!(
+                    c,
+                    b'/' | b':' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ' | 0xa0 | 0
+                )
+            })
+            .map(|c| format!("contains {}", show_byte(*c)))
+    };
+    match why {
+        Some(w) => Err(format!("{:?} is not a valid interface name: it {w}", n)),
+        None => Ok(()),
+    }
+}
+
+fn show_byte(c: u8) -> String {
+    match c {
+        b' ' => "a space".into(),
+        b'/' | b':' => format!("'{}'", c as char),
+        _ => format!("the byte 0x{c:02x}"),
+    }
+}
+
+/// Characters an interface name may have in a document: the ones that mean themselves in every
+/// place xenplug-agent writes a name (a command line ifupdown hands to `/bin/sh`, networkd's
+/// `Name=` glob lists, NetworkManager key files, `ip`'s argument list).
+fn ifname_char_ok(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@' | '+')
+}
+
+/// Validate an interface name: [`kernel_valid_ifname`], and then only the characters a shell or
+/// a configuration parser takes literally (letters, digits, `_ - . @ +`), not starting with `-`
+/// (an option to `ip`/`ifup`) and not all digits (systemd reads that as an ifindex). The kernel
+/// would accept `a;reboot` or `$(x)`; every renderer would hand them to something that does not
+/// take them literally (ifupdown runs its commands through `/bin/sh` with the name substituted),
+/// so they are refused here, before anything is sent or written.
 pub fn validate_ifname(n: &str) -> Result<(), String> {
-    if n.is_empty()
-        || n.len() > 15
-        || n == "."
-        || n == ".."
-        || n.chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    kernel_valid_ifname(n)?;
+    check_ifname_chars(n, false)
+}
+
+/// Validate a `match.name` pattern: as [`validate_ifname`], plus the globs `*` (any run) and `?`
+/// (one character), which is what [`glob_match`] and the renderers understand.
+pub fn validate_ifname_pattern(p: &str) -> Result<(), String> {
+    kernel_valid_ifname(p)?;
+    check_ifname_chars(p, true)
+}
+
+fn check_ifname_chars(n: &str, glob: bool) -> Result<(), String> {
+    if let Some(c) = n
+        .chars()
+        .find(|c| !(ifname_char_ok(*c) || (glob && matches!(c, '*' | '?'))))
     {
-        return Err(format!("'{n}' is not a valid interface name"));
+        let allowed = if glob {
+            "letters, digits, _ - . @ + and the globs * ?"
+        } else {
+            "letters, digits and _ - . @ +"
+        };
+        return Err(format!(
+            "{n:?} is not accepted as an interface name: {c:?} would be interpreted by a shell or \
+             a configuration parser (allowed: {allowed})"
+        ));
+    }
+    if n.starts_with('-') {
+        return Err(format!(
+            "{n:?} is not accepted as an interface name: it starts with '-'"
+        ));
+    }
+    if n.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{n:?} is not accepted as an interface name: it is all digits (an interface index)"
+        ));
     }
     Ok(())
+}
+
+/// Validate the id of a network entry that has a `match` (so the id is not an interface name):
+/// 1–64 of the characters an interface name may have, not starting with `-` or `.`. The id
+/// names the agent's files and NetworkManager connections.
+pub fn validate_entry_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(ifname_char_ok)
+        && !id.starts_with(['-', '.']);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} is not accepted as an entry id (1-64 letters, digits, _ - . @ +, not starting with - or .)"
+        ))
+    }
 }
 
 /// Validate a login name the way useradd's default NAME_REGEX does (plus upper case): starts
@@ -1301,6 +1388,76 @@ pub(crate) mod tests {
         let long = format!("{}.{}", "a".repeat(60), "b".repeat(60));
         assert_eq!(truncate_hostname(&long, 64), "a".repeat(60));
         assert_eq!(truncate_hostname("short.example", 64), "short.example");
+    }
+
+    /// Issue 12: interface names are validated as the kernel does (`dev_valid_name`) and
+    /// nothing a shell or parser would interpret gets through, wherever a name comes in.
+    #[test]
+    fn hostile_interface_names_are_refused_where_they_come_in() {
+        let hostile = [
+            "a;reboot",
+            "$(reboot)",
+            "`reboot`",
+            "a|b",
+            "a b",
+            "a&b",
+            "a>b",
+            "a'b",
+            "a\"b",
+            "a\\b",
+            "${IFS}",
+            "a\nb",
+            "a\tb",
+            "a/b",
+            "a:1",
+            ".",
+            "..",
+            "",
+            "sixteen-bytes-xx",
+            "-x",
+            "42",
+            "\u{e0}",
+            "a%b",
+            "a#b",
+            "a[0]",
+        ];
+        for bad in hostile {
+            let mut v = doc();
+            v["network"]["ethernets"]["lan"]["set-name"] = json!(bad);
+            let e = ConfigDoc::from_value(v).unwrap_err();
+            assert_eq!(e.path, "network.ethernets.lan.set-name", "{bad:?}: {e}");
+            let mut v = doc();
+            v["network"]["ethernets"]["lan"]["match"] = json!({"name": bad});
+            let e = ConfigDoc::from_value(v).unwrap_err();
+            assert_eq!(e.path, "network.ethernets.lan.match.name", "{bad:?}: {e}");
+            let mut v = doc();
+            v["network"]["ethernets"][bad] = json!({"dhcp4": true});
+            let e = ConfigDoc::from_value(v).unwrap_err();
+            assert_eq!(e.path, format!("network.ethernets.{bad}"), "{bad:?}: {e}");
+        }
+        // The kernel's own rule, byte for byte.
+        assert!(kernel_valid_ifname("a;reboot").is_ok());
+        assert!(kernel_valid_ifname("fifteen-bytes-x").is_ok());
+        for bad in [
+            "", ".", "..", "a/b", "a:b", "a b", "a\u{b}b", "a\u{c}b", "\u{e0}",
+        ] {
+            assert!(kernel_valid_ifname(bad).is_err(), "{bad:?}");
+        }
+        // Names and patterns a guest really has still pass.
+        for good in [
+            "eth0",
+            "ens3",
+            "enp0s31f6",
+            "br-lan",
+            "bond0.100",
+            "vif5.0",
+            "wg0",
+            "lan@1",
+        ] {
+            validate_ifname(good).unwrap();
+        }
+        validate_ifname_pattern("enp*s?").unwrap();
+        assert!(validate_ifname("enp*").is_err());
     }
 
     #[test]

@@ -14,8 +14,10 @@ pub mod agent;
 pub mod apply;
 pub mod fsutil;
 pub mod net;
+pub mod pwdlock;
 pub mod session;
 pub mod setup;
+pub mod txn;
 pub mod users;
 
 /// The channel name the agent serves when its configuration names none. The dom0 peer uses the
