@@ -141,8 +141,8 @@ pub struct ShutdownArgs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub enum ApplyConfigArgs {
-    /// `{"config": {…}}`.
-    Config(ConfigDoc),
+    /// `{"config": {…}}` (boxed: the document is much larger than a seed).
+    Config(Box<ConfigDoc>),
     /// `{"nocloud": {"meta-data": "…", "user-data": "…", "network-config": "…", "generation": N}}`.
     Nocloud(NoCloudSeed),
 }
@@ -153,7 +153,7 @@ impl ApplyConfigArgs {
         match self {
             ApplyConfigArgs::Config(d) => {
                 d.validate()?;
-                Ok(d)
+                Ok(*d)
             }
             ApplyConfigArgs::Nocloud(s) => ConfigDoc::from_nocloud(&s),
         }

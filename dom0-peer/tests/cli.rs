@@ -183,7 +183,7 @@ async fn exit_codes() {
     let bad = h.dir.path().join("bad.json");
     std::fs::write(
         &bad,
-        "{\"instance-id\": \"x\", \"generation\": 1, \"runcmd\": []}",
+        "{\"instance-id\": \"x\", \"generation\": 1, \"packages\": []}",
     )
     .unwrap();
     let mut c = peer();

@@ -1,35 +1,40 @@
-//! Applying a [`ConfigDoc`]: network (live through netlink, persisted for systemd-networkd and,
-//! when the guest uses it, ifupdown), DNS, host name, users' keys and passwords; then the applied
-//! generation is recorded.
+//! Applying a [`ConfigDoc`] the way cloud-init would on a Debian guest, in its module order:
+//! `bootcmd`, network ([`crate::netapply`]: live through netlink, persisted for the guest's
+//! network manager), `write_files`, host name and `/etc/hosts`, `ca_certs`, groups, users,
+//! sudo rules, keys and passwords ([`crate::accounts`]), `ssh_pwauth`, `ntp`, `timezone`,
+//! deferred `write_files` ([`crate::sysconf`]); then the applied generation is recorded.
+//! After that: services restarted, the network manager told to reload, `runcmd`
+//! ([`crate::commands`]), `final_message`.
 //!
 //! **All or nothing per generation.** Every file goes through a [`Txn`] that remembers what it
-//! replaced, password-database entries are put back under the lock, live network changes go
-//! through a [`NetJournal`] that snapshots the links and addresses it touches, and the kernel
-//! host name is remembered. When any step fails, everything done so far is undone (newest
-//! first, never stopping at the first error), the previous generation's live routes are put
-//! back, and the error says whether the previous generation is whole again. The record of the
-//! applied generation is the last write of the transaction, so it only ever names a generation
-//! that is completely in place.
+//! replaced, password-database entries are put back under the lock, users and groups the
+//! generation created are removed again (`userdel`, `groupdel`, `gpasswd -d`), live network
+//! changes go through a [`NetJournal`] that snapshots the links and addresses it touches, and
+//! the kernel host name is remembered. When any step fails, everything done so far is undone
+//! (newest first, never stopping at the first error), the previous generation's live routes
+//! are put back, and the error says whether the previous generation is whole again. The record
+//! of the applied generation is the last write of the transaction, so it only ever names a
+//! generation that is completely in place. Commands are the exception: what `bootcmd` did is
+//! not undone, which is why it runs only after every check passed and before anything else.
 
-use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::fs;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::OnceLock;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use xenplug_channel::config::{
-    validate_ifname, validate_ifname_pattern, Cidr, ConfigDoc, Ethernet, MacAddr, NetworkConfig,
-    Route, RouteTo,
-};
+use xenplug_channel::config::{ConfigDoc, User};
 use xenplug_channel::qga::{ApplyResult, ConfigGeneration};
 
 use crate::fsutil::{self, under};
-use crate::net::{Addr, Link, NetOps};
-use crate::pwdlock::LCKPWDF_TIMEOUT;
+use crate::net::NetOps;
+use crate::netapply::{LiveRec, NetJournal};
+use crate::render::{self, Renderer};
+use crate::tools::{self, Tools};
 use crate::txn::Txn;
-use crate::users;
+use crate::{accounts, commands, sysconf};
 
 /// Host-wide effects that tests replace (the kernel host name).
 pub trait Host {
@@ -57,16 +62,62 @@ impl Host for RealHost {
 
 /// Where the applied generation is recorded (under the root).
 pub const STATE_FILE: &str = "/var/lib/xenplug-agent/applied.json";
-/// Prefix of the networkd/link files the agent owns.
-pub const NETWORKD_PREFIX: &str = "10-xenplug-";
-/// The ifupdown fragment the agent owns.
-pub const IFUPDOWN_FILE: &str = "/etc/network/interfaces.d/xenplug-agent";
 
 const HOSTS_BEGIN: &str = "# BEGIN xenplug-agent";
 const HOSTS_END: &str = "# END xenplug-agent";
 
 /// Linux HOST_NAME_MAX.
 pub const HOST_NAME_MAX: usize = 64;
+
+/// What the guest's owner decides in the agent's configuration (`/etc/xenplug/agent.toml`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ApplyOptions {
+    /// The image's default user (cloud-init's `system_info.default_user`), with cloud-config's
+    /// user keys: `name` (required), `gecos`, `groups`, `shell`, `sudo`, `lock_passwd`, …
+    #[serde(default)]
+    pub default_user: Option<User>,
+    /// Run `bootcmd`/`runcmd` from dom0's documents. Default **false**: those commands run as
+    /// root with whatever dom0 wrote, which is more than configuring the guest; images whose
+    /// owner wants cloud-init's behaviour turn it on (as distributions ship qemu-ga's
+    /// `guest-exec` disabled). A document with commands is refused while it is off, before
+    /// anything changes.
+    #[serde(default)]
+    pub run_commands: bool,
+    /// The network manager to write for; absent: detected (see [`render::detect`]).
+    #[serde(default)]
+    pub network_renderer: Option<Renderer>,
+}
+
+impl ApplyOptions {
+    /// Check what serde cannot.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(u) = &self.default_user {
+            xenplug_channel::config::validate_username(&u.name)
+                .map_err(|e| anyhow!("default-user.name: {e}"))?;
+            let doc = ConfigDoc {
+                instance_id: "agent.toml".into(),
+                users: vec![u.clone()],
+                ..Default::default()
+            };
+            doc.validate()
+                .map_err(|e| anyhow!("default-user: {}", e.to_string().replace("users[0].", "")))?;
+        }
+        Ok(())
+    }
+}
+
+static OPTIONS: OnceLock<ApplyOptions> = OnceLock::new();
+
+/// Set the process-wide options (the agent does this once, from its configuration file).
+pub fn set_options(o: ApplyOptions) {
+    let _ = OPTIONS.set(o);
+}
+
+/// The process-wide options (defaults until [`set_options`]).
+pub fn options() -> ApplyOptions {
+    OPTIONS.get().cloned().unwrap_or_default()
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -77,39 +128,9 @@ struct State {
     /// longer asks for (and nothing else).
     #[serde(default)]
     live: Vec<LiveRec>,
-}
-
-/// A route the agent configured: destination (`default` spelled out), gateway, metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-struct LiveRoute(Cidr, IpAddr, Option<u32>);
-
-impl<'de> Deserialize<'de> for LiveRoute {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // Records written before the metric was kept are pairs.
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Any {
-            Three(Cidr, IpAddr, Option<u32>),
-            Two(Cidr, IpAddr),
-        }
-        Ok(match Any::deserialize(d)? {
-            Any::Three(c, v, m) => LiveRoute(c, v, m),
-            Any::Two(c, v) => LiveRoute(c, v, None),
-        })
-    }
-}
-
-/// Addresses and routes the agent put on one interface.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-struct LiveRec {
-    name: String,
-    #[serde(default)]
-    mac: Option<MacAddr>,
-    #[serde(default)]
-    addresses: Vec<Cidr>,
-    #[serde(default)]
-    routes: Vec<LiveRoute>,
+    /// The instance whose `bootcmd`/`runcmd` ran (they run once per instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    commands_ran: Option<String>,
 }
 
 fn read_state(root: &Path) -> Result<Option<State>> {
@@ -142,6 +163,10 @@ pub struct Ctx<'a> {
     pub host: &'a mut dyn Host,
     /// Live network; None skips live changes (persisted files are still written).
     pub net: Option<&'a mut dyn NetOps>,
+    /// The guest's programs (shadow-utils, visudo, update-ca-certificates, systemctl, sh).
+    pub tools: &'a mut dyn Tools,
+    /// The agent's configuration.
+    pub opts: &'a ApplyOptions,
 }
 
 impl std::fmt::Debug for Ctx<'_> {
@@ -150,15 +175,57 @@ impl std::fmt::Debug for Ctx<'_> {
     }
 }
 
+/// Done once the generation is in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum After {
+    /// `systemctl try-restart UNIT`.
+    Restart(String),
+    /// `systemctl try-reload-or-restart UNIT`.
+    Reload(String),
+    /// Have the network manager pick the new files up.
+    Network(Renderer, Vec<String>),
+}
+
 /// One generation being applied: the file transaction, the live-network journal, the host
-/// name it replaced, and the list of changes for the reply.
-struct Run<'a, 'n> {
-    root: &'a Path,
-    txn: Txn,
-    net: Option<NetJournal<'n>>,
-    host: &'a mut dyn Host,
-    old_hostname: Option<String>,
-    changes: Vec<String>,
+/// name it replaced, what to do once it is in place, and the list of changes for the reply.
+pub(crate) struct Run<'a, 'n> {
+    pub root: &'a Path,
+    pub txn: Txn,
+    pub net: Option<NetJournal<'n>>,
+    pub host: &'a mut dyn Host,
+    pub tools: &'a mut dyn Tools,
+    pub opts: &'a ApplyOptions,
+    pub old_hostname: Option<String>,
+    pub changes: Vec<String>,
+    pub after: Vec<After>,
+}
+
+impl Run<'_, '_> {
+    pub(crate) fn write_changed(&mut self, path: &Path, data: &str, mode: u32) -> Result<()> {
+        if let Some(d) = path.parent() {
+            self.txn.create_dir_all(d, 0o755)?;
+        }
+        if self.txn.write(path, data.as_bytes(), mode, None)? {
+            let shown = self.shown(path);
+            self.changes.push(format!("file {shown}"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn shown(&self, path: &Path) -> String {
+        path.strip_prefix(self.root)
+            .map(|p| format!("/{}", p.display()))
+            .unwrap_or_else(|_| path.display().to_string())
+    }
+
+    /// Register the undo of a change made with one of the guest's programs.
+    pub(crate) fn undo_tool(
+        &mut self,
+        what: impl Into<String>,
+        f: impl FnOnce(&mut dyn Tools) -> Result<()> + Send + 'static,
+    ) {
+        self.txn.on_rollback_run(what, f);
+    }
 }
 
 /// Apply `doc` (already validated). Same instance id and generation as recorded: nothing is
@@ -187,6 +254,32 @@ pub fn apply(doc: &ConfigDoc, ctx: &mut Ctx<'_>) -> Result<ApplyResult> {
             );
         }
     }
+    let commands_ran = previous
+        .as_ref()
+        .and_then(|p| p.commands_ran.clone())
+        .filter(|i| *i == doc.instance_id);
+    // The checks that need the guest, before anything changes.
+    if doc.has_commands() && commands_ran.is_none() && !ctx.opts.run_commands {
+        let key = if doc.bootcmd.is_empty() {
+            "runcmd"
+        } else {
+            "bootcmd"
+        };
+        bail!(
+            "{key}: not run: the agent's configuration does not allow commands \
+             (run-commands = false in /etc/xenplug/agent.toml); nothing was changed"
+        );
+    }
+    let renderer = ctx
+        .opts
+        .network_renderer
+        .or_else(|| render::detect(ctx.root));
+    if doc.network.as_ref().is_some_and(|n| !n.is_empty()) && renderer.is_none() {
+        bail!(
+            "network: the guest has none of systemd-networkd, ifupdown and NetworkManager \
+             (set network-renderer in the agent's configuration); nothing was changed"
+        );
+    }
     let old_live = previous
         .as_ref()
         .map(|p| p.live.clone())
@@ -197,13 +290,100 @@ pub fn apply(doc: &ConfigDoc, ctx: &mut Ctx<'_>) -> Result<ApplyResult> {
         txn: Txn::new(),
         net: ctx.net.take().map(NetJournal::new),
         host: &mut *ctx.host,
+        tools: &mut *ctx.tools,
+        opts: ctx.opts,
         old_hostname: None,
         changes: Vec::new(),
+        after: Vec::new(),
     };
-    let result = apply_steps(doc, &old_live, &mut run);
+    let result = apply_steps(doc, &old_live, commands_ran.is_some(), renderer, &mut run);
     let outcome = finish(doc, previous.as_ref(), &old_live, &mut run, result);
+    let after = std::mem::take(&mut run.after);
+    let mut changes = std::mem::take(&mut run.changes);
+    let tools = run.tools;
     ctx.net = run.net.map(|j| j.inner);
-    outcome
+    let mut r = outcome?;
+    // In place: what cannot be part of the transaction.
+    after_commit(
+        doc,
+        ctx.root,
+        tools,
+        &after,
+        commands_ran.is_some(),
+        &mut changes,
+    );
+    r.changes = changes;
+    Ok(r)
+}
+
+fn apply_steps(
+    doc: &ConfigDoc,
+    old_live: &[LiveRec],
+    commands_ran: bool,
+    renderer: Option<Renderer>,
+    run: &mut Run<'_, '_>,
+) -> Result<()> {
+    if !doc.bootcmd.is_empty() {
+        if commands_ran {
+            run.changes
+                .push("bootcmd: already run for this instance".into());
+        } else {
+            let st = commands::run(
+                run.tools,
+                run.root,
+                "bootcmd",
+                &doc.bootcmd,
+                &doc.instance_id,
+            )?;
+            if !st.success() {
+                bail!("bootcmd: {st} (see {})", commands::LOG_FILE);
+            }
+            run.changes.push("bootcmd".into());
+        }
+    }
+    let empty = xenplug_channel::config::NetworkConfig::default();
+    let n = doc.network.as_ref().unwrap_or(&empty);
+    let live = crate::netapply::apply_network(n, old_live, renderer, run)?;
+    if let Some(r) = renderer.filter(|_| !n.is_empty()) {
+        let names: Vec<String> = n
+            .entries()
+            .iter()
+            .map(|(_, id, _)| id.to_string())
+            .collect();
+        run.after.push(After::Network(r, names));
+    }
+    sysconf::write_files(doc, false, run)?;
+    apply_hostname(doc, run)?;
+    if let Some(c) = &doc.ca_certs {
+        sysconf::ca_certs(c, run)?;
+    }
+    accounts::apply_accounts(doc, run)?;
+    if let Some(on) = doc.ssh_pwauth {
+        sysconf::ssh_pwauth(on, run)?;
+    }
+    if let Some(n) = &doc.ntp {
+        sysconf::ntp(n, run)?;
+    }
+    if let Some(tz) = &doc.timezone {
+        sysconf::timezone(tz, run)?;
+    }
+    sysconf::write_files(doc, true, run)?;
+    let state = State {
+        instance_id: doc.instance_id.clone(),
+        generation: doc.generation,
+        live,
+        commands_ran: (doc.has_commands() || commands_ran).then(|| doc.instance_id.clone()),
+    };
+    let p = under(run.root, STATE_FILE);
+    run.txn
+        .create_dir_all(p.parent().expect("state file has a parent"), 0o755)?;
+    run.txn.write(
+        &p,
+        &serde_json::to_vec_pretty(&state).expect("state serializes"),
+        0o644,
+        None,
+    )?;
+    Ok(())
 }
 
 /// Commit, or undo everything and say what is in place now.
@@ -229,11 +409,12 @@ fn finish(
                 instance_id: doc.instance_id.clone(),
                 generation: doc.generation,
                 applied: true,
-                changes: std::mem::take(&mut run.changes),
+                changes: Vec::new(),
             })
         }
         Err(e) => {
-            let mut undo_errors = txn.rollback();
+            run.after.clear();
+            let mut undo_errors = txn.rollback(&mut *run.tools);
             if let Some(j) = run.net.as_mut() {
                 undo_errors.extend(j.restore(old_live));
             }
@@ -280,29 +461,107 @@ fn finish(
     }
 }
 
-fn apply_steps(doc: &ConfigDoc, old_live: &[LiveRec], run: &mut Run<'_, '_>) -> Result<()> {
-    let empty = NetworkConfig {
-        version: 2,
-        ethernets: Default::default(),
+/// True when the agent runs on the live system with systemd (not on a tree for tests).
+fn live_system(root: &Path) -> bool {
+    root == Path::new("/") && Path::new("/run/systemd/system").is_dir()
+}
+
+fn after_commit(
+    doc: &ConfigDoc,
+    root: &Path,
+    tools: &mut dyn Tools,
+    after: &[After],
+    commands_ran: bool,
+    changes: &mut Vec<String>,
+) {
+    let live = live_system(root);
+    let mut note = |what: String, r: Result<std::process::Output>| match r {
+        Ok(o) if o.status.success() => changes.push(what),
+        Ok(o) => changes.push(format!(
+            "{what} failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => changes.push(format!("{what} failed: {e:#}")),
     };
-    let live = apply_network(doc.network.as_ref().unwrap_or(&empty), old_live, run)?;
-    apply_hostname(doc, run)?;
-    apply_users(doc, run)?;
-    let state = State {
-        instance_id: doc.instance_id.clone(),
-        generation: doc.generation,
-        live,
-    };
-    let p = under(run.root, STATE_FILE);
-    run.txn
-        .create_dir_all(p.parent().expect("state file has a parent"), 0o755)?;
-    run.txn.write(
-        &p,
-        &serde_json::to_vec_pretty(&state).expect("state serializes"),
-        0o644,
-        None,
-    )?;
-    Ok(())
+    for a in after {
+        if !live {
+            continue;
+        }
+        match a {
+            After::Restart(u) => note(
+                format!("restarted {u}"),
+                tools::in_guest(
+                    tools,
+                    root,
+                    "systemctl",
+                    &["try-restart".into(), u.clone()],
+                    None,
+                ),
+            ),
+            After::Reload(u) => note(
+                format!("reloaded {u}"),
+                tools::in_guest(
+                    tools,
+                    root,
+                    "systemctl",
+                    &["try-reload-or-restart".into(), u.clone()],
+                    None,
+                ),
+            ),
+            After::Network(Renderer::Networkd, _) => note(
+                "networkctl reload".into(),
+                tools::in_guest(tools, root, "networkctl", &["reload".into()], None),
+            ),
+            After::Network(Renderer::Ifupdown, _) => note(
+                "ifup -a".into(),
+                tools::in_guest(tools, root, "ifup", &["-a".into()], None),
+            ),
+            After::Network(Renderer::NetworkManager, ids) => {
+                note(
+                    "nmcli connection reload".into(),
+                    tools::in_guest(
+                        tools,
+                        root,
+                        "nmcli",
+                        &["connection".into(), "reload".into()],
+                        None,
+                    ),
+                );
+                for id in ids {
+                    note(
+                        format!("nmcli connection up xenplug {id}"),
+                        tools::in_guest(
+                            tools,
+                            root,
+                            "nmcli",
+                            &[
+                                "connection".into(),
+                                "up".into(),
+                                crate::render::nm::uuid(id),
+                            ],
+                            None,
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if !doc.runcmd.is_empty() {
+        if commands_ran {
+            changes.push("runcmd: already run for this instance".into());
+        } else {
+            match commands::run(tools, root, "runcmd", &doc.runcmd, &doc.instance_id) {
+                Ok(st) if st.success() => changes.push("runcmd".into()),
+                Ok(st) => changes.push(format!("runcmd: {st} (see {})", commands::LOG_FILE)),
+                Err(e) => changes.push(format!("runcmd: {e:#}")),
+            }
+        }
+    }
+    if let Some(m) = &doc.final_message {
+        let text = sysconf::final_message(m, root);
+        changes.push(format!("final-message: {text}"));
+    }
 }
 
 /// Log a security-relevant change as one structured `key=value` line on stderr.
@@ -320,25 +579,6 @@ pub fn log_event(event: &str, fields: &[(&str, &str)]) {
         }
     }
     eprintln!("{line}");
-}
-
-impl Run<'_, '_> {
-    fn write_changed(&mut self, path: &Path, data: &str, mode: u32) -> Result<()> {
-        if let Some(d) = path.parent() {
-            self.txn.create_dir_all(d, 0o755)?;
-        }
-        if self.txn.write(path, data.as_bytes(), mode, None)? {
-            let shown = self.shown(path);
-            self.changes.push(format!("file {shown}"));
-        }
-        Ok(())
-    }
-
-    fn shown(&self, path: &Path) -> String {
-        path.strip_prefix(self.root)
-            .map(|p| format!("/{}", p.display()))
-            .unwrap_or_else(|_| path.display().to_string())
-    }
 }
 
 fn apply_hostname(doc: &ConfigDoc, run: &mut Run<'_, '_>) -> Result<()> {
@@ -388,196 +628,6 @@ pub fn render_hosts_line(names: &[String]) -> Result<String> {
     Ok(format!("127.0.1.1\t{}", names.join(" ")))
 }
 
-fn apply_users(doc: &ConfigDoc, run: &mut Run<'_, '_>) -> Result<()> {
-    let mut shadow = Vec::new();
-    for u in &doc.users {
-        let pw = users::lookup(run.root, &u.name)?;
-        let keys = u.ssh_authorized_keys.clone();
-        let changed = users::edit_keys_in(&mut run.txn, run.root, &pw, |old| {
-            fsutil::replace_block(old, users::KEYS_BEGIN, users::KEYS_END, &keys)
-        })
-        .with_context(|| format!("authorized_keys of {}", u.name))?;
-        if changed {
-            run.changes.push(format!("ssh-keys {}", u.name));
-            log_event(
-                "ssh-keys",
-                &[("user", &u.name), ("managed-keys", &keys.len().to_string())],
-            );
-        }
-        if u.hashed_passwd.is_some() || u.lock_passwd.is_some() {
-            shadow.push(users::ShadowChange {
-                name: u.name.clone(),
-                hash: u.hashed_passwd.clone(),
-                lock: u.lock_passwd,
-            });
-        }
-    }
-    for name in users::update_shadow_in(&mut run.txn, run.root, &shadow, LCKPWDF_TIMEOUT)? {
-        log_event("password", &[("user", &name)]);
-        run.changes.push(format!("password {name}"));
-    }
-    Ok(())
-}
-
-/// An interface name about to be written into a configuration file: checked again here (it may
-/// come from the kernel rather than from the document), so no renderer ever writes a name a
-/// shell or parser would interpret.
-fn render_name(n: &str) -> Result<&str> {
-    validate_ifname(n).map_err(|e| anyhow!(e))?;
-    Ok(n)
-}
-
-/// The networkd `.network` (and `.link` for `set-name`) files for one entry.
-pub fn render_networkd(id: &str, e: &Ethernet) -> Result<(String, Option<String>)> {
-    let mut s = String::from(
-        "# Written by xenplug-agent; replaced on every configuration change.\n[Match]\n",
-    );
-    let mac = e.match_.as_ref().and_then(|m| m.macaddress);
-    let name = match (&e.set_name, &e.match_) {
-        (Some(n), _) => Some(render_name(n)?.to_string()),
-        (None, Some(m)) => match &m.name {
-            Some(p) => {
-                validate_ifname_pattern(p).map_err(|e| anyhow!(e))?;
-                Some(p.clone())
-            }
-            None => None,
-        },
-        (None, None) => Some(render_name(id)?.to_string()),
-    };
-    if let Some(m) = mac {
-        let _ = writeln!(s, "MACAddress={m}");
-    }
-    if let Some(n) = &name {
-        let _ = writeln!(s, "Name={n}");
-    }
-    if let Some(mtu) = e.mtu {
-        let _ = writeln!(s, "\n[Link]\nMTUBytes={mtu}");
-    }
-    s.push_str("\n[Network]\n");
-    let dhcp = match (e.dhcp4 == Some(true), e.dhcp6 == Some(true)) {
-        (true, true) => "yes",
-        (true, false) => "ipv4",
-        (false, true) => "ipv6",
-        (false, false) => "no",
-    };
-    let _ = writeln!(s, "DHCP={dhcp}");
-    if e.dhcp6 != Some(true) {
-        // As netplan: no SLAAC/RA unless DHCPv6 is asked for.
-        s.push_str("IPv6AcceptRA=no\n");
-    }
-    for a in &e.addresses {
-        let _ = writeln!(s, "Address={a}");
-    }
-    if let Some(ns) = &e.nameservers {
-        for a in &ns.addresses {
-            let _ = writeln!(s, "DNS={a}");
-        }
-        if !ns.search.is_empty() {
-            for d in &ns.search {
-                xenplug_channel::config::validate_hostname(d).map_err(|e| anyhow!(e))?;
-            }
-            let _ = writeln!(s, "Domains={}", ns.search.join(" "));
-        }
-    }
-    for r in e.all_routes() {
-        s.push_str("\n[Route]\n");
-        match r.to {
-            RouteTo::Default => {}
-            RouteTo::Net(c) => {
-                let _ = writeln!(s, "Destination={c}");
-            }
-        }
-        let _ = writeln!(s, "Gateway={}", r.via);
-        if let Some(m) = r.metric {
-            let _ = writeln!(s, "Metric={m}");
-        }
-    }
-    let link = match (&e.set_name, mac) {
-        (Some(n), Some(m)) => Some(format!(
-            "# Written by xenplug-agent.\n[Match]\nMACAddress={m}\n\n[Link]\nName={n}\n"
-        )),
-        (Some(n), None) => e.match_.as_ref().and_then(|m| m.name.as_ref()).map(|orig| {
-            format!(
-                "# Written by xenplug-agent.\n[Match]\nOriginalName={orig}\n\n[Link]\nName={n}\n"
-            )
-        }),
-        _ => None,
-    };
-    Ok((s, link))
-}
-
-/// The ifupdown stanzas for the whole network (interfaces named by `names`: id → kernel name).
-///
-/// ifupdown hands the interface name of a stanza to `/bin/sh` (its methods are command
-/// templates with `%iface%` substituted) and runs `up` lines with `/bin/sh -c`; every name is
-/// checked with [`validate_ifname`] here, and the agent's own `up` lines refer to the interface
-/// as `"$IFACE"` (set by ifupdown), never by splicing the name in.
-pub fn render_ifupdown(
-    n: &NetworkConfig,
-    names: &dyn Fn(&str, &Ethernet) -> Option<String>,
-) -> Result<String> {
-    let mut s =
-        String::from("# Written by xenplug-agent; replaced on every configuration change.\n");
-    for (id, e) in &n.ethernets {
-        let Some(ifname) = names(id, e) else {
-            xenplug_channel::config::validate_entry_id(id)
-                .or_else(|_| validate_ifname(id))
-                .map_err(|e| anyhow!(e))?;
-            let _ = writeln!(s, "# {id}: no interface matched when this was written");
-            continue;
-        };
-        let ifname = render_name(&ifname)
-            .with_context(|| format!("network.ethernets.{id}: not written for ifupdown"))?;
-        let _ = writeln!(s, "\nauto {ifname}");
-        if e.dhcp4 == Some(true) {
-            let _ = writeln!(s, "iface {ifname} inet dhcp");
-        }
-        if e.dhcp6 == Some(true) {
-            let _ = writeln!(s, "iface {ifname} inet6 dhcp");
-        }
-        let routes = e.all_routes();
-        for (i, a) in e.addresses.iter().enumerate() {
-            let fam = if a.addr.is_ipv4() { "inet" } else { "inet6" };
-            let _ = writeln!(s, "iface {ifname} {fam} static\n    address {a}");
-            if let Some(m) = e.mtu {
-                let _ = writeln!(s, "    mtu {m}");
-            }
-            if i == 0 {
-                if let Some(ns) = &e.nameservers {
-                    if !ns.addresses.is_empty() {
-                        let list: Vec<String> =
-                            ns.addresses.iter().map(|a| a.to_string()).collect();
-                        let _ = writeln!(s, "    dns-nameservers {}", list.join(" "));
-                    }
-                    if !ns.search.is_empty() {
-                        for d in &ns.search {
-                            xenplug_channel::config::validate_hostname(d)
-                                .map_err(|e| anyhow!(e))?;
-                        }
-                        let _ = writeln!(s, "    dns-search {}", ns.search.join(" "));
-                    }
-                }
-            }
-            for r in routes
-                .iter()
-                .filter(|r| r.via.is_ipv4() == a.addr.is_ipv4())
-            {
-                let metric = r.metric.map(|m| format!(" metric {m}")).unwrap_or_default();
-                let dst = match r.to {
-                    RouteTo::Default => "default".to_string(),
-                    RouteTo::Net(c) => c.to_string(),
-                };
-                let _ = writeln!(
-                    s,
-                    "    up ip route replace {dst} via {}{metric} dev \"$IFACE\"",
-                    r.via
-                );
-            }
-        }
-    }
-    Ok(s)
-}
-
 /// `/etc/resolv.conf` for these servers and search domains. Search domains are re-checked as
 /// DNS names: a space or line break would add domains or a `nameserver` line.
 pub fn render_resolv_conf(servers: &[IpAddr], search: &[String]) -> Result<String> {
@@ -595,519 +645,10 @@ pub fn render_resolv_conf(servers: &[IpAddr], search: &[String]) -> Result<Strin
     Ok(s)
 }
 
-fn uses_ifupdown(root: &Path) -> bool {
-    under(root, "/etc/network/interfaces").is_file()
-        && ["/sbin/ifup", "/usr/sbin/ifup"]
-            .iter()
-            .any(|p| under(root, p).exists())
-}
-
-/// Returns what is now configured live (the previous record when live changes are off).
-fn apply_network(
-    n: &NetworkConfig,
-    old_live: &[LiveRec],
-    run: &mut Run<'_, '_>,
-) -> Result<Vec<LiveRec>> {
-    // Live first: learn which kernel interface each entry means (and rename it).
-    let mut resolved: Vec<(String, Option<String>)> = Vec::new();
-    let mut live = old_live.to_vec();
-    if let Some(net) = run.net.as_mut() {
-        // Take back first: deleting an IPv4 primary address also deletes the secondaries of
-        // its subnet, which could include one about to be added.
-        let links = net.links()?;
-        let wanted: Vec<LiveRec> = n
-            .ethernets
-            .iter()
-            .filter_map(|(id, e)| {
-                let l = links
-                    .iter()
-                    .find(|l| !l.loopback && e.matches(id, &l.name, l.mac))?;
-                Some(LiveRec {
-                    name: l.name.clone(),
-                    mac: l.mac,
-                    addresses: e.addresses.clone(),
-                    routes: e.all_routes().iter().map(route_key).collect(),
-                })
-            })
-            .collect();
-        take_back(old_live, &wanted, net, &mut run.changes)?;
-        live.clear();
-        for (id, e) in &n.ethernets {
-            let rec = apply_live(id, e, net, &mut run.changes)
-                .with_context(|| format!("network.ethernets.{id}"))?;
-            resolved.push((id.clone(), rec.as_ref().map(|r| r.name.clone())));
-            live.extend(rec);
-        }
-    }
-    if n.ethernets.is_empty() && old_live.is_empty() {
-        // Nothing asked now or before: leave the guest's own network files alone.
-        let dir = under(run.root, "/etc/systemd/network");
-        if dir.is_dir() {
-            remove_stale(&dir, &[], run)?;
-        }
-        return Ok(live);
-    }
-    // Persist for systemd-networkd (udev applies .link files even without networkd).
-    let dir = under(run.root, "/etc/systemd/network");
-    run.txn.create_dir_all(&dir, 0o755)?;
-    let mut keep = Vec::new();
-    for (id, e) in &n.ethernets {
-        let safe: String = id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let (network, link) = render_networkd(id, e)
-            .with_context(|| format!("network.ethernets.{id}: not written for networkd"))?;
-        let np = dir.join(format!("{NETWORKD_PREFIX}{safe}.network"));
-        run.write_changed(&np, &network, 0o644)?;
-        keep.push(np);
-        if let Some(l) = link {
-            let lp = dir.join(format!("{NETWORKD_PREFIX}{safe}.link"));
-            run.write_changed(&lp, &l, 0o644)?;
-            keep.push(lp);
-        }
-    }
-    remove_stale(&dir, &keep, run)?;
-    // ifupdown, when that is what the guest uses.
-    if uses_ifupdown(run.root) {
-        let names = |id: &str, e: &Ethernet| -> Option<String> {
-            if let Some(n) = &e.set_name {
-                return Some(n.clone());
-            }
-            if let Some((_, Some(n))) = resolved.iter().find(|(i, _)| i == id) {
-                return Some(n.clone());
-            }
-            match &e.match_ {
-                None => Some(id.to_string()),
-                Some(m) => m.name.clone().filter(|n| !n.contains(['*', '?'])),
-            }
-        };
-        let text = render_ifupdown(n, &names)?;
-        let p = under(run.root, IFUPDOWN_FILE);
-        run.write_changed(&p, &text, 0o644)?;
-    }
-    // DNS for guests without resolved: a plain /etc/resolv.conf file (a symlink, e.g. to the
-    // resolved stub, is left alone: networkd's DNS= feeds resolved).
-    let resolv = under(run.root, "/etc/resolv.conf");
-    let is_plain = fs::symlink_metadata(&resolv)
-        .map(|m| m.file_type().is_file())
-        .unwrap_or(true);
-    let servers: Vec<IpAddr> = n
-        .ethernets
-        .values()
-        .filter_map(|e| e.nameservers.as_ref())
-        .flat_map(|ns| ns.addresses.iter().copied())
-        .collect();
-    let search: Vec<String> = n
-        .ethernets
-        .values()
-        .filter_map(|e| e.nameservers.as_ref())
-        .flat_map(|ns| ns.search.iter().cloned())
-        .collect();
-    if is_plain && (!servers.is_empty() || !search.is_empty()) {
-        let s = render_resolv_conf(&servers, &search)?;
-        run.write_changed(&resolv, &s, 0o644)?;
-    }
-    Ok(live)
-}
-
-/// A route as the record keeps it (destination with `default` spelled out).
-fn route_key(r: &Route) -> LiveRoute {
-    let dst = match r.to {
-        RouteTo::Default => Cidr {
-            addr: if r.via.is_ipv4() {
-                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-            } else {
-                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-            },
-            prefix: 0,
-        },
-        RouteTo::Net(c) => c,
-    };
-    LiveRoute(dst, r.via, r.metric)
-}
-
-/// The link a record names: by MAC first, then by name.
-fn find_rec_link<'l>(links: &'l [Link], o: &LiveRec) -> Option<&'l Link> {
-    links
-        .iter()
-        .find(|l| o.mac.is_some() && l.mac == o.mac)
-        .or_else(|| links.iter().find(|l| l.name == o.name))
-}
-
-/// Remove the addresses and routes a previous generation configured that the current one does
-/// not (on the same interface, found by MAC first, then by name). Gone is fine.
-fn take_back(
-    old: &[LiveRec],
-    now: &[LiveRec],
-    net: &mut dyn NetOps,
-    changes: &mut Vec<String>,
-) -> Result<()> {
-    if old.is_empty() {
-        return Ok(());
-    }
-    let links = net.links()?;
-    for o in old {
-        let Some(link) = find_rec_link(&links, o) else {
-            continue;
-        };
-        let cur = now
-            .iter()
-            .find(|n| n.name == link.name || (n.mac.is_some() && n.mac == link.mac));
-        for LiveRoute(dst, via, metric) in &o.routes {
-            if !cur.is_some_and(|c| c.routes.iter().any(|r| r.0 == *dst && r.1 == *via)) {
-                let _ = metric;
-                net.del_route(link.index, dst.addr, dst.prefix, Some(*via))?;
-                changes.push(format!("route {dst} via {via} removed from {}", link.name));
-            }
-        }
-        for a in &o.addresses {
-            if !cur.is_some_and(|c| c.addresses.contains(a)) {
-                net.del_address(link.index, a.addr, a.prefix)?;
-                changes.push(format!("address {a} removed from {}", link.name));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn remove_stale(dir: &Path, keep: &[PathBuf], run: &mut Run<'_, '_>) -> Result<()> {
-    for ent in fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))? {
-        let p = ent?.path();
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if name.starts_with(NETWORKD_PREFIX)
-            && (name.ends_with(".network") || name.ends_with(".link"))
-            && !keep.contains(&p)
-            && run.txn.remove(&p)?
-        {
-            let shown = run.shown(&p);
-            run.changes.push(format!("removed {shown}"));
-        }
-    }
-    Ok(())
-}
-
-/// Live changes for one entry; returns what was configured on which interface (None when no
-/// interface matches now; the persisted files still apply when it appears).
-fn apply_live(
-    id: &str,
-    e: &Ethernet,
-    net: &mut dyn NetOps,
-    changes: &mut Vec<String>,
-) -> Result<Option<LiveRec>> {
-    let links = net.links()?;
-    let Some(link) = links
-        .iter()
-        .find(|l| !l.loopback && e.matches(id, &l.name, l.mac))
-        .cloned()
-    else {
-        changes.push(format!("no interface matches {id} now (persisted only)"));
-        return Ok(None);
-    };
-    let mut name = link.name.clone();
-    if let Some(want) = &e.set_name {
-        if *want != link.name {
-            if links.iter().any(|l| l.name == *want) {
-                bail!("cannot rename {} to {want}: the name is taken", link.name);
-            }
-            if link.up {
-                net.set_up(link.index, false)?;
-            }
-            net.rename(link.index, want)?;
-            changes.push(format!("link {} renamed {want}", link.name));
-            name = want.clone();
-        }
-    }
-    if let Some(mtu) = e.mtu {
-        if link.mtu != mtu {
-            net.set_mtu(link.index, mtu)?;
-            changes.push(format!("link {name} mtu {mtu}"));
-        }
-    }
-    if !link.up || e.set_name.as_ref().is_some_and(|w| *w != link.name) {
-        net.set_up(link.index, true)?;
-        changes.push(format!("link {name} up"));
-    }
-    let have = net.addresses()?;
-    for a in &e.addresses {
-        if !have
-            .iter()
-            .any(|h| h.index == link.index && h.addr == a.addr && h.prefix == a.prefix)
-        {
-            net.add_address(link.index, a.addr, a.prefix)?;
-            changes.push(format!("address {a} on {name}"));
-        }
-    }
-    let mut rec_routes = Vec::new();
-    for r in e.all_routes() {
-        let LiveRoute(Cidr { addr: dst, prefix }, _, _) = route_key(&r);
-        net.replace_route(link.index, dst, prefix, Some(r.via), r.metric)?;
-        changes.push(format!("route {dst}/{prefix} via {} on {name}", r.via));
-        rec_routes.push(route_key(&r));
-    }
-    Ok(Some(LiveRec {
-        name,
-        mac: link.mac,
-        addresses: e.addresses.clone(),
-        routes: rec_routes,
-    }))
-}
-
-/// The live-network side of a generation: passes every operation to the real [`NetOps`] and
-/// remembers, before the first change, the links and addresses as they were, which links it
-/// changed, which addresses it added and which routes it put in, so [`NetJournal::restore`] can
-/// bring the links back to that state.
-struct NetJournal<'n> {
-    inner: &'n mut dyn NetOps,
-    links0: Option<Vec<Link>>,
-    addrs0: Vec<Addr>,
-    touched: BTreeSet<u32>,
-    added: Vec<(u32, IpAddr, u8)>,
-    routes: Vec<(u32, IpAddr, u8, IpAddr)>,
-}
-
-impl std::fmt::Debug for NetJournal<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NetJournal")
-            .field("touched", &self.touched)
-            .finish()
-    }
-}
-
-impl<'n> NetJournal<'n> {
-    /// Journal the operations on `inner`.
-    fn new(inner: &'n mut dyn NetOps) -> Self {
-        NetJournal {
-            inner,
-            links0: None,
-            addrs0: Vec::new(),
-            touched: BTreeSet::new(),
-            added: Vec::new(),
-            routes: Vec::new(),
-        }
-    }
-
-    fn before_change(&mut self, index: u32) -> Result<()> {
-        if self.links0.is_none() {
-            self.links0 = Some(self.inner.links()?);
-            self.addrs0 = self.inner.addresses()?;
-        }
-        self.touched.insert(index);
-        Ok(())
-    }
-
-    /// Undo: the routes put in go, the links get their names, MTUs, addresses and up state
-    /// back, and the previous generation's routes (`old`) are put back on them (the kernel
-    /// drops IPv4 routes of a link that goes down or loses the address of the gateway's
-    /// subnet). Returns what could not be undone.
-    fn restore(&mut self, old: &[LiveRec]) -> Vec<String> {
-        let mut errors = Vec::new();
-        let Some(links0) = self.links0.take() else {
-            return errors;
-        };
-        let touched = std::mem::take(&mut self.touched);
-        let added = std::mem::take(&mut self.added);
-        let routes = std::mem::take(&mut self.routes);
-        let addrs0 = std::mem::take(&mut self.addrs0);
-        let net = &mut *self.inner;
-        let err = |errors: &mut Vec<String>, what: String, r: Result<()>| {
-            if let Err(e) = r {
-                errors.push(format!("{what}: {e:#}"));
-            }
-        };
-        for (index, dst, prefix, via) in routes.iter().rev() {
-            let r = net.del_route(*index, *dst, *prefix, Some(*via));
-            err(
-                &mut errors,
-                format!("remove route {dst}/{prefix} via {via}"),
-                r,
-            );
-        }
-        let now = match net.links() {
-            Ok(l) => l,
-            Err(e) => {
-                errors.push(format!("list links: {e:#}"));
-                return errors;
-            }
-        };
-        for l0 in links0.iter().filter(|l| touched.contains(&l.index)) {
-            let Some(l) = now.iter().find(|l| l.index == l0.index) else {
-                errors.push(format!("link {} is gone", l0.name));
-                continue;
-            };
-            if l.name != l0.name {
-                if l.up {
-                    err(
-                        &mut errors,
-                        format!("set {} down", l.name),
-                        net.set_up(l.index, false),
-                    );
-                }
-                err(
-                    &mut errors,
-                    format!("rename {} back to {}", l.name, l0.name),
-                    net.rename(l.index, &l0.name),
-                );
-            }
-            if l.mtu != l0.mtu {
-                err(
-                    &mut errors,
-                    format!("mtu {} on {}", l0.mtu, l0.name),
-                    net.set_mtu(l.index, l0.mtu),
-                );
-            }
-        }
-        for (index, addr, prefix) in added.iter().rev() {
-            let r = net.del_address(*index, *addr, *prefix);
-            err(&mut errors, format!("remove address {addr}/{prefix}"), r);
-        }
-        let have = net.addresses().unwrap_or_default();
-        for a in addrs0.iter().filter(|a| touched.contains(&a.index)) {
-            // The kernel makes IPv6 link-local addresses itself when the link comes up.
-            let link_local =
-                matches!(a.addr, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
-            if link_local || have.iter().any(|h| h == a) {
-                continue;
-            }
-            let r = net.add_address(a.index, a.addr, a.prefix);
-            err(
-                &mut errors,
-                format!("put back address {}/{}", a.addr, a.prefix),
-                r,
-            );
-        }
-        for l0 in links0.iter().filter(|l| touched.contains(&l.index)) {
-            let up_now = net
-                .links()
-                .ok()
-                .and_then(|ls| ls.into_iter().find(|l| l.index == l0.index))
-                .map(|l| l.up);
-            if up_now.is_some_and(|u| u != l0.up) {
-                err(
-                    &mut errors,
-                    format!("set {} {}", l0.name, if l0.up { "up" } else { "down" }),
-                    net.set_up(l0.index, l0.up),
-                );
-            }
-        }
-        let links = net.links().unwrap_or_default();
-        for o in old {
-            let Some(link) = find_rec_link(&links, o) else {
-                continue;
-            };
-            if !touched.contains(&link.index) || !link.up {
-                continue;
-            }
-            for LiveRoute(dst, via, metric) in &o.routes {
-                let r = net.replace_route(link.index, dst.addr, dst.prefix, Some(*via), *metric);
-                err(&mut errors, format!("put back route {dst} via {via}"), r);
-            }
-        }
-        errors
-    }
-}
-
-impl NetOps for NetJournal<'_> {
-    fn links(&mut self) -> Result<Vec<Link>> {
-        self.inner.links()
-    }
-    fn addresses(&mut self) -> Result<Vec<Addr>> {
-        self.inner.addresses()
-    }
-    fn rename(&mut self, index: u32, name: &str) -> Result<()> {
-        self.before_change(index)?;
-        self.inner.rename(index, name)
-    }
-    fn set_up(&mut self, index: u32, up: bool) -> Result<()> {
-        self.before_change(index)?;
-        self.inner.set_up(index, up)
-    }
-    fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
-        self.before_change(index)?;
-        self.inner.set_mtu(index, mtu)
-    }
-    fn add_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<()> {
-        self.before_change(index)?;
-        let existed = self
-            .addrs0
-            .iter()
-            .any(|a| a.index == index && a.addr == addr && a.prefix == prefix);
-        self.inner.add_address(index, addr, prefix)?;
-        if !existed {
-            self.added.push((index, addr, prefix));
-        }
-        Ok(())
-    }
-    fn del_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<()> {
-        self.before_change(index)?;
-        self.inner.del_address(index, addr, prefix)
-    }
-    fn del_route(
-        &mut self,
-        index: u32,
-        dst: IpAddr,
-        prefix: u8,
-        via: Option<IpAddr>,
-    ) -> Result<()> {
-        self.before_change(index)?;
-        self.inner.del_route(index, dst, prefix, via)
-    }
-    fn replace_route(
-        &mut self,
-        index: u32,
-        dst: IpAddr,
-        prefix: u8,
-        via: Option<IpAddr>,
-        metric: Option<u32>,
-    ) -> Result<()> {
-        self.before_change(index)?;
-        // Recorded before the call: a replace the kernel refused part way leaves nothing, and
-        // removing a route that is not there is fine.
-        if let Some(v) = via {
-            self.routes.push((index, dst, prefix, v));
-        }
-        self.inner.replace_route(index, dst, prefix, via, metric)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn networkd_rendering() {
-        let n: NetworkConfig = serde_json::from_value(json!({"version": 2, "ethernets": {
-            "lan": {"match": {"macaddress": "00:16:3e:00:00:01"}, "set-name": "eth0",
-                    "addresses": ["192.0.2.10/24", "2001:db8::10/64"], "mtu": 1400,
-                    "routes": [{"to": "default", "via": "192.0.2.1", "metric": 100}],
-                    "nameservers": {"addresses": ["192.0.2.53"], "search": ["example.org"]}}}}))
-        .unwrap();
-        let (net, link) = render_networkd("lan", &n.ethernets["lan"]).unwrap();
-        assert!(
-            net.contains("[Match]\nMACAddress=00:16:3e:00:00:01\nName=eth0\n"),
-            "{net}"
-        );
-        assert!(net.contains("MTUBytes=1400"));
-        assert!(net.contains("DHCP=no\nIPv6AcceptRA=no\nAddress=192.0.2.10/24\nAddress=2001:db8::10/64\nDNS=192.0.2.53\nDomains=example.org\n"), "{net}");
-        assert!(net.contains("[Route]\nGateway=192.0.2.1\nMetric=100\n"));
-        assert_eq!(
-            link.unwrap(),
-            "# Written by xenplug-agent.\n[Match]\nMACAddress=00:16:3e:00:00:01\n\n[Link]\nName=eth0\n"
-        );
-        let ifu = render_ifupdown(&n, &|_, _| Some("eth0".into())).unwrap();
-        assert!(ifu.contains("auto eth0\niface eth0 inet static\n    address 192.0.2.10/24\n    mtu 1400\n    dns-nameservers 192.0.2.53\n    dns-search example.org\n    up ip route replace default via 192.0.2.1 metric 100 dev \"$IFACE\"\n"), "{ifu}");
-        assert!(ifu.contains("iface eth0 inet6 static\n    address 2001:db8::10/64"));
-    }
 
     /// A recording fake of the kernel: links, addresses, routes, and the operations in order.
     /// It behaves as the kernel does where the agent relies on it: a link is renamed only
@@ -1262,6 +803,8 @@ mod tests {
                 root,
                 host,
                 net: Some(net),
+                tools: &mut crate::tools::RealTools,
+                opts: &ApplyOptions::default(),
             },
         )
     }
@@ -1276,6 +819,9 @@ mod tests {
         )
         .unwrap();
         fs::write(root.path().join("etc/shadow"), "root:*:1:0:99999:7:::\n").unwrap();
+        // A guest with systemd-networkd.
+        fs::create_dir_all(root.path().join("lib/systemd")).unwrap();
+        fs::write(root.path().join("lib/systemd/systemd-networkd"), "").unwrap();
         let mut net = FakeNet {
             links: vec![crate::net::Link {
                 index: 2,
@@ -1548,160 +1094,5 @@ mod tests {
             (files0, net0, "one")
         );
         assert_eq!(applied_generation(root.path()).unwrap().generation, Some(1));
-    }
-
-    /// Run every `up` line of an ifupdown rendering through `/bin/sh -c`, as ifupdown does,
-    /// with `IFACE` set and a stub `ip` first in PATH; returns each `ip` invocation's argv and
-    /// whether anything else ran (a file `p` the hostile names try to create).
-    fn run_up_lines(ifu: &str, iface: &str) -> (Vec<Vec<String>>, bool) {
-        use std::os::unix::fs::PermissionsExt;
-        let d = tempfile::tempdir().unwrap();
-        let log = d.path().join("ip.log");
-        let stub = d.path().join("ip");
-        fs::write(
-            &stub,
-            format!(
-                "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\037' \"$a\" >> '{}'; done\necho >> '{}'\n",
-                log.display(),
-                log.display()
-            ),
-        )
-        .unwrap();
-        fs::set_permissions(&stub, fs::Permissions::from_mode(0o755)).unwrap();
-        for line in ifu.lines() {
-            let Some(cmd) = line.trim_start().strip_prefix("up ") else {
-                continue;
-            };
-            let st = std::process::Command::new("/bin/sh")
-                .arg("-c")
-                .arg(cmd)
-                .current_dir(d.path())
-                .env("PATH", format!("{}:/usr/bin:/bin", d.path().display()))
-                .env("IFACE", iface)
-                .status()
-                .unwrap();
-            assert!(st.success(), "{cmd}");
-        }
-        let calls = fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| {
-                l.split('\x1f')
-                    .filter(|a| !a.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-            .collect();
-        (calls, d.path().join("p").exists())
-    }
-
-    /// Issue 12: a name dom0 sends can never make ifupdown's shell run something. For each
-    /// hostile `set-name`, either the document is refused, or the rendered `up` lines, run
-    /// through `/bin/sh` as ifupdown runs them, call `ip` and nothing else.
-    #[test]
-    fn hostile_names_never_reach_ifupdowns_shell() {
-        for bad in [
-            // At most 15 bytes each, so the kernel's length limit alone does not stop them.
-            "a;touch${IFS}p",
-            "$(touch${IFS}p)",
-            "`touch${IFS}p`",
-            "a|touch${IFS}p",
-            "a&&touch${IFS}p",
-        ] {
-            let v = json!({"instance-id": "i", "generation": 1, "network": {"version": 2,
-                "ethernets": {"lan": {"match": {"macaddress": "00:16:3e:00:00:01"},
-                    "set-name": bad, "addresses": ["192.0.2.10/24"],
-                    "routes": [{"to": "default", "via": "192.0.2.1"}]}}}});
-            let Ok(doc) = ConfigDoc::from_value(v) else {
-                continue;
-            };
-            let n = doc.network.unwrap();
-            let names = |_: &str, e: &Ethernet| e.set_name.clone();
-            if let Ok(ifu) = render_ifupdown(&n, &names) {
-                let (_, pwned) = run_up_lines(&ifu, bad);
-                assert!(
-                    !pwned,
-                    "{bad:?} ran a command through ifupdown's shell:\n{ifu}"
-                );
-            }
-            panic!("{bad:?} was accepted");
-        }
-    }
-
-    /// Issue 12: the renderers check again what they write, whatever its source (a name can
-    /// come from the kernel, not the document), and what they write means only what it says.
-    #[test]
-    fn renderers_refuse_hostile_names_and_values() {
-        let n: NetworkConfig = serde_json::from_value(json!({"version": 2, "ethernets": {
-            "lan": {"match": {"macaddress": "00:16:3e:00:00:01"},
-                    "addresses": ["192.0.2.10/24", "2001:db8::10/64"],
-                    "routes": [{"to": "default", "via": "192.0.2.1", "metric": 5},
-                               {"to": "198.51.100.0/24", "via": "192.0.2.254"},
-                               {"to": "default", "via": "2001:db8::1"}],
-                    "nameservers": {"addresses": ["192.0.2.53"], "search": ["example.org"]}}}}))
-        .unwrap();
-        // A live name the guest's kernel reports (dom0 matched the NIC by MAC).
-        for bad in [
-            "a;reboot",
-            "$(reboot)",
-            "`reboot`",
-            "a|b",
-            "a b",
-            "a\nauto evil",
-        ] {
-            let e = render_ifupdown(&n, &|_, _| Some(bad.to_string())).unwrap_err();
-            assert!(format!("{e:#}").contains("network.ethernets.lan"), "{e:#}");
-        }
-        // networkd: a name that bypassed the document's validation.
-        let mut e = n.ethernets["lan"].clone();
-        for bad in ["a;reboot", "eth*", "a b", "a\n[Network]"] {
-            e.set_name = Some(bad.into());
-            assert!(render_networkd("lan", &e).is_err(), "{bad:?}");
-        }
-        e.set_name = None;
-        e.nameservers.as_mut().unwrap().search = vec!["example.org\nDNS=6.6.6.6".into()];
-        assert!(render_networkd("lan", &e).is_err());
-        // resolv.conf and hosts.
-        let ip: IpAddr = "192.0.2.53".parse().unwrap();
-        for bad in ["example.org\nnameserver 6.6.6.6", "a b", "#x", "x;y"] {
-            assert!(
-                render_resolv_conf(&[ip], &[bad.to_string()]).is_err(),
-                "{bad:?}"
-            );
-            assert!(render_hosts_line(&[bad.to_string()]).is_err(), "{bad:?}");
-        }
-        // What the good document renders to, run as ifupdown runs it: exactly these `ip` calls.
-        let ifu = render_ifupdown(&n, &|_, _| Some("eth0".into())).unwrap();
-        let (calls, pwned) = run_up_lines(&ifu, "eth0");
-        assert!(!pwned);
-        let want: Vec<Vec<String>> = [
-            "route replace default via 192.0.2.1 metric 5 dev eth0",
-            "route replace 198.51.100.0/24 via 192.0.2.254 dev eth0",
-            "route replace default via 2001:db8::1 dev eth0",
-        ]
-        .iter()
-        .map(|c| c.split(' ').map(str::to_string).collect())
-        .collect();
-        assert_eq!(calls, want, "{ifu}");
-        // The networkd file: every line a section, a comment or Key=Value with a value that is
-        // one of the document's values.
-        let (net, _) = render_networkd("lan", &n.ethernets["lan"]).unwrap();
-        for line in net.lines() {
-            assert!(
-                line.is_empty()
-                    || line.starts_with('#')
-                    || (line.starts_with('[') && line.ends_with(']'))
-                    || line.split_once('=').is_some_and(|(k, v)| {
-                        k.chars().all(|c| c.is_ascii_alphanumeric())
-                            && !v.contains(['*', '?', '[', '"', '\'', '\\', '%', '$'])
-                    }),
-                "{line:?} in\n{net}"
-            );
-        }
-        let resolv = render_resolv_conf(&[ip], &["example.org".into()]).unwrap();
-        assert_eq!(
-            resolv,
-            "# Written by xenplug-agent.\nsearch example.org\nnameserver 192.0.2.53\n"
-        );
     }
 }

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::fsutil::{self, Owner};
+use crate::tools::Tools;
 use crate::users::{self, Passwd};
 
 /// What a path held before the transaction first touched it.
@@ -92,6 +93,7 @@ impl Before {
 }
 
 type Action = Box<dyn FnOnce() -> Result<()> + Send>;
+type ToolAction = Box<dyn FnOnce(&mut dyn Tools) -> Result<()> + Send>;
 
 enum Undo {
     File {
@@ -106,6 +108,10 @@ enum Undo {
     Action {
         what: String,
         f: Action,
+    },
+    Tool {
+        what: String,
+        f: ToolAction,
     },
 }
 
@@ -187,6 +193,13 @@ impl Txn {
         fsutil::remove_file(path)
     }
 
+    /// Make `path` a symbolic link to `target` (atomically: a new link renamed over it),
+    /// recorded.
+    pub fn symlink(&mut self, path: &Path, target: &Path) -> Result<()> {
+        self.remember(path, None)?;
+        Before::Symlink(target.to_path_buf()).restore(path)
+    }
+
     /// `mkdir -p` with `mode` for the directories it creates (recorded, so the undo removes them
     /// again when they are empty).
     pub fn create_dir_all(&mut self, path: &Path, mode: u32) -> Result<()> {
@@ -244,11 +257,25 @@ impl Txn {
         });
     }
 
+    /// Register an undo step that runs one of the guest's programs (e.g. `userdel` for a
+    /// `useradd`).
+    pub fn on_rollback_run(
+        &mut self,
+        what: impl Into<String>,
+        f: impl FnOnce(&mut dyn Tools) -> Result<()> + Send + 'static,
+    ) {
+        self.undo.push(Undo::Tool {
+            what: what.into(),
+            f: Box::new(f),
+        });
+    }
+
     /// The changes stay (the generation is in place).
     pub fn commit(self) {}
 
-    /// Undo everything, newest first. Returns what could not be undone (empty: all of it was).
-    pub fn rollback(self) -> Vec<String> {
+    /// Undo everything, newest first, running programs through `tools`. Returns what could not
+    /// be undone (empty: all of it was).
+    pub fn rollback(self, tools: &mut dyn Tools) -> Vec<String> {
         let mut errors = Vec::new();
         for u in self.undo.into_iter().rev() {
             let r = match u {
@@ -277,6 +304,7 @@ impl Txn {
                     }
                 }
                 Undo::Action { what, f } => f().with_context(|| format!("undo {what}")),
+                Undo::Tool { what, f } => f(tools).with_context(|| format!("undo {what}")),
             };
             if let Err(e) = r {
                 errors.push(format!("{e:#}"));
@@ -313,7 +341,7 @@ mod tests {
             f2.store(true, std::sync::atomic::Ordering::SeqCst);
             Ok(())
         });
-        assert!(t.rollback().is_empty());
+        assert!(t.rollback(&mut crate::tools::RealTools).is_empty());
         assert_eq!(fs::read_to_string(r.join("kept")).unwrap(), "old\n");
         assert_eq!(fs::metadata(r.join("kept")).unwrap().mode() & 0o777, 0o640);
         assert_eq!(fs::read_link(r.join("link")).unwrap(), Path::new("kept"));
@@ -334,7 +362,7 @@ mod tests {
         let mut t = Txn::new();
         t.write(&d.path().join("f"), b"x", 0o644, None).unwrap();
         t.on_rollback("failing step", || anyhow::bail!("boom"));
-        let errs = t.rollback();
+        let errs = t.rollback(&mut crate::tools::RealTools);
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].contains("undo failing step: boom"), "{errs:?}");
         assert!(!d.path().join("f").exists());

@@ -47,7 +47,7 @@ pub fn lookup(root: &Path, name: &str) -> Result<Passwd> {
             });
         }
     }
-    bail!("user '{name}' does not exist (xenplug-agent does not create users)")
+    bail!("user '{name}' does not exist")
 }
 
 /// Runs `f` with the filesystem uid/gid of `user` (setfsuid/setfsgid: per thread, undone
@@ -173,7 +173,8 @@ pub struct ShadowChange {
     pub name: String,
     /// New hash, if any.
     pub hash: Option<String>,
-    /// Lock (`!` prefix) or unlock; None leaves the lock state.
+    /// Lock (`!` prefix) or unlock; None leaves the lock state (a new `hash` is unlocked, as
+    /// `chpasswd -e` leaves it).
     pub lock: Option<bool>,
 }
 
@@ -226,7 +227,9 @@ pub fn update_shadow_in(
             };
             found.insert(c.name.clone());
             let before = f.clone();
-            let locked = f[1].starts_with('!');
+            // A new hash replaces the whole field, lock included (as `chpasswd -e`); then
+            // the lock is applied (as `passwd -l`/`-u`).
+            let locked = f[1].starts_with('!') && c.hash.is_none();
             let mut pw = f[1].trim_start_matches('!').to_string();
             if let Some(h) = &c.hash {
                 pw = h.clone();
@@ -234,7 +237,14 @@ pub fn update_shadow_in(
             let lock = c.lock.unwrap_or(locked);
             f[1] = if lock { format!("!{pw}") } else { pw };
             if f[1] != before[1] {
-                f[2] = today.to_string();
+                // A new password counts as a change (chpasswd); locking alone does not
+                // (passwd -l).
+                if c.hash
+                    .as_deref()
+                    .is_some_and(|h| h != before[1].trim_start_matches('!'))
+                {
+                    f[2] = today.to_string();
+                }
                 changed.push(c.name.clone());
                 old_lines.push((c.name.clone(), bare.to_string()));
             } else {
@@ -260,6 +270,62 @@ pub fn update_shadow_in(
     if !old_lines.is_empty() {
         let root = root.to_path_buf();
         txn.on_rollback("/etc/shadow entries", move || {
+            restore_entries(&root, "/etc/shadow", &old_lines, limit)
+        });
+    }
+    Ok(changed)
+}
+
+/// Expire the passwords of `names` (`passwd --expire`: the last change set to 0, so the user
+/// must pick a new password at the next login), as part of a generation's transaction.
+pub fn expire_passwords_in(
+    txn: &mut Txn,
+    root: &Path,
+    names: &[String],
+    limit: Duration,
+) -> Result<Vec<String>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let path = under(root, "/etc/shadow");
+    let (changed, old_lines) = with_pwd_lock(root, limit, || {
+        let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let mut changed = Vec::new();
+        let mut old_lines = Vec::new();
+        let mut out = String::with_capacity(text.len());
+        for line in text.split_inclusive('\n') {
+            let bare = line.trim_end_matches('\n');
+            let mut f: Vec<&str> = bare.split(':').collect();
+            if f.len() >= 3 && names.iter().any(|n| n == f[0]) && f[2] != "0" {
+                old_lines.push((f[0].to_string(), bare.to_string()));
+                changed.push(f[0].to_string());
+                f[2] = "0";
+                out.push_str(&f.join(":"));
+                if line.ends_with('\n') {
+                    out.push('\n');
+                }
+            } else {
+                out.push_str(line);
+            }
+        }
+        for n in names {
+            if !text
+                .lines()
+                .any(|l| l.split(':').next() == Some(n.as_str()))
+            {
+                bail!("user '{n}' has no entry in {}", path.display());
+            }
+        }
+        if !changed.is_empty() {
+            let (mode, owner) =
+                fsutil::mode_owner(&path).unwrap_or((0o640, Owner { uid: 0, gid: 0 }));
+            fsutil::write_atomic(&path, out.as_bytes(), mode, Some(owner))?;
+        }
+        Ok((changed, old_lines))
+    })?;
+    if !old_lines.is_empty() {
+        let root = root.to_path_buf();
+        txn.on_rollback("/etc/shadow expiry", move || {
             restore_entries(&root, "/etc/shadow", &old_lines, limit)
         });
     }

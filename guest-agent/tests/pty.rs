@@ -259,13 +259,14 @@ fn a_failure_mid_apply_leaves_nothing_and_no_record() {
     let root = agent.root.path().to_path_buf();
     let mut before = walk(&root);
     before.sort();
-    // The network and /etc files are written, then the user step fails (no such user).
+    // The network and /etc files are written, then the user step fails (bob cannot be created:
+    // this guest has no shadow-utils).
     let doc = json!({"instance-id": "iid-fail", "generation": 1, "manage-etc-hosts": true,
         "network": {"version": 2, "ethernets": {"eth0": {"addresses": ["192.0.2.9/24"]}}},
         "users": [{"name": "bob", "ssh_authorized_keys": []}]});
     match host.call("xenplug-apply-config", Some(json!({"config": doc}))) {
         Response::Error { error, .. } => assert!(
-            error.desc.contains("'bob' does not exist")
+            error.desc.contains("create user bob: useradd is not installed")
                 && error.desc.contains(
                     "everything it changed was undone: the configuration from before any generation is in place"
                 ),
