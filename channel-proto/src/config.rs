@@ -1284,6 +1284,10 @@ pub(crate) mod tests {
         })
         .unwrap_err();
         assert_eq!(e.path, "meta-data.instance-id");
+        let base = NoCloudSeed {
+            user_data: Some("#cloud-config\n".into()),
+            ..base
+        };
         let e = ConfigDoc::from_nocloud(&NoCloudSeed {
             network_config: Some("version: 3\nconfig: []\n".into()),
             ..base.clone()

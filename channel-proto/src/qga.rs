@@ -509,7 +509,7 @@ mod tests {
         assert_eq!(d.hostname.as_deref(), Some("h"));
         assert_eq!(Command::from_request(&c.to_request()).unwrap(), c);
         let c = Command::from_request(&req(json!({"execute":"xenplug-apply-config",
-            "arguments":{"nocloud":{"meta-data":"instance-id: x\n","generation":9}}})))
+            "arguments":{"nocloud":{"meta-data":"instance-id: x\n","user-data":"#cloud-config\n","generation":9}}})))
         .unwrap();
         let Command::ApplyConfig(a) = c else { panic!() };
         assert_eq!(a.into_doc().unwrap().generation, 9);

@@ -316,7 +316,15 @@ fn write_sudoers(run: &mut Run<'_, '_>, users: &[User]) -> Result<()> {
     Ok(())
 }
 
-fn install_keys(run: &mut Run<'_, '_>, pw: &Passwd, keys: &[String]) -> Result<()> {
+/// `always`: the default user and root, whose keys cloud-init's `cc_ssh` always writes (an
+/// empty file when there are none).
+fn install_keys(run: &mut Run<'_, '_>, pw: &Passwd, keys: &[String], always: bool) -> Result<()> {
+    // As cloud-init: no keys, no `.ssh` for another user that has none (an earlier
+    // generation's block is still taken out of an existing file).
+    let file = under(run.root, &pw.home).join(".ssh/authorized_keys");
+    if keys.is_empty() && !always && !file.exists() {
+        return Ok(());
+    }
     let changed = users::edit_keys_in(&mut run.txn, run.root, pw, |old| {
         fsutil::replace_block(old, users::KEYS_BEGIN, users::KEYS_END, keys)
     })
@@ -349,16 +357,21 @@ fn random_password() -> Result<String> {
         .collect())
 }
 
-/// Print on the guest's console (what cloud-init does with random passwords), or on the
-/// agent's standard error when there is no console.
+/// Print on the guest's console (what cloud-init does with random passwords and the final
+/// message): `/dev/console` on the live system; for a tree (tests, image preparation) its
+/// `dev/console` only if that is a regular file (a device node there would be this machine's
+/// console); else the agent's standard error.
 pub(crate) fn to_console(root: &Path, text: &str) {
     use std::io::Write as _;
     let console: PathBuf = under(root, "/dev/console");
-    let ok = fs::OpenOptions::new()
-        .append(true)
-        .open(&console)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .is_ok();
+    let usable = root == Path::new("/")
+        || fs::symlink_metadata(&console).is_ok_and(|m| m.file_type().is_file());
+    let ok = usable
+        && fs::OpenOptions::new()
+            .append(true)
+            .open(&console)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .is_ok();
     if !ok {
         eprint!("{text}");
     }
@@ -448,7 +461,8 @@ pub(crate) fn apply_accounts(doc: &ConfigDoc, run: &mut Run<'_, '_>) -> Result<(
                 }
             }
         }
-        install_keys(run, &pw, &keys)?;
+        let is_default = default_name.as_deref() == Some(u.name.as_str());
+        install_keys(run, &pw, &keys, is_default && doc.disable_root.is_some())?;
     }
     if let Some(disable) = doc.disable_root {
         let pw = users::lookup(run.root, "root")?;
@@ -466,7 +480,7 @@ pub(crate) fn apply_accounts(doc: &ConfigDoc, run: &mut Run<'_, '_>) -> Result<(
         } else {
             doc.ssh_authorized_keys.clone()
         };
-        install_keys(run, &pw, &keys)?;
+        install_keys(run, &pw, &keys, true)?;
     }
     // chpasswd.
     let mut changes = Vec::new();

@@ -1,6 +1,7 @@
 //! `bootcmd` and `runcmd`, once per instance, as cloud-init runs them: the items make one
 //! `/bin/sh` script (a string item is a shell line as written, a list item one command with
-//! each element quoted), `INSTANCE_ID` is exported, and the output goes to
+//! each element quoted), `INSTANCE_ID` is exported for `bootcmd` (as cloud-init's `cc_bootcmd`
+//! does; `runcmd` runs without it, as cloud-init's scripts-user), and the output goes to
 //! `/var/log/xenplug-agent-commands.log` (cloud-init's `cloud-init-output.log`) and the agent's
 //! log. They only run when the agent's configuration says `run-commands = true`.
 
@@ -23,9 +24,12 @@ pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// The script for `cmds` (cloud-init's `shellify`), with `INSTANCE_ID` exported.
-pub fn script(cmds: &[Cmd], instance_id: &str) -> String {
-    let mut s = format!("#!/bin/sh\nexport INSTANCE_ID={}\n", quote(instance_id));
+/// The script for `cmds` (cloud-init's `shellify`), with `INSTANCE_ID` exported when given.
+pub fn script(cmds: &[Cmd], instance_id: Option<&str>) -> String {
+    let mut s = String::from("#!/bin/sh\n");
+    if let Some(i) = instance_id {
+        let _ = writeln!(s, "export INSTANCE_ID={}", quote(i));
+    }
     for c in cmds {
         match c {
             Cmd::Shell(line) => {
@@ -48,7 +52,7 @@ pub fn run(
     cmds: &[Cmd],
     instance_id: &str,
 ) -> Result<std::process::ExitStatus> {
-    let text = script(cmds, instance_id);
+    let text = script(cmds, (which == "bootcmd").then_some(instance_id));
     let out = tools::in_guest(tools, root, "sh", &["-s".into()], Some(text.as_bytes()))
         .with_context(|| format!("run {which}"))?;
     let log = under(root, LOG_FILE);
@@ -96,7 +100,7 @@ mod tests {
                 Cmd::Shell("echo $HOME; ls | wc -l".into()),
                 Cmd::Argv(vec!["printf".into(), "%s\\n".into(), "it's $HOME".into()]),
             ],
-            "iid-'x",
+            Some("iid-'x"),
         );
         assert_eq!(
             s,

@@ -259,7 +259,14 @@ pub fn convert(seed: &NoCloudSeed) -> R<ConfigDoc> {
         Some(_) => return Err(err("meta-data.public-keys", "must be a list of keys")),
     };
     let ud = match &seed.user_data {
-        None => Mapping::new(),
+        // cloud-init does not use a NoCloud seed without user-data at all (it falls back to no
+        // datasource: no host name, no keys): refused rather than applied differently.
+        None => {
+            return Err(err(
+                "user-data",
+                "missing: cloud-init ignores a NoCloud seed without user-data (an empty `#cloud-config` is enough)",
+            ))
+        }
         Some(text) if text.trim().is_empty() => Mapping::new(),
         Some(text) => {
             let first = text.lines().next().unwrap_or("").trim_end();
@@ -1065,13 +1072,12 @@ mod tests {
 
     #[test]
     fn what_cloud_init_does_unasked_is_explicit() {
-        let d = convert(&seed(
-            &format!(
-                "instance-id: iid-7\nlocal-hostname: web7.example.org\npublic-keys:\n  - {KEY}\n"
-            ),
-            None,
-        ))
-        .unwrap();
+        let md = format!(
+            "instance-id: iid-7\nlocal-hostname: web7.example.org\npublic-keys:\n  - {KEY}\n"
+        );
+        let e = convert(&seed(&md, None)).unwrap_err();
+        assert_eq!(e.path, "user-data");
+        let d = convert(&seed(&md, Some("#cloud-config\n"))).unwrap();
         assert_eq!(d.users.len(), 1);
         assert!(d.users[0].default && d.users[0].lock_passwd.is_none());
         assert_eq!(d.ssh_authorized_keys, vec![KEY.to_string()]);
@@ -1276,7 +1282,7 @@ mod tests {
         ))
         .unwrap();
         assert!(d.ssh_authorized_keys.is_empty());
-        let e = convert(&seed("instance-id: i\nnetwork-interfaces: x\n", None)).unwrap_err();
+        let e = convert(&seed("instance-id: i\nnetwork-interfaces: x\n", Some(""))).unwrap_err();
         assert_eq!(
             e.to_string(),
             "meta-data.network-interfaces: not supported by xenplug-agent"
