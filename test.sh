@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 tools/deps.sh
 tools/channel-deps.sh
+# A Debian 12 tree with cloud-init for the first-boot oracle tests (cached after the first run).
+tools/guest-root.sh >/dev/null
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 # One test at a time per binary would be slow; tests isolate themselves (own namespaces, own

@@ -598,7 +598,7 @@ impl ConfigDoc {
     }
 }
 
-fn validate_user(u: &User) -> Result<(), ConfigError> {
+pub(crate) fn validate_user(u: &User) -> Result<(), ConfigError> {
     for (k, key) in u.ssh_authorized_keys.iter().enumerate() {
         parse_ssh_key(key).map_err(|m| ConfigError::new(format!("ssh_authorized_keys[{k}]"), m))?;
     }
@@ -722,7 +722,7 @@ pub fn validate_timezone(tz: &str) -> Result<(), String> {
     }
 }
 
-fn validate_write_file(f: &WriteFile) -> Result<(), ConfigError> {
+pub(crate) fn validate_write_file(f: &WriteFile) -> Result<(), ConfigError> {
     validate_abs_path(&f.path).map_err(|m| ConfigError::new("path", m))?;
     if f.path.ends_with('/') {
         return Err(ConfigError::new("path", "names a directory"));

@@ -23,7 +23,8 @@ use serde_norway::{Mapping, Value};
 
 use super::network::{parse_yaml11_bool, NetworkConfig};
 use super::{
-    CaCerts, Cmd, ConfigDoc, ConfigError, Group, NoCloudSeed, Ntp, PasswordChange, User, WriteFile,
+    validate_pem_certificates, validate_timezone, validate_user, validate_write_file, CaCerts, Cmd,
+    ConfigDoc, ConfigError, Group, NoCloudSeed, Ntp, PasswordChange, User, WriteFile,
     NOT_SUPPORTED,
 };
 
@@ -316,6 +317,9 @@ pub fn convert(seed: &NoCloudSeed) -> R<ConfigDoc> {
     };
     doc.chpasswd = chpasswd(&ud)?;
     doc.timezone = opt_string(&ud, "timezone", at)?;
+    if let Some(tz) = &doc.timezone {
+        validate_timezone(tz).map_err(|m| err("user-data.timezone", m))?;
+    }
     doc.ntp = ntp(ud.get("ntp"))?;
     doc.write_files = write_files(ud.get("write_files"))?;
     doc.bootcmd = commands(ud.get("bootcmd"), "user-data.bootcmd")?;
@@ -538,6 +542,13 @@ fn user(m: &Mapping, at: &str, default: bool) -> R<User> {
             other => string_list(other, &format!("{at}.ssh_authorized_keys"), false)?,
         };
     }
+    // Checked here so a refusal names the key as the seed spells it.
+    if !u.default || !u.name.is_empty() {
+        if let Err(e) = super::validate_username(&u.name) {
+            return Err(err(format!("{at}.name"), e));
+        }
+    }
+    validate_user(&u).map_err(|e| e.within(at))?;
     Ok(u)
 }
 
@@ -964,7 +975,7 @@ fn write_files(v: Option<&Value>) -> R<Vec<WriteFile>> {
                 ))
             }
         };
-        out.push(WriteFile {
+        let f = WriteFile {
             path,
             content,
             encoding,
@@ -972,7 +983,9 @@ fn write_files(v: Option<&Value>) -> R<Vec<WriteFile>> {
             permissions,
             append: opt_bool(m, "append", &fat)?.unwrap_or(false),
             defer: opt_bool(m, "defer", &fat)?.unwrap_or(false),
-        });
+        };
+        validate_write_file(&f).map_err(|e| e.within(&fat))?;
+        out.push(f);
     }
     Ok(out)
 }
@@ -1032,6 +1045,9 @@ fn ca_certs(ud: &Mapping) -> R<Option<CaCerts>> {
         .map(|v| string_list(v, &format!("{at}.trusted"), false))
         .transpose()?
         .unwrap_or_default();
+    for (i, c) in trusted.iter().enumerate() {
+        validate_pem_certificates(c).map_err(|m| err(format!("{at}.trusted[{i}]"), m))?;
+    }
     Ok(Some(CaCerts {
         trusted,
         remove_defaults: remove,
@@ -1133,8 +1149,8 @@ mod tests {
             ("users:\n  - name: bob\n    ssh_redirect_user: true\n", "user-data.users[0].ssh_redirect_user"),
             ("users:\n  - name: bob\n    selinux_user: staff_u\n", "user-data.users[0].selinux_user"),
             ("users:\n  - name: bob\n  - name: bob\n", "user-data.users[1].name"),
-            ("users:\n  - name: bob\n    sudo: \"ALL=(ALL) ALL\\nALL ALL=(ALL) NOPASSWD: ALL\"\n", "users[0].sudo[0]"),
-            ("users:\n  - name: bob\n    gecos: \"a:b\"\n", "users[0].gecos"),
+            ("users:\n  - name: bob\n    sudo: \"ALL=(ALL) ALL\\nALL ALL=(ALL) NOPASSWD: ALL\"\n", "user-data.users[0].sudo[0]"),
+            ("users:\n  - name: bob\n    gecos: \"a:b\"\n", "user-data.users[0].gecos"),
         ] {
             let e = refused(body);
             assert_eq!(e.path, path, "{e}");
@@ -1248,8 +1264,14 @@ mod tests {
                 "write_files: [{path: /x, encoding: rot13}]\n",
                 "user-data.write_files[0].encoding",
             ),
-            ("write_files: [{path: etc/x}]\n", "write-files[0].path"),
-            ("write_files: [{path: /etc/../x}]\n", "write-files[0].path"),
+            (
+                "write_files: [{path: etc/x}]\n",
+                "user-data.write_files[0].path",
+            ),
+            (
+                "write_files: [{path: /etc/../x}]\n",
+                "user-data.write_files[0].path",
+            ),
         ] {
             assert_eq!(refused(body).path, path);
         }
@@ -1290,10 +1312,13 @@ mod tests {
         let e = refused("ntp: {ntp_client: ntpdate}\n");
         assert_eq!(e.path, "user-data.ntp.ntp_client");
         assert!(e.message.contains("not supported by xenplug-agent"));
-        assert_eq!(refused("timezone: ../../etc/shadow\n").path, "timezone");
+        assert_eq!(
+            refused("timezone: ../../etc/shadow\n").path,
+            "user-data.timezone"
+        );
         assert_eq!(
             refused("ca_certs: {trusted: [nope]}\n").path,
-            "ca-certs.trusted[0]"
+            "user-data.ca_certs.trusted[0]"
         );
     }
 }

@@ -165,7 +165,7 @@ pub fn render(renderer: Renderer, n: &NetworkConfig, names: &Names) -> Result<Ve
     files.extend(match renderer {
         Renderer::Networkd => networkd::render(n)?,
         Renderer::Ifupdown => ifupdown::render(n, names)?,
-        Renderer::NetworkManager => nm::render(n)?,
+        Renderer::NetworkManager => nm::render(n, names)?,
     });
     Ok(files)
 }

@@ -14,11 +14,10 @@ use xenplug_channel::config::{
     validate_ifname_pattern, Interface, IpConfig, Kind, NetworkConfig, RouteTo,
 };
 
-use super::{domain, file_id, name, FileOut};
+use super::{domain, file_id, name, FileOut, Names};
 
-/// A stable UUID for entry `id` (so a new generation updates the same connection): the first
-/// 128 bits of SHA-256-free FNV-1a over a fixed namespace and the id, shaped as a version 4
-/// variant 1 UUID.
+/// A stable UUID for entry `id` (so a new generation updates the same connection): two 64-bit
+/// FNV-1a hashes of a fixed namespace and the id, shaped as a version 4, variant 1 UUID.
 pub fn uuid(id: &str) -> String {
     let mut a: u64 = 0xcbf2_9ce4_8422_2325;
     let mut b: u64 = 0x8422_2325_cbf2_9ce4;
@@ -178,8 +177,9 @@ fn connection(
     })
 }
 
-/// The connections and the DNS drop-in.
-pub fn render(n: &NetworkConfig) -> Result<Vec<FileOut>> {
+/// The connections and the DNS drop-in (`names`: the kernel names the agent found, for bond
+/// options that name a member).
+pub fn render(n: &NetworkConfig, names: &Names) -> Result<Vec<FileOut>> {
     let mut out = Vec::new();
     for (id, e) in &n.ethernets {
         let ip = e.ip();
@@ -238,12 +238,13 @@ pub fn render(n: &NetworkConfig) -> Result<Vec<FileOut>> {
         kv("updelay", p.up_delay.map(|x| x.to_string()));
         kv("downdelay", p.down_delay.map(|x| x.to_string()));
         if let Some(pr) = &p.primary {
-            kv(
-                "primary",
-                n.ethernets
-                    .get(pr)
-                    .and_then(|e| e.static_name(pr).map(str::to_string)),
-            );
+            let nm = names.of(n, pr).with_context(|| {
+                format!(
+                    "network.bonds.{id}.parameters.primary: the interface name of {pr:?} is not \
+                     known (no NIC matches it now)"
+                )
+            })?;
+            kv("primary", Some(name(&nm)?.to_string()));
         }
         kv("min_links", p.min_links.map(|x| x.to_string()));
         kv("arp_interval", p.arp_interval.map(|x| x.to_string()));
