@@ -538,3 +538,74 @@ pub(crate) fn apply_accounts(doc: &ConfigDoc, run: &mut Run<'_, '_>) -> Result<(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, sudo: &[&str]) -> User {
+        User {
+            name: name.into(),
+            sudo: sudo.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Issue 12: a sudo rule is one rule for its user and nothing else: no second line, no
+    /// continuation, no extra users — refused by the document and again by the renderer.
+    #[test]
+    fn sudoers_rules_cannot_grant_more_than_their_line() {
+        let text = render_sudoers(&[user("alice", &["ALL=(ALL) NOPASSWD:ALL"]), user("bob", &[])])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            text,
+            "# Written by xenplug-agent; replaced on every configuration change.\n\n# User rules for alice\nalice ALL=(ALL) NOPASSWD:ALL\n"
+        );
+        assert_eq!(render_sudoers(&[user("bob", &[])]).unwrap(), None);
+        for bad in [
+            "ALL=(ALL) ALL\nALL ALL=(ALL) NOPASSWD: ALL",
+            "ALL=(ALL) ALL\r#includedir /tmp/evil",
+            "ALL=(ALL) /bin/true \\",
+            ",mallory ALL=(ALL) NOPASSWD: ALL",
+            "",
+        ] {
+            assert!(render_sudoers(&[user("alice", &[bad])]).is_err(), "{bad:?}");
+            let doc = serde_json::json!({"instance-id": "i", "generation": 1,
+                "users": [{"name": "alice", "sudo": [bad]}]});
+            let e = ConfigDoc::from_value(doc).unwrap_err();
+            assert_eq!(e.path, "users[0].sudo[0]", "{bad:?}: {e}");
+        }
+        // A user name that bypassed validation cannot open the line either.
+        assert!(render_sudoers(&[user("ALL ALL=(ALL) ALL\nx", &["ALL=(ALL) ALL"])]).is_err());
+    }
+
+    #[test]
+    fn the_default_user_is_the_images_with_the_entrys_keys() {
+        let base = User {
+            name: "debian".into(),
+            groups: vec!["sudo".into(), "adm".into()],
+            shell: Some("/bin/bash".into()),
+            sudo: vec!["ALL=(ALL) NOPASSWD:ALL".into()],
+            lock_passwd: Some(true),
+            ..Default::default()
+        };
+        let doc: ConfigDoc = serde_json::from_value(serde_json::json!({
+            "instance-id": "i", "generation": 1,
+            "users": [{"name": "bob"}, {"default": true, "groups": ["video"], "shell": "/bin/zsh",
+                       "ssh_authorized_keys": []}]}))
+        .unwrap();
+        let mut changes = Vec::new();
+        let (users, default) = resolve_users(&doc, Some(&base), &mut changes);
+        assert_eq!(default.as_deref(), Some("debian"));
+        assert_eq!(users[0].name, "bob");
+        let d = &users[1];
+        assert_eq!(d.groups, ["adm", "sudo", "video"]);
+        assert_eq!(d.shell.as_deref(), Some("/bin/zsh"));
+        assert_eq!(d.sudo, base.sudo);
+        // No default user configured: the entry is skipped, and the reply says so.
+        let (users, default) = resolve_users(&doc, None, &mut changes);
+        assert_eq!((users.len(), default), (1, None));
+        assert!(changes[0].contains("no default user"), "{changes:?}");
+    }
+}

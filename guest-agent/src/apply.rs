@@ -270,16 +270,13 @@ pub fn apply(doc: &ConfigDoc, ctx: &mut Ctx<'_>) -> Result<ApplyResult> {
              (run-commands = false in /etc/xenplug/agent.toml); nothing was changed"
         );
     }
-    let renderer = ctx
+    // A guest with none of the three gets networkd's files (harmless without networkd, read
+    // if it is installed later) besides the live configuration; the reply says so.
+    let detected = ctx
         .opts
         .network_renderer
         .or_else(|| render::detect(ctx.root));
-    if doc.network.as_ref().is_some_and(|n| !n.is_empty()) && renderer.is_none() {
-        bail!(
-            "network: the guest has none of systemd-networkd, ifupdown and NetworkManager \
-             (set network-renderer in the agent's configuration); nothing was changed"
-        );
-    }
+    let renderer = Some(detected.unwrap_or(Renderer::Networkd));
     let old_live = previous
         .as_ref()
         .map(|p| p.live.clone())
@@ -296,6 +293,11 @@ pub fn apply(doc: &ConfigDoc, ctx: &mut Ctx<'_>) -> Result<ApplyResult> {
         changes: Vec::new(),
         after: Vec::new(),
     };
+    if detected.is_none() && doc.network.as_ref().is_some_and(|n| !n.is_empty()) {
+        run.changes.push(
+            "network: no network manager found in the guest: systemd-networkd files written".into(),
+        );
+    }
     let result = apply_steps(doc, &old_live, commands_ran.is_some(), renderer, &mut run);
     let outcome = finish(doc, previous.as_ref(), &old_live, &mut run, result);
     let after = std::mem::take(&mut run.after);
@@ -1094,5 +1096,133 @@ mod tests {
             (files0, net0, "one")
         );
         assert_eq!(applied_generation(root.path()).unwrap().generation, Some(1));
+    }
+
+    /// Records the programs it is asked to run and reports success.
+    #[derive(Default)]
+    struct RecordingTools(Vec<String>);
+
+    impl Tools for RecordingTools {
+        fn run(
+            &mut self,
+            program: &Path,
+            args: &[std::ffi::OsString],
+            stdin: Option<&[u8]>,
+        ) -> Result<std::process::Output> {
+            use std::os::unix::process::ExitStatusExt;
+            let a: Vec<String> = args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            self.0.push(format!(
+                "{} {} <<{}",
+                program.display(),
+                a.join(" "),
+                String::from_utf8_lossy(stdin.unwrap_or_default())
+            ));
+            Ok(std::process::Output {
+                status: std::process::ExitStatus::from_raw(0),
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            })
+        }
+    }
+
+    /// bootcmd/runcmd: refused before anything changes unless the agent's configuration allows
+    /// them; then bootcmd first, runcmd after the generation is in place, once per instance.
+    #[test]
+    fn commands_are_gated_ordered_and_run_once_per_instance() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for d in ["etc", "bin", "lib/systemd"] {
+            fs::create_dir_all(r.join(d)).unwrap();
+        }
+        fs::write(r.join("bin/sh"), "").unwrap();
+        fs::write(r.join("lib/systemd/systemd-networkd"), "").unwrap();
+        let doc = |g: u64| {
+            ConfigDoc::from_value(json!({"instance-id": "i", "generation": g, "hostname": "h",
+                "bootcmd": ["echo boot"], "runcmd": [["touch", "/x y"]]}))
+            .unwrap()
+        };
+        let before = tree(r);
+        let mut host = FakeHost("old".into());
+        let mut tools = RecordingTools::default();
+        let e = apply(
+            &doc(1),
+            &mut Ctx {
+                root: r,
+                host: &mut host,
+                net: None,
+                tools: &mut tools,
+                opts: &ApplyOptions::default(),
+            },
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}")
+                .starts_with("bootcmd: not run: the agent's configuration does not allow commands"),
+            "{e:#}"
+        );
+        assert!(format!("{e:#}").contains("nothing was changed"));
+        assert_eq!(
+            (tree(r), host.0.as_str(), tools.0.len()),
+            (before, "old", 0)
+        );
+        let opts = ApplyOptions {
+            run_commands: true,
+            ..Default::default()
+        };
+        let run = |g: u64, tools: &mut RecordingTools, host: &mut FakeHost| {
+            apply(
+                &doc(g),
+                &mut Ctx {
+                    root: r,
+                    host,
+                    net: None,
+                    tools,
+                    opts: &opts,
+                },
+            )
+            .unwrap()
+        };
+        let res = run(1, &mut tools, &mut host);
+        let sh = format!("/usr/sbin/chroot {} /bin/sh -s", r.display());
+        assert_eq!(
+            tools.0,
+            vec![
+                format!("{sh} <<#!/bin/sh\nexport INSTANCE_ID='i'\necho boot\n"),
+                format!("{sh} <<#!/bin/sh\n'touch' '/x y'\n"),
+            ]
+        );
+        let pos = |c: &str| res.changes.iter().position(|x| x == c).unwrap();
+        assert!(
+            pos("bootcmd") < pos("hostname") && pos("hostname") < pos("runcmd"),
+            "{:?}",
+            res.changes
+        );
+        // The same instance again (a new generation): the commands do not run again.
+        tools.0.clear();
+        let res = run(2, &mut tools, &mut host);
+        assert!(tools.0.is_empty(), "{:?}", tools.0);
+        assert!(res
+            .changes
+            .contains(&"runcmd: already run for this instance".to_string()));
+        // Once they ran, turning run-commands off does not refuse the instance's later
+        // generations (nothing would run).
+        let mut d3 = doc(3);
+        d3.hostname = Some("h3".into());
+        apply(
+            &d3,
+            &mut Ctx {
+                root: r,
+                host: &mut host,
+                net: None,
+                tools: &mut tools,
+                opts: &ApplyOptions::default(),
+            },
+        )
+        .unwrap();
+        assert!(tools.0.is_empty());
+        assert!(r.join("var/log/xenplug-agent-commands.log").exists());
     }
 }

@@ -531,3 +531,48 @@ fn a_failed_generation_takes_its_users_and_groups_back() {
         .join("etc/sudoers.d/90-xenplug-agent-users")
         .exists());
 }
+
+/// The guest's own visudo judges the sudo rules: a rule that is one line but not sudoers syntax
+/// fails the generation, and nothing of it stays (no sudoers file, no user).
+#[test]
+fn visudo_refuses_a_bad_rule_and_nothing_stays() {
+    if !xenplug_testkit::require_root() {
+        return;
+    }
+    let Some(tree) = guest_tree() else {
+        return;
+    };
+    let xp = Tree::copy(&tree, "visudo");
+    let passwd = read(xp.path(), "/etc/passwd");
+    let doc = ConfigDoc::from_nocloud(&NoCloudSeed {
+        meta_data: "instance-id: iid-visudo\n".into(),
+        user_data: Some(
+            "#cloud-config\nusers:\n  - name: zed\n    sudo: \"ALL=(ALL NOPASSWD: ALL\"\n".into(),
+        ),
+        network_config: None,
+        generation: Some(1),
+    })
+    .unwrap();
+    let mut host = FakeHost("vm".into());
+    let e = apply::apply(
+        &doc,
+        &mut Ctx {
+            root: xp.path(),
+            host: &mut host,
+            net: None,
+            tools: &mut xenplug_guest_agent::tools::RealTools,
+            opts: &ApplyOptions::default(),
+        },
+    )
+    .unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("visudo refuses the sudo rules") && e.contains("is in place"),
+        "{e}"
+    );
+    assert!(!xp
+        .path()
+        .join("etc/sudoers.d/90-xenplug-agent-users")
+        .exists());
+    assert_eq!(read(xp.path(), "/etc/passwd"), passwd);
+}

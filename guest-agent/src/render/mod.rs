@@ -71,7 +71,8 @@ fn exists(root: &Path, paths: &[&str]) -> bool {
 /// Which network manager the guest uses, in this order: NetworkManager when its service is
 /// enabled; systemd-networkd when its service is enabled; ifupdown when
 /// `/etc/network/interfaces` and `ifup` exist; systemd-networkd when it is installed. `None`
-/// when the guest has none of them.
+/// when the guest has none of them (the agent then writes networkd's files, and configures the
+/// NICs live as always).
 pub fn detect(root: &Path) -> Option<Renderer> {
     let nm = exists(root, &["/usr/sbin/NetworkManager", "/sbin/NetworkManager"]);
     if nm && enabled(root, "NetworkManager.service") {
