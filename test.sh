@@ -56,6 +56,8 @@ phase() {
 # machine some come from bookworm-backports: see tools/deps.sh).
 phase deps tools/deps.sh
 phase channel-deps tools/channel-deps.sh
+# A Debian 12 tree with cloud-init for the first-boot oracle tests (cached after the first run).
+phase guest-root sh -c 'tools/guest-root.sh > /dev/null'
 phase fmt cargo fmt --all -- --check
 phase clippy cargo clippy --workspace --all-targets -- -D warnings
 # One test at a time per binary would be slow; tests isolate themselves (own namespaces, own

@@ -141,8 +141,8 @@ pub struct ShutdownArgs {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub enum ApplyConfigArgs {
-    /// `{"config": {…}}`.
-    Config(ConfigDoc),
+    /// `{"config": {…}}` (boxed: the document is much larger than a seed).
+    Config(Box<ConfigDoc>),
     /// `{"nocloud": {"meta-data": "…", "user-data": "…", "network-config": "…", "generation": N}}`.
     Nocloud(NoCloudSeed),
 }
@@ -153,7 +153,7 @@ impl ApplyConfigArgs {
         match self {
             ApplyConfigArgs::Config(d) => {
                 d.validate()?;
-                Ok(d)
+                Ok(*d)
             }
             ApplyConfigArgs::Nocloud(s) => ConfigDoc::from_nocloud(&s),
         }
@@ -509,7 +509,7 @@ mod tests {
         assert_eq!(d.hostname.as_deref(), Some("h"));
         assert_eq!(Command::from_request(&c.to_request()).unwrap(), c);
         let c = Command::from_request(&req(json!({"execute":"xenplug-apply-config",
-            "arguments":{"nocloud":{"meta-data":"instance-id: x\n","generation":9}}})))
+            "arguments":{"nocloud":{"meta-data":"instance-id: x\n","user-data":"#cloud-config\n","generation":9}}})))
         .unwrap();
         let Command::ApplyConfig(a) = c else { panic!() };
         assert_eq!(a.into_doc().unwrap().generation, 9);

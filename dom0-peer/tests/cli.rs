@@ -114,6 +114,7 @@ async fn send_and_query_against_the_simulated_agent() {
         "instance-id: iid-nc\nlocal-hostname: nc\n",
     )
     .unwrap();
+    std::fs::write(nc.join("user-data"), "#cloud-config\n").unwrap();
     std::fs::write(nc.join("generation"), "9\n").unwrap();
     let mut c = peer();
     c.arg("send")
@@ -183,7 +184,7 @@ async fn exit_codes() {
     let bad = h.dir.path().join("bad.json");
     std::fs::write(
         &bad,
-        "{\"instance-id\": \"x\", \"generation\": 1, \"runcmd\": []}",
+        "{\"instance-id\": \"x\", \"generation\": 1, \"packages\": []}",
     )
     .unwrap();
     let mut c = peer();

@@ -219,10 +219,13 @@ impl Agent {
                 } else {
                     None
                 };
+                let opts = apply::options();
                 let mut ctx = apply::Ctx {
                     root: &self.root,
                     host: &mut *self.host,
                     net,
+                    tools: &mut crate::tools::RealTools,
+                    opts: &opts,
                 };
                 let r = apply::apply(&doc, &mut ctx).map_err(generic)?;
                 ok(serde_json::to_value(r).expect("serializes"))

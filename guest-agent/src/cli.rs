@@ -61,6 +61,13 @@ pub struct AgentConfig {
     pub shutdown_program: Option<PathBuf>,
     /// `false`: write network files only, change nothing live.
     pub live_network: Option<bool>,
+    /// `[default-user]`: the image's default user (cloud-init's `default`); see
+    /// `apply::ApplyOptions`.
+    pub default_user: Option<xenplug_channel::config::User>,
+    /// Run `bootcmd`/`runcmd` (default false).
+    pub run_commands: Option<bool>,
+    /// The network manager to render for (default: detected).
+    pub network_renderer: Option<crate::render::Renderer>,
 }
 
 /// Read the agent's configuration; a missing file is the defaults.

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::apply::{IFUPDOWN_FILE, NETWORKD_PREFIX, STATE_FILE};
+use crate::apply::STATE_FILE;
 use crate::fsutil::{self, under};
 
 /// One change.
@@ -96,17 +96,13 @@ pub fn plan(root: &Path) -> Vec<Step> {
     if is_file(&seed) {
         steps.push(Step::Remove(seed, "random seed"));
     }
-    for f in files_in(&under(root, "/etc/systemd/network"), |n| {
-        n.starts_with(NETWORKD_PREFIX) && (n.ends_with(".network") || n.ends_with(".link"))
-    }) {
-        steps.push(Step::Remove(f, "network configuration the agent wrote"));
-    }
-    let ifupdown = under(root, IFUPDOWN_FILE);
-    if is_file(&ifupdown) {
-        steps.push(Step::Remove(
-            ifupdown,
-            "network configuration the agent wrote",
-        ));
+    // Every network file the agent writes, for whichever network manager (render's list).
+    for dir in crate::render::OWNED_DIRS {
+        for f in files_in(&under(root, dir), |n| {
+            crate::render::is_owned(&format!("{dir}/{n}"))
+        }) {
+            steps.push(Step::Remove(f, "network configuration the agent wrote"));
+        }
     }
     for (dir, suffix) in [
         ("/var/lib/dhcp", ".leases"),

@@ -90,6 +90,10 @@ fn agent_toml_documents_every_key_with_its_default() {
             channels: vec![xenplug_guest_agent::DEFAULT_CHANNEL_NAME.to_string()],
             shutdown_program: Some("/sbin/shutdown".into()),
             live_network: Some(true),
+            run_commands: Some(false),
+            // Documented as examples: their default is "none" (detected; no default user).
+            default_user: None,
+            network_renderer: None,
         }
     );
 }

@@ -16,8 +16,11 @@
 //!   (default `/dev/xen-channel`) with inotify for each configured channel name.
 //! * `--root DIR` (default `/`): read and write every file under DIR (tests).
 //! * `--config FILE` (default `/etc/xenplug/agent.toml`, optional): `channels = ["name", …]`,
-//!   `shutdown-program = "/sbin/shutdown"`, `live-network = true`. Without channels the default
-//!   name `org.xenplug.agent.0` is served.
+//!   `shutdown-program = "/sbin/shutdown"`, `live-network = true`, `run-commands = false`
+//!   (allow dom0's `bootcmd`/`runcmd`), `network-renderer = "networkd" | "ifupdown" |
+//!   "network-manager"` (default: detected), and a `[default-user]` table (the image's default
+//!   user, cloud-config user keys: `name`, `gecos`, `groups`, `shell`, `sudo`, `lock_passwd`,
+//!   …). Without channels the default name `org.xenplug.agent.0` is served.
 //! * `--name NAME` (repeatable): channel names, overriding the configuration.
 //! * `--shutdown-program PATH` / `XENPLUG_AGENT_SHUTDOWN_PROGRAM`: what `guest-shutdown` runs,
 //!   as `PATH -P|-H|-r +0 "hypervisor initiated shutdown"` (injectable: tests pass a recorder).
@@ -28,12 +31,17 @@
 //!   keys, the random seed, the agent's network files and DHCP leases (`template` module); each
 //!   change is printed on stdout (`would …` with `--dry-run`).
 //!
-//! **Files** (all under `--root`): reads `/etc/passwd`, `/etc/os-release`; writes atomically
-//! `/etc/hostname`, `/etc/hosts` (a marked block), `/etc/systemd/network/10-xenplug-*.{network,link}`,
-//! `/etc/network/interfaces.d/xenplug-agent` (when the guest uses ifupdown), `/etc/resolv.conf`
-//! (only when it is a plain file), `~user/.ssh/authorized_keys` (as the user; a marked block for
-//! configuration, whole-file semantics for the QGA commands), `/etc/shadow` (under
-//! `/etc/.pwd.lock`), `/var/lib/xenplug-agent/applied.json` (the applied generation).
+//! **Files** (all under `--root`): reads `/etc/passwd`, `/etc/group`, `/etc/os-release`; writes
+//! atomically `/etc/hostname`, `/etc/hosts` (a marked block), the network manager's files
+//! (`/etc/systemd/network/10-xenplug-*`, `/etc/network/interfaces.d/xenplug-agent` or
+//! `/etc/NetworkManager/system-connections/xenplug-*`; see `render`), `/etc/resolv.conf` (only
+//! when it is a plain file), `~user/.ssh/authorized_keys` (as the user; a marked block for
+//! configuration, whole-file semantics for the QGA commands), `/etc/shadow` (under the
+//! `lckpwdf` lock on `/etc/.pwd.lock`), `/etc/sudoers.d/90-xenplug-agent-users`, what
+//! `write_files`/`ntp`/`timezone`/`ssh_pwauth`/`ca_certs` ask for, and
+//! `/var/lib/xenplug-agent/applied.json` (the applied generation). Runs the guest's
+//! shadow-utils, `visudo`, `update-ca-certificates`, `systemctl`, and (with `run-commands`)
+//! `/bin/sh` for `bootcmd`/`runcmd` (output in `/var/log/xenplug-agent-commands.log`).
 //! Security-relevant changes are logged to stderr as `xenplug-agent: event=… key=value` lines.
 //!
 //! **Exit codes:** 0 after SIGTERM/SIGINT (or a prepared template); 1 when it cannot start
@@ -100,6 +108,15 @@ fn run(args: Args) -> Result<()> {
         xenplug_guest_agent::setup::validate_name(n)
             .map_err(|e| anyhow::anyhow!("channel name {n:?}: {e}"))?;
     }
+    let apply_opts = xenplug_guest_agent::apply::ApplyOptions {
+        default_user: cfg.default_user.clone(),
+        run_commands: cfg.run_commands.unwrap_or(false),
+        network_renderer: cfg.network_renderer,
+    };
+    apply_opts
+        .validate()
+        .with_context(|| format!("{}", args.config.display()))?;
+    xenplug_guest_agent::apply::set_options(apply_opts);
     let shutdown = args
         .shutdown_program
         .or(cfg.shutdown_program)

@@ -159,7 +159,7 @@ pub fn guest_root() -> tempfile::TempDir {
         .tempdir()
         .unwrap();
     let r = d.path();
-    for sub in ["etc", "home/alice", "root", "var/lib"] {
+    for sub in ["etc", "home/alice", "root", "var/lib", "lib/systemd"] {
         std::fs::create_dir_all(r.join(sub)).unwrap();
     }
     std::fs::write(
@@ -178,6 +178,8 @@ pub fn guest_root() -> tempfile::TempDir {
     )
     .unwrap();
     std::fs::write(r.join("etc/hosts"), "127.0.0.1\tlocalhost\n").unwrap();
+    // systemd-networkd is installed (what the agent detects when nothing else is).
+    std::fs::write(r.join("lib/systemd/systemd-networkd"), "").unwrap();
     if nix::unistd::geteuid().is_root() {
         std::os::unix::fs::chown(r.join("home/alice"), Some(4242), Some(4242)).unwrap();
     }
