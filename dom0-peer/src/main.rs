@@ -2,25 +2,27 @@
 //!
 //! **Who calls it.** An administrator or orchestration tool (one-shot `send` / `query` against
 //! one VM's channel socket), the init system (`daemon`, one process for every VM on the host),
-//! operators and monitoring (`list`), and `tools/bench-peer.sh` (`bench`).
+//! operators and monitoring (`list`). (The benchmark is a separate, unshipped program:
+//! `dom0-peer/examples/peer_bench.rs`, run by `tools/bench-peer.sh`.)
 //!
 //! **argv** (these forms are an interface other tools rely on):
 //!
 //! ```text
-//! xenplug-peer send  --socket PATH --config FILE|DIR [--timeout SECS] [--handshake-timeout SECS]
-//! xenplug-peer query --socket PATH CMD [--user NAME] [--args JSON] [--timeout SECS] [--handshake-timeout SECS]
+//! xenplug-peer send  --socket PATH --config FILE|DIR [--timeout SECS] [--handshake-timeout SECS] [--max-frame BYTES]
+//! xenplug-peer query --socket PATH CMD [--user NAME] [--args JSON] [--timeout SECS] [--handshake-timeout SECS] [--max-frame BYTES]
 //! xenplug-peer daemon --store DIR [--channel-name NAME]… [--policy FILE] [--control PATH]
 //!                     [--xenstore PATH] [--backend-root PATH] [--log-level LEVEL] [--max-frame BYTES]
 //!                     [--guest-rate BYTES_PER_SEC] [--handshake-timeout SECS]
 //!                     [--request-timeout SECS] [--workers N]
 //! xenplug-peer list  [--control PATH] [--json]
-//! xenplug-peer bench --vms N [--timeout SECS] [--json]
 //! ```
 //!
 //! `CMD` is `ping`, `info`, `network`, `hostname`, `osinfo`, `time`, `ssh-keys` (with `--user`,
 //! default `root`), `generation`, or any full command name starting with `guest-` or `__`
 //! (arguments from `--args`). `send` takes a canonical JSON document (`.json`) or a cloud-init
-//! NoCloud seed directory (see `dom0-peer/README.md`).
+//! NoCloud seed directory (see `dom0-peer/README.md`). `--max-frame` bounds one frame from the
+//! guest for every command (default 65536, the same bound for `send`, `query` and the daemon;
+//! raise it for queries whose replies are large, such as `guest-file-read`).
 //!
 //! **Files.** Reads the channel socket (`--socket`; as a client — QEMU listens), the document
 //! (`--config`), the store directory (`--store`: `<uuid|name>.json`, `<uuid|name>.nocloud/`,
@@ -49,7 +51,7 @@ use serde_json::Value;
 use xenplug_peer::client::{self, exit, Client, ClientError};
 use xenplug_peer::daemon::{self, XenstoreTarget};
 use xenplug_peer::log::{Level, Logger};
-use xenplug_peer::{bench, doc, wire};
+use xenplug_peer::{doc, wire};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -71,6 +73,9 @@ struct Timeouts {
     /// Seconds to wait for each reply.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
+    /// Largest frame accepted from the guest, in bytes.
+    #[arg(long, default_value_t = xenplug_channel::host::DEFAULT_MAX_FRAME)]
+    max_frame: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -113,36 +118,6 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// (Used by `bench`.) Serve simulated guests `from..to` under `dir`.
-    #[command(hide = true)]
-    BenchGuests {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long)]
-        from: usize,
-        #[arg(long)]
-        to: usize,
-        #[arg(long, default_value_t = 0)]
-        open_delay_ms: u64,
-    },
-    /// Benchmark the daemon against N simulated VMs.
-    Bench {
-        /// Number of VMs.
-        #[arg(long, default_value_t = 1000)]
-        vms: usize,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 120.0)]
-        timeout: f64,
-        /// Simulated agents open their tty this many ms after the connection (echo window).
-        #[arg(long, default_value_t = 0)]
-        open_delay_ms: u64,
-        /// The daemon's log level (its log goes to stderr).
-        #[arg(long, default_value = "warn")]
-        daemon_log_level: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
 }
 
 fn fail(e: &ClientError) -> ExitCode {
@@ -173,7 +148,11 @@ fn load_document(p: &Path) -> Result<doc::Document, ClientError> {
 }
 
 async fn connect(socket: &Path, t: &Timeouts) -> Result<Client, ClientError> {
-    let mut c = Client::connect(socket, wire::Limits::default()).await?;
+    let limits = wire::Limits {
+        max_frame: t.max_frame.clamp(1024, 64 << 20),
+        ..xenplug_channel::host::default_limits()
+    };
+    let mut c = Client::connect(socket, limits).await?;
     c.handshake(
         secs(t.handshake_timeout.unwrap_or(t.timeout)),
         Duration::from_secs(1),
@@ -320,7 +299,7 @@ struct DaemonArgs {
     #[arg(long, default_value = "info")]
     log_level: String,
     /// Largest frame accepted from a guest, in bytes.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, default_value_t = xenplug_channel::host::DEFAULT_MAX_FRAME)]
     max_frame: usize,
     /// Sustained bytes per second read from one guest (a flooding guest is read no faster).
     #[arg(long, default_value_t = 256 * 1024)]
@@ -356,7 +335,7 @@ fn run_daemon(a: DaemonArgs) -> ExitCode {
         return ExitCode::from(exit::USAGE);
     };
     let log = Logger::stderr(level);
-    bench::raise_nofile(1 << 16);
+    daemon::raise_nofile(1 << 16);
     let mut cfg = daemon::Config::new(store, channel_names.into_iter().collect::<BTreeSet<_>>());
     cfg.policy_file = policy;
     cfg.backend_root = backend_root;
@@ -428,67 +407,6 @@ fn main() -> ExitCode {
     match cli.cmd {
         c @ (Cmd::Send { .. } | Cmd::Query { .. }) => one_shot(c),
         Cmd::List { control, json } => list(&control, json),
-        Cmd::BenchGuests {
-            dir,
-            from,
-            to,
-            open_delay_ms,
-        } => match bench::serve_guests(&dir, from, to, Duration::from_millis(open_delay_ms)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                println!("error: {e:#}");
-                ExitCode::from(exit::OTHER)
-            }
-        },
         Cmd::Daemon(a) => run_daemon(a),
-        Cmd::Bench {
-            vms,
-            timeout,
-            open_delay_ms,
-            daemon_log_level,
-            json,
-        } => {
-            let exe = match std::env::current_exe() {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("xenplug-peer: cannot find my own binary: {e}");
-                    return ExitCode::from(exit::OTHER);
-                }
-            };
-            let opts = bench::BenchOptions {
-                vms,
-                peer_binary: exe,
-                timeout: secs(timeout),
-                open_delay: Duration::from_millis(open_delay_ms),
-                daemon_log_level,
-            };
-            match bench::run(&opts) {
-                Ok(r) => {
-                    if json {
-                        print_json(&serde_json::to_value(&r).unwrap_or(Value::Null));
-                    } else {
-                        println!(
-                            "{} VMs: {} configured in {:.2} s; daemon peak RSS {:.1} MiB, CPU {:.2} s ({:.0}% of one core); setup {:.1} s",
-                            r.vms,
-                            r.configured,
-                            r.seconds_to_all_configured,
-                            r.daemon_peak_rss_mib,
-                            r.daemon_cpu_seconds,
-                            r.daemon_cpu_utilisation * 100.0,
-                            r.setup_seconds
-                        );
-                    }
-                    if r.configured as usize == r.vms {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(exit::OTHER)
-                    }
-                }
-                Err(e) => {
-                    eprintln!("xenplug-peer: bench: {e:#}");
-                    ExitCode::from(exit::OTHER)
-                }
-            }
-        }
     }
 }

@@ -1,8 +1,8 @@
 //! The I/O driver of one channel: runs a [`Machine`] against the channel's Unix socket.
 //!
 //! One tokio task per channel. Per-channel resources are bounded whatever the guest does:
-//! the decoder holds at most one frame ([`Limits`]), reads go through a shared per-thread
-//! scratch buffer (no per-channel read buffer), inbound bytes pass a token bucket (a flooding
+//! the machine's host session holds at most one frame ([`Limits`]), reads go through a shared
+//! per-thread scratch buffer (no per-channel read buffer), inbound bytes pass a token bucket (a flooding
 //! guest is simply read more slowly, and QEMU's bounded buffer pushes back on it), guest events
 //! pass a second token bucket before the policy, and every wait has a deadline.
 
@@ -20,7 +20,8 @@ use crate::log::Logger;
 use crate::machine::{Action, Counters, Desired, Input, Machine, Phase, Timing};
 use crate::policy::{Policy, Subject, Verdict};
 use crate::store::{Lookup, Store};
-use crate::wire::{self, Decoder, Event, Limits};
+use crate::wire::{self, Limits};
+use xenplug_channel::host::{HostSession, Nonces};
 
 /// Guest-originated requests the peer knows how to handle (after the policy allowed them).
 pub mod guest_requests {
@@ -228,13 +229,13 @@ thread_local! {
     static SCRATCH_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH]);
 }
 
-/// Wait until the stream is readable, read once into the thread's scratch buffer and decode.
-/// `Ok(None)` is EOF.
-async fn read_events(
+/// Wait until the stream is readable, read once into the thread's scratch buffer and feed what
+/// was read to the machine. `Ok(None)` is EOF.
+async fn read_into(
     s: &UnixStream,
-    dec: &mut Decoder,
+    machine: &mut Machine,
     bucket: &mut Bucket,
-) -> std::io::Result<Option<Vec<Event>>> {
+) -> std::io::Result<Option<Vec<Action>>> {
     let wait = bucket.wait(Instant::now());
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
@@ -245,11 +246,7 @@ async fn read_events(
             let mut b = b.borrow_mut();
             match s.try_read(&mut b) {
                 Ok(0) => Ok(Some(None)),
-                Ok(n) => {
-                    let mut evs = Vec::new();
-                    dec.feed(&b[..n], |e| evs.push(e));
-                    Ok(Some(Some((n, evs))))
-                }
+                Ok(n) => Ok(Some(Some((n, machine.feed(Instant::now(), &b[..n]))))),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
                 Err(e) => Err(e),
             }
@@ -257,9 +254,9 @@ async fn read_events(
         match r {
             None => continue,
             Some(None) => return Ok(None),
-            Some(Some((n, evs))) => {
+            Some(Some((n, actions))) => {
                 bucket.take(n as f64, Instant::now());
-                return Ok(Some(evs));
+                return Ok(Some(actions));
             }
         }
     }
@@ -278,21 +275,12 @@ fn retryable(e: &std::io::Error) -> bool {
     )
 }
 
-fn seed(key: ChannelKey) -> u64 {
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    t ^ (u64::from(key.0) << 32) ^ u64::from(key.1) ^ 0x9e37_79b9_7f4a_7c15
-}
-
 struct Driver {
     info: ChannelInfo,
     shared: Arc<Shared>,
     log: Logger,
     machine: Machine,
     stream: Option<UnixStream>,
-    decoder: Decoder,
     events: Bucket,
     denied: u64,
     rate_limited: u64,
@@ -316,7 +304,7 @@ impl Driver {
             desired_generation: m.desired_generation(),
             last_error: m.last_error.clone(),
             denied_requests: self.denied + self.rate_limited,
-            counters: m.counters.clone(),
+            counters: m.counters(),
         };
         if let Ok(mut s) = self.shared.status.lock() {
             s.insert(self.info.key(), row);
@@ -419,7 +407,6 @@ impl Driver {
                     .await;
                     Some(match r {
                         Ok(Ok(s)) => {
-                            self.decoder.reset();
                             self.stream = Some(s);
                             self.log.debug("connected", &[]);
                             Input::Connected
@@ -464,9 +451,8 @@ impl Driver {
                 Action::GuestRequest { name, data } => self.guest_request(name, data),
                 Action::Log(event, fields) => {
                     let level = match event {
-                        "apply-failed" | "request-timeout" | "agent-unsupported" => {
-                            crate::log::Level::Warn
-                        }
+                        "apply-failed" | "request-timeout" | "agent-unsupported"
+                        | "oversize-frame" => crate::log::Level::Warn,
                         _ => crate::log::Level::Info,
                     };
                     let f: Vec<(&str, Value)> = fields.into_iter().collect();
@@ -493,8 +479,14 @@ pub async fn run_channel(info: ChannelInfo, shared: Arc<Shared>) {
     let desired = shared.desired_for(&info);
     let now = Instant::now();
     let mut d = Driver {
-        machine: Machine::new(shared.timing.clone(), desired, seed(info.key())),
-        decoder: Decoder::new(shared.limits),
+        machine: Machine::new(
+            shared.timing.clone(),
+            desired,
+            HostSession::new(
+                shared.limits,
+                Nonces::seeded((u64::from(info.domid) << 32) | u64::from(info.devid)),
+            ),
+        ),
         events: Bucket::new(
             f64::from(shared.rates.events_burst),
             1.0 / shared.rates.event_interval.as_secs_f64().max(1e-3),
@@ -519,18 +511,18 @@ pub async fn run_channel(info: ChannelInfo, shared: Arc<Shared>) {
     loop {
         let deadline = d.machine.deadline();
         enum Woke {
-            Read(std::io::Result<Option<Vec<Event>>>),
+            Read(std::io::Result<Option<Vec<Action>>>),
             Timer,
             Store(bool),
         }
         let woke = {
             let stream = d.stream.as_ref();
-            let decoder = &mut d.decoder;
+            let machine = &mut d.machine;
             let bytes = &mut bytes;
             tokio::select! {
                 r = async move {
                     match stream {
-                        Some(s) => read_events(s, decoder, bytes).await,
+                        Some(s) => read_into(s, machine, bytes).await,
                         None => std::future::pending().await,
                     }
                 } => Woke::Read(r),
@@ -543,39 +535,24 @@ pub async fn run_channel(info: ChannelInfo, shared: Arc<Shared>) {
                 r = epoch.changed() => Woke::Store(r.is_ok()),
             }
         };
-        let inputs: Vec<Input> = match woke {
-            Woke::Read(Ok(Some(evs))) => evs
-                .into_iter()
-                .filter_map(|e| match e {
-                    Event::Resync => Some(Input::Resync),
-                    Event::Frame(f) => Some(Input::Frame(wire::classify(f))),
-                    Event::Oversize => Some(Input::Oversize),
-                    Event::Garbage(_) => None,
-                })
-                .collect(),
+        let input = match woke {
+            Woke::Read(Ok(Some(actions))) => {
+                d.perform(actions).await;
+                continue;
+            }
             Woke::Read(Ok(None)) => {
                 d.stream = None;
-                vec![Input::Closed("EOF".into())]
+                Input::Closed("EOF".into())
             }
             Woke::Read(Err(e)) => {
                 d.stream = None;
-                vec![Input::Closed(e.to_string())]
+                Input::Closed(e.to_string())
             }
-            Woke::Timer => vec![Input::Timer],
+            Woke::Timer => Input::Timer,
             Woke::Store(false) => return,
-            Woke::Store(true) => vec![Input::Desired(d.shared.desired_for(&d.info))],
+            Woke::Store(true) => Input::Desired(d.shared.desired_for(&d.info)),
         };
-        let now = Instant::now();
-        let mut actions = Vec::new();
-        for i in inputs {
-            if matches!(i, Input::Oversize) {
-                d.log.warn(
-                    "oversize-frame",
-                    &[("max_frame", d.shared.limits.max_frame.into())],
-                );
-            }
-            actions.extend(d.machine.handle(now, i));
-        }
+        let actions = d.machine.handle(Instant::now(), input);
         d.perform(actions).await;
     }
 }

@@ -71,7 +71,7 @@ async fn send_and_query_against_the_simulated_agent() {
     let s = h.sock("one");
     let g = h.guest(
         &s,
-        xenplug_peer::simguest::GuestOptions {
+        xenplug_simguest::GuestOptions {
             open_delay: Duration::from_millis(300),
             hostname: "sim-one".into(),
             ..guest_opts()

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
-use xenplug_peer::simguest::GuestOptions;
+use xenplug_simguest::GuestOptions;
 
 const T: Duration = Duration::from_secs(15);
 

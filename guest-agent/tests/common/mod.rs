@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::{json, Value};
-use xenplug_channel::{ClientEvent, ClientSession, Limits, Request, Response};
+use xenplug_channel::host::{HostEvent, HostSession, Nonces};
+use xenplug_channel::{Limits, Response};
 
 /// A pty pair. `master` is the dom0 side; `slave_path` is what the agent opens. The slave fd is
 /// kept open, as the hvc ring keeps its state (and a closed pty slave would make master reads fail).
@@ -204,11 +205,11 @@ pub fn wait_until(what: &str, wait: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Host side of a session over a pty.
+/// Host side of a session over a pty, through the shared host session (the dom0 peer's
+/// handshake and reply matching).
 pub struct Host {
     pub pty: Pty,
-    pub session: ClientSession,
-    pub nonce: i64,
+    pub session: HostSession,
     /// Every byte received (for assertions on the raw stream).
     pub raw: Vec<u8>,
 }
@@ -217,18 +218,13 @@ impl Host {
     pub fn new(pty: Pty) -> Host {
         Host {
             pty,
-            session: ClientSession::new(Limits::default()),
-            nonce: 1000,
+            session: HostSession::new(Limits::default(), Nonces::seeded(0)),
             raw: Vec::new(),
         }
     }
 
     /// Read for up to `wait`, feeding the session, until `stop` accepts the events so far.
-    pub fn recv(
-        &mut self,
-        wait: Duration,
-        stop: &dyn Fn(&[ClientEvent]) -> bool,
-    ) -> Vec<ClientEvent> {
+    pub fn recv(&mut self, wait: Duration, stop: &dyn Fn(&[HostEvent]) -> bool) -> Vec<HostEvent> {
         let deadline = Instant::now() + wait;
         let mut evs = Vec::new();
         let mut buf = [0u8; 65536];
@@ -264,32 +260,38 @@ impl Host {
                 Instant::now() < deadline,
                 "no handshake after {tries} tries"
             );
-            self.nonce += 1;
             tries += 1;
-            let bytes = self.session.begin_sync(self.nonce);
+            let bytes = self.session.begin_sync();
             self.pty.send(&bytes);
             let evs = self.recv(Duration::from_millis(300), &|e| {
-                e.contains(&ClientEvent::Synced)
+                e.contains(&HostEvent::Synced)
             });
-            if evs.contains(&ClientEvent::Synced) {
+            if evs.contains(&HostEvent::Synced) {
                 return tries;
             }
         }
     }
 
-    /// Send a request (after a handshake) and wait for its reply.
+    /// Send a request (after a handshake) and wait for its reply; the reply's `id` is the
+    /// request's (the session matched it).
     pub fn call(&mut self, execute: &str, args: Option<Value>) -> Response {
-        let mut r = Request::new(execute).with_id(json!(execute));
-        if let Some(a) = args {
-            r = r.with_arguments(a);
-        }
-        self.pty.send(&r.encode());
-        let evs = self.recv(Duration::from_secs(10), &|e| {
-            e.iter().any(|e| matches!(e, ClientEvent::Reply(_)))
+        self.call_for(execute, args, Duration::from_secs(10))
+    }
+
+    /// `call` with a deadline of its own.
+    pub fn call_for(&mut self, execute: &str, args: Option<Value>, wait: Duration) -> Response {
+        let (id, bytes) = self.session.request(execute, args.as_ref());
+        self.pty.send(&bytes);
+        let evs = self.recv(wait, &|e| {
+            e.iter().any(|e| matches!(e, HostEvent::Reply { .. }))
         });
         for e in evs {
-            if let ClientEvent::Reply(r) = e {
-                return r;
+            if let HostEvent::Reply { id: rid, result } = e {
+                assert_eq!(rid, id);
+                return match result {
+                    Ok(value) => Response::ok(value, Some(json!(id))),
+                    Err(error) => Response::err(error, Some(json!(id))),
+                };
             }
         }
         panic!("no reply to {execute}");

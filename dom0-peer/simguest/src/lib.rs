@@ -1,4 +1,5 @@
-//! A simulated guest behind a channel socket, for tests and the benchmark.
+//! A simulated guest behind a channel socket, for `xenplug-peer`'s tests and its benchmark
+//! (`dom0-peer/examples/peer_bench.rs`). Not shipped: only dev-dependencies and examples use it.
 //!
 //! It plays QEMU (listening on the socket, one client at a time), the guest tty and an agent,
 //! reproducing what was observed on real Xen (`xen-e2e-notes.md` §5.6 and the appendix):
