@@ -10,8 +10,9 @@
 //! * [`message`]: a frame → [`message::Message`] (a [`message::Request`] with `execute`,
 //!   `arguments`, `id`, or a [`message::Response`] with `return` or `error{class,desc}`), plus
 //!   encoding and the [`message::RateLimiter`] for error replies to garbage.
-//! * [`qga`]: typed commands ([`qga::Command`]) with qemu-ga's names, arguments and reply
-//!   shapes, and xenplug's own `xenplug-apply-config` / `xenplug-get-config-generation`.
+//! * [`qga`]: typed commands ([`qga::Command`], one table [`qga::SPECS`]) with qemu-ga's names,
+//!   argument schemas (checked with qemu-ga's wording) and reply shapes, and xenplug's own
+//!   `xenplug-…` commands.
 //! * [`config`]: the first-boot configuration document ([`config::ConfigDoc`]) and its
 //!   cloud-init NoCloud mapping.
 //! * [`host`]: the host (dom0) side's handshake and reply matching ([`host::HostSession`]), the

@@ -55,12 +55,10 @@ impl AgentRun {
         std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let host = Recorder::default();
-        let agent = Mutex::new(Agent {
-            root: root.to_path_buf(),
-            host: Box::new(host.clone()),
-            power: Box::new(NoPower),
-            live_network: false,
-        });
+        let mut a = Agent::new(root, Box::new(host.clone()), Box::new(NoPower));
+        a.live_network = false;
+        a.paths.statedir = root.join("run/xenplug-agent");
+        let agent = Mutex::new(a);
         let (tty, s) = (tty.to_path_buf(), stop.clone());
         let thread = std::thread::spawn(move || {
             let opts = Options {

@@ -6,14 +6,21 @@
 //!   ttys `/dev/xen-channel/<name>`.
 //!
 //! Modules follow gather → plan → apply: [`setup`] (udev helper logic), [`session`] (tty, framing,
-//! re-open, inotify wait), [`agent`] (command handlers over injected effects), [`apply`]
-//! (configuration application), [`net`] (rtnetlink), [`users`] (passwd/shadow/authorized_keys),
-//! [`fsutil`] (atomic writes). The wire protocol itself is the `xenplug-channel` crate.
+//! re-open, inotify wait, guest-state events), [`agent`] (dispatch: existence, [`policy`],
+//! arguments, then the command), [`cmd`] (the qemu-ga commands: exec, files, filesystems and
+//! freeze, system information), [`publisher`] (guest state to xenstore and to subscribed
+//! channels), [`apply`] (configuration application), [`net`] (rtnetlink), [`users`]
+//! (passwd/shadow/authorized_keys), [`fsutil`] (atomic writes), [`log`] (audit lines, held while
+//! frozen). The wire protocol itself is the `xenplug-channel` crate.
 
 pub mod agent;
 pub mod apply;
+pub mod cmd;
 pub mod fsutil;
+pub mod log;
 pub mod net;
+pub mod policy;
+pub mod publisher;
 pub mod session;
 pub mod setup;
 pub mod users;

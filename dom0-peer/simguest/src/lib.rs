@@ -100,8 +100,8 @@ fn reply(state: &GuestState, opts: &GuestOptions, cmd: Command) -> Option<Value>
         Command::Ping => json!({}),
         Command::Info => json!({
             "version": "xenplug-simguest",
-            "supported_commands": qga::COMMANDS.iter().map(|c| json!({
-                "name": c, "enabled": true, "success-response": qga::success_response(c)
+            "supported_commands": qga::SPECS.iter().map(|c| json!({
+                "name": c.name, "enabled": true, "success-response": c.success_response
             })).collect::<Vec<_>>()
         }),
         Command::GetHostName => json!({"host-name": opts.hostname}),
