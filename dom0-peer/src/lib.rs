@@ -8,7 +8,8 @@
 //! * [`daemon`]: discovery of every channel from xenstore ([`discovery`]), one task per channel
 //!   running the state machine ([`machine`], driven by [`session`]), configuration from the
 //!   store directory ([`store`], [`doc`]), a default-deny policy for guest-originated requests
-//!   ([`policy`]), status on a control socket.
+//!   ([`policy`]), the guests' own reports of their state ([`guest_state`]), status on a
+//!   control socket.
 //!
 //! Test and benchmark code is not part of it: the simulated guest is the dev-only crate
 //! `xenplug-simguest` (`dom0-peer/simguest/`), the benchmark is `examples/peer_bench.rs`.
@@ -21,6 +22,7 @@ pub mod client;
 pub mod daemon;
 pub mod discovery;
 pub mod doc;
+pub mod guest_state;
 pub mod log;
 pub mod machine;
 pub mod policy;

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::{json, Value};
 
 use xenplug_channel::host::{HostEvent, HostSession};
+use xenplug_channel::qga;
 
 use crate::doc::Document;
 use crate::wire::{self, commands, AgentError};
@@ -151,12 +152,17 @@ pub enum Action {
         /// Its data.
         data: Value,
     },
+    /// The guest reported its state (OS, addresses, memory): a claim to keep and show, not a
+    /// request.
+    GuestState(Value),
     /// A line for the log: event name and fields.
     Log(&'static str, Vec<(&'static str, Value)>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {
+    /// Ask for guest-state events (answered or not, the machine goes on).
+    Subscribe,
     Query,
     Apply,
     Verify,
@@ -204,6 +210,8 @@ pub struct Machine {
     connects: u64,
     deliveries: u64,
     force_apply: bool,
+    /// The agent left a subscription unanswered once: do not ask again.
+    no_subscribe: bool,
 }
 
 impl Machine {
@@ -230,6 +238,7 @@ impl Machine {
             connects: 0,
             deliveries: 0,
             force_apply: false,
+            no_subscribe: false,
         }
     }
 
@@ -374,6 +383,7 @@ impl Machine {
             return;
         };
         match (purpose, result) {
+            (Purpose::Subscribe, _) => self.after_subscribe(now, out),
             (Purpose::Query, Ok(v)) => {
                 self.record_applied(&v);
                 self.settle(now, out);
@@ -423,6 +433,14 @@ impl Machine {
         }
     }
 
+    /// In sync and subscribed (or refused): on to the configuration.
+    fn after_subscribe(&mut self, now: Instant, out: &mut Vec<Action>) {
+        match self.desired {
+            Desired::Doc(_) => self.query(now, Purpose::Query, out),
+            Desired::Nothing(_) => self.settle(now, out),
+        }
+    }
+
     fn fail(&mut self, now: Instant, error: String, out: &mut Vec<Action>) {
         out.push(Action::Log(
             "apply-failed",
@@ -446,12 +464,25 @@ impl Machine {
                         "handshake",
                         vec![("syncs", json!(self.session.counters().syncs_sent))],
                     ));
-                    match self.desired {
-                        Desired::Doc(_) => self.query(now, Purpose::Query, &mut out),
-                        Desired::Nothing(_) => self.settle(now, &mut out),
+                    // First ask the agent to report its state on this channel (qemu-ga and
+                    // older agents refuse: that changes nothing).
+                    self.phase = Phase::Querying;
+                    if self.no_subscribe {
+                        self.after_subscribe(now, &mut out);
+                    } else {
+                        self.request(
+                            now,
+                            Purpose::Subscribe,
+                            qga::XENPLUG_SUBSCRIBE_GUEST_STATE,
+                            None,
+                            &mut out,
+                        );
                     }
                 }
                 HostEvent::Reply { result, .. } => self.on_reply(now, result, &mut out),
+                HostEvent::GuestEvent { name, data } if name == qga::GUEST_STATE_EVENT => {
+                    out.push(Action::GuestState(data));
+                }
                 HostEvent::GuestEvent { name, data } => {
                     out.push(Action::GuestRequest { name, data });
                 }
@@ -518,8 +549,13 @@ impl Machine {
                     self.send_sync(now, &mut out);
                 }
                 Phase::Querying | Phase::Applying | Phase::Verifying => {
-                    let what = match self.phase {
-                        Phase::Applying => "apply",
+                    let what = match (self.phase, self.purpose) {
+                        (Phase::Applying, _) => "apply",
+                        (_, Some(Purpose::Subscribe)) => {
+                            // An agent that leaves it unanswered is not asked again.
+                            self.no_subscribe = true;
+                            "guest-state subscription"
+                        }
                         _ => "generation query",
                     };
                     self.last_error = Some(format!(
@@ -630,7 +666,19 @@ mod tests {
         assert_eq!(s[0]["execute"], "guest-sync-delimited");
         let nonce = m.nonce();
         assert_eq!(s[0]["arguments"]["id"], nonce);
-        frame(m, now, &format!("{{\"return\": {nonce}}}"))
+        let a = frame(m, now, &format!("{{\"return\": {nonce}}}"));
+        subscribed(m, now, a)
+    }
+
+    /// Answer the subscription that follows every handshake; the actions after it.
+    fn subscribed(m: &mut Machine, now: Instant, a: Vec<Action>) -> Vec<Action> {
+        let s = &sent(&a)[0];
+        assert_eq!(s["execute"], qga::XENPLUG_SUBSCRIBE_GUEST_STATE);
+        frame(
+            m,
+            now,
+            &format!("{{\"return\": {{}}, \"id\": {}}}", s["id"]),
+        )
     }
 
     #[test]
@@ -713,8 +761,18 @@ mod tests {
         assert_ne!(first, second);
         frame(&mut m, t0, &format!("{{\"return\": {first}}}"));
         assert_eq!(m.phase(), Phase::Handshaking);
-        frame(&mut m, t0, &format!("{{\"return\": {second}}}"));
+        let a = frame(&mut m, t0, &format!("{{\"return\": {second}}}"));
         assert_eq!(m.phase(), Phase::Querying);
+        // qemu-ga refuses the subscription: the machine goes on to the generation query.
+        let id = sent(&a)[0]["id"].clone();
+        let a = frame(
+            &mut m,
+            t0,
+            &format!(
+                "{{\"error\": {{\"class\": \"CommandNotFound\", \"desc\": \"x\"}}, \"id\": {id}}}"
+            ),
+        );
+        assert_eq!(sent(&a)[0]["execute"], commands::GET_CONFIG_GENERATION);
     }
 
     #[test]
@@ -766,7 +824,8 @@ mod tests {
         synced(&mut Machine::new(Timing::default(), doc(1), sess(3)), t0);
         m.handle(t0, Input::Connected);
         let n = m.nonce();
-        frame(&mut m, t0, &format!("{{\"return\": {n}}}"));
+        let a = frame(&mut m, t0, &format!("{{\"return\": {n}}}"));
+        subscribed(&mut m, t0, a);
         m.handle(t0, Input::Closed("EOF".into()));
         assert_eq!(m.deadline().unwrap() - t0, Duration::from_millis(100));
     }
@@ -833,9 +892,28 @@ mod tests {
         // The store loses the document: nothing to do, said so.
         let n = m.nonce();
         m.handle(t0, Input::Desired(Desired::Nothing("no document".into())));
-        frame(&mut m, t0, &format!("{{\"return\": {n}}}"));
+        let a = frame(&mut m, t0, &format!("{{\"return\": {n}}}"));
+        subscribed(&mut m, t0, a);
         assert_eq!(m.phase(), Phase::NoConfig);
         assert_eq!(m.last_error.as_deref(), Some("no document"));
+    }
+
+    #[test]
+    fn an_unanswered_subscription_is_not_asked_again() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(Timing::default(), doc(1), sess(4));
+        m.start();
+        m.handle(t0, Input::Connected);
+        let n = m.nonce();
+        let a = frame(&mut m, t0, &format!("{{\"return\": {n}}}"));
+        assert_eq!(sent(&a)[0]["execute"], qga::XENPLUG_SUBSCRIBE_GUEST_STATE);
+        // Nothing comes back: the request times out, the machine resynchronises…
+        let a = m.handle(t0 + Duration::from_secs(11), Input::Timer);
+        assert_eq!(sent(&a)[0]["execute"], "guest-sync-delimited");
+        let n = m.nonce();
+        // …and goes straight on to the configuration.
+        let a = frame(&mut m, t0, &format!("{{\"return\": {n}}}"));
+        assert_eq!(sent(&a)[0]["execute"], commands::GET_CONFIG_GENERATION);
     }
 
     #[test]
@@ -884,6 +962,13 @@ mod tests {
                 data: json!({"k": 1})
             }]
         );
+        // A state report is not a request: it goes around the policy.
+        let a = frame(
+            &mut m,
+            t0,
+            "{\"event\": \"xenplug-guest-state\", \"data\": {\"os-name\": \"D\"}}",
+        );
+        assert_eq!(a, vec![Action::GuestState(json!({"os-name": "D"}))]);
         // Redelivery requested (policy allowed it): apply even though the generation matches.
         let a = m.handle(t0, Input::Redeliver);
         assert_eq!(sent(&a)[0]["execute"], commands::APPLY_CONFIG);

@@ -2,7 +2,8 @@
 //!
 //! **Who calls it.** An administrator or orchestration tool (one-shot `send` / `query` against
 //! one VM's channel socket), the init system (`daemon`, one process for every VM on the host),
-//! operators and monitoring (`list`). (The benchmark is a separate, unshipped program:
+//! operators and monitoring (`list`: every channel with its state, and what each guest reports
+//! about itself — OS and addresses — when its agent sends `xenplug-guest-state` events). (The benchmark is a separate, unshipped program:
 //! `dom0-peer/examples/peer_bench.rs`, run by `tools/bench-peer.sh`.)
 //!
 //! **argv** (these forms are an interface other tools rely on):
@@ -245,8 +246,17 @@ fn list(control: &Path, json: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     println!(
-        "{:>6} {:>3}  {:<20} {:<36} {:<12} {:>10} {:>9} {:>9}  LAST ERROR",
-        "DOMID", "DEV", "NAME", "UUID", "STATE", "HANDSHAKE", "APPLIED", "WANTED"
+        "{:>6} {:>3}  {:<20} {:<36} {:<12} {:>10} {:>9} {:>9}  {:<24} {:<32} LAST ERROR",
+        "DOMID",
+        "DEV",
+        "NAME",
+        "UUID",
+        "STATE",
+        "HANDSHAKE",
+        "APPLIED",
+        "WANTED",
+        "OS",
+        "ADDRESSES"
     );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -258,8 +268,28 @@ fn list(control: &Path, json: bool) -> ExitCode {
         let hs = r["last_handshake"].as_u64().map_or("-".to_string(), |t| {
             format!("{}s ago", now.saturating_sub(t))
         });
+        // What the guest says about itself: its OS and addresses (IPv4 first).
+        let g = &r["guest"];
+        let os = g["os-name"].as_str().unwrap_or("-");
+        let mut addrs: Vec<&str> = Vec::new();
+        for fam in ["ipv4", "ipv6"] {
+            for i in g["interfaces"].as_array().into_iter().flatten() {
+                addrs.extend(
+                    i[fam]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str),
+                );
+            }
+        }
+        let addrs = if addrs.is_empty() {
+            "-".to_string()
+        } else {
+            addrs.join(",")
+        };
         println!(
-            "{:>6} {:>3}  {:<20} {:<36} {:<12} {:>10} {:>9} {:>9}  {}",
+            "{:>6} {:>3}  {:<20} {:<36} {:<12} {:>10} {:>9} {:>9}  {:<24} {:<32} {}",
             n("domid"),
             n("devid"),
             s("vm_name"),
@@ -268,6 +298,8 @@ fn list(control: &Path, json: bool) -> ExitCode {
             hs,
             n("applied_generation"),
             n("desired_generation"),
+            os,
+            addrs,
             r["last_error"].as_str().unwrap_or("")
         );
     }

@@ -16,6 +16,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use crate::discovery::{ChannelInfo, ChannelKey};
+use crate::guest_state::GuestReport;
 use crate::log::Logger;
 use crate::machine::{Action, Counters, Desired, Input, Machine, Phase, Timing};
 use crate::policy::{Policy, Subject, Verdict};
@@ -84,6 +85,8 @@ pub struct VmStatus {
     pub denied_requests: u64,
     /// Counters.
     pub counters: Counters,
+    /// The guest's last report of its state (OS, addresses, memory), if it sent one.
+    pub guest: Option<GuestReport>,
 }
 
 impl VmStatus {
@@ -103,6 +106,7 @@ impl VmStatus {
             last_error: Some(why),
             denied_requests: 0,
             counters: Counters::default(),
+            guest: None,
         }
     }
 }
@@ -282,6 +286,8 @@ struct Driver {
     machine: Machine,
     stream: Option<UnixStream>,
     events: Bucket,
+    state_events: Bucket,
+    guest: Option<GuestReport>,
     denied: u64,
     rate_limited: u64,
     last_rate_log: Option<Instant>,
@@ -305,6 +311,7 @@ impl Driver {
             last_error: m.last_error.clone(),
             denied_requests: self.denied + self.rate_limited,
             counters: m.counters(),
+            guest: self.guest.clone(),
         };
         if let Ok(mut s) = self.shared.status.lock() {
             s.insert(self.info.key(), row);
@@ -318,6 +325,30 @@ impl Driver {
                 ],
             );
             self.last_phase = m.phase();
+        }
+    }
+
+    /// Keep a guest's report of its state (rate-limited like requests, but not subject to the
+    /// policy: it asks for nothing).
+    fn guest_state(&mut self, data: Value) {
+        if !self.state_events.try_take(1.0, Instant::now()) {
+            self.rate_limited += 1;
+            return;
+        }
+        match GuestReport::from_event(data, unix_secs(SystemTime::now())) {
+            Ok(r) => {
+                if self.guest.as_ref().map(|g| &g.state) != Some(&r.state) {
+                    self.log.debug(
+                        "guest-state",
+                        &[
+                            ("os", json!(r.state.os_name)),
+                            ("addresses", json!(r.addresses())),
+                        ],
+                    );
+                }
+                self.guest = Some(r);
+            }
+            Err(e) => self.log.warn("guest-state-invalid", &[("error", e.into())]),
         }
     }
 
@@ -449,6 +480,10 @@ impl Driver {
                     None
                 }
                 Action::GuestRequest { name, data } => self.guest_request(name, data),
+                Action::GuestState(data) => {
+                    self.guest_state(data);
+                    None
+                }
                 Action::Log(event, fields) => {
                     let level = match event {
                         "apply-failed" | "request-timeout" | "agent-unsupported"
@@ -492,6 +527,12 @@ pub async fn run_channel(info: ChannelInfo, shared: Arc<Shared>) {
             1.0 / shared.rates.event_interval.as_secs_f64().max(1e-3),
             now,
         ),
+        state_events: Bucket::new(
+            f64::from(shared.rates.events_burst),
+            1.0 / shared.rates.event_interval.as_secs_f64().max(1e-3),
+            now,
+        ),
+        guest: None,
         stream: None,
         log,
         info,

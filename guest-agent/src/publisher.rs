@@ -363,7 +363,7 @@ pub struct PublisherConfig {
     pub root: PathBuf,
     /// `/proc`.
     pub proc: PathBuf,
-    /// Write xenstore (`None`: only the hub, for channel subscribers).
+    /// Write xenstore (false: only the hub, for channel subscribers).
     pub xenstore: bool,
     /// At most one update per this interval.
     pub min_interval: Duration,
@@ -432,16 +432,16 @@ pub fn run(cfg: PublisherConfig, hub: Arc<StateHub>, stop: &AtomicBool) {
         }
     };
     let mut xs_sink = XenstoreSink::default();
-    let xs = if cfg.xenstore {
-        match xenplug_xenstore::XsClient::open() {
-            Ok(c) => Some(c),
-            Err(e) => {
+    // xenstore is read (which MAC is which vif) whenever it can be reached, and written only
+    // when publishing there is on.
+    let xs = match xenplug_xenstore::XsClient::open() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            if cfg.xenstore {
                 log::event("publisher-no-xenstore", &[("error", &e.to_string())]);
-                None
             }
+            None
         }
-    } else {
-        None
     };
     let mut last = Instant::now() - cfg.min_interval;
     let mut dirty = true;
@@ -455,7 +455,7 @@ pub fn run(cfg: PublisherConfig, hub: Arc<StateHub>, stop: &AtomicBool) {
                 Ok(i) => st.interfaces = i,
                 Err(e) => log::event("publisher-netlink", &[("error", &format!("{e:#}"))]),
             }
-            if !log::holding() {
+            if cfg.xenstore && !log::holding() {
                 if let Some(x) = &xs {
                     if let Err(e) = xs_sink.publish(x, &st) {
                         log::event("publisher-xenstore", &[("error", &e.to_string())]);

@@ -120,6 +120,16 @@ impl AgentProc {
     /// Run the agent under `prefix` (e.g. `ip netns exec NS unshare --uts --mount --`); every
     /// prefix program must exec (not fork) so the child's pid is the agent's.
     pub fn spawn_in(prefix: &[&str], args: &[&str], root: tempfile::TempDir) -> AgentProc {
+        Self::spawn_env(prefix, args, &[], root)
+    }
+
+    /// `spawn_in` with environment variables.
+    pub fn spawn_env(
+        prefix: &[&str],
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        root: tempfile::TempDir,
+    ) -> AgentProc {
         let agent = env!("CARGO_BIN_EXE_xenplug-agent");
         let mut cmd = match prefix.split_first() {
             Some((p, rest)) => {
@@ -129,6 +139,13 @@ impl AgentProc {
             }
             None => Command::new(agent),
         };
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        // Never publish into whatever xenstore the test machine has, unless asked to.
+        if !args.contains(&"--guest-state") {
+            cmd.arg("--no-guest-state");
+        }
         let child = cmd
             .args(args)
             .arg("--root")
@@ -137,6 +154,8 @@ impl AgentProc {
             .arg(root.path().join("etc/xenplug/agent.toml"))
             .arg("--shutdown-program")
             .arg(root.path().join("fake-shutdown"))
+            .arg("--statedir")
+            .arg(root.path().join("run/xenplug-agent"))
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn xenplug-agent");
@@ -224,6 +243,8 @@ pub struct Host {
     pub session: HostSession,
     /// Every byte received (for assertions on the raw stream).
     pub raw: Vec<u8>,
+    /// Every guest event received, in order.
+    pub events: Vec<(String, Value)>,
 }
 
 impl Host {
@@ -232,6 +253,7 @@ impl Host {
             pty,
             session: HostSession::new(Limits::default(), Nonces::seeded(0)),
             raw: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -253,7 +275,12 @@ impl Host {
             match self.pty.master.read(&mut buf) {
                 Ok(n) => {
                     self.raw.extend_from_slice(&buf[..n]);
-                    evs.extend(self.session.feed(&buf[..n]));
+                    for e in self.session.feed(&buf[..n]) {
+                        if let HostEvent::GuestEvent { name, data } = &e {
+                            self.events.push((name.clone(), data.clone()));
+                        }
+                        evs.push(e);
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => panic!("pty read: {e}"),
