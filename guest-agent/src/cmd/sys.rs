@@ -210,6 +210,7 @@ pub fn set_memory_blocks(sys: &Path, blocks: &[MemoryBlock]) -> Vec<MemoryBlockR
                 let want = if m.online { "online" } else { "offline" };
                 if let Err(e) = fs::OpenOptions::new()
                     .write(true)
+                    .truncate(true)
                     .open(b.join("state"))
                     .and_then(|mut f| f.write_all(want.as_bytes()))
                 {
@@ -685,6 +686,7 @@ pub fn suspend(sys: &Path, mode: SuspendMode) -> Result<(), ErrorBody> {
             crate::log::event("suspend", &[("via", "sysfs"), ("mode", word)]);
             return fs::OpenOptions::new()
                 .write(true)
+                .truncate(true)
                 .open(&state_file)
                 .and_then(|mut f| f.write_all(word.as_bytes()))
                 .map_err(|e| {

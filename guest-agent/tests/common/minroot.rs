@@ -77,6 +77,8 @@ pub struct MiniRoot {
     /// The chroot's root, as seen from inside the namespace.
     pub root: PathBuf,
     children: Vec<Child>,
+    /// Names channel sockets and links uniquely.
+    seq: usize,
 }
 
 fn run(cmd: &mut Command) -> String {
@@ -138,6 +140,7 @@ impl MiniRoot {
             holder,
             root,
             children: Vec::new(),
+            seq: 0,
         };
         assert_eq!(line.trim(), "ready", "the namespace set-up failed");
         mr
@@ -228,7 +231,8 @@ impl MiniRoot {
     /// channel), with `extra` arguments; every command enabled unless `extra` says otherwise.
     pub fn start_ours(&mut self, config: &str, extra: &[&str]) -> Agent {
         let dir = self.tmp.path();
-        let n = self.children.len();
+        self.seq += 1;
+        let n = self.seq;
         let sock = dir.join(format!("ours{n}.sock"));
         let link = dir.join(format!("hvc{n}"));
         // QEMU keeps the channel's pty open whatever the guest does; socat ends when it reads
