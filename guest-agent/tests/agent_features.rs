@@ -376,3 +376,77 @@ fn suspend_vcpus_memory_blocks_and_hwclock_act_on_the_system() {
     assert_eq!(h.ok("guest-set-time", None), json!({}));
     assert!(read_log().ends_with("hwclock -s\n"), "{}", read_log());
 }
+
+/// `guest-network-get-route` and `guest-get-load` (QEMU 9.1/10.0, absent from Debian's 7.2):
+/// the kernel's routing table of a throwaway namespace, `ip -j route` as the oracle, and
+/// /proc/loadavg.
+#[test]
+fn routes_and_load_as_the_kernel_has_them() {
+    if !xenplug_testkit::require_root() || !xenplug_testkit::require_program("ip") {
+        return;
+    }
+    let ns = xenplug_testkit::NetNs::new("rt").unwrap();
+    for args in [
+        &["link", "add", "rt0", "type", "veth", "peer", "name", "rt1"][..],
+        &["link", "set", "rt0", "up"],
+        &["link", "set", "rt1", "up"],
+        &["addr", "add", "10.77.0.2/24", "dev", "rt0"],
+        &["route", "add", "10.99.0.0/16", "via", "10.77.0.1", "metric", "50"],
+        &["-6", "addr", "add", "2001:db8:7::2/64", "dev", "rt0", "nodad"],
+        &["-6", "route", "add", "2001:db8:99::/48", "via", "2001:db8:7::1", "metric", "70"],
+    ] {
+        ns.ip(args).unwrap();
+    }
+    let pty = Pty::new();
+    let root = guest_root();
+    let agent = AgentProc::spawn_in(
+        &["ip", "netns", "exec", ns.name()],
+        &["--device", pty.slave_path.to_str().unwrap()],
+        root,
+    );
+    let mut h = Host::new(pty);
+    h.handshake(Duration::from_secs(20));
+    let routes = h.ok("guest-network-get-route", None);
+    let rs = routes.as_array().unwrap();
+    let find = |dst: &str| {
+        rs.iter()
+            .find(|r| r["destination"] == dst)
+            .unwrap_or_else(|| panic!("no route to {dst} in {routes}"))
+            .clone()
+    };
+    let r = find("10.99.0.0");
+    assert_eq!(
+        (&r["iface"], &r["gateway"], &r["mask"], &r["metric"], &r["version"]),
+        (&json!("rt0"), &json!("10.77.0.1"), &json!("255.255.0.0"), &json!(50), &json!(4))
+    );
+    assert_eq!(find("10.77.0.0")["mask"], "255.255.255.0");
+    let r = find("2001:db8:99::");
+    assert_eq!(
+        (&r["iface"], &r["nexthop"], &r["desprefixlen"], &r["metric"], &r["version"]),
+        (&json!("rt0"), &json!("2001:db8:7::1"), &json!("48"), &json!(70), &json!(6))
+    );
+    // Every IPv4 route `ip` shows in the main table is there.
+    let oracle: Value =
+        serde_json::from_str(&ns.ip(&["-j", "route", "show", "table", "main"]).unwrap()).unwrap();
+    for o in oracle.as_array().unwrap() {
+        let dst = o["dst"].as_str().unwrap();
+        let dst = dst.split('/').next().unwrap();
+        let dst = if dst == "default" { "0.0.0.0" } else { dst };
+        assert!(
+            rs.iter().any(|r| r["destination"] == dst && r["iface"] == o["dev"]),
+            "{o} missing from {routes}"
+        );
+    }
+    let l = h.ok("guest-get-load", None);
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap();
+    let now: Vec<f64> = text
+        .split_whitespace()
+        .take(3)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    for (k, v) in ["load1m", "load5m", "load15m"].iter().zip(now) {
+        let got = l[*k].as_f64().unwrap();
+        assert!((got - v).abs() < 2.0, "{k}: {got} vs {v}");
+    }
+    drop(agent);
+}
