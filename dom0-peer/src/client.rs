@@ -244,17 +244,25 @@ pub const QUERIES: &[(&str, &str)] = &[
     ("time", "guest-get-time"),
     ("ssh-keys", "guest-ssh-get-authorized-keys"),
     ("generation", commands::GET_CONFIG_GENERATION),
+    ("guest-state", xenplug_channel::qga::XENPLUG_GET_GUEST_STATE),
+    ("users", "guest-get-users"),
+    ("vcpus", "guest-get-vcpus"),
+    ("fsinfo", "guest-get-fsinfo"),
+    ("disks", "guest-get-disks"),
+    ("timezone", "guest-get-timezone"),
+    ("load", "guest-get-load"),
+    ("routes", "guest-network-get-route"),
 ];
 
 /// Resolve a `query` name: a short name from [`QUERIES`], or a full command name
-/// (`guest-…`, `__…`).
+/// (`guest-…`, `xenplug-…`, `__…`).
 pub fn resolve_query(name: &str) -> Option<&str> {
     QUERIES
         .iter()
         .find(|(short, _)| *short == name)
         .map(|(_, full)| *full)
         .or_else(|| {
-            (name.starts_with("guest-") || name.starts_with("__"))
+            (name.starts_with("guest-") || name.starts_with("xenplug-") || name.starts_with("__"))
                 .then_some(name)
                 .filter(|n| {
                     n.len() <= 128
@@ -277,6 +285,14 @@ mod tests {
         );
         assert_eq!(resolve_query("guest-get-fsinfo"), Some("guest-get-fsinfo"));
         assert_eq!(resolve_query("reboot"), None);
+        assert_eq!(
+            resolve_query("guest-state"),
+            Some("xenplug-get-guest-state")
+        );
+        assert_eq!(
+            resolve_query("xenplug-get-guest-state"),
+            Some("xenplug-get-guest-state")
+        );
         assert_eq!(resolve_query("guest-x\"y"), None);
     }
 }

@@ -19,8 +19,9 @@
 //! ```
 //!
 //! `CMD` is `ping`, `info`, `network`, `hostname`, `osinfo`, `time`, `ssh-keys` (with `--user`,
-//! default `root`), `generation`, or any full command name starting with `guest-` or `__`
-//! (arguments from `--args`). `send` takes a canonical JSON document (`.json`) or a cloud-init
+//! default `root`), `generation`, `guest-state`, `users`, `vcpus`, `fsinfo`, `disks`,
+//! `timezone`, `load`, `routes`, or any full command name starting with `guest-`, `xenplug-` or
+//! `__` (arguments from `--args`). `send` takes a canonical JSON document (`.json`) or a cloud-init
 //! NoCloud seed directory (see `dom0-peer/README.md`). `--max-frame` bounds one frame from the
 //! guest for every command (default 65536, the same bound for `send`, `query` and the daemon;
 //! raise it for queries whose replies are large, such as `guest-file-read`).
@@ -97,7 +98,8 @@ enum Cmd {
         /// The channel's Unix socket.
         #[arg(long)]
         socket: PathBuf,
-        /// ping, info, network, hostname, osinfo, time, ssh-keys, generation, or a full name.
+        /// ping, info, network, hostname, osinfo, time, ssh-keys, generation, guest-state, users,
+        /// vcpus, fsinfo, disks, timezone, load, routes, or a full command name.
         cmd: String,
         /// User for ssh-keys.
         #[arg(long, default_value = "root")]

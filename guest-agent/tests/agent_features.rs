@@ -391,9 +391,34 @@ fn routes_and_load_as_the_kernel_has_them() {
         &["link", "set", "rt0", "up"],
         &["link", "set", "rt1", "up"],
         &["addr", "add", "10.77.0.2/24", "dev", "rt0"],
-        &["route", "add", "10.99.0.0/16", "via", "10.77.0.1", "metric", "50"],
-        &["-6", "addr", "add", "2001:db8:7::2/64", "dev", "rt0", "nodad"],
-        &["-6", "route", "add", "2001:db8:99::/48", "via", "2001:db8:7::1", "metric", "70"],
+        &[
+            "route",
+            "add",
+            "10.99.0.0/16",
+            "via",
+            "10.77.0.1",
+            "metric",
+            "50",
+        ],
+        &[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8:7::2/64",
+            "dev",
+            "rt0",
+            "nodad",
+        ],
+        &[
+            "-6",
+            "route",
+            "add",
+            "2001:db8:99::/48",
+            "via",
+            "2001:db8:7::1",
+            "metric",
+            "70",
+        ],
     ] {
         ns.ip(args).unwrap();
     }
@@ -416,14 +441,38 @@ fn routes_and_load_as_the_kernel_has_them() {
     };
     let r = find("10.99.0.0");
     assert_eq!(
-        (&r["iface"], &r["gateway"], &r["mask"], &r["metric"], &r["version"]),
-        (&json!("rt0"), &json!("10.77.0.1"), &json!("255.255.0.0"), &json!(50), &json!(4))
+        (
+            &r["iface"],
+            &r["gateway"],
+            &r["mask"],
+            &r["metric"],
+            &r["version"]
+        ),
+        (
+            &json!("rt0"),
+            &json!("10.77.0.1"),
+            &json!("255.255.0.0"),
+            &json!(50),
+            &json!(4)
+        )
     );
     assert_eq!(find("10.77.0.0")["mask"], "255.255.255.0");
     let r = find("2001:db8:99::");
     assert_eq!(
-        (&r["iface"], &r["nexthop"], &r["desprefixlen"], &r["metric"], &r["version"]),
-        (&json!("rt0"), &json!("2001:db8:7::1"), &json!("48"), &json!(70), &json!(6))
+        (
+            &r["iface"],
+            &r["nexthop"],
+            &r["desprefixlen"],
+            &r["metric"],
+            &r["version"]
+        ),
+        (
+            &json!("rt0"),
+            &json!("2001:db8:7::1"),
+            &json!("48"),
+            &json!(70),
+            &json!(6)
+        )
     );
     // Every IPv4 route `ip` shows in the main table is there.
     let oracle: Value =
@@ -433,7 +482,8 @@ fn routes_and_load_as_the_kernel_has_them() {
         let dst = dst.split('/').next().unwrap();
         let dst = if dst == "default" { "0.0.0.0" } else { dst };
         assert!(
-            rs.iter().any(|r| r["destination"] == dst && r["iface"] == o["dev"]),
+            rs.iter()
+                .any(|r| r["destination"] == dst && r["iface"] == o["dev"]),
             "{o} missing from {routes}"
         );
     }

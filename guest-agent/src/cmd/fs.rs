@@ -485,13 +485,13 @@ fn real_device_address(bp: &BlockPaths, syspath: &Path) -> Option<DiskAddress> {
                         | "ehci-pci"
                 )
             }) {
-                found = Some((addr, d, path.clone()));
+                found = Some((addr, d));
                 break;
             }
         }
         match found {
             None => false,
-            Some((pci, driver, pcidir)) => {
+            Some((pci, driver)) => {
                 let tgt = scsi_hctl(&s);
                 let host_of = |prefix: &str| -> Option<(u32, Vec<u32>)> {
                     let j = s.find(&format!("/{prefix}"))?;
@@ -508,7 +508,6 @@ fn real_device_address(bp: &BlockPaths, syspath: &Path) -> Option<DiskAddress> {
                     slot: pci[2],
                     function: pci[3],
                 };
-                let _ = pcidir;
                 match driver.as_str() {
                     "ata_piix" => match (host_of("host"), tgt) {
                         (Some((h, hs)), Some(t)) => match hs.iter().position(|x| *x == h) {
