@@ -26,6 +26,9 @@ pub struct Timeouts {
     /// Seconds to wait for each reply.
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,
+    /// Largest frame accepted from the guest, in bytes.
+    #[arg(long, default_value_t = xenplug_channel::host::DEFAULT_MAX_FRAME)]
+    pub max_frame: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -46,7 +49,8 @@ pub enum Cmd {
         /// The channel's Unix socket.
         #[arg(long)]
         socket: PathBuf,
-        /// ping, info, network, hostname, osinfo, time, ssh-keys, generation, or a full name.
+        /// ping, info, network, hostname, osinfo, time, ssh-keys, generation, guest-state, users,
+        /// vcpus, fsinfo, disks, timezone, load, routes, or a full command name.
         cmd: String,
         /// User for ssh-keys.
         #[arg(long, default_value = "root")]
@@ -65,36 +69,6 @@ pub enum Cmd {
         #[arg(long, default_value = "/run/xenplug-peer/control.sock")]
         control: PathBuf,
         /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// (Used by `bench`.) Serve simulated guests `from..to` under `dir`.
-    #[command(hide = true)]
-    BenchGuests {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long)]
-        from: usize,
-        #[arg(long)]
-        to: usize,
-        #[arg(long, default_value_t = 0)]
-        open_delay_ms: u64,
-    },
-    /// Benchmark the daemon against N simulated VMs.
-    Bench {
-        /// Number of VMs.
-        #[arg(long, default_value_t = 1000)]
-        vms: usize,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 120.0)]
-        timeout: f64,
-        /// Simulated agents open their tty this many ms after the connection (echo window).
-        #[arg(long, default_value_t = 0)]
-        open_delay_ms: u64,
-        /// The daemon's log level (its log goes to stderr).
-        #[arg(long, default_value = "warn")]
-        daemon_log_level: String,
-        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -125,7 +99,7 @@ pub struct DaemonArgs {
     #[arg(long, default_value = "info")]
     pub log_level: String,
     /// Largest frame accepted from a guest, in bytes.
-    #[arg(long, default_value_t = 64 * 1024)]
+    #[arg(long, default_value_t = xenplug_channel::host::DEFAULT_MAX_FRAME)]
     pub max_frame: usize,
     /// Sustained bytes per second read from one guest (a flooding guest is read no faster).
     #[arg(long, default_value_t = 256 * 1024)]

@@ -2,25 +2,29 @@
 //!
 //! **Who calls it.** An administrator or orchestration tool (one-shot `send` / `query` against
 //! one VM's channel socket), the init system (`daemon`, one process for every VM on the host),
-//! operators and monitoring (`list`), and `tools/bench-peer.sh` (`bench`).
+//! operators and monitoring (`list`: every channel with its state, and what each guest reports
+//! about itself — OS and addresses — when its agent sends `xenplug-guest-state` events). (The benchmark is a separate, unshipped program:
+//! `dom0-peer/examples/peer_bench.rs`, run by `tools/bench-peer.sh`.)
 //!
 //! **argv** (these forms are an interface other tools rely on):
 //!
 //! ```text
-//! xenplug-peer send  --socket PATH --config FILE|DIR [--timeout SECS] [--handshake-timeout SECS]
-//! xenplug-peer query --socket PATH CMD [--user NAME] [--args JSON] [--timeout SECS] [--handshake-timeout SECS]
+//! xenplug-peer send  --socket PATH --config FILE|DIR [--timeout SECS] [--handshake-timeout SECS] [--max-frame BYTES]
+//! xenplug-peer query --socket PATH CMD [--user NAME] [--args JSON] [--timeout SECS] [--handshake-timeout SECS] [--max-frame BYTES]
 //! xenplug-peer daemon --store DIR [--channel-name NAME]… [--policy FILE] [--control PATH]
 //!                     [--xenstore PATH] [--backend-root PATH] [--log-level LEVEL] [--max-frame BYTES]
 //!                     [--guest-rate BYTES_PER_SEC] [--handshake-timeout SECS]
 //!                     [--request-timeout SECS] [--workers N]
 //! xenplug-peer list  [--control PATH] [--json]
-//! xenplug-peer bench --vms N [--timeout SECS] [--json]
 //! ```
 //!
 //! `CMD` is `ping`, `info`, `network`, `hostname`, `osinfo`, `time`, `ssh-keys` (with `--user`,
-//! default `root`), `generation`, or any full command name starting with `guest-` or `__`
-//! (arguments from `--args`). `send` takes a canonical JSON document (`.json`) or a cloud-init
-//! NoCloud seed directory (see `dom0-peer/README.md`).
+//! default `root`), `generation`, `guest-state`, `users`, `vcpus`, `fsinfo`, `disks`,
+//! `timezone`, `load`, `routes`, or any full command name starting with `guest-`, `xenplug-` or
+//! `__` (arguments from `--args`). `send` takes a canonical JSON document (`.json`) or a cloud-init
+//! NoCloud seed directory (see `dom0-peer/README.md`). `--max-frame` bounds one frame from the
+//! guest for every command (default 65536, the same bound for `send`, `query` and the daemon;
+//! raise it for queries whose replies are large, such as `guest-file-read`).
 //!
 //! **Files.** Reads the channel socket (`--socket`; as a client — QEMU listens), the document
 //! (`--config`), the store directory (`--store`: `<uuid|name>.json`, `<uuid|name>.nocloud/`,
@@ -50,7 +54,7 @@ use xenplug_peer::cli::{Cli, Cmd, DaemonArgs, Timeouts};
 use xenplug_peer::client::{self, exit, Client, ClientError};
 use xenplug_peer::daemon::{self, XenstoreTarget};
 use xenplug_peer::log::{Level, Logger};
-use xenplug_peer::{bench, doc, wire};
+use xenplug_peer::{doc, wire};
 
 fn fail(e: &ClientError) -> ExitCode {
     eprintln!("xenplug-peer: {e}");
@@ -80,7 +84,11 @@ fn load_document(p: &Path) -> Result<doc::Document, ClientError> {
 }
 
 async fn connect(socket: &Path, t: &Timeouts) -> Result<Client, ClientError> {
-    let mut c = Client::connect(socket, wire::Limits::default()).await?;
+    let limits = wire::Limits {
+        max_frame: t.max_frame.clamp(1024, 64 << 20),
+        ..xenplug_channel::host::default_limits()
+    };
+    let mut c = Client::connect(socket, limits).await?;
     c.handshake(
         secs(t.handshake_timeout.unwrap_or(t.timeout)),
         Duration::from_secs(1),
@@ -173,8 +181,17 @@ fn list(control: &Path, json: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     println!(
-        "{:>6} {:>3}  {:<20} {:<36} {:<12} {:>10} {:>9} {:>9}  LAST ERROR",
-        "DOMID", "DEV", "NAME", "UUID", "STATE", "HANDSHAKE", "APPLIED", "WANTED"
+        "{:>6} {:>3}  {:<20} {:<36} {:<12} {:>10} {:>9} {:>9}  {:<24} {:<32} LAST ERROR",
+        "DOMID",
+        "DEV",
+        "NAME",
+        "UUID",
+        "STATE",
+        "HANDSHAKE",
+        "APPLIED",
+        "WANTED",
+        "OS",
+        "ADDRESSES"
     );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -186,8 +203,28 @@ fn list(control: &Path, json: bool) -> ExitCode {
         let hs = r["last_handshake"].as_u64().map_or("-".to_string(), |t| {
             format!("{}s ago", now.saturating_sub(t))
         });
+        // What the guest says about itself: its OS and addresses (IPv4 first).
+        let g = &r["guest"];
+        let os = g["os-name"].as_str().unwrap_or("-");
+        let mut addrs: Vec<&str> = Vec::new();
+        for fam in ["ipv4", "ipv6"] {
+            for i in g["interfaces"].as_array().into_iter().flatten() {
+                addrs.extend(
+                    i[fam]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str),
+                );
+            }
+        }
+        let addrs = if addrs.is_empty() {
+            "-".to_string()
+        } else {
+            addrs.join(",")
+        };
         println!(
-            "{:>6} {:>3}  {:<20} {:<36} {:<12} {:>10} {:>9} {:>9}  {}",
+            "{:>6} {:>3}  {:<20} {:<36} {:<12} {:>10} {:>9} {:>9}  {:<24} {:<32} {}",
             n("domid"),
             n("devid"),
             s("vm_name"),
@@ -196,6 +233,8 @@ fn list(control: &Path, json: bool) -> ExitCode {
             hs,
             n("applied_generation"),
             n("desired_generation"),
+            os,
+            addrs,
             r["last_error"].as_str().unwrap_or("")
         );
     }
@@ -222,7 +261,7 @@ fn run_daemon(a: DaemonArgs) -> ExitCode {
         return ExitCode::from(exit::USAGE);
     };
     let log = Logger::stderr(level);
-    bench::raise_nofile(1 << 16);
+    daemon::raise_nofile(1 << 16);
     let mut cfg = daemon::Config::new(store, channel_names.into_iter().collect::<BTreeSet<_>>());
     cfg.policy_file = policy;
     cfg.backend_root = backend_root;
@@ -294,67 +333,6 @@ fn main() -> ExitCode {
     match cli.cmd {
         c @ (Cmd::Send { .. } | Cmd::Query { .. }) => one_shot(c),
         Cmd::List { control, json } => list(&control, json),
-        Cmd::BenchGuests {
-            dir,
-            from,
-            to,
-            open_delay_ms,
-        } => match bench::serve_guests(&dir, from, to, Duration::from_millis(open_delay_ms)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                println!("error: {e:#}");
-                ExitCode::from(exit::OTHER)
-            }
-        },
         Cmd::Daemon(a) => run_daemon(a),
-        Cmd::Bench {
-            vms,
-            timeout,
-            open_delay_ms,
-            daemon_log_level,
-            json,
-        } => {
-            let exe = match std::env::current_exe() {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("xenplug-peer: cannot find my own binary: {e}");
-                    return ExitCode::from(exit::OTHER);
-                }
-            };
-            let opts = bench::BenchOptions {
-                vms,
-                peer_binary: exe,
-                timeout: secs(timeout),
-                open_delay: Duration::from_millis(open_delay_ms),
-                daemon_log_level,
-            };
-            match bench::run(&opts) {
-                Ok(r) => {
-                    if json {
-                        print_json(&serde_json::to_value(&r).unwrap_or(Value::Null));
-                    } else {
-                        println!(
-                            "{} VMs: {} configured in {:.2} s; daemon peak RSS {:.1} MiB, CPU {:.2} s ({:.0}% of one core); setup {:.1} s",
-                            r.vms,
-                            r.configured,
-                            r.seconds_to_all_configured,
-                            r.daemon_peak_rss_mib,
-                            r.daemon_cpu_seconds,
-                            r.daemon_cpu_utilisation * 100.0,
-                            r.setup_seconds
-                        );
-                    }
-                    if r.configured as usize == r.vms {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(exit::OTHER)
-                    }
-                }
-                Err(e) => {
-                    eprintln!("xenplug-peer: bench: {e:#}");
-                    ExitCode::from(exit::OTHER)
-                }
-            }
-        }
     }
 }

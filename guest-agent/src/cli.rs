@@ -40,6 +40,42 @@ pub struct AgentArgs {
     /// Largest request in bytes.
     #[arg(long, default_value_t = xenplug_channel::frame::DEFAULT_MAX_FRAME)]
     pub max_frame: usize,
+    /// Commands to allow (all others disabled); comma-separated, repeatable; `help` lists them.
+    #[arg(short = 'a', long = "allow-rpcs")]
+    pub allow_rpcs: Vec<String>,
+    /// Commands to disable; comma-separated, repeatable; `help` lists them.
+    #[arg(short = 'b', long = "block-rpcs")]
+    pub block_rpcs: Vec<String>,
+    /// The fsfreeze hook (must exist).
+    #[arg(short = 'F', long)]
+    pub fsfreeze_hook: Option<PathBuf>,
+    /// Run no fsfreeze hook.
+    #[arg(long, conflicts_with = "fsfreeze_hook")]
+    pub no_fsfreeze_hook: bool,
+    /// State directory (tmpfs).
+    #[arg(short = 't', long)]
+    pub statedir: Option<PathBuf>,
+    /// Publish the guest state in xenstore.
+    #[arg(long, conflicts_with = "no_guest_state")]
+    pub guest_state: bool,
+    /// Do not publish the guest state in xenstore.
+    #[arg(long)]
+    pub no_guest_state: bool,
+    /// /proc (tests).
+    #[arg(long, default_value = "/proc", hide = true)]
+    pub proc: PathBuf,
+    /// /sys (tests).
+    #[arg(long, default_value = "/sys", hide = true)]
+    pub sys: PathBuf,
+    /// The utmp file (tests).
+    #[arg(long, default_value = "/var/run/utmp", hide = true)]
+    pub utmp: PathBuf,
+    /// udev's database (tests).
+    #[arg(long, default_value = "/run/udev/data", hide = true)]
+    pub udev_data: PathBuf,
+    /// hwclock (tests).
+    #[arg(long, default_value = "/sbin/hwclock", hide = true)]
+    pub hwclock: PathBuf,
     /// Prepare this guest to be a template for clones, then exit: forget the applied
     /// configuration and remove what would make clones alike (machine id, SSH host keys,
     /// random seed, the agent's network files, DHCP leases). Run it last, then shut down.
@@ -50,8 +86,18 @@ pub struct AgentArgs {
     pub dry_run: bool,
 }
 
+/// `fsfreeze-hook`: a path (which must exist), or `false` for none.
+#[derive(Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum HookSetting {
+    /// This hook, which must exist.
+    Path(PathBuf),
+    /// `true`: the default hook if present; `false`: none.
+    Enabled(bool),
+}
+
 /// `/etc/xenplug/agent.toml`.
-#[derive(Deserialize, Debug, Default, PartialEq, Eq)]
+#[derive(Deserialize, Debug, Default, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AgentConfig {
     /// Channel names to serve (default: `org.xenplug.agent.0`).
@@ -68,6 +114,24 @@ pub struct AgentConfig {
     pub run_commands: Option<bool>,
     /// The network manager to render for (default: detected).
     pub network_renderer: Option<crate::render::Renderer>,
+    /// qemu-ga's allow list (all other commands disabled).
+    pub allow_rpcs: Option<Vec<String>>,
+    /// qemu-ga's block list.
+    pub block_rpcs: Option<Vec<String>>,
+    /// The fsfreeze hook.
+    pub fsfreeze_hook: Option<HookSetting>,
+    /// Seconds a freeze may last before the agent thaws by itself (0: no limit).
+    pub fsfreeze_timeout: Option<u64>,
+    /// Seconds after the channel went away before the agent thaws by itself.
+    pub fsfreeze_thaw_after_channel_loss: Option<u64>,
+    /// State directory (tmpfs).
+    pub statedir: Option<PathBuf>,
+    /// `true`, `false` or `"auto"` (publish when xenstore can be reached).
+    pub guest_state: Option<toml::Value>,
+    /// Fewest milliseconds between two guest-state updates.
+    pub guest_state_min_interval_ms: Option<u64>,
+    /// Seconds between re-reads of the memory figures.
+    pub guest_state_refresh: Option<u64>,
 }
 
 /// Read the agent's configuration; a missing file is the defaults.

@@ -94,6 +94,15 @@ fn agent_toml_documents_every_key_with_its_default() {
             // Documented as examples: their default is "none" (detected; no default user).
             default_user: None,
             network_renderer: None,
+            allow_rpcs: None,
+            block_rpcs: None,
+            fsfreeze_hook: Some(xenplug_guest_agent::cli::HookSetting::Enabled(true)),
+            fsfreeze_timeout: Some(300),
+            fsfreeze_thaw_after_channel_loss: Some(10),
+            statedir: Some("/run/xenplug-agent".into()),
+            guest_state: Some(toml::Value::String("auto".into())),
+            guest_state_min_interval_ms: Some(1000),
+            guest_state_refresh: Some(60),
         }
     );
 }
