@@ -19,7 +19,8 @@ fn err(message: impl Into<String>) -> StepError {
     }
 }
 
-/// The real firewall: runs `nft -j -f -` with the batch on stdin.
+/// The real firewall: runs `nft -f -` with the batch on stdin (nft's own syntax: Debian 12's
+/// nft 1.0.6 cannot express the link-local sets in JSON), and `nft -j list set` to read a set.
 #[derive(Debug, Clone)]
 pub struct NftCli {
     /// The `nft` program.
@@ -34,54 +35,97 @@ impl Default for NftCli {
     }
 }
 
+impl NftCli {
+    fn spawn_error(&self, removal: bool, e: std::io::Error) -> StepError {
+        StepError {
+            // No nft at all: no rule of ours can exist, so a removal is done.
+            gone: removal && e.kind() == std::io::ErrorKind::NotFound,
+            ..err(format!(
+                "cannot run {} (antispoofing and masquerading need nftables; \
+                 antispoof=off disables antispoofing): {e}",
+                self.program.display()
+            ))
+        }
+    }
+}
+
+/// The first error line of nft's stderr.
+fn nft_error(stderr: &str, status: std::process::ExitStatus) -> String {
+    match stderr
+        .lines()
+        .find(|l| l.contains("Error"))
+        .unwrap_or(stderr.trim())
+    {
+        "" => format!("exited with {status}"),
+        line => line.to_string(),
+    }
+}
+
 impl Firewall for NftCli {
     fn apply(&mut self, batch: &NftBatch) -> Result<(), StepError> {
-        let fail = |message: String| StepError {
-            message,
-            gone: false,
-            ..Default::default()
-        };
         let mut child = Command::new(&self.program)
-            .args(["-j", "-f", "-"])
+            .args(["-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| StepError {
-                // No nft at all: no rule of ours can exist, so a removal is done.
-                gone: batch.removal && e.kind() == std::io::ErrorKind::NotFound,
-                ..fail(format!(
-                    "cannot run {} (antispoofing and masquerading need nftables; \
-                     antispoof=off disables antispoofing): {e}",
-                    self.program.display()
-                ))
-            })?;
-        let text = batch.json.to_string();
+            .map_err(|e| self.spawn_error(batch.removal, e))?;
+        let text = batch.text();
         if let Some(mut stdin) = child.stdin.take() {
             stdin
                 .write_all(text.as_bytes())
-                .map_err(|e| fail(format!("writing to nft: {e}")))?;
+                .map_err(|e| err(format!("writing to nft: {e}")))?;
         }
         let out = child
             .wait_with_output()
-            .map_err(|e| fail(format!("waiting for nft: {e}")))?;
+            .map_err(|e| err(format!("waiting for nft: {e}")))?;
         if out.status.success() {
             return Ok(());
         }
-        let err = String::from_utf8_lossy(&out.stderr);
-        let first = match err
-            .lines()
-            .find(|l| l.starts_with("Error"))
-            .unwrap_or(err.trim())
-        {
-            "" => format!("exited with {}", out.status),
-            line => line.to_string(),
-        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
         Err(StepError {
-            gone: batch.removal && err.contains("No such file or directory"),
-            message: format!("nft ({}): {first}", batch.what),
+            gone: batch.removal && stderr.contains("No such file or directory"),
+            message: format!("nft ({}): {}", batch.what, nft_error(&stderr, out.status)),
             ..Default::default()
         })
+    }
+
+    fn elements(&mut self, family: &str, table: &str, set: &str) -> Result<Vec<String>, StepError> {
+        let out = Command::new(&self.program)
+            .args(["-j", "list", "set", family, table, set])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| self.spawn_error(true, e))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            return Err(StepError {
+                gone: stderr.contains("No such file or directory"),
+                message: format!(
+                    "nft list set {family} {table} {set}: {}",
+                    nft_error(&stderr, out.status)
+                ),
+                ..Default::default()
+            });
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| err(format!("nft list set {family} {table} {set}: {e}")))?;
+        Ok(v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["set"]["elem"].as_array())
+            .flatten()
+            .filter_map(|e| match e {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            // Only what nft itself would read back as an element of such a set.
+            .filter(|e| {
+                e.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b':' || b == b'.')
+            })
+            .collect())
     }
 }
 

@@ -16,6 +16,9 @@ use crate::types::{NftBatch, OnError, Plan, Step, StepError};
 pub trait Firewall {
     /// Apply a batch atomically.
     fn apply(&mut self, batch: &NftBatch) -> Result<(), StepError>;
+    /// The elements of set `set` of table `family table`, as `nft` lists them ("already gone"
+    /// when there is no such set).
+    fn elements(&mut self, family: &str, table: &str, set: &str) -> Result<Vec<String>, StepError>;
 }
 
 /// Sysctl access (paths relative to /proc/sys).

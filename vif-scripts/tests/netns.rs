@@ -11,7 +11,9 @@ mod common;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 
-use common::{in_netns, link, nft_chains, police_supported, run_in, run_in_ok, setup, up, Xs};
+use common::{
+    in_netns, link, mac_of, nft_chains, police_supported, run_in, run_in_ok, setup, up, Xs,
+};
 use serde_json::Value;
 use xenplug_testkit::{require, require_program, require_root, NetNs};
 use xenplug_vif::scripts::Script;
@@ -142,10 +144,11 @@ fn bridge_rollback_on_failed_online() {
     if !ready() {
         return;
     }
-    let (host, _guest) = setup("rb");
+    let (host, guest) = setup("rb");
     let xs = Xs::new();
     xs.set("backend/vif/5/0/bridge", "xenbr0");
     xs.set("backend/vif/5/0/ip", "10.0.0.5");
+    xs.set("backend/vif/5/0/mac", &mac_of(&guest, "eth0"));
     let before = link(&host, "vif5.0").unwrap();
     // `nft` that always fails: enforce-mode antispoofing is fatal, so online fails after the
     // port was prepared, and everything done so far is undone.
@@ -435,6 +438,7 @@ fn antispoof_enforce_drops_forged_sources() {
     let xs = Xs::new();
     xs.set("backend/vif/5/0/bridge", "xenbr0");
     xs.set("backend/vif/5/0/ip", "10.0.0.5");
+    xs.set("backend/vif/5/0/mac", &mac_of(&guest, "eth0"));
     run_in_ok(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs);
     assert_eq!(nft_chains(&host), vec!["vif5.0".to_string()]);
     assert!(
@@ -823,6 +827,7 @@ fn antispoof_enforce_ipv6() {
     let xs = Xs::new();
     xs.set("backend/vif/5/0/bridge", "xenbr0");
     xs.set("backend/vif/5/0/ip", "10.0.0.5 2001:db8::5");
+    xs.set("backend/vif/5/0/mac", &mac_of(&guest, "eth0"));
     run_in_ok(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs);
     assert!(
         ping(&guest, &["-6", "-I", "2001:db8::5", "2001:db8::1"]),

@@ -94,7 +94,7 @@ pub fn plan_bridge(c: &Common, f: &BridgeFacts, obs: &Observed) -> Result<(Plan,
         let br = resolve_bridge(&f.bridge, obs)?;
         plan_port_setup(c, obs, &mut plan)?;
         let dev = c.name.clone();
-        plan_firewall_up(c, &mut plan);
+        plan_firewall_up(c, &mut plan)?;
         plan_rate_up(c, &mut plan);
         let mtu = match f.mtu.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
             Some(m) => m
@@ -142,7 +142,7 @@ pub fn plan_bridge(c: &Common, f: &BridgeFacts, obs: &Observed) -> Result<(Plan,
             }
         }
         plan_rate_down(c, obs, &mut plan);
-        plan_firewall_down(c, &mut plan);
+        plan_firewall_down(c, obs, &mut plan);
         Ok((plan, br))
     }
 }

@@ -1,6 +1,6 @@
 //! Golden files of the planners' outputs (`vif-scripts/tests/golden/*.txt`): every step of a
 //! plan as the applier logs it, with each nftables batch (and the batch that undoes it) as the
-//! JSON `nft -j -f -` receives, and each xenstore write. A change of behaviour is a diff of these
+//! text `nft -f -` receives, and each xenstore write. A change of behaviour is a diff of these
 //! files; `XENPLUG_BLESS=1 cargo test -p xenplug-vif golden` rewrites them (see
 //! `xenplug_testkit::golden`).
 
@@ -27,7 +27,7 @@ fn render(title: &str, plan: &Plan) -> String {
         if let Step::Nft(b, _) = s {
             // One command of the batch per line, so a change is a one-line diff.
             let cmds = |out: &mut String, b: &NftBatch| {
-                for c in b.commands() {
+                for c in &b.cmds {
                     writeln!(out, "    {c}").unwrap();
                 }
             };
@@ -71,6 +71,12 @@ fn golden_vif_bridge() {
             Action::Online,
             "vif",
             vec![("vifname", "web0"), ("mtu", "9000")],
+        ),
+        (
+            "online type_if=vif, vifname web0, ip listed: the chain keeps the backend's name",
+            Action::Online,
+            "vif",
+            vec![("vifname", "web0"), ("ip", "10.0.0.5")],
         ),
         (
             "add type_if=tap, rate 125000,50000",

@@ -60,8 +60,8 @@ impl Script {
 pub trait VifScript {
     /// The script's file name.
     const NAME: &'static str;
-    /// The backend nodes it reads besides vif-common's (`vifname`, `ip`, `rate`), fetched with
-    /// them in one round trip.
+    /// The backend nodes it reads besides vif-common's (`vifname`, `ip`, `rate`, `mac`),
+    /// fetched with them in one round trip.
     const NODES: &'static [&'static str];
     /// The script's own inputs.
     type Facts;
@@ -137,22 +137,47 @@ fn plan_port_setup(c: &Common, obs: &Observed, plan: &mut Plan) -> Result<(), Fa
     Ok(())
 }
 
+/// The description of this vif's antispoofing chain.
+fn antispoof(c: &Common) -> firewall::Antispoof<'_> {
+    firewall::Antispoof {
+        chain: &c.dev,
+        device: &c.name,
+        addrs: &c.ip,
+        mac: c.mac,
+        mode: c.antispoof,
+        ethertypes: &c.ethertypes,
+    }
+}
+
 /// The antispoofing batch for set-up and what its failure does (enforce: fatal, fail closed;
 /// compat: logged).
-fn firewall_up(c: &Common) -> Option<(NftBatch, OnError)> {
-    let b = firewall::vif_batch(&c.name, &c.ip, c.antispoof)?;
+fn firewall_up(c: &Common) -> Result<Option<(NftBatch, OnError)>, Failure> {
+    if c.antispoof == Mode::Enforce && has_firewall(c) && c.mac.is_none() {
+        return Err(fail(format!(
+            "antispoof=enforce needs the guest's MAC address: {} is {}",
+            backend_node(c, "mac"),
+            match &c.mac_text {
+                None => "missing".to_string(),
+                Some(t) => format!("'{t}', not a MAC address"),
+            }
+        )));
+    }
+    let Some(b) = firewall::vif_batch(&antispoof(c)).map_err(fail)? else {
+        return Ok(None);
+    };
     let on = if c.antispoof == Mode::Enforce {
         OnError::Fatal
     } else {
         OnError::Ignore
     };
-    Some((b, on))
+    Ok(Some((b, on)))
 }
 
-fn plan_firewall_up(c: &Common, plan: &mut Plan) {
-    if let Some((b, on)) = firewall_up(c) {
+fn plan_firewall_up(c: &Common, plan: &mut Plan) -> Result<(), Failure> {
+    if let Some((b, on)) = firewall_up(c)? {
         plan.push(Step::Nft(b, on));
     }
+    Ok(())
 }
 
 /// True when set-up installs antispoofing rules (teardown removes them).
@@ -160,9 +185,14 @@ fn has_firewall(c: &Common) -> bool {
     c.antispoof != Mode::Off && !c.ip.is_empty()
 }
 
-fn plan_firewall_down(c: &Common, plan: &mut Plan) {
+/// Teardown of [`plan_firewall_up`]: this backend's chain (named after it, so whatever the
+/// device is called now) and its link-local claims (`obs.ll6_claims`).
+fn plan_firewall_down(c: &Common, obs: &Observed, plan: &mut Plan) {
     if has_firewall(c) {
-        plan.push(Step::Nft(firewall::remove_batch(&c.name), OnError::Ignore));
+        plan.push(Step::Nft(
+            firewall::remove_batch(&c.dev, &obs.ll6_claims),
+            OnError::Ignore,
+        ));
     }
 }
 
@@ -249,7 +279,7 @@ impl<'c, 'x> Nodes<'c, 'x> {
         };
         let pending = backend
             .map(|b| {
-                ["vifname", "ip", "rate"]
+                ["vifname", "ip", "rate", "mac"]
                     .iter()
                     .chain(own)
                     .map(|k| format!("{}/{k}", b.trim_end_matches('/')))
@@ -336,7 +366,7 @@ impl<'g> Gather<'g, '_> {
         if dump {
             return Ok(Observed {
                 links: self.links.links().map_err(links_err)?,
-                addrs: Vec::new(),
+                ..Default::default()
             });
         }
         let mut o = Observed::default();
@@ -369,6 +399,7 @@ pub fn run<S: VifScript>(ctx: &Context<'_>, be: Backends<'_>) -> Result<Outcome<
             .var("antispoof")
             .map(str::to_string)
             .or_else(|| ctx.config.antispoof.clone()),
+        ethertypes: ctx.config.antispoof_ethertypes.clone(),
     };
     let nodes = Nodes::new(ctx, S::NODES, &inp);
     let Some(c) = resolve(ctx.action(), &inp, &mut |p| nodes.read(p))? else {
@@ -384,7 +415,21 @@ pub fn run<S: VifScript>(ctx: &Context<'_>, be: Backends<'_>) -> Result<Outcome<
         nodes,
         links: be.links,
     };
-    let (facts, obs) = S::gather(&mut g, &c)?;
+    let (facts, mut obs) = S::gather(&mut g, &c)?;
+    if !c.setup() && has_firewall(&c) {
+        // The link-local addresses this backend's chain claimed, released with it.
+        match be
+            .firewall
+            .elements("netdev", firewall::TABLE, &firewall::own_set(&c.dev))
+        {
+            Ok(e) => obs.ll6_claims = e,
+            Err(e) if e.gone => {}
+            Err(e) => ctx.log.warning(format!(
+                "cannot list the link-local addresses {} claimed: {}",
+                c.dev, e.message
+            )),
+        }
+    }
     let Planned { plan, hook_vars } = S::plan(&c, &facts, &obs)?;
     // vif-nat's lock around the DHCP server's host entries (locking.sh's name).
     let _dhcp_lock = match plan.steps.iter().any(|s| matches!(s, Step::Dhcp { .. })) {
@@ -510,10 +555,13 @@ pub(crate) mod testutil {
             xenbus_path: "backend/vif/5/0".into(),
             ..Default::default()
         };
-        let m: std::collections::BTreeMap<String, String> = nodes
+        let mut m: std::collections::BTreeMap<String, String> = nodes
             .iter()
             .map(|(k, v)| (format!("backend/vif/5/0/{k}"), v.to_string()))
             .collect();
+        // libxl always writes the guest's MAC.
+        m.entry("backend/vif/5/0/mac".into())
+            .or_insert_with(|| "00:16:3e:00:00:05".into());
         resolve(action, &inp, &mut |p| Ok(m.get(p).cloned()))
             .unwrap()
             .unwrap()
@@ -523,6 +571,7 @@ pub(crate) mod testutil {
         Observed {
             links: links.links.clone(),
             addrs: links.addrs.clone(),
+            ..Default::default()
         }
     }
 
@@ -695,6 +744,7 @@ mod tests {
         fn new(bridge: &str) -> Self {
             let xs = MemXs::default();
             xs.set("backend/vif/5/0/bridge", bridge);
+            xs.set("backend/vif/5/0/mac", "00:16:3e:00:00:05");
             Bench {
                 xs,
                 links: host(),
@@ -792,6 +842,34 @@ mod tests {
             std::fs::read_to_string(&out).unwrap(),
             "online vif5.0 xenbr0 vif\noffline vif5.0 xenbr0 vif\n"
         );
+    }
+
+    #[test]
+    fn enforce_without_the_guest_mac_fails_closed() {
+        for (mac, why) in [
+            (None, "missing"),
+            (Some("00:16:3e"), "'00:16:3e', not a MAC address"),
+        ] {
+            let mut b = Bench::new("xenbr0");
+            b.xs.set("backend/vif/5/0/ip", "10.0.0.5");
+            b.xs.rm_node("backend/vif/5/0/mac");
+            if let Some(m) = mac {
+                b.xs.set("backend/vif/5/0/mac", m);
+            }
+            assert_eq!(b.bridge("online", &VIF5), ExitCode::FAILURE);
+            assert_eq!(
+                b.node("hotplug-error").unwrap(),
+                format!(
+                    "antispoof=enforce needs the guest's MAC address: backend/vif/5/0/mac is {why}"
+                )
+            );
+            assert!(b.links.log.is_empty() && b.fw.chains.is_empty());
+            // Compat and off do not need it.
+            for mode in ["compat", "off"] {
+                let env = [VIF5[0], VIF5[1], ("antispoof", mode)];
+                assert_eq!(b.bridge("online", &env), ExitCode::SUCCESS, "{mode}");
+            }
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ pub struct OpenVswitch;
 
 impl VifScript for OpenVswitch {
     const NAME: &'static str = "vif-openvswitch";
-    const NODES: &'static [&'static str] = &["bridge", "frontend-id", "mac"];
+    const NODES: &'static [&'static str] = &["bridge", "frontend-id"];
     type Facts = OvsFacts;
 
     fn gather(g: &mut Gather<'_, '_>, c: &Common) -> Result<(OvsFacts, Observed), Failure> {
@@ -141,7 +141,7 @@ pub fn plan_ovs(c: &Common, f: &OvsFacts, obs: &Observed) -> Result<Plan, Failur
         // `ingress_policing_rate` with one, and deletes whatever ingress qdisc a port has when
         // the port is added: seen with Debian 12's Open vSwitch), so ours would not last.
         if c.type_if == TypeIf::Vif {
-            plan_firewall_up(c, &mut plan);
+            plan_firewall_up(c, &mut plan)?;
         }
         let mut args = del.clone();
         args.extend([
@@ -193,7 +193,7 @@ pub fn plan_ovs(c: &Common, f: &OvsFacts, obs: &Observed) -> Result<Plan, Failur
             });
         }
         if c.type_if == TypeIf::Vif {
-            plan_firewall_down(c, &mut plan);
+            plan_firewall_down(c, obs, &mut plan);
         }
     }
     Ok(plan)

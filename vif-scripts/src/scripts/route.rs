@@ -81,7 +81,7 @@ pub fn plan_route(c: &Common, f: &RouteFacts, obs: &Observed) -> Result<Plan, Fa
         })?;
         require_dev(c, obs)?;
         plan_rename(c, obs, &mut plan)?;
-        plan_firewall_up(c, &mut plan);
+        plan_firewall_up(c, &mut plan)?;
         plan_rate_up(c, &mut plan);
         if !obs.has_addr(&c.dev, IpAddr::V4(main_ip)) {
             plan.link(LinkChange::AddAddr {
@@ -169,7 +169,7 @@ pub fn plan_route(c: &Common, f: &RouteFacts, obs: &Observed) -> Result<Plan, Fa
             }
         }
         plan_rate_down(c, obs, &mut plan);
-        plan_firewall_down(c, &mut plan);
+        plan_firewall_down(c, obs, &mut plan);
     }
     Ok(plan)
 }
