@@ -849,6 +849,7 @@ mod tests {
                 master: None,
                 kind: None,
                 stats: None,
+                alias: None,
             }],
             ..Default::default()
         };

@@ -158,7 +158,11 @@ fn file_then_environment() {
     assert_eq!(c.antispoof.as_deref(), Some("off"));
     assert_eq!(c.antispoof_ethertypes, [0x88cc, 0x8863]);
     let e = Config::load(&env(&[("XENPLUG_ANTISPOOF_ETHERTYPES", "0x86dd")])).unwrap_err();
-    assert!(e.message().contains("0x86dd is not an ethertype"), "{}", e.message());
+    assert!(
+        e.message().contains("0x86dd is not an ethertype"),
+        "{}",
+        e.message()
+    );
     let e = Config::load(&env(&[
         ("XENPLUG_CONFIG", &fs),
         ("XENPLUG_LOCK_TIMEOUT", "soon"),

@@ -237,6 +237,56 @@ impl Ovs for OvsCli {
             )))
         }
     }
+
+    fn external_ids(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>, StepError> {
+        let cond = format!("name={}", crate::scripts::openvswitch::ovs_quote(name));
+        let args = [
+            "--timeout=30",
+            "--format=json",
+            "--",
+            "--columns=external_ids",
+            "find",
+            "Interface",
+            cond.as_str(),
+        ];
+        let out = xenplug_hotplug::command::command_in(&self.program, &self.env, &self.libexec_bin)
+            .args(args)
+            .output()
+            .map_err(|e| err(format!("cannot run {}: {e}", self.program.display())))?;
+        if !out.status.success() {
+            return Err(err(format!(
+                "ovs-vsctl {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        parse_external_ids(&out.stdout)
+            .map_err(|e| err(format!("ovs-vsctl {}: {e}", args.join(" "))))
+    }
+}
+
+/// The `external_ids` map of the first row of `ovs-vsctl --format=json --columns=external_ids
+/// find …` (`None` when no row matched).
+pub fn parse_external_ids(
+    json: &[u8],
+) -> Result<Option<std::collections::BTreeMap<String, String>>, String> {
+    let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let Some(row) = v["data"].as_array().and_then(|rows| rows.first()) else {
+        return Ok(None);
+    };
+    let pairs = row[0][1]
+        .as_array()
+        .ok_or_else(|| format!("not a map: {row}"))?;
+    Ok(Some(
+        pairs
+            .iter()
+            .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
+            .collect(),
+    ))
 }
 
 /// dnsmasq's `dhcp-hostsfile`: one `mac,ip,hostname` line per vif, keyed by hostname; after a
@@ -314,6 +364,19 @@ impl Dhcp for DnsmasqHosts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ovs_external_ids_from_find_json() {
+        let row = br#"{"data":[[["map",[["attached-mac","00:16:3e:00:05:00"],["xenplug-backend","backend/vif/5/0"]]]]],"headings":["external_ids"]}"#;
+        let ids = parse_external_ids(row).unwrap().unwrap();
+        assert_eq!(ids["xenplug-backend"], "backend/vif/5/0");
+        assert_eq!(ids.len(), 2);
+        let empty = br#"{"data":[[["map",[]]]],"headings":["external_ids"]}"#;
+        assert!(parse_external_ids(empty).unwrap().unwrap().is_empty());
+        let none = br#"{"data":[],"headings":["external_ids"]}"#;
+        assert_eq!(parse_external_ids(none).unwrap(), None);
+        assert!(parse_external_ids(b"garbage").is_err());
+    }
 
     #[test]
     fn dhcp_hosts_file_entries() {

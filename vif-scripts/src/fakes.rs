@@ -140,14 +140,20 @@ impl XsWrite for FakeXs {
     }
 }
 
-/// Records `ovs-vsctl` runs.
+/// Records `ovs-vsctl` runs; `ids` answers [`Ovs::external_ids`].
 #[derive(Debug, Default, Clone)]
-pub struct FakeOvs(pub Vec<Vec<String>>);
+pub struct FakeOvs(
+    pub Vec<Vec<String>>,
+    pub BTreeMap<String, BTreeMap<String, String>>,
+);
 
 impl Ovs for FakeOvs {
     fn vsctl(&mut self, args: &[String]) -> Result<(), StepError> {
         self.0.push(args.to_vec());
         Ok(())
+    }
+    fn external_ids(&mut self, name: &str) -> Result<Option<BTreeMap<String, String>>, StepError> {
+        Ok(self.1.get(name).cloned())
     }
 }
 

@@ -850,3 +850,120 @@ fn antispoof_enforce_ipv6() {
         "control: passes without rules"
     );
 }
+
+/// The host's own `eth9`: up, with the address, route and bridge port `f` gives it.
+fn host_eth9(host: &NetNs) {
+    host.ip(&[
+        "link", "add", "eth9", "type", "veth", "peer", "name", "eth9p",
+    ])
+    .unwrap();
+    host.ip(&["link", "set", "eth9", "up"]).unwrap();
+}
+
+/// `(up, master)` of `dev` in `ns`.
+fn state_of(ns: &NetNs, dev: &str) -> (bool, Option<String>) {
+    let l = link(ns, dev).unwrap_or_else(|| panic!("{dev} exists"));
+    (up(&l), l["master"].as_str().map(str::to_string))
+}
+
+/// `vifname` names an interface the host already has: `online` fails (the rename is refused),
+/// and the `offline` libxl runs after a failed `online` must leave that interface alone:
+/// teardown acts only on the device this backend created.
+#[test]
+fn bridge_teardown_leaves_a_host_interface_named_by_vifname_alone() {
+    if !ready() {
+        return;
+    }
+    let (host, guest) = setup("fb");
+    host.ip(&["link", "add", "hostbr", "type", "bridge"])
+        .unwrap();
+    host.ip(&["link", "set", "hostbr", "up"]).unwrap();
+    host_eth9(&host);
+    host.ip(&["link", "set", "eth9", "master", "hostbr"])
+        .unwrap();
+    let xs = Xs::new();
+    xs.set("backend/vif/5/0/bridge", "xenbr0");
+    xs.set("backend/vif/5/0/vifname", "eth9");
+    xs.set("backend/vif/5/0/ip", "10.0.0.5");
+    xs.set("backend/vif/5/0/mac", &mac_of(&guest, "eth0"));
+    assert_eq!(
+        run_in(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs),
+        ExitCode::FAILURE
+    );
+    assert_eq!(
+        xs.value("backend/vif/5/0/hotplug-error").as_deref(),
+        Some("Cannot rename interface vif5.0. An interface with name eth9 already exists.")
+    );
+    run_in(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs);
+    assert_eq!(state_of(&host, "eth9"), (true, Some("hostbr".into())));
+    // The same once netback's device is gone (libxl may run offline after that).
+    host.ip(&["link", "del", "vif5.0"]).unwrap();
+    run_in(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs);
+    assert_eq!(state_of(&host, "eth9"), (true, Some("hostbr".into())));
+}
+
+/// A renamed vif is still torn down under its new name (it carries this backend's mark), also
+/// when the name is not libxl's.
+#[test]
+fn bridge_teardown_acts_on_our_renamed_vif() {
+    if !ready() {
+        return;
+    }
+    let (host, _guest) = setup("fr");
+    let xs = Xs::new();
+    xs.set("backend/vif/5/0/bridge", "xenbr0");
+    xs.set("backend/vif/5/0/vifname", "web0");
+    run_in_ok(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs);
+    let l = link(&host, "web0").unwrap();
+    assert_eq!(l["ifalias"], "xenplug vif5.0", "{l}");
+    run_in_ok(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs);
+    assert_eq!(state_of(&host, "web0"), (false, None));
+}
+
+/// vif-route and vif-nat: the routes and addresses of a host interface that `vifname` names
+/// survive the `offline` after the refused `online`.
+#[test]
+fn route_and_nat_teardown_leave_a_host_interface_s_routes_alone() {
+    if !ready() {
+        return;
+    }
+    for script in [Script::Route, Script::Nat] {
+        let (host, _guest) = setup(if script == Script::Route { "fr" } else { "fn" });
+        host.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+        ])
+        .unwrap();
+        host.ip(&["addr", "add", "192.0.2.10/24", "dev", "eth0"])
+            .unwrap();
+        host.ip(&["link", "set", "eth0", "up"]).unwrap();
+        host_eth9(&host);
+        // What the scripts' teardown would delete on a device of theirs: the host route to the
+        // guest (metric 2 for vif-route, 0 for vif-nat), dom0's address /32.
+        let (dst, metric) = match script {
+            Script::Route => ("10.0.9.5", "2"),
+            _ => ("10.0.9.5", "0"),
+        };
+        host.ip(&["route", "add", dst, "dev", "eth9", "metric", metric])
+            .unwrap();
+        host.ip(&["addr", "add", "10.0.9.133/32", "dev", "eth9"])
+            .unwrap();
+        let xs = Xs::new();
+        xs.set("backend/vif/5/0/vifname", "eth9");
+        xs.set("backend/vif/5/0/ip", "10.0.9.5");
+        xs.set("backend/vif/5/0/frontend-id", "5");
+        xs.set("backend/vif/5/0/handle", "0");
+        let mut env = ENV.to_vec();
+        env.push(("antispoof", "off"));
+        assert_eq!(
+            run_in(&host, script, &["online", "type_if=vif"], &env, &xs),
+            ExitCode::FAILURE,
+            "{script:?}"
+        );
+        run_in(&host, script, &["offline", "type_if=vif"], &env, &xs);
+        assert!(state_of(&host, "eth9").0, "{script:?}: eth9 stays up");
+        let routes = host.ip_json(&["route", "show", "dev", "eth9"]).unwrap();
+        assert!(routes.contains(dst), "{script:?}: {routes}");
+        let addrs = host.ip_json(&["addr", "show", "dev", "eth9"]).unwrap();
+        assert!(addrs.contains("10.0.9.133"), "{script:?}: {addrs}");
+    }
+}

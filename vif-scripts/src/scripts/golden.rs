@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use super::bridge::{plan_bridge, BridgeFacts};
 use super::nat::{plan_nat, NatFacts};
-use super::openvswitch::{plan_ovs, OvsFacts};
+use super::openvswitch::{plan_ovs, OvsFacts, PortRow, BACKEND_ID};
 use super::route::{plan_route, RouteFacts};
 use super::testutil::*;
 use crate::types::Mode;
@@ -168,10 +168,21 @@ fn golden_vif_openvswitch() {
         vm_name: "web \"1\"".into(),
         vm_uuid: "8c4b3a3e-0000-4000-8000-000000000005".into(),
         mac: "00:16:3e:00:00:05".into(),
+        port: PortRow::NotRead,
     };
+    let ids = |b: &str| PortRow::Ids([(BACKEND_ID.to_string(), b.to_string())].into());
     let mut text = String::new();
-    for (title, action) in [("online", Action::Online), ("offline", Action::Offline)] {
+    for (title, action, port) in [
+        ("online", Action::Online, PortRow::NotRead),
+        ("offline", Action::Offline, ids("backend/vif/5/0")),
+        (
+            "offline, the port named so is another backend's",
+            Action::Offline,
+            ids("backend/vif/7/0"),
+        ),
+    ] {
         let c = common(action, "vif", &[IPS]);
+        let f = OvsFacts { port, ..f.clone() };
         text += &render(
             &format!("vif-openvswitch {title} type_if=vif, bridge {}", f.bridge),
             &plan_ovs(&c, &f, &observed(&host())).unwrap(),

@@ -85,16 +85,63 @@ fn fail(msg: impl std::fmt::Display) -> Failure {
     Failure::error(msg)
 }
 
-/// Rename (online/add with `vifname`), refusing an existing name.
-fn plan_rename(c: &Common, obs: &Observed, plan: &mut Plan) -> Result<(), Failure> {
-    if !c.rename || c.dev == c.name {
-        return Ok(());
+/// The alias that marks a device as this backend's: `xenplug <libxl's name of the device>`. It
+/// survives a rename and dies with the device, so teardown can tell the device this backend
+/// set up (whatever `vifname` called it) from another interface that has that name now.
+pub fn mark(c: &Common) -> String {
+    format!("{MARK_PREFIX}{}", c.dev)
+}
+
+/// The start of every [`mark`].
+pub const MARK_PREFIX: &str = "xenplug ";
+
+/// True when `l` carries another backend's [`mark`].
+fn marked_by_another(c: &Common, l: &Link) -> bool {
+    l.alias
+        .as_deref()
+        .is_some_and(|a| a.starts_with(MARK_PREFIX) && a != mark(c))
+}
+
+/// The device teardown may act on: the device this backend set up, under its new name (it
+/// carries our [`mark`]), else libxl's device under libxl's name (`online` failed or never ran,
+/// or it was set up before devices were marked) unless another backend marked it. `None`: the
+/// device is gone, and whatever has its name now is not ours.
+pub fn own_device<'o>(c: &Common, obs: &'o Observed) -> Option<&'o Link> {
+    let m = mark(c);
+    if let Some(l) = obs.get(&c.name) {
+        if l.alias.as_deref() == Some(m.as_str()) || (c.name == c.dev && !marked_by_another(c, l)) {
+            return Some(l);
+        }
     }
-    if obs.get(&c.name).is_some() {
+    obs.get(&c.dev)
+        .filter(|l| c.name != c.dev && !marked_by_another(c, l))
+}
+
+/// Mark the device as this backend's, then rename it (online/add with `vifname`), refusing an
+/// existing name.
+fn plan_rename(c: &Common, obs: &Observed, plan: &mut Plan) -> Result<(), Failure> {
+    let renaming = c.rename && c.dev != c.name;
+    if renaming && obs.get(&c.name).is_some() {
         return Err(fail(format!(
             "Cannot rename interface {}. An interface with name {} already exists.",
             c.dev, c.name
         )));
+    }
+    // Needed for teardown to find a renamed device; a device keeping libxl's name is found
+    // without it.
+    plan.push(Step::Link(
+        LinkChange::SetAlias {
+            dev: c.dev.clone(),
+            alias: mark(c),
+        },
+        if renaming {
+            OnError::Fatal
+        } else {
+            OnError::Ignore
+        },
+    ));
+    if !renaming {
+        return Ok(());
     }
     plan.link(LinkChange::SetUp {
         dev: c.dev.clone(),
@@ -107,10 +154,17 @@ fn plan_rename(c: &Common, obs: &Observed, plan: &mut Plan) -> Result<(), Failur
     Ok(())
 }
 
-/// The device must exist for set-up.
+/// The device must exist for set-up, and not be another backend's.
 fn require_dev(c: &Common, obs: &Observed) -> Result<(), Failure> {
-    if obs.get(&c.dev).is_none() {
+    let Some(l) = obs.get(&c.dev) else {
         return Err(fail(format!("Cannot find interface {}", c.dev)));
+    };
+    if marked_by_another(c, l) {
+        return Err(fail(format!(
+            "Interface {} is another backend's ({})",
+            c.dev,
+            l.alias.as_deref().unwrap_or_default()
+        )));
     }
     Ok(())
 }
@@ -211,9 +265,9 @@ fn plan_rate_up(c: &Common, plan: &mut Plan) {
 
 /// Teardown of [`plan_rate_up`]: only while the tap exists (its policer dies with it).
 fn plan_rate_down(c: &Common, obs: &Observed, plan: &mut Plan) {
-    if c.type_if == TypeIf::Tap && c.rate.is_some() && obs.get(&c.name).is_some() {
+    if let (TypeIf::Tap, Some(_), Some(l)) = (c.type_if, c.rate, own_device(c, obs)) {
         plan.link(LinkChange::ClearIngressRate {
-            dev: c.name.clone(),
+            dev: l.name.clone(),
         });
     }
 }
@@ -327,6 +381,7 @@ pub struct Gather<'g, 'x> {
     ctx: &'g Context<'x>,
     nodes: Nodes<'g, 'x>,
     links: &'g mut dyn Links,
+    ovs: &'g mut dyn Ovs,
 }
 
 impl<'g> Gather<'g, '_> {
@@ -353,6 +408,14 @@ impl<'g> Gather<'g, '_> {
     /// The link called `name`.
     pub fn link(&mut self, name: &str) -> Result<Option<Link>, Failure> {
         self.links.link(name).map_err(links_err)
+    }
+
+    /// The `external_ids` of Open vSwitch's interface `name` (`None`: no such interface).
+    pub fn ovs_external_ids(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>, String> {
+        self.ovs.external_ids(name).map_err(|e| e.message)
     }
 
     /// Every address of every link.
@@ -414,6 +477,7 @@ pub fn run<S: VifScript>(ctx: &Context<'_>, be: Backends<'_>) -> Result<Outcome<
         ctx,
         nodes,
         links: be.links,
+        ovs: be.ovs,
     };
     let (facts, mut obs) = S::gather(&mut g, &c)?;
     if !c.setup() && has_firewall(&c) {
@@ -431,6 +495,17 @@ pub fn run<S: VifScript>(ctx: &Context<'_>, be: Backends<'_>) -> Result<Outcome<
         }
     }
     let Planned { plan, hook_vars } = S::plan(&c, &facts, &obs)?;
+    if !c.setup() {
+        if let Some(l) = obs.get(&c.name) {
+            if own_device(&c, &obs).map(|o| o.index) != Some(l.index) {
+                ctx.log.warning(format!(
+                    "{} is not the device this backend set up (it has no mark '{}'): left alone",
+                    c.name,
+                    mark(&c)
+                ));
+            }
+        }
+    }
     // vif-nat's lock around the DHCP server's host entries (locking.sh's name).
     let _dhcp_lock = match plan.steps.iter().any(|s| matches!(s, Step::Dhcp { .. })) {
         true => Some(ctx.claim_lock(names::VIF_NAT_DHCP)?),
@@ -442,7 +517,7 @@ pub fn run<S: VifScript>(ctx: &Context<'_>, be: Backends<'_>) -> Result<Outcome<
         sysctl: be.sysctl,
         firewall: be.firewall,
         xs: &mut xs,
-        ovs: be.ovs,
+        ovs: g.ovs,
         dhcp: be.dhcp,
     };
     let teardown = !c.setup();
@@ -841,6 +916,58 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&out).unwrap(),
             "online vif5.0 xenbr0 vif\noffline vif5.0 xenbr0 vif\n"
+        );
+    }
+
+    #[test]
+    fn teardown_owns_only_the_device_this_backend_set_up() {
+        let off = |vifname: &str| {
+            let nodes: Vec<(&str, &str)> = match vifname {
+                "" => vec![],
+                n => vec![("vifname", n)],
+            };
+            common(Action::Offline, "vif", &nodes)
+        };
+        let with = |links: &[(&str, Option<&str>)]| {
+            let mut l = RecordingLinks::default();
+            for (n, alias) in links {
+                l.add(n, Some("veth"));
+                l.links.last_mut().unwrap().alias = alias.map(str::to_string);
+            }
+            observed(&l)
+        };
+        let own = |c: &Common, o: &Observed| own_device(c, o).map(|l| l.name.clone());
+        let ours = Some("xenplug vif5.0");
+        // Renamed and marked: ours under its new name.
+        assert_eq!(
+            own(&off("web0"), &with(&[("web0", ours)])).as_deref(),
+            Some("web0")
+        );
+        // A host interface with that name, unmarked or another backend's: not ours…
+        assert_eq!(own(&off("eth9"), &with(&[("eth9", None)])), None);
+        let other = Some("xenplug vif7.0");
+        assert_eq!(own(&off("eth9"), &with(&[("eth9", other)])), None);
+        // … but libxl's device under libxl's name is (online failed before the rename).
+        let both = with(&[("eth9", None), ("vif5.0", None)]);
+        assert_eq!(own(&off("eth9"), &both).as_deref(), Some("vif5.0"));
+        // No vifname: libxl's name is ours, marked or not (set up before marks), unless
+        // another backend marked it.
+        assert_eq!(
+            own(&off(""), &with(&[("vif5.0", None)])).as_deref(),
+            Some("vif5.0")
+        );
+        assert_eq!(
+            own(&off(""), &with(&[("vif5.0", ours)])).as_deref(),
+            Some("vif5.0")
+        );
+        assert_eq!(own(&off(""), &with(&[("vif5.0", other)])), None);
+        // Set-up refuses a device another backend marked.
+        let on = common(Action::Online, "vif", &[]);
+        assert_eq!(
+            require_dev(&on, &with(&[("vif5.0", other)]))
+                .unwrap_err()
+                .message(),
+            "Interface vif5.0 is another backend's (xenplug vif7.0)"
         );
     }
 

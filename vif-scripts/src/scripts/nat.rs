@@ -13,8 +13,8 @@ use xenplug_hotplug::Failure;
 use xenplug_netlink::links::{DevRoute as Route, LinkChange};
 
 use super::{
-    backend_node, fail, firewall_up, has_firewall, plan_rate_down, plan_rate_up, plan_rename,
-    require_dev, yes, Gather, Planned, VifScript,
+    backend_node, fail, firewall_up, has_firewall, own_device, plan_rate_down, plan_rate_up,
+    plan_rename, require_dev, yes, Gather, Planned, VifScript,
 };
 use crate::common::{Common, Observed};
 use crate::firewall;
@@ -302,25 +302,26 @@ pub fn plan_nat(c: &Common, f: &NatFacts, obs: &Observed) -> Result<Plan, Failur
                 line: None,
             });
         }
-        plan.link(LinkChange::DelRoute(Route {
-            dst: guest.addr,
-            prefix: 32,
-            dev: dev.clone(),
-            src: None,
-            metric: 0,
-        }));
-        if obs.get(&dev).is_some() {
+        // Only the device this backend set up: never an interface that merely has its name.
+        if let Some(l) = own_device(c, obs) {
+            plan.link(LinkChange::DelRoute(Route {
+                dst: guest.addr,
+                prefix: 32,
+                dev: l.name.clone(),
+                src: None,
+                metric: 0,
+            }));
             plan.link(LinkChange::SetUp {
-                dev: dev.clone(),
+                dev: l.name.clone(),
                 up: false,
             });
-        }
-        if obs.has_addr(&dev, IpAddr::V4(router)) {
-            plan.link(LinkChange::DelAddr {
-                dev: dev.clone(),
-                addr: IpAddr::V4(router),
-                prefix: 32,
-            });
+            if obs.has_addr(&l.name, IpAddr::V4(router)) {
+                plan.link(LinkChange::DelAddr {
+                    dev: l.name.clone(),
+                    addr: IpAddr::V4(router),
+                    prefix: 32,
+                });
+            }
         }
         plan_rate_down(c, obs, &mut plan);
         if let Some(b) = nat_firewall_down(c, f.masquerade, &obs.ll6_claims) {
@@ -470,7 +471,8 @@ mod tests {
         parts.fw.fail = Some("nft: boom".into());
         let err = apply(&plan, &mut parts.system(&mut links), false).unwrap_err();
         assert_eq!(err.message, "nft: boom");
-        assert!(parts.fw.chains.is_empty() && links.log.is_empty());
+        assert!(parts.fw.chains.is_empty());
+        assert_eq!(links.get("vif5.0").alias, None, "the mark is undone too");
         // A later failure undoes the batch with one removal batch.
         parts.fw.fail = None;
         links.fail = Some(|c| matches!(c, LinkChange::AddRoute(_)).then_some(libc::EIO));
