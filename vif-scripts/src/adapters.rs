@@ -291,12 +291,28 @@ pub fn parse_external_ids(
 
 /// dnsmasq's `dhcp-hostsfile`: one `mac,ip,hostname` line per vif, keyed by hostname; after a
 /// change dnsmasq (pid from `pidfile`) gets SIGHUP, which makes it re-read the file.
+///
+/// The pid file is not trusted: only a pid above 1 whose process is called `dnsmasq`
+/// (`/proc/<pid>/comm`) is signalled. A stale file (dnsmasq gone, its pid reused by another
+/// process) then signals nobody, and `0`, `1` or `-1` (a process group, init, every process)
+/// are refused.
 #[derive(Debug, Clone)]
 pub struct DnsmasqHosts {
     /// The hosts file (dnsmasq: `dhcp-hostsfile=<file>`).
     pub file: PathBuf,
     /// dnsmasq's pid file.
     pub pidfile: PathBuf,
+    /// Where `/proc` is (injected for tests).
+    pub proc: PathBuf,
+}
+
+/// The pid a dnsmasq pid file holds, if it is one dnsmasq could have: a decimal number above 1.
+pub fn dnsmasq_pid(text: &str) -> Option<i32> {
+    let t = text.trim();
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    t.parse::<i32>().ok().filter(|p| *p > 1)
 }
 
 impl DnsmasqHosts {
@@ -312,14 +328,25 @@ impl DnsmasqHosts {
         line.rsplit(',').next() == Some(key)
     }
 
-    /// SIGHUP dnsmasq; a missing pid file or process is not an error (nothing to reload).
+    /// SIGHUP dnsmasq; a missing pid file or process, or a process that is not dnsmasq (a
+    /// stale pid file), is not an error: there is no dnsmasq to reload.
     fn reload(&self) -> Result<(), StepError> {
         let Ok(text) = std::fs::read_to_string(&self.pidfile) else {
             return Ok(());
         };
-        let Ok(pid) = text.trim().parse::<i32>() else {
-            return Err(err(format!("{}: not a pid", self.pidfile.display())));
+        let Some(pid) = dnsmasq_pid(&text) else {
+            return Err(err(format!(
+                "{}: '{}' is not a dnsmasq pid (a number above 1); nothing signalled",
+                self.pidfile.display(),
+                text.trim()
+            )));
         };
+        let comm = std::fs::read_to_string(self.proc.join(pid.to_string()).join("comm"));
+        match comm.as_deref().map(str::trim) {
+            Ok("dnsmasq") => {}
+            // No such process, or another program: a stale pid file.
+            _ => return Ok(()),
+        }
         match nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGHUP,
@@ -384,6 +411,7 @@ mod tests {
         let mut h = DnsmasqHosts {
             file: d.path().join("sub/hosts"),
             pidfile: d.path().join("none.pid"),
+            proc: "/proc".into(),
         };
         h.set_host("dom5", Some("00:16:3e:00:00:01,10.0.5.1,dom5"))
             .unwrap();
@@ -408,23 +436,77 @@ mod tests {
         );
     }
 
+    /// A process called `dnsmasq` (a copy of `sleep`) that sleeps.
+    fn fake_dnsmasq(dir: &std::path::Path) -> std::process::Child {
+        let exe = dir.join("dnsmasq");
+        std::fs::copy(crate::adapters::tests::which("sleep"), &exe).unwrap();
+        std::process::Command::new(&exe).arg("30").spawn().unwrap()
+    }
+
+    pub(crate) fn which(p: &str) -> PathBuf {
+        ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(p))
+            .find(|p| p.exists())
+            .expect("sleep")
+    }
+
+    /// The signal `child` died of, after we send it SIGTERM: SIGHUP if it had one pending
+    /// (signals are delivered lowest number first), else SIGTERM.
+    fn first_signal(mut child: std::process::Child) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        child.wait().unwrap().signal()
+    }
+
     #[test]
-    fn dhcp_reload_signals_the_pid() {
+    fn dhcp_reload_signals_dnsmasq() {
         let d = tempfile::tempdir().unwrap();
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        std::fs::write(d.path().join("pid"), child.id().to_string()).unwrap();
+        let child = fake_dnsmasq(d.path());
+        std::fs::write(d.path().join("pid"), format!("{}\n", child.id())).unwrap();
         let mut h = DnsmasqHosts {
             file: d.path().join("hosts"),
             pidfile: d.path().join("pid"),
+            proc: "/proc".into(),
         };
         h.set_host("dom1", Some("00:16:3e:00:00:01,10.0.1.1,dom1"))
             .unwrap();
-        let st = child.wait().unwrap();
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(st.signal(), Some(libc::SIGHUP));
+        assert_eq!(first_signal(child), Some(libc::SIGHUP));
+    }
+
+    #[test]
+    fn a_stale_pid_file_signals_nobody() {
+        let d = tempfile::tempdir().unwrap();
+        // dnsmasq is gone; its pid now belongs to another (root) process.
+        let other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(d.path().join("pid"), other.id().to_string()).unwrap();
+        let mut h = DnsmasqHosts {
+            file: d.path().join("hosts"),
+            pidfile: d.path().join("pid"),
+            proc: "/proc".into(),
+        };
+        h.set_host("dom1", Some("00:16:3e:00:00:01,10.0.1.1,dom1"))
+            .unwrap();
+        assert_eq!(first_signal(other), Some(libc::SIGTERM), "not SIGHUP");
+        // A pid file naming no process, init, a process group or every process: refused (the
+        // hosts file is written, nothing is signalled).
+        for bad in ["-1", "0", "1", "-42", "12abc", ""] {
+            std::fs::write(d.path().join("pid"), bad).unwrap();
+            let e = h.set_host(
+                "dom2",
+                Some(&format!("00:16:3e:00:00:02,10.0.2.1,dom2-{bad}")),
+            );
+            assert!(
+                e.unwrap_err().message.contains("is not a dnsmasq pid"),
+                "{bad}"
+            );
+        }
+        assert_eq!(dnsmasq_pid(" 4242\n"), Some(4242));
+        assert_eq!(dnsmasq_pid("+5"), None);
     }
 
     #[test]

@@ -616,10 +616,10 @@ fn nat_online_offline_with_dnsmasq_hosts() {
     let (host, _guest) = setup("nt");
     let dir = tempfile::tempdir().unwrap();
     let hosts = dir.path().join("dhcp-hosts");
-    let mut sleeper = std::process::Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .unwrap();
+    // A process called dnsmasq (vif-nat signals nothing else).
+    let fake = dir.path().join("dnsmasq");
+    std::fs::copy(xenplug_testkit::which("sleep").unwrap(), &fake).unwrap();
+    let mut sleeper = std::process::Command::new(&fake).arg("30").spawn().unwrap();
     let pidfile = dir.path().join("dnsmasq.pid");
     std::fs::write(&pidfile, sleeper.id().to_string()).unwrap();
     let xs = Xs::new();
@@ -966,4 +966,51 @@ fn route_and_nat_teardown_leave_a_host_interface_s_routes_alone() {
         let addrs = host.ip_json(&["addr", "show", "dev", "eth9"]).unwrap();
         assert!(addrs.contains("10.0.9.133"), "{script:?}: {addrs}");
     }
+}
+
+/// vif-nat with DHCP signals the pid in `dnsmasq_pidfile` only when it is dnsmasq's: a stale
+/// pid file whose pid another process now has signals nobody.
+#[test]
+fn nat_dhcp_does_not_signal_a_stale_pid() {
+    if !ready() {
+        return;
+    }
+    let (host, _guest) = setup("ns");
+    let dir = tempfile::tempdir().unwrap();
+    let other = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pidfile = dir.path().join("dnsmasq.pid");
+    std::fs::write(&pidfile, other.id().to_string()).unwrap();
+    let hosts = dir.path().join("dhcp-hosts");
+    let xs = Xs::new();
+    xs.set("backend/vif/5/0/frontend-id", "5");
+    xs.set("backend/vif/5/0/handle", "0");
+    xs.set("backend/vif/5/0/mac", "00:16:3e:00:05:00");
+    let (h, p) = (
+        hosts.to_str().unwrap().to_string(),
+        pidfile.to_str().unwrap().to_string(),
+    );
+    let mut env = ENV.to_vec();
+    env.extend([
+        ("dhcp", "yes"),
+        ("dhcp_hostsfile", h.as_str()),
+        ("dnsmasq_pidfile", p.as_str()),
+    ]);
+    run_in_ok(&host, Script::Nat, &["online", "type_if=vif"], &env, &xs);
+    assert!(std::fs::read_to_string(&hosts).unwrap().contains(",dom5"));
+    // Pending signals are delivered lowest number first: a SIGHUP would win over our SIGTERM.
+    use std::os::unix::process::ExitStatusExt;
+    let mut other = other;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(other.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(
+        other.wait().unwrap().signal(),
+        Some(libc::SIGTERM),
+        "the unrelated process was not sent SIGHUP"
+    );
 }

@@ -578,6 +578,7 @@ fn dnsmasq_for(ctx: &Context<'_>) -> DnsmasqHosts {
                 .filter(|s| !s.is_empty())
                 .unwrap_or(DEFAULT_DNSMASQ_PIDFILE),
         ),
+        proc: PathBuf::from("/proc"),
     }
 }
 
