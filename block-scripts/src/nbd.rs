@@ -102,8 +102,20 @@ fn parse_port(s: &str, whole: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("invalid NBD port {s:?} in {whole:?}"))
 }
 
-/// Split `host[:port]` / `[v6]:port`.
+/// Split `host[:port]` / `[v6]:port`. The host becomes an argument of `nbd-client`, so one
+/// starting with `-` (which `nbd-client` would take for an option: `-d` disconnects a device)
+/// is refused, as is one with a control character.
 fn host_port(hp: &str, whole: &str) -> Result<(String, u16), String> {
+    let (host, port) = split_host_port(hp, whole)?;
+    if host.starts_with('-') || host.chars().any(char::is_control) {
+        return Err(format!(
+            "invalid NBD host {host:?} in {whole:?} (it would be an option of nbd-client)"
+        ));
+    }
+    Ok((host, port))
+}
+
+fn split_host_port(hp: &str, whole: &str) -> Result<(String, u16), String> {
     if let Some(rest) = hp.strip_prefix('[') {
         let (h, after) = rest
             .split_once(']')
@@ -466,6 +478,23 @@ mod tests {
         assert!(parse_target("host:abc").is_err());
         assert!(parse_target(":10809").is_err());
         assert!(parse_target("host 10809").is_err());
+        // A host nbd-client would take for an option (`-d`: disconnect), in every syntax.
+        for bad in [
+            "-d",
+            "-d:10809",
+            "--help",
+            "[-d]:10809",
+            "nbd://-d/x",
+            "nbd://[-d]:1/x",
+        ] {
+            let e = parse_target(bad).unwrap_err();
+            assert!(e.contains("would be an option of nbd-client"), "{bad}: {e}");
+        }
+        // A dash inside a host name is fine.
+        assert_eq!(
+            parse_target("nbd-server-1:10810").unwrap(),
+            tcp("nbd-server-1", 10810, None)
+        );
         assert_eq!(
             parse_target("").unwrap_err(),
             "No information about the target"

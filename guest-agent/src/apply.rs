@@ -841,6 +841,7 @@ mod tests {
                 stats: None,
                 master: None,
                 kind: None,
+                alias: None,
             }],
             ..Default::default()
         };
@@ -1006,6 +1007,7 @@ mod tests {
             stats: None,
             master: None,
             kind: None,
+            alias: None,
         };
         let mut net = FakeNet {
             links: vec![

@@ -65,6 +65,9 @@ pub struct Config {
     /// The vif scripts' antispoofing mode for this host (`off`, `compat`, `enforce`); `None`
     /// leaves the scripts' default. A `antispoof=` argument still wins.
     pub antispoof: Option<String>,
+    /// Ethertypes (besides IPv4, ARP and IPv6) the vif scripts' `enforce` antispoofing lets
+    /// through from a guest (still only from the vif's own MAC address).
+    pub antispoof_ethertypes: Vec<u16>,
 }
 
 impl Default for Config {
@@ -85,6 +88,7 @@ impl Default for Config {
             hook_timeout: DEFAULT_HOOK_TIMEOUT,
             hooks_fatal: false,
             antispoof: None,
+            antispoof_ethertypes: Vec::new(),
         }
     }
 }
@@ -106,6 +110,22 @@ struct FileConfig {
     hook_timeout_secs: Option<f64>,
     hooks_fatal: Option<bool>,
     antispoof: Option<String>,
+    antispoof_ethertypes: Option<Vec<i64>>,
+}
+
+/// The ethertypes `enforce` has its own rules for (IPv4, ARP, IPv6) or refuses on principle
+/// (VLAN tags: 802.1Q, 802.1ad, the old QinQ 0x9100): a tagged frame would carry IP past the
+/// address checks, which look at the outer header.
+const RESERVED_ETHERTYPES: &[u16] = &[0x0800, 0x0806, 0x86dd, 0x8100, 0x88a8, 0x9100];
+
+fn ethertype(origin: &str, key: &str, v: i64) -> Result<u16, Failure> {
+    match u16::try_from(v) {
+        Ok(t) if t >= 0x0600 && !RESERVED_ETHERTYPES.contains(&t) => Ok(t),
+        _ => Err(Failure::error(format!(
+            "{origin}: {key}: {v:#06x} is not an ethertype enforce mode can allow (0x0600-0xffff; \
+             not IPv4, ARP or IPv6, which have their own rules, nor a VLAN tag)"
+        ))),
+    }
 }
 
 fn antispoof_mode(origin: &str, key: &str, v: String) -> Result<String, Failure> {
@@ -233,6 +253,12 @@ impl Config {
         if let Some(v) = file.antispoof {
             c.antispoof = Some(antispoof_mode(&origin, "antispoof", v)?);
         }
+        if let Some(v) = file.antispoof_ethertypes {
+            c.antispoof_ethertypes = v
+                .into_iter()
+                .map(|t| ethertype(&origin, "antispoof_ethertypes", t))
+                .collect::<Result<_, _>>()?;
+        }
         for (key, p) in [
             ("lock_dir", &c.lock_dir),
             ("scripts_dir", &c.scripts_dir),
@@ -288,6 +314,24 @@ impl Config {
         }
         if let Some(v) = get("XENPLUG_ANTISPOOF") {
             self.antispoof = Some(antispoof_mode("XENPLUG_ANTISPOOF", "value", v.to_string())?);
+        }
+        if let Some(v) = get("XENPLUG_ANTISPOOF_ETHERTYPES") {
+            self.antispoof_ethertypes = v
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|t| !t.is_empty())
+                .map(|t| {
+                    let n = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+                        Some(h) => i64::from_str_radix(h, 16),
+                        None => t.parse(),
+                    };
+                    let n = n.map_err(|_| {
+                        Failure::error(format!(
+                            "XENPLUG_ANTISPOOF_ETHERTYPES: \"{t}\" is not a number"
+                        ))
+                    })?;
+                    ethertype("XENPLUG_ANTISPOOF_ETHERTYPES", "value", n)
+                })
+                .collect::<Result<_, _>>()?;
         }
         Ok(())
     }

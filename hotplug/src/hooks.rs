@@ -9,10 +9,14 @@
 //! * whatever extra variables the caller passes to [`run_hooks_with`] (e.g. `dev`, `bridge`).
 //!
 //! A hook that fails (non-zero exit, cannot start, or runs longer than `hook_timeout_secs`, after
-//! which it is killed) is logged as a warning and the next hook runs; with `hooks_fatal = true`
-//! the first failure fails the script instead, as in the reference.
+//! which it is killed with its whole process group: each hook runs in a group of its own) is
+//! logged as a warning and the next hook runs; with `hooks_fatal = true` the first failure fails
+//! the script instead, as in the reference. `key=value` arguments never carry a
+//! [reserved](crate::invocation::reserved_name) name (`PATH`, `LD_*`, …), so they cannot
+//! override the cleaned environment.
 
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -66,9 +70,18 @@ fn run_one(
     extra: &[(&str, &str)],
 ) -> Result<(), String> {
     let mut cmd = ctx.command(path);
-    cmd.envs(&ctx.inv.vars);
+    // Reserved names never reach a hook from the arguments (parsing refuses them; an
+    // invocation built by hand is filtered here too).
+    cmd.envs(
+        ctx.inv
+            .vars
+            .iter()
+            .filter(|(k, _)| !crate::invocation::reserved_name(k)),
+    );
     cmd.env("command", ctx.inv.action.as_str());
     cmd.envs(extra.iter().copied());
+    // Its own process group, so that a timeout kills whatever the hook started too.
+    cmd.process_group(0);
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("hook {} could not be started: {e}", path.display()))?;
@@ -80,6 +93,11 @@ fn run_one(
             Ok(Some(st)) if st.success() => return Ok(()),
             Ok(Some(st)) => return Err(format!("hook {} failed ({st})", path.display())),
             Ok(None) if Instant::now() >= deadline => {
+                // The whole group: the hook and every process it started that did not leave it.
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
                 let _ = child.kill();
                 let _ = child.wait();
                 return Err(format!(

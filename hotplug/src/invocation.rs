@@ -18,8 +18,10 @@
 //!   literally (no word splitting or expansion as `eval` would do).
 //!
 //! Deliberate differences from the shell, each reported as one precise error line: an argument
-//! beginning with `=` (bash silently ignores it), a key that is not an identifier, a second bare
-//! word after the action (bash ignores it), and an empty argv.
+//! beginning with `=` (bash silently ignores it), a key that is not an identifier, a key that is
+//! [reserved](reserved_name) (`PATH=`, `LD_PRELOAD=`, …: exported to hooks and children, it
+//! would override the cleaned environment), a second bare word after the action (bash ignores
+//! it), and an empty argv.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -163,6 +165,63 @@ pub struct Invocation {
     pub args: Vec<String>,
 }
 
+/// Names a `key=value` argument may not have: they would change how the script's children
+/// (hooks, `nft`, `nbd-client`, `ovs-vsctl`, …) are found and run, or what configures this
+/// runtime, once exported to them: the program search path, the dynamic loader's and libc's
+/// variables (`LD_*`, `GCONV_PATH`, `GLIBC_TUNABLES`, … — glibc ignores them in set-uid
+/// programs for the same reason), the locale, shells' start-up and tracing variables, the
+/// usual interpreters' module paths, and the toolstack's and xenplug's own (`XENBUS_*`,
+/// `XENSTORED_*`, `XENPLUG_*`). libxl never passes such an argument.
+pub fn reserved_name(key: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "PATH",
+        "IFS",
+        "ENV",
+        "BASH_ENV",
+        "CDPATH",
+        "GLOBIGNORE",
+        "SHELLOPTS",
+        "BASHOPTS",
+        "PS4",
+        "PROMPT_COMMAND",
+        "HOME",
+        "SHELL",
+        "TMPDIR",
+        "TZ",
+        "TZDIR",
+        "LANG",
+        "LANGUAGE",
+        "GCONV_PATH",
+        "GETCONF_DIR",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "LOCPATH",
+        "NIS_PATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+        "PERL5LIB",
+        "PERL5OPT",
+        "PERLLIB",
+        "RUBYLIB",
+        "RUBYOPT",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+    ];
+    const PREFIX: &[&str] = &[
+        "LD_",
+        "LC_",
+        "MALLOC_",
+        "PYTHON",
+        "BASH_FUNC_",
+        "XENBUS_",
+        "XENSTORED_",
+        "XENPLUG_",
+    ];
+    EXACT.contains(&key) || PREFIX.iter().any(|p| key.starts_with(p))
+}
+
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
@@ -206,6 +265,12 @@ impl Invocation {
                     if !is_identifier(key) {
                         return Err(Failure::Error(format!(
                             "malformed argument '{arg}': '{key}' is not a valid variable name"
+                        )));
+                    }
+                    if reserved_name(key) {
+                        return Err(Failure::Error(format!(
+                            "refused argument '{key}=…': {key} is reserved (it would change how \
+                             the script's children and hooks run)"
                         )));
                     }
                     vars.insert(key.to_string(), value.to_string());

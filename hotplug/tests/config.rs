@@ -51,6 +51,7 @@ libexec_bin = "/usr/lib/xen-4.17/bin"
 hook_timeout_secs = 3
 hooks_fatal = true
 antispoof = "compat"
+antispoof_ethertypes = [0x88cc, 0x8863]
 "#;
     let c = Config::from_toml(text, Path::new("/etc/xen/xenplug.toml")).unwrap();
     assert_eq!(
@@ -74,6 +75,7 @@ antispoof = "compat"
     assert_eq!(c.hook_timeout, Duration::from_secs(3));
     assert!(c.hooks_fatal);
     assert_eq!(c.antispoof.as_deref(), Some("compat"));
+    assert_eq!(c.antispoof_ethertypes, [0x88cc, 0x8863]);
     // An empty log_file disables the file.
     let c = Config::from_toml("log_file = \"\"", Path::new("f")).unwrap();
     assert_eq!(c.log_file, None);
@@ -105,6 +107,12 @@ fn errors_are_precise() {
         m("antispoof = \"strict\""),
         "/etc/xen/xenplug.toml: antispoof = \"strict\" is not an antispoofing mode (off, compat, enforce)"
     );
+    assert_eq!(
+        m("antispoof_ethertypes = [0x8100]"),
+        "/etc/xen/xenplug.toml: antispoof_ethertypes: 0x8100 is not an ethertype enforce mode can allow (0x0600-0xffff; not IPv4, ARP or IPv6, which have their own rules, nor a VLAN tag)"
+    );
+    assert!(m("antispoof_ethertypes = [0x0800]").contains("0x0800 is not an ethertype"));
+    assert!(m("antispoof_ethertypes = [70000]").contains("0x11170 is not an ethertype"));
     let ty = m("syslog = \"yes\"");
     assert!(
         ty.starts_with("config file /etc/xen/xenplug.toml line 1: invalid type"),
@@ -136,6 +144,7 @@ fn file_then_environment() {
         ("XENPLUG_LOCK_TIMEOUT", "1.5"),
         ("XENPLUG_STDERR_LEVEL", "debug"),
         ("XENPLUG_ANTISPOOF", "off"),
+        ("XENPLUG_ANTISPOOF_ETHERTYPES", "0x88cc, 34915"),
     ]))
     .unwrap();
     assert_eq!(c.lock_dir, PathBuf::from("/from/env"));
@@ -147,6 +156,13 @@ fn file_then_environment() {
     assert_eq!(c.lock_timeout, Duration::from_millis(1500));
     assert_eq!(c.stderr_level, Level::Debug);
     assert_eq!(c.antispoof.as_deref(), Some("off"));
+    assert_eq!(c.antispoof_ethertypes, [0x88cc, 0x8863]);
+    let e = Config::load(&env(&[("XENPLUG_ANTISPOOF_ETHERTYPES", "0x86dd")])).unwrap_err();
+    assert!(
+        e.message().contains("0x86dd is not an ethertype"),
+        "{}",
+        e.message()
+    );
     let e = Config::load(&env(&[
         ("XENPLUG_CONFIG", &fs),
         ("XENPLUG_LOCK_TIMEOUT", "soon"),

@@ -129,6 +129,79 @@ fn hooks_fatal_stops_at_first_failure() {
 }
 
 #[test]
+fn arguments_never_override_the_hook_environment() {
+    let s = Scratch::new();
+    let d = s.scripts_dir().join("vif-post.d");
+    let out = s.path().join("out");
+    hook(
+        &d,
+        "10-env.hook",
+        &format!(
+            "echo \"PATH=$PATH LD_PRELOAD=${{LD_PRELOAD-unset}}\" > {}",
+            out.display()
+        ),
+        true,
+    );
+    let xs = FakeXs::new();
+    let (mut inv, cfg) = ctx_parts(&s);
+    // Parsing refuses these names; an invocation built by hand must not smuggle them either.
+    inv.vars.insert("PATH".into(), "/tmp/evil".into());
+    inv.vars.insert("LD_PRELOAD".into(), "/tmp/evil.so".into());
+    let log = Log::new("vif-bridge", &cfg);
+    let ctx = Context::new(inv, &xs, log, cfg);
+    run_hooks(&ctx, "vif", "post").unwrap();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(!text.contains("/tmp/evil"), "{text}");
+    assert!(text.starts_with("PATH=/usr/bin:/usr/sbin:"), "{text}");
+    assert!(text.contains("LD_PRELOAD=unset"), "{text}");
+}
+
+/// True when `pid` has exited (gone, or a zombie waiting for its new parent).
+fn dead(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .is_some_and(|r| r.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn a_timed_out_hook_is_killed_with_everything_it_started() {
+    let s = Scratch::new();
+    let d = s.scripts_dir().join("vif-post.d");
+    let pids = s.path().join("pids");
+    // The hook starts a background job (its own child), then a foreground one.
+    hook(
+        &d,
+        "10-forks.hook",
+        &format!(
+            "sleep 30 &\necho $! > {0}\nsh -c 'echo $$ >> {0}; exec sleep 30'",
+            pids.display()
+        ),
+        true,
+    );
+    let xs = FakeXs::new();
+    let (inv, mut cfg) = ctx_parts(&s);
+    // Long enough for the hook to have started both on a busy machine.
+    cfg.hook_timeout = Duration::from_secs(2);
+    let log = Log::stderr_only("vif-bridge", Level::Err).with_stderr(Box::new(std::io::sink()));
+    let ctx = Context::new(inv, &xs, log, cfg);
+    run_hooks(&ctx, "vif", "post").unwrap();
+    let pids: Vec<i32> = std::fs::read_to_string(&pids)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2);
+    let left: Vec<i32> = pids.clone();
+    xenplug_testkit::wait_until("the hook's children to die", Duration::from_secs(5), || {
+        left.iter().all(|p| dead(*p))
+    });
+}
+
+#[test]
 fn slow_hook_is_killed() {
     let s = Scratch::new();
     let d = s.scripts_dir().join("vif-post.d");

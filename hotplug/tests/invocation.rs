@@ -154,6 +154,48 @@ fn unknown_action() {
 }
 
 #[test]
+fn reserved_names_are_refused_as_arguments() {
+    for key in [
+        "PATH",
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "IFS",
+        "BASH_ENV",
+        "LC_ALL",
+        "GCONV_PATH",
+        "PYTHONPATH",
+        "XENBUS_PATH",
+        "XENSTORED_PATH",
+        "XENPLUG_CONFIG",
+    ] {
+        let arg = format!("{key}=/tmp/evil");
+        assert_eq!(
+            err(&["vif-bridge", "online", "type_if=vif", &arg], VIF_ENV),
+            format!(
+                "refused argument '{key}=…': {key} is reserved (it would change how the script's children and hooks run)"
+            )
+        );
+    }
+    // The script's own variables, and names that merely contain a reserved one, are fine.
+    for ok in [
+        "bridge=xenbr0",
+        "antispoof=off",
+        "MYPATH=x",
+        "path=x",
+        "dhcp=yes",
+    ] {
+        assert!(
+            parse(&["vif-bridge", "online", ok], VIF_ENV).is_ok(),
+            "{ok}"
+        );
+    }
+    // The environment itself is the caller's: PATH there is not an argument.
+    let mut env = VIF_ENV.to_vec();
+    env.push(("PATH", "/usr/bin"));
+    assert!(parse(&["vif-bridge", "online"], &env).is_ok());
+}
+
+#[test]
 fn malformed_arguments() {
     assert_eq!(
         err(&["vif-bridge", "online", "=x"], VIF_ENV),

@@ -10,7 +10,7 @@ use crate::{Address, Link};
 
 /// An in-memory model of links that records every change and can be told to fail one.
 ///
-/// It models enough of the kernel for the planners and the applier: renames, MAC, MTU, up/down,
+/// It models enough of the kernel for the planners and the applier: renames, aliases, MAC, MTU, up/down,
 /// masters, addresses, routes, proxy neighbours and ingress policing (held by interface index,
 /// so it follows a rename as the kernel's does), with the kernel's "already gone" errnos.
 #[derive(Debug, Default, Clone)]
@@ -45,6 +45,7 @@ impl RecordingLinks {
             master: None,
             kind: kind.map(str::to_string),
             stats: None,
+            alias: None,
         });
         self
     }
@@ -112,6 +113,9 @@ impl Links for RecordingLinks {
                     return err(libc::EBUSY);
                 }
                 l.name = to.clone();
+            }
+            LinkChange::SetAlias { dev, alias } => {
+                self.find_mut(dev, change)?.alias = Some(alias.clone()).filter(|a| !a.is_empty())
             }
             LinkChange::SetMac { dev, mac } => self.find_mut(dev, change)?.mac = Some(*mac),
             LinkChange::SetMtu { dev, mtu } => self.find_mut(dev, change)?.mtu = *mtu,

@@ -137,6 +137,8 @@ pub struct Link {
     pub kind: Option<String>,
     /// Counters: rx bytes, packets, errors, dropped; tx the same.
     pub stats: Option<[u64; 8]>,
+    /// The interface alias (`IFLA_IFALIAS`, `ip link set … alias …`), when set.
+    pub alias: Option<String>,
 }
 
 impl Link {
@@ -309,6 +311,13 @@ impl Client {
         })
     }
 
+    /// Set the interface alias (`""` removes it).
+    pub fn set_alias(&mut self, index: u32, alias: &str) -> Result<(), Error> {
+        self.set_link(index, |m| {
+            m.attributes.push(LinkAttribute::IfAlias(alias.to_string()))
+        })
+    }
+
     /// Set the hardware address.
     pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> Result<(), Error> {
         self.set_link(index, |m| {
@@ -474,11 +483,13 @@ pub fn to_link(m: &LinkMessage) -> Link {
         master: None,
         kind: None,
         stats: None,
+        alias: None,
     };
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => l.name = n.clone(),
             LinkAttribute::Mtu(v) => l.mtu = *v,
+            LinkAttribute::IfAlias(a) if !a.is_empty() => l.alias = Some(a.clone()),
             LinkAttribute::Controller(c) if *c != 0 => l.master = Some(*c),
             LinkAttribute::Address(b) if b.len() == 6 => {
                 let mut mac = [0u8; 6];

@@ -41,6 +41,8 @@ impl fmt::Display for DevRoute {
 pub enum LinkChange {
     /// Rename `dev` to `to` (the link must be down).
     Rename { dev: String, to: String },
+    /// Set the interface alias (`""` removes it).
+    SetAlias { dev: String, alias: String },
     /// Set the hardware address.
     SetMac { dev: String, mac: [u8; 6] },
     /// Set the MTU.
@@ -83,6 +85,10 @@ impl fmt::Display for LinkChange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             LinkChange::Rename { dev, to } => write!(f, "rename {dev} to {to}"),
+            LinkChange::SetAlias { dev, alias } if alias.is_empty() => {
+                write!(f, "remove the alias of {dev}")
+            }
+            LinkChange::SetAlias { dev, alias } => write!(f, "set {dev} alias \"{alias}\""),
             LinkChange::SetMac { dev, mac } => write!(f, "set {dev} address {}", fmt_mac(mac)),
             LinkChange::SetMtu { dev, mtu } => write!(f, "set {dev} mtu {mtu}"),
             LinkChange::SetUp { dev, up } => {
@@ -255,6 +261,10 @@ impl KernelLinks {
                 let index = self.index(dev)?;
                 self.client.set_name(index, to)
             }
+            LinkChange::SetAlias { dev, alias } => {
+                let index = self.index(dev)?;
+                self.client.set_alias(index, alias)
+            }
             LinkChange::SetMac { dev, mac } => {
                 let index = self.index(dev)?;
                 self.client.set_mac(index, *mac)
@@ -340,6 +350,7 @@ impl KernelLinks {
     fn remember(&mut self, change: &LinkChange, ok: bool) {
         let dev = match change {
             LinkChange::Rename { dev, .. }
+            | LinkChange::SetAlias { dev, .. }
             | LinkChange::SetMac { dev, .. }
             | LinkChange::SetMtu { dev, .. }
             | LinkChange::SetUp { dev, .. }
@@ -357,6 +368,9 @@ impl KernelLinks {
             LinkChange::Rename { to, .. } => {
                 self.seen.remove(to);
                 link.name = to.clone();
+            }
+            LinkChange::SetAlias { alias, .. } => {
+                link.alias = Some(alias.clone()).filter(|a| !a.is_empty())
             }
             LinkChange::SetMac { mac, .. } => link.mac = Some(*mac),
             LinkChange::SetMtu { mtu, .. } => link.mtu = *mtu,

@@ -149,6 +149,7 @@ fn link_fields_from_a_message() {
         LinkAttribute::Controller(7),
         LinkAttribute::Address(vec![0, 0x16, 0x3e, 1, 2, 3]),
         LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]),
+        LinkAttribute::IfAlias("xenplug vif5.0".into()),
     ]);
     let l = to_link(&m);
     assert_eq!(
@@ -163,6 +164,7 @@ fn link_fields_from_a_message() {
             master: Some(7),
             kind: Some("bridge".into()),
             stats: None,
+            alias: Some("xenplug vif5.0".into()),
         }
     );
     // No controller is 0; a non-6-byte address is no MAC.
@@ -170,9 +172,10 @@ fn link_fields_from_a_message() {
     m.attributes.extend([
         LinkAttribute::Controller(0),
         LinkAttribute::Address(vec![1, 2, 3, 4]),
+        LinkAttribute::IfAlias(String::new()),
     ]);
     let l = to_link(&m);
-    assert_eq!((l.master, l.mac, l.up), (None, None, false));
+    assert_eq!((l.master, l.mac, l.up, l.alias), (None, None, false, None));
 }
 
 #[test]

@@ -79,8 +79,10 @@ fn links_and_link_changes_match_ip() {
             .unwrap();
         c.set_master(d0.index, Some(br0.index)).unwrap();
         c.set_up(d0.index, true).unwrap();
+        c.set_alias(d0.index, "xenplug vif5.0").unwrap();
     });
     let o = ip_link(&ns, "d0").unwrap();
+    assert_eq!(o["ifalias"], "xenplug vif5.0");
     assert_eq!(o["mtu"], 1280);
     assert_eq!(o["address"], "00:16:3e:0a:0b:0c");
     assert_eq!(o["master"], "br0");
@@ -89,8 +91,10 @@ fn links_and_link_changes_match_ip() {
     assert_eq!(seen.master, Some(br0.index));
     assert_eq!(seen.mac, Some([0x00, 0x16, 0x3e, 0x0a, 0x0b, 0x0c]));
     assert!(seen.up);
+    assert_eq!(seen.alias.as_deref(), Some("xenplug vif5.0"));
 
     let e = in_ns(&ns, |c| {
+        c.set_alias(d0.index, "").unwrap();
         c.set_up(d0.index, false).unwrap();
         c.set_master(d0.index, None).unwrap();
         c.set_name(d0.index, "guest0").unwrap();
@@ -101,6 +105,11 @@ fn links_and_link_changes_match_ip() {
     assert!(ip_link(&ns, "d0").is_none());
     let o = ip_link(&ns, "guest0").unwrap();
     assert!(o.get("master").is_none(), "{o}");
+    assert!(o.get("ifalias").is_none(), "the alias is gone: {o}");
+    assert_eq!(
+        in_ns(&ns, |c| c.link("guest0").unwrap().unwrap().alias),
+        None
+    );
     assert!(!o["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
 }
 

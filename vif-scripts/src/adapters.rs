@@ -19,7 +19,8 @@ fn err(message: impl Into<String>) -> StepError {
     }
 }
 
-/// The real firewall: runs `nft -j -f -` with the batch on stdin.
+/// The real firewall: runs `nft -f -` with the batch on stdin (nft's own syntax: Debian 12's
+/// nft 1.0.6 cannot express the link-local sets in JSON), and `nft -j list set` to read a set.
 #[derive(Debug, Clone)]
 pub struct NftCli {
     /// The `nft` program.
@@ -34,54 +35,97 @@ impl Default for NftCli {
     }
 }
 
+impl NftCli {
+    fn spawn_error(&self, removal: bool, e: std::io::Error) -> StepError {
+        StepError {
+            // No nft at all: no rule of ours can exist, so a removal is done.
+            gone: removal && e.kind() == std::io::ErrorKind::NotFound,
+            ..err(format!(
+                "cannot run {} (antispoofing and masquerading need nftables; \
+                 antispoof=off disables antispoofing): {e}",
+                self.program.display()
+            ))
+        }
+    }
+}
+
+/// The first error line of nft's stderr.
+fn nft_error(stderr: &str, status: std::process::ExitStatus) -> String {
+    match stderr
+        .lines()
+        .find(|l| l.contains("Error"))
+        .unwrap_or(stderr.trim())
+    {
+        "" => format!("exited with {status}"),
+        line => line.to_string(),
+    }
+}
+
 impl Firewall for NftCli {
     fn apply(&mut self, batch: &NftBatch) -> Result<(), StepError> {
-        let fail = |message: String| StepError {
-            message,
-            gone: false,
-            ..Default::default()
-        };
         let mut child = Command::new(&self.program)
-            .args(["-j", "-f", "-"])
+            .args(["-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| StepError {
-                // No nft at all: no rule of ours can exist, so a removal is done.
-                gone: batch.removal && e.kind() == std::io::ErrorKind::NotFound,
-                ..fail(format!(
-                    "cannot run {} (antispoofing and masquerading need nftables; \
-                     antispoof=off disables antispoofing): {e}",
-                    self.program.display()
-                ))
-            })?;
-        let text = batch.json.to_string();
+            .map_err(|e| self.spawn_error(batch.removal, e))?;
+        let text = batch.text();
         if let Some(mut stdin) = child.stdin.take() {
             stdin
                 .write_all(text.as_bytes())
-                .map_err(|e| fail(format!("writing to nft: {e}")))?;
+                .map_err(|e| err(format!("writing to nft: {e}")))?;
         }
         let out = child
             .wait_with_output()
-            .map_err(|e| fail(format!("waiting for nft: {e}")))?;
+            .map_err(|e| err(format!("waiting for nft: {e}")))?;
         if out.status.success() {
             return Ok(());
         }
-        let err = String::from_utf8_lossy(&out.stderr);
-        let first = match err
-            .lines()
-            .find(|l| l.starts_with("Error"))
-            .unwrap_or(err.trim())
-        {
-            "" => format!("exited with {}", out.status),
-            line => line.to_string(),
-        };
+        let stderr = String::from_utf8_lossy(&out.stderr);
         Err(StepError {
-            gone: batch.removal && err.contains("No such file or directory"),
-            message: format!("nft ({}): {first}", batch.what),
+            gone: batch.removal && stderr.contains("No such file or directory"),
+            message: format!("nft ({}): {}", batch.what, nft_error(&stderr, out.status)),
             ..Default::default()
         })
+    }
+
+    fn elements(&mut self, family: &str, table: &str, set: &str) -> Result<Vec<String>, StepError> {
+        let out = Command::new(&self.program)
+            .args(["-j", "list", "set", family, table, set])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| self.spawn_error(true, e))?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            return Err(StepError {
+                gone: stderr.contains("No such file or directory"),
+                message: format!(
+                    "nft list set {family} {table} {set}: {}",
+                    nft_error(&stderr, out.status)
+                ),
+                ..Default::default()
+            });
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| err(format!("nft list set {family} {table} {set}: {e}")))?;
+        Ok(v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["set"]["elem"].as_array())
+            .flatten()
+            .filter_map(|e| match e {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            // Only what nft itself would read back as an element of such a set.
+            .filter(|e| {
+                e.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b':' || b == b'.')
+            })
+            .collect())
     }
 }
 
@@ -193,16 +237,82 @@ impl Ovs for OvsCli {
             )))
         }
     }
+
+    fn external_ids(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>, StepError> {
+        let cond = format!("name={}", crate::scripts::openvswitch::ovs_quote(name));
+        let args = [
+            "--timeout=30",
+            "--format=json",
+            "--",
+            "--columns=external_ids",
+            "find",
+            "Interface",
+            cond.as_str(),
+        ];
+        let out = xenplug_hotplug::command::command_in(&self.program, &self.env, &self.libexec_bin)
+            .args(args)
+            .output()
+            .map_err(|e| err(format!("cannot run {}: {e}", self.program.display())))?;
+        if !out.status.success() {
+            return Err(err(format!(
+                "ovs-vsctl {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        parse_external_ids(&out.stdout)
+            .map_err(|e| err(format!("ovs-vsctl {}: {e}", args.join(" "))))
+    }
+}
+
+/// The `external_ids` map of the first row of `ovs-vsctl --format=json --columns=external_ids
+/// find …` (`None` when no row matched).
+pub fn parse_external_ids(
+    json: &[u8],
+) -> Result<Option<std::collections::BTreeMap<String, String>>, String> {
+    let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let Some(row) = v["data"].as_array().and_then(|rows| rows.first()) else {
+        return Ok(None);
+    };
+    let pairs = row[0][1]
+        .as_array()
+        .ok_or_else(|| format!("not a map: {row}"))?;
+    Ok(Some(
+        pairs
+            .iter()
+            .filter_map(|p| Some((p[0].as_str()?.to_string(), p[1].as_str()?.to_string())))
+            .collect(),
+    ))
 }
 
 /// dnsmasq's `dhcp-hostsfile`: one `mac,ip,hostname` line per vif, keyed by hostname; after a
 /// change dnsmasq (pid from `pidfile`) gets SIGHUP, which makes it re-read the file.
+///
+/// The pid file is not trusted: only a pid above 1 whose process is called `dnsmasq`
+/// (`/proc/<pid>/comm`) is signalled. A stale file (dnsmasq gone, its pid reused by another
+/// process) then signals nobody, and `0`, `1` or `-1` (a process group, init, every process)
+/// are refused.
 #[derive(Debug, Clone)]
 pub struct DnsmasqHosts {
     /// The hosts file (dnsmasq: `dhcp-hostsfile=<file>`).
     pub file: PathBuf,
     /// dnsmasq's pid file.
     pub pidfile: PathBuf,
+    /// Where `/proc` is (injected for tests).
+    pub proc: PathBuf,
+}
+
+/// The pid a dnsmasq pid file holds, if it is one dnsmasq could have: a decimal number above 1.
+pub fn dnsmasq_pid(text: &str) -> Option<i32> {
+    let t = text.trim();
+    if t.is_empty() || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    t.parse::<i32>().ok().filter(|p| *p > 1)
 }
 
 impl DnsmasqHosts {
@@ -218,14 +328,25 @@ impl DnsmasqHosts {
         line.rsplit(',').next() == Some(key)
     }
 
-    /// SIGHUP dnsmasq; a missing pid file or process is not an error (nothing to reload).
+    /// SIGHUP dnsmasq; a missing pid file or process, or a process that is not dnsmasq (a
+    /// stale pid file), is not an error: there is no dnsmasq to reload.
     fn reload(&self) -> Result<(), StepError> {
         let Ok(text) = std::fs::read_to_string(&self.pidfile) else {
             return Ok(());
         };
-        let Ok(pid) = text.trim().parse::<i32>() else {
-            return Err(err(format!("{}: not a pid", self.pidfile.display())));
+        let Some(pid) = dnsmasq_pid(&text) else {
+            return Err(err(format!(
+                "{}: '{}' is not a dnsmasq pid (a number above 1); nothing signalled",
+                self.pidfile.display(),
+                text.trim()
+            )));
         };
+        let comm = std::fs::read_to_string(self.proc.join(pid.to_string()).join("comm"));
+        match comm.as_deref().map(str::trim) {
+            Ok("dnsmasq") => {}
+            // No such process, or another program: a stale pid file.
+            _ => return Ok(()),
+        }
         match nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGHUP,
@@ -272,11 +393,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn ovs_external_ids_from_find_json() {
+        let row = br#"{"data":[[["map",[["attached-mac","00:16:3e:00:05:00"],["xenplug-backend","backend/vif/5/0"]]]]],"headings":["external_ids"]}"#;
+        let ids = parse_external_ids(row).unwrap().unwrap();
+        assert_eq!(ids["xenplug-backend"], "backend/vif/5/0");
+        assert_eq!(ids.len(), 2);
+        let empty = br#"{"data":[[["map",[]]]],"headings":["external_ids"]}"#;
+        assert!(parse_external_ids(empty).unwrap().unwrap().is_empty());
+        let none = br#"{"data":[],"headings":["external_ids"]}"#;
+        assert_eq!(parse_external_ids(none).unwrap(), None);
+        assert!(parse_external_ids(b"garbage").is_err());
+    }
+
+    #[test]
     fn dhcp_hosts_file_entries() {
         let d = tempfile::tempdir().unwrap();
         let mut h = DnsmasqHosts {
             file: d.path().join("sub/hosts"),
             pidfile: d.path().join("none.pid"),
+            proc: "/proc".into(),
         };
         h.set_host("dom5", Some("00:16:3e:00:00:01,10.0.5.1,dom5"))
             .unwrap();
@@ -301,23 +436,77 @@ mod tests {
         );
     }
 
+    /// A process called `dnsmasq` (a copy of `sleep`) that sleeps.
+    fn fake_dnsmasq(dir: &std::path::Path) -> std::process::Child {
+        let exe = dir.join("dnsmasq");
+        std::fs::copy(crate::adapters::tests::which("sleep"), &exe).unwrap();
+        std::process::Command::new(&exe).arg("30").spawn().unwrap()
+    }
+
+    pub(crate) fn which(p: &str) -> PathBuf {
+        ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| std::path::Path::new(d).join(p))
+            .find(|p| p.exists())
+            .expect("sleep")
+    }
+
+    /// The signal `child` died of, after we send it SIGTERM: SIGHUP if it had one pending
+    /// (signals are delivered lowest number first), else SIGTERM.
+    fn first_signal(mut child: std::process::Child) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        child.wait().unwrap().signal()
+    }
+
     #[test]
-    fn dhcp_reload_signals_the_pid() {
+    fn dhcp_reload_signals_dnsmasq() {
         let d = tempfile::tempdir().unwrap();
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
-        std::fs::write(d.path().join("pid"), child.id().to_string()).unwrap();
+        let child = fake_dnsmasq(d.path());
+        std::fs::write(d.path().join("pid"), format!("{}\n", child.id())).unwrap();
         let mut h = DnsmasqHosts {
             file: d.path().join("hosts"),
             pidfile: d.path().join("pid"),
+            proc: "/proc".into(),
         };
         h.set_host("dom1", Some("00:16:3e:00:00:01,10.0.1.1,dom1"))
             .unwrap();
-        let st = child.wait().unwrap();
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(st.signal(), Some(libc::SIGHUP));
+        assert_eq!(first_signal(child), Some(libc::SIGHUP));
+    }
+
+    #[test]
+    fn a_stale_pid_file_signals_nobody() {
+        let d = tempfile::tempdir().unwrap();
+        // dnsmasq is gone; its pid now belongs to another (root) process.
+        let other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(d.path().join("pid"), other.id().to_string()).unwrap();
+        let mut h = DnsmasqHosts {
+            file: d.path().join("hosts"),
+            pidfile: d.path().join("pid"),
+            proc: "/proc".into(),
+        };
+        h.set_host("dom1", Some("00:16:3e:00:00:01,10.0.1.1,dom1"))
+            .unwrap();
+        assert_eq!(first_signal(other), Some(libc::SIGTERM), "not SIGHUP");
+        // A pid file naming no process, init, a process group or every process: refused (the
+        // hosts file is written, nothing is signalled).
+        for bad in ["-1", "0", "1", "-42", "12abc", ""] {
+            std::fs::write(d.path().join("pid"), bad).unwrap();
+            let e = h.set_host(
+                "dom2",
+                Some(&format!("00:16:3e:00:00:02,10.0.2.1,dom2-{bad}")),
+            );
+            assert!(
+                e.unwrap_err().message.contains("is not a dnsmasq pid"),
+                "{bad}"
+            );
+        }
+        assert_eq!(dnsmasq_pid(" 4242\n"), Some(4242));
+        assert_eq!(dnsmasq_pid("+5"), None);
     }
 
     #[test]

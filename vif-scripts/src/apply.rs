@@ -16,6 +16,9 @@ use crate::types::{NftBatch, OnError, Plan, Step, StepError};
 pub trait Firewall {
     /// Apply a batch atomically.
     fn apply(&mut self, batch: &NftBatch) -> Result<(), StepError>;
+    /// The elements of set `set` of table `family table`, as `nft` lists them ("already gone"
+    /// when there is no such set).
+    fn elements(&mut self, family: &str, table: &str, set: &str) -> Result<Vec<String>, StepError>;
 }
 
 /// Sysctl access (paths relative to /proc/sys).
@@ -40,6 +43,11 @@ pub trait XsWrite {
 pub trait Ovs {
     /// Run `ovs-vsctl ARGS…`.
     fn vsctl(&mut self, args: &[String]) -> Result<(), StepError>;
+    /// The `external_ids` of interface `name` (`None`: no such interface).
+    fn external_ids(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>, StepError>;
 }
 
 /// The DHCP server's per-vif host entries.
@@ -174,6 +182,7 @@ fn inverse_of(step: &Step, sys: &mut System<'_>) -> Option<Step> {
         Step::Link(c, _) => {
             let dev_of = |c: &LinkChange| match c {
                 LinkChange::Rename { dev, .. }
+                | LinkChange::SetAlias { dev, .. }
                 | LinkChange::SetMac { dev, .. }
                 | LinkChange::SetMtu { dev, .. }
                 | LinkChange::SetUp { dev, .. }
@@ -188,6 +197,10 @@ fn inverse_of(step: &Step, sys: &mut System<'_>) -> Option<Step> {
                 LinkChange::Rename { dev, to } => lenient(LinkChange::Rename {
                     dev: to.clone(),
                     to: dev.clone(),
+                }),
+                LinkChange::SetAlias { dev, .. } => lenient(LinkChange::SetAlias {
+                    dev: dev.clone(),
+                    alias: before?.alias.unwrap_or_default(),
                 }),
                 LinkChange::SetMac { dev, .. } => before?.mac.map(|mac| {
                     Step::Link(

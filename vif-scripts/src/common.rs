@@ -32,6 +32,13 @@ pub struct Common {
     pub antispoof: Mode,
     /// The `rate` node (enforced here for taps only; netback enforces it for vifs).
     pub rate: Option<Rate>,
+    /// The guest's MAC address (`mac` node; `None` when missing or malformed). The `enforce`
+    /// antispoofing mode needs it.
+    pub mac: Option<[u8; 6]>,
+    /// The `mac` node as read, for messages.
+    pub mac_text: Option<String>,
+    /// Extra ethertypes `enforce` lets through (the host's `antispoof_ethertypes`).
+    pub ethertypes: Vec<u16>,
 }
 
 impl Common {
@@ -69,6 +76,8 @@ pub struct CommonInputs {
     pub ip_var: Option<String>,
     /// `antispoof` variable.
     pub antispoof: Option<String>,
+    /// The host's extra ethertypes for `enforce`.
+    pub ethertypes: Vec<u16>,
 }
 
 /// Step one of every vif script: decide the device and paths. `Ok(None)` means the action does
@@ -140,6 +149,10 @@ pub fn resolve(
         }
         _ => None,
     };
+    let mac_text = read(&node("mac"))?;
+    let mac = mac_text
+        .as_deref()
+        .and_then(xenplug_netlink::links::parse_mac);
     Ok(Some(Common {
         action,
         type_if,
@@ -151,6 +164,9 @@ pub fn resolve(
         ip,
         antispoof,
         rate,
+        mac,
+        mac_text,
+        ethertypes: inp.ethertypes.clone(),
     }))
 }
 
@@ -170,6 +186,9 @@ pub struct Observed {
     pub links: Vec<Link>,
     /// Addresses (of the links the script cares about).
     pub addrs: Vec<Address>,
+    /// For a teardown: the link-local addresses this backend's chain claimed (the elements of
+    /// its set, as `nft` lists them), to release.
+    pub ll6_claims: Vec<String>,
 }
 
 impl Observed {

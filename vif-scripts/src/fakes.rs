@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use crate::apply::{Dhcp, Firewall, Ovs, Sysctl, System, XsWrite};
-use crate::types::{NftBatch, StepError};
+use crate::types::{NftBatch, NftCmd, StepError};
 use xenplug_netlink::links::Links;
 
 /// In-memory sysctls; a missing key reads as "0".
@@ -21,16 +21,18 @@ impl Sysctl for FakeSysctl {
     }
 }
 
-/// Records batches and models what nft does with chains: the commands of a batch run in order
-/// (`add chain` creates a missing chain, `delete chain` of a missing one fails the whole batch
-/// with "No such file or directory", which a removal batch reports as "already gone"), and a
-/// failing batch changes nothing.
+/// Records batches and models what nft does with chains and sets: the commands of a batch run
+/// in order (`add` creates what is missing and leaves what exists, `delete` of something
+/// missing fails the whole batch with "No such file or directory", which a removal batch
+/// reports as "already gone"), and a failing batch changes nothing.
 #[derive(Debug, Default, Clone)]
 pub struct FakeFirewall {
     /// Every batch applied successfully.
     pub applied: Vec<NftBatch>,
     /// Chains currently installed, by name.
     pub chains: Vec<String>,
+    /// Sets currently installed, by name, with their elements.
+    pub sets: BTreeMap<String, Vec<String>>,
     /// Fail every non-removal batch with this message.
     pub fail: Option<String>,
 }
@@ -43,27 +45,66 @@ impl Firewall for FakeFirewall {
                 ..Default::default()
             });
         }
-        let mut chains = self.chains.clone();
-        for cmd in batch.commands() {
-            let name = |verb: &str| cmd[verb]["chain"]["name"].as_str().map(str::to_string);
-            if let Some(c) = name("add") {
-                if !chains.contains(&c) {
-                    chains.push(c);
+        let gone = || StepError {
+            message: format!("nft ({}): No such file or directory", batch.what),
+            gone: batch.removal,
+            ..Default::default()
+        };
+        let (mut chains, mut sets) = (self.chains.clone(), self.sets.clone());
+        for cmd in &batch.cmds {
+            match cmd {
+                NftCmd::AddChain { chain, .. } => {
+                    if !chains.contains(chain) {
+                        chains.push(chain.clone());
+                    }
                 }
-            } else if let Some(c) = name("delete") {
-                if !chains.contains(&c) {
-                    return Err(StepError {
-                        message: format!("nft ({}): No such file or directory", batch.what),
-                        gone: batch.removal,
-                        ..Default::default()
-                    });
+                NftCmd::DeleteChain { chain, .. } => {
+                    if !chains.contains(chain) {
+                        return Err(gone());
+                    }
+                    chains.retain(|x| x != chain);
                 }
-                chains.retain(|x| x != &c);
+                NftCmd::AddSet { set, .. } => {
+                    sets.entry(set.clone()).or_default();
+                }
+                NftCmd::DeleteSet { set, .. } => {
+                    sets.remove(set).ok_or_else(gone)?;
+                }
+                NftCmd::AddElements { set, elems, .. } => {
+                    let s = sets.get_mut(set).ok_or_else(gone)?;
+                    for e in elems {
+                        if !s.contains(e) {
+                            s.push(e.clone());
+                        }
+                    }
+                }
+                NftCmd::DeleteElements { set, elems, .. } => {
+                    let s = sets.get_mut(set).ok_or_else(gone)?;
+                    if elems.iter().any(|e| !s.contains(e)) {
+                        return Err(gone());
+                    }
+                    s.retain(|x| !elems.contains(x));
+                }
+                NftCmd::AddTable { .. } | NftCmd::FlushChain { .. } | NftCmd::AddRule { .. } => {}
             }
         }
         self.chains = chains;
+        self.sets = sets;
         self.applied.push(batch.clone());
         Ok(())
+    }
+
+    fn elements(
+        &mut self,
+        _family: &str,
+        _table: &str,
+        set: &str,
+    ) -> Result<Vec<String>, StepError> {
+        self.sets.get(set).cloned().ok_or(StepError {
+            message: format!("no set {set}"),
+            gone: true,
+            ..Default::default()
+        })
     }
 }
 
@@ -99,14 +140,20 @@ impl XsWrite for FakeXs {
     }
 }
 
-/// Records `ovs-vsctl` runs.
+/// Records `ovs-vsctl` runs; `ids` answers [`Ovs::external_ids`].
 #[derive(Debug, Default, Clone)]
-pub struct FakeOvs(pub Vec<Vec<String>>);
+pub struct FakeOvs(
+    pub Vec<Vec<String>>,
+    pub BTreeMap<String, BTreeMap<String, String>>,
+);
 
 impl Ovs for FakeOvs {
     fn vsctl(&mut self, args: &[String]) -> Result<(), StepError> {
         self.0.push(args.to_vec());
         Ok(())
+    }
+    fn external_ids(&mut self, name: &str) -> Result<Option<BTreeMap<String, String>>, StepError> {
+        Ok(self.1.get(name).cloned())
     }
 }
 
@@ -180,6 +227,11 @@ impl MemXs {
             .lock()
             .expect("lock")
             .insert(Self::abs(path), value.to_string());
+    }
+
+    /// Remove a node (test setup).
+    pub fn rm_node(&self, path: &str) {
+        self.nodes.lock().expect("lock").remove(&Self::abs(path));
     }
 
     /// A node's value.

@@ -1,13 +1,12 @@
 //! The vocabulary every other module of the crate shares, and which imports none of them: the
 //! `ip` entries ([`Net`]), the interface type ([`TypeIf`]), the antispoofing [`Mode`], and a
-//! plan's parts ([`Plan`], [`Step`], [`OnError`], [`NftBatch`], [`StepError`]).
+//! plan's parts ([`Plan`], [`Step`], [`OnError`], [`NftBatch`] of [`NftCmd`]s, [`StepError`]).
 //!
 //! Planners (`crate::scripts`) produce these, the applier (`crate::apply`) carries them out.
 
 use std::fmt;
 use std::net::IpAddr;
 
-use serde_json::{json, Value};
 use xenplug_hotplug::Failure;
 use xenplug_netlink::links::{LinkChange, LinkError};
 
@@ -49,6 +48,46 @@ impl Net {
     pub fn is_host(&self) -> bool {
         self.prefix == if self.addr.is_ipv4() { 32 } else { 128 }
     }
+
+    /// The first and last address of the network, as integers of the address's width.
+    pub fn range(&self) -> (u128, u128) {
+        let (v, width) = match self.addr {
+            IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+            IpAddr::V6(a) => (u128::from(a), 128),
+        };
+        let host_bits = width - u32::from(self.prefix);
+        let mask = if host_bits >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << host_bits) - 1
+        };
+        (v & !mask, v | mask)
+    }
+
+    /// True when every address of `other` is in this network.
+    pub fn contains(&self, other: &Net) -> bool {
+        if self.addr.is_ipv4() != other.addr.is_ipv4() || other.prefix < self.prefix {
+            return false;
+        }
+        let ((lo, hi), (olo, ohi)) = (self.range(), other.range());
+        lo <= olo && ohi <= hi
+    }
+}
+
+/// `nets` without the entries another entry already covers (in their first order), so that
+/// nftables gets no overlapping intervals.
+pub fn minimal_nets(nets: &[Net]) -> Vec<Net> {
+    let mut out: Vec<Net> = Vec::new();
+    for (i, n) in nets.iter().enumerate() {
+        let covered = nets
+            .iter()
+            .enumerate()
+            .any(|(j, m)| j != i && m.contains(n) && (m != n || j < i));
+        if !covered {
+            out.push(*n);
+        }
+    }
+    out
 }
 
 impl std::fmt::Display for Net {
@@ -96,13 +135,190 @@ impl std::str::FromStr for Mode {
     }
 }
 
-/// One nftables JSON batch and what undoes it.
-#[derive(Debug, Clone, PartialEq)]
+/// A base chain's hook: `type <kind> hook <hook> [device "<device>"] priority <prio>; policy
+/// <policy>;`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    /// `filter` or `nat`.
+    pub kind: &'static str,
+    /// `ingress`, `postrouting`, …
+    pub hook: &'static str,
+    /// The device of a `netdev` ingress hook.
+    pub device: Option<String>,
+    /// Priority.
+    pub prio: i32,
+    /// `accept` or `drop`.
+    pub policy: &'static str,
+}
+
+/// One nftables command, as `nft -f` reads it. Names come from the planners, which only put in
+/// names [`nft_identifier`] accepts (tables, chains, sets) and devices [`nft_quotable`] accepts;
+/// rule expressions are built by the planners from numbers, addresses and fixed keywords.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NftCmd {
+    /// `add table <family> <table>`.
+    AddTable { family: &'static str, table: String },
+    /// `add chain …` (a plain chain without a hook; an existing chain is left as it is).
+    AddChain {
+        family: &'static str,
+        table: String,
+        chain: String,
+        hook: Option<Hook>,
+    },
+    /// `delete chain …` with its rules.
+    DeleteChain {
+        family: &'static str,
+        table: String,
+        chain: String,
+    },
+    /// `flush chain …`.
+    FlushChain {
+        family: &'static str,
+        table: String,
+        chain: String,
+    },
+    /// `add set … { typeof <key>; size <size>; flags dynamic; }`: a set the rules may add
+    /// elements to.
+    AddSet {
+        family: &'static str,
+        table: String,
+        set: String,
+        key: &'static str,
+        size: u32,
+    },
+    /// `delete set …`.
+    DeleteSet {
+        family: &'static str,
+        table: String,
+        set: String,
+    },
+    /// `add element … { e, … }`.
+    AddElements {
+        family: &'static str,
+        table: String,
+        set: String,
+        elems: Vec<String>,
+    },
+    /// `delete element … { e, … }`.
+    DeleteElements {
+        family: &'static str,
+        table: String,
+        set: String,
+        elems: Vec<String>,
+    },
+    /// `add rule <family> <table> <chain> <expr> [comment "<comment>"]`.
+    AddRule {
+        family: &'static str,
+        table: String,
+        chain: String,
+        expr: String,
+        comment: Option<&'static str>,
+    },
+}
+
+/// True for a name nft's grammar takes unquoted (tables, chains, sets): a letter, then letters,
+/// digits, `_`, `-`, `.` or `/`.
+pub fn nft_identifier(s: &str) -> bool {
+    let mut c = s.chars();
+    matches!(c.next(), Some(f) if f.is_ascii_alphabetic())
+        && c.all(|x| x.is_ascii_alphanumeric() || matches!(x, '_' | '-' | '.' | '/'))
+        && s.len() < 256
+}
+
+/// True for a string nft can take between double quotes (a device name): printable ASCII
+/// without `"` (nft's quoted strings have no escapes).
+pub fn nft_quotable(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"')
+}
+
+impl fmt::Display for NftCmd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NftCmd::AddTable { family, table } => write!(f, "add table {family} {table}"),
+            NftCmd::AddChain {
+                family,
+                table,
+                chain,
+                hook,
+            } => {
+                write!(f, "add chain {family} {table} {chain}")?;
+                if let Some(h) = hook {
+                    write!(f, " {{ type {} hook {}", h.kind, h.hook)?;
+                    if let Some(d) = &h.device {
+                        write!(f, " device \"{d}\"")?;
+                    }
+                    write!(f, " priority {}; policy {}; }}", h.prio, h.policy)?;
+                }
+                Ok(())
+            }
+            NftCmd::DeleteChain {
+                family,
+                table,
+                chain,
+            } => write!(f, "delete chain {family} {table} {chain}"),
+            NftCmd::FlushChain {
+                family,
+                table,
+                chain,
+            } => write!(f, "flush chain {family} {table} {chain}"),
+            NftCmd::AddSet {
+                family,
+                table,
+                set,
+                key,
+                size,
+            } => write!(
+                f,
+                "add set {family} {table} {set} {{ typeof {key}; size {size}; flags dynamic; }}"
+            ),
+            NftCmd::DeleteSet { family, table, set } => {
+                write!(f, "delete set {family} {table} {set}")
+            }
+            NftCmd::AddElements {
+                family,
+                table,
+                set,
+                elems,
+            } => write!(
+                f,
+                "add element {family} {table} {set} {{ {} }}",
+                elems.join(", ")
+            ),
+            NftCmd::DeleteElements {
+                family,
+                table,
+                set,
+                elems,
+            } => write!(
+                f,
+                "delete element {family} {table} {set} {{ {} }}",
+                elems.join(", ")
+            ),
+            NftCmd::AddRule {
+                family,
+                table,
+                chain,
+                expr,
+                comment,
+            } => {
+                write!(f, "add rule {family} {table} {chain} {expr}")?;
+                if let Some(c) = comment {
+                    write!(f, " comment \"{c}\"")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One nftables batch (one `nft -f -` run, which nftables applies atomically) and what undoes
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NftBatch {
     /// Short description for logs.
     pub what: String,
-    /// The document given to `nft -j -f -`.
-    pub json: Value,
+    /// The commands, in order.
+    pub cmds: Vec<NftCmd>,
     /// The batch that undoes this one (for rollback).
     pub undo: Option<Box<NftBatch>>,
     /// A failure meaning "no such object" counts as "already gone".
@@ -110,21 +326,23 @@ pub struct NftBatch {
 }
 
 impl NftBatch {
-    /// The commands of the batch (the `nftables` array).
-    pub fn commands(&self) -> Vec<Value> {
-        self.json["nftables"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+    /// The text given to `nft -f -`: one command a line.
+    pub fn text(&self) -> String {
+        let mut t = String::new();
+        for c in &self.cmds {
+            t.push_str(&c.to_string());
+            t.push('\n');
+        }
+        t
     }
 
     /// One batch doing `self`'s commands then `other`'s, atomically; `undo` undoes both.
     pub fn then(self, other: NftBatch, undo: Option<NftBatch>) -> NftBatch {
-        let mut cmds = self.commands();
-        cmds.extend(other.commands());
+        let mut cmds = self.cmds;
+        cmds.extend(other.cmds);
         NftBatch {
             what: format!("{}; {}", self.what, other.what),
-            json: json!({ "nftables": cmds }),
+            cmds,
             undo: undo.map(Box::new),
             removal: self.removal && other.removal,
         }
@@ -133,7 +351,7 @@ impl NftBatch {
 
 impl fmt::Display for NftBatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.json.to_string())
+        f.write_str(&self.text())
     }
 }
 
@@ -159,7 +377,7 @@ pub enum Step {
         value: String,
         on_error: OnError,
     },
-    /// Apply an nftables batch (one `nft -j -f -` run).
+    /// Apply an nftables batch (one `nft -f -` run).
     Nft(NftBatch, OnError),
     /// Write a xenstore node.
     XsWrite { path: String, value: String },

@@ -296,6 +296,7 @@ fn same_as_reference_vif_route() {
     for xs in [&xs_ref, &xs_ours] {
         xs.set("backend/vif/5/0/hotplug-status", "");
         xs.set("backend/vif/5/0/ip", "10.0.9.5 10.0.9.6");
+        xs.set("backend/vif/5/0/mac", "00:16:3e:00:09:05");
     }
     let env = [
         ("vif", "vif5.0"),

@@ -11,7 +11,9 @@ mod common;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 
-use common::{in_netns, link, nft_chains, police_supported, run_in, run_in_ok, setup, up, Xs};
+use common::{
+    in_netns, link, mac_of, nft_chains, police_supported, run_in, run_in_ok, setup, up, Xs,
+};
 use serde_json::Value;
 use xenplug_testkit::{require, require_program, require_root, NetNs};
 use xenplug_vif::scripts::Script;
@@ -142,10 +144,11 @@ fn bridge_rollback_on_failed_online() {
     if !ready() {
         return;
     }
-    let (host, _guest) = setup("rb");
+    let (host, guest) = setup("rb");
     let xs = Xs::new();
     xs.set("backend/vif/5/0/bridge", "xenbr0");
     xs.set("backend/vif/5/0/ip", "10.0.0.5");
+    xs.set("backend/vif/5/0/mac", &mac_of(&guest, "eth0"));
     let before = link(&host, "vif5.0").unwrap();
     // `nft` that always fails: enforce-mode antispoofing is fatal, so online fails after the
     // port was prepared, and everything done so far is undone.
@@ -435,6 +438,7 @@ fn antispoof_enforce_drops_forged_sources() {
     let xs = Xs::new();
     xs.set("backend/vif/5/0/bridge", "xenbr0");
     xs.set("backend/vif/5/0/ip", "10.0.0.5");
+    xs.set("backend/vif/5/0/mac", &mac_of(&guest, "eth0"));
     run_in_ok(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs);
     assert_eq!(nft_chains(&host), vec!["vif5.0".to_string()]);
     assert!(
@@ -612,10 +616,10 @@ fn nat_online_offline_with_dnsmasq_hosts() {
     let (host, _guest) = setup("nt");
     let dir = tempfile::tempdir().unwrap();
     let hosts = dir.path().join("dhcp-hosts");
-    let mut sleeper = std::process::Command::new("sleep")
-        .arg("30")
-        .spawn()
-        .unwrap();
+    // A process called dnsmasq (vif-nat signals nothing else).
+    let fake = dir.path().join("dnsmasq");
+    std::fs::copy(xenplug_testkit::which("sleep").unwrap(), &fake).unwrap();
+    let mut sleeper = std::process::Command::new(&fake).arg("30").spawn().unwrap();
     let pidfile = dir.path().join("dnsmasq.pid");
     std::fs::write(&pidfile, sleeper.id().to_string()).unwrap();
     let xs = Xs::new();
@@ -823,6 +827,7 @@ fn antispoof_enforce_ipv6() {
     let xs = Xs::new();
     xs.set("backend/vif/5/0/bridge", "xenbr0");
     xs.set("backend/vif/5/0/ip", "10.0.0.5 2001:db8::5");
+    xs.set("backend/vif/5/0/mac", &mac_of(&guest, "eth0"));
     run_in_ok(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs);
     assert!(
         ping(&guest, &["-6", "-I", "2001:db8::5", "2001:db8::1"]),
@@ -843,5 +848,169 @@ fn antispoof_enforce_ipv6() {
             &["-6", "-W", "3", "-I", "2001:db8::66", "2001:db8::1"]
         ),
         "control: passes without rules"
+    );
+}
+
+/// The host's own `eth9`: up, with the address, route and bridge port `f` gives it.
+fn host_eth9(host: &NetNs) {
+    host.ip(&[
+        "link", "add", "eth9", "type", "veth", "peer", "name", "eth9p",
+    ])
+    .unwrap();
+    host.ip(&["link", "set", "eth9", "up"]).unwrap();
+}
+
+/// `(up, master)` of `dev` in `ns`.
+fn state_of(ns: &NetNs, dev: &str) -> (bool, Option<String>) {
+    let l = link(ns, dev).unwrap_or_else(|| panic!("{dev} exists"));
+    (up(&l), l["master"].as_str().map(str::to_string))
+}
+
+/// `vifname` names an interface the host already has: `online` fails (the rename is refused),
+/// and the `offline` libxl runs after a failed `online` must leave that interface alone:
+/// teardown acts only on the device this backend created.
+#[test]
+fn bridge_teardown_leaves_a_host_interface_named_by_vifname_alone() {
+    if !ready() {
+        return;
+    }
+    let (host, guest) = setup("fb");
+    host.ip(&["link", "add", "hostbr", "type", "bridge"])
+        .unwrap();
+    host.ip(&["link", "set", "hostbr", "up"]).unwrap();
+    host_eth9(&host);
+    host.ip(&["link", "set", "eth9", "master", "hostbr"])
+        .unwrap();
+    let xs = Xs::new();
+    xs.set("backend/vif/5/0/bridge", "xenbr0");
+    xs.set("backend/vif/5/0/vifname", "eth9");
+    xs.set("backend/vif/5/0/ip", "10.0.0.5");
+    xs.set("backend/vif/5/0/mac", &mac_of(&guest, "eth0"));
+    assert_eq!(
+        run_in(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs),
+        ExitCode::FAILURE
+    );
+    assert_eq!(
+        xs.value("backend/vif/5/0/hotplug-error").as_deref(),
+        Some("Cannot rename interface vif5.0. An interface with name eth9 already exists.")
+    );
+    run_in(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs);
+    assert_eq!(state_of(&host, "eth9"), (true, Some("hostbr".into())));
+    // The same once netback's device is gone (libxl may run offline after that).
+    host.ip(&["link", "del", "vif5.0"]).unwrap();
+    run_in(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs);
+    assert_eq!(state_of(&host, "eth9"), (true, Some("hostbr".into())));
+}
+
+/// A renamed vif is still torn down under its new name (it carries this backend's mark), also
+/// when the name is not libxl's.
+#[test]
+fn bridge_teardown_acts_on_our_renamed_vif() {
+    if !ready() {
+        return;
+    }
+    let (host, _guest) = setup("fr");
+    let xs = Xs::new();
+    xs.set("backend/vif/5/0/bridge", "xenbr0");
+    xs.set("backend/vif/5/0/vifname", "web0");
+    run_in_ok(&host, Script::Bridge, &["online", "type_if=vif"], ENV, &xs);
+    let l = link(&host, "web0").unwrap();
+    assert_eq!(l["ifalias"], "xenplug vif5.0", "{l}");
+    run_in_ok(&host, Script::Bridge, &["offline", "type_if=vif"], ENV, &xs);
+    assert_eq!(state_of(&host, "web0"), (false, None));
+}
+
+/// vif-route and vif-nat: the routes and addresses of a host interface that `vifname` names
+/// survive the `offline` after the refused `online`.
+#[test]
+fn route_and_nat_teardown_leave_a_host_interface_s_routes_alone() {
+    if !ready() {
+        return;
+    }
+    for script in [Script::Route, Script::Nat] {
+        let (host, _guest) = setup(if script == Script::Route { "fr" } else { "fn" });
+        host.ip(&[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+        ])
+        .unwrap();
+        host.ip(&["addr", "add", "192.0.2.10/24", "dev", "eth0"])
+            .unwrap();
+        host.ip(&["link", "set", "eth0", "up"]).unwrap();
+        host_eth9(&host);
+        // What the scripts' teardown would delete on a device of theirs: the host route to the
+        // guest (metric 2 for vif-route, 0 for vif-nat), dom0's address /32.
+        let (dst, metric) = match script {
+            Script::Route => ("10.0.9.5", "2"),
+            _ => ("10.0.9.5", "0"),
+        };
+        host.ip(&["route", "add", dst, "dev", "eth9", "metric", metric])
+            .unwrap();
+        host.ip(&["addr", "add", "10.0.9.133/32", "dev", "eth9"])
+            .unwrap();
+        let xs = Xs::new();
+        xs.set("backend/vif/5/0/vifname", "eth9");
+        xs.set("backend/vif/5/0/ip", "10.0.9.5");
+        xs.set("backend/vif/5/0/frontend-id", "5");
+        xs.set("backend/vif/5/0/handle", "0");
+        let mut env = ENV.to_vec();
+        env.push(("antispoof", "off"));
+        assert_eq!(
+            run_in(&host, script, &["online", "type_if=vif"], &env, &xs),
+            ExitCode::FAILURE,
+            "{script:?}"
+        );
+        run_in(&host, script, &["offline", "type_if=vif"], &env, &xs);
+        assert!(state_of(&host, "eth9").0, "{script:?}: eth9 stays up");
+        let routes = host.ip_json(&["route", "show", "dev", "eth9"]).unwrap();
+        assert!(routes.contains(dst), "{script:?}: {routes}");
+        let addrs = host.ip_json(&["addr", "show", "dev", "eth9"]).unwrap();
+        assert!(addrs.contains("10.0.9.133"), "{script:?}: {addrs}");
+    }
+}
+
+/// vif-nat with DHCP signals the pid in `dnsmasq_pidfile` only when it is dnsmasq's: a stale
+/// pid file whose pid another process now has signals nobody.
+#[test]
+fn nat_dhcp_does_not_signal_a_stale_pid() {
+    if !ready() {
+        return;
+    }
+    let (host, _guest) = setup("ns");
+    let dir = tempfile::tempdir().unwrap();
+    let other = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let pidfile = dir.path().join("dnsmasq.pid");
+    std::fs::write(&pidfile, other.id().to_string()).unwrap();
+    let hosts = dir.path().join("dhcp-hosts");
+    let xs = Xs::new();
+    xs.set("backend/vif/5/0/frontend-id", "5");
+    xs.set("backend/vif/5/0/handle", "0");
+    xs.set("backend/vif/5/0/mac", "00:16:3e:00:05:00");
+    let (h, p) = (
+        hosts.to_str().unwrap().to_string(),
+        pidfile.to_str().unwrap().to_string(),
+    );
+    let mut env = ENV.to_vec();
+    env.extend([
+        ("dhcp", "yes"),
+        ("dhcp_hostsfile", h.as_str()),
+        ("dnsmasq_pidfile", p.as_str()),
+    ]);
+    run_in_ok(&host, Script::Nat, &["online", "type_if=vif"], &env, &xs);
+    assert!(std::fs::read_to_string(&hosts).unwrap().contains(",dom5"));
+    // Pending signals are delivered lowest number first: a SIGHUP would win over our SIGTERM.
+    use std::os::unix::process::ExitStatusExt;
+    let mut other = other;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(other.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(
+        other.wait().unwrap().signal(),
+        Some(libc::SIGTERM),
+        "the unrelated process was not sent SIGHUP"
     );
 }

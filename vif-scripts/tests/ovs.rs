@@ -169,3 +169,70 @@ fn openvswitch_online_offline() {
         Some("No valid bridge was specified")
     );
 }
+
+#[test]
+fn openvswitch_teardown_deletes_only_this_backend_s_port() {
+    if !(require_root()
+        && require_program("ovs-vsctl")
+        && require_program("ovs-vswitchd")
+        && require_program("ovsdb-tool"))
+    {
+        return;
+    }
+    let ns = NetNs::new("ow").unwrap();
+    let ovs = Ovs::start(&ns).unwrap();
+    ovs.vsctl(&[
+        "add-br",
+        "ovsbr",
+        "--",
+        "set",
+        "bridge",
+        "ovsbr",
+        "datapath_type=netdev",
+    ]);
+    // The host's own port eth9, and netback's vif5.0.
+    for (a, b) in [("eth9", "eth9p"), ("vif5.0", "g5")] {
+        ns.ip(&["link", "add", a, "type", "veth", "peer", "name", b])
+            .unwrap();
+    }
+    ns.ip(&["link", "set", "eth9", "up"]).unwrap();
+    ovs.vsctl(&["add-port", "ovsbr", "eth9"]);
+    let xs = Xs::new();
+    xs.set("backend/vif/5/0/bridge", "ovsbr");
+    xs.set("backend/vif/5/0/vifname", "eth9");
+    xs.set("backend/vif/5/0/frontend-id", "5");
+    xs.set("backend/vif/5/0/mac", "00:16:3e:00:05:00");
+    xs.set("/local/domain/5/vm", "/vm/u5");
+    xs.set("/vm/u5/name", "five");
+    xs.set("/vm/u5/uuid", "u5");
+    let rundir = ovs.rundir();
+    let rd = rundir.to_str().unwrap();
+    let env = [
+        ("vif", "vif5.0"),
+        ("XENBUS_PATH", "backend/vif/5/0"),
+        ("OVS_RUNDIR", rd),
+        ("OVS_DBDIR", rd),
+    ];
+    // vifname names the host's port: online is refused, and the offline after it must not
+    // delete the host's port nor take its device down.
+    assert_eq!(
+        run_in(&ns, Script::Ovs, &["online", "type_if=vif"], &env, &xs),
+        ExitCode::FAILURE
+    );
+    run_in(&ns, Script::Ovs, &["offline", "type_if=vif"], &env, &xs);
+    assert!(ovs.vsctl(&["list-ports", "ovsbr"]).contains("eth9"));
+    assert!(up(&link(&ns, "eth9").unwrap()));
+
+    // Our own port under a vifname: marked, and deleted by offline even once the device is gone.
+    xs.set("backend/vif/5/0/vifname", "web0");
+    run_in_ok(&ns, Script::Ovs, &["online", "type_if=vif"], &env, &xs);
+    let ids = ovs.vsctl(&["get", "interface", "web0", "external-ids"]);
+    assert!(
+        ids.contains(r#"xenplug-backend="backend/vif/5/0""#),
+        "{ids}"
+    );
+    ns.ip(&["link", "del", "web0"]).unwrap();
+    run_in_ok(&ns, Script::Ovs, &["offline", "type_if=vif"], &env, &xs);
+    let ports = ovs.vsctl(&["list-ports", "ovsbr"]);
+    assert!(!ports.contains("web0") && ports.contains("eth9"), "{ports}");
+}

@@ -10,8 +10,8 @@ use xenplug_hotplug::Failure;
 use xenplug_netlink::links::LinkChange;
 
 use super::{
-    backend_node, fail, plan_firewall_down, plan_firewall_up, plan_port_setup, plan_rate_down,
-    plan_rate_up, Gather, Planned, VifScript,
+    backend_node, fail, own_device, plan_firewall_down, plan_firewall_up, plan_port_setup,
+    plan_rate_down, plan_rate_up, Gather, Planned, VifScript,
 };
 use crate::common::{Common, Observed};
 use crate::types::{Plan, Step, TypeIf};
@@ -94,7 +94,7 @@ pub fn plan_bridge(c: &Common, f: &BridgeFacts, obs: &Observed) -> Result<(Plan,
         let br = resolve_bridge(&f.bridge, obs)?;
         plan_port_setup(c, obs, &mut plan)?;
         let dev = c.name.clone();
-        plan_firewall_up(c, &mut plan);
+        plan_firewall_up(c, &mut plan)?;
         plan_rate_up(c, &mut plan);
         let mtu = match f.mtu.as_deref().map(str::trim).filter(|m| !m.is_empty()) {
             Some(m) => m
@@ -129,20 +129,21 @@ pub fn plan_bridge(c: &Common, f: &BridgeFacts, obs: &Observed) -> Result<(Plan,
     } else {
         // Teardown: the bridge is only used for logging; a missing bridge does not stop it.
         let br = resolve_bridge(&f.bridge, obs).unwrap_or_else(|_| f.bridge.clone());
-        if let Some(l) = obs.get(&c.name) {
+        // Only the device this backend set up: never an interface that merely has its name.
+        if let Some(l) = own_device(c, obs) {
             plan.link(LinkChange::SetUp {
-                dev: c.name.clone(),
+                dev: l.name.clone(),
                 up: false,
             });
             if l.master.is_some() {
                 plan.link(LinkChange::SetMaster {
-                    dev: c.name.clone(),
+                    dev: l.name.clone(),
                     master: None,
                 });
             }
         }
         plan_rate_down(c, obs, &mut plan);
-        plan_firewall_down(c, &mut plan);
+        plan_firewall_down(c, obs, &mut plan);
         Ok((plan, br))
     }
 }
@@ -164,6 +165,7 @@ mod tests {
         assert_eq!(
             text,
             [
+                "set vif5.0 alias \"xenplug vif5.0\"",
                 "set vif5.0 down",
                 "set vif5.0 address fe:ff:ff:ff:ff:ff",
                 "flush addresses of vif5.0",
@@ -204,7 +206,8 @@ mod tests {
         let c = common(Action::Online, "vif", &[("vifname", "web0")]);
         let (plan, _) = plan_xenbr0(&c, Some("9000"), &l).unwrap();
         let text: Vec<String> = plan.steps.iter().map(ToString::to_string).collect();
-        assert_eq!(text[1], "rename vif5.0 to web0");
+        assert_eq!(text[0], "set vif5.0 alias \"xenplug vif5.0\"");
+        assert_eq!(text[2], "rename vif5.0 to web0");
         assert!(text.contains(&"set web0 mtu 9000".to_string()));
         // The frontend path comes from XENBUS_PATH, not from the vifname.
         assert!(text.contains(&"xenstore write /local/domain/5/device/vif/0/mtu=9000".to_string()));
@@ -241,6 +244,7 @@ mod tests {
         assert_eq!(
             text,
             [
+                "set vif5.0-emu alias \"xenplug vif5.0-emu\"",
                 "set vif5.0-emu down",
                 "set vif5.0-emu address fe:ff:ff:ff:ff:ff",
                 "flush addresses of vif5.0-emu",

@@ -1,6 +1,6 @@
 //! Golden files of the planners' outputs (`vif-scripts/tests/golden/*.txt`): every step of a
 //! plan as the applier logs it, with each nftables batch (and the batch that undoes it) as the
-//! JSON `nft -j -f -` receives, and each xenstore write. A change of behaviour is a diff of these
+//! text `nft -f -` receives, and each xenstore write. A change of behaviour is a diff of these
 //! files; `XENPLUG_BLESS=1 cargo test -p xenplug-vif golden` rewrites them (see
 //! `xenplug_testkit::golden`).
 
@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use super::bridge::{plan_bridge, BridgeFacts};
 use super::nat::{plan_nat, NatFacts};
-use super::openvswitch::{plan_ovs, OvsFacts};
+use super::openvswitch::{plan_ovs, OvsFacts, PortRow, BACKEND_ID};
 use super::route::{plan_route, RouteFacts};
 use super::testutil::*;
 use crate::types::Mode;
@@ -27,7 +27,7 @@ fn render(title: &str, plan: &Plan) -> String {
         if let Step::Nft(b, _) = s {
             // One command of the batch per line, so a change is a one-line diff.
             let cmds = |out: &mut String, b: &NftBatch| {
-                for c in b.commands() {
+                for c in &b.cmds {
                     writeln!(out, "    {c}").unwrap();
                 }
             };
@@ -71,6 +71,12 @@ fn golden_vif_bridge() {
             Action::Online,
             "vif",
             vec![("vifname", "web0"), ("mtu", "9000")],
+        ),
+        (
+            "online type_if=vif, vifname web0, ip listed: the chain keeps the backend's name",
+            Action::Online,
+            "vif",
+            vec![("vifname", "web0"), ("ip", "10.0.0.5")],
         ),
         (
             "add type_if=tap, rate 125000,50000",
@@ -162,10 +168,21 @@ fn golden_vif_openvswitch() {
         vm_name: "web \"1\"".into(),
         vm_uuid: "8c4b3a3e-0000-4000-8000-000000000005".into(),
         mac: "00:16:3e:00:00:05".into(),
+        port: PortRow::NotRead,
     };
+    let ids = |b: &str| PortRow::Ids([(BACKEND_ID.to_string(), b.to_string())].into());
     let mut text = String::new();
-    for (title, action) in [("online", Action::Online), ("offline", Action::Offline)] {
+    for (title, action, port) in [
+        ("online", Action::Online, PortRow::NotRead),
+        ("offline", Action::Offline, ids("backend/vif/5/0")),
+        (
+            "offline, the port named so is another backend's",
+            Action::Offline,
+            ids("backend/vif/7/0"),
+        ),
+    ] {
         let c = common(action, "vif", &[IPS]);
+        let f = OvsFacts { port, ..f.clone() };
         text += &render(
             &format!("vif-openvswitch {title} type_if=vif, bridge {}", f.bridge),
             &plan_ovs(&c, &f, &observed(&host())).unwrap(),

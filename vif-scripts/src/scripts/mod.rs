@@ -60,8 +60,8 @@ impl Script {
 pub trait VifScript {
     /// The script's file name.
     const NAME: &'static str;
-    /// The backend nodes it reads besides vif-common's (`vifname`, `ip`, `rate`), fetched with
-    /// them in one round trip.
+    /// The backend nodes it reads besides vif-common's (`vifname`, `ip`, `rate`, `mac`),
+    /// fetched with them in one round trip.
     const NODES: &'static [&'static str];
     /// The script's own inputs.
     type Facts;
@@ -85,16 +85,63 @@ fn fail(msg: impl std::fmt::Display) -> Failure {
     Failure::error(msg)
 }
 
-/// Rename (online/add with `vifname`), refusing an existing name.
-fn plan_rename(c: &Common, obs: &Observed, plan: &mut Plan) -> Result<(), Failure> {
-    if !c.rename || c.dev == c.name {
-        return Ok(());
+/// The alias that marks a device as this backend's: `xenplug <libxl's name of the device>`. It
+/// survives a rename and dies with the device, so teardown can tell the device this backend
+/// set up (whatever `vifname` called it) from another interface that has that name now.
+pub fn mark(c: &Common) -> String {
+    format!("{MARK_PREFIX}{}", c.dev)
+}
+
+/// The start of every [`mark`].
+pub const MARK_PREFIX: &str = "xenplug ";
+
+/// True when `l` carries another backend's [`mark`].
+fn marked_by_another(c: &Common, l: &Link) -> bool {
+    l.alias
+        .as_deref()
+        .is_some_and(|a| a.starts_with(MARK_PREFIX) && a != mark(c))
+}
+
+/// The device teardown may act on: the device this backend set up, under its new name (it
+/// carries our [`mark`]), else libxl's device under libxl's name (`online` failed or never ran,
+/// or it was set up before devices were marked) unless another backend marked it. `None`: the
+/// device is gone, and whatever has its name now is not ours.
+pub fn own_device<'o>(c: &Common, obs: &'o Observed) -> Option<&'o Link> {
+    let m = mark(c);
+    if let Some(l) = obs.get(&c.name) {
+        if l.alias.as_deref() == Some(m.as_str()) || (c.name == c.dev && !marked_by_another(c, l)) {
+            return Some(l);
+        }
     }
-    if obs.get(&c.name).is_some() {
+    obs.get(&c.dev)
+        .filter(|l| c.name != c.dev && !marked_by_another(c, l))
+}
+
+/// Mark the device as this backend's, then rename it (online/add with `vifname`), refusing an
+/// existing name.
+fn plan_rename(c: &Common, obs: &Observed, plan: &mut Plan) -> Result<(), Failure> {
+    let renaming = c.rename && c.dev != c.name;
+    if renaming && obs.get(&c.name).is_some() {
         return Err(fail(format!(
             "Cannot rename interface {}. An interface with name {} already exists.",
             c.dev, c.name
         )));
+    }
+    // Needed for teardown to find a renamed device; a device keeping libxl's name is found
+    // without it.
+    plan.push(Step::Link(
+        LinkChange::SetAlias {
+            dev: c.dev.clone(),
+            alias: mark(c),
+        },
+        if renaming {
+            OnError::Fatal
+        } else {
+            OnError::Ignore
+        },
+    ));
+    if !renaming {
+        return Ok(());
     }
     plan.link(LinkChange::SetUp {
         dev: c.dev.clone(),
@@ -107,10 +154,17 @@ fn plan_rename(c: &Common, obs: &Observed, plan: &mut Plan) -> Result<(), Failur
     Ok(())
 }
 
-/// The device must exist for set-up.
+/// The device must exist for set-up, and not be another backend's.
 fn require_dev(c: &Common, obs: &Observed) -> Result<(), Failure> {
-    if obs.get(&c.dev).is_none() {
+    let Some(l) = obs.get(&c.dev) else {
         return Err(fail(format!("Cannot find interface {}", c.dev)));
+    };
+    if marked_by_another(c, l) {
+        return Err(fail(format!(
+            "Interface {} is another backend's ({})",
+            c.dev,
+            l.alias.as_deref().unwrap_or_default()
+        )));
     }
     Ok(())
 }
@@ -137,22 +191,47 @@ fn plan_port_setup(c: &Common, obs: &Observed, plan: &mut Plan) -> Result<(), Fa
     Ok(())
 }
 
+/// The description of this vif's antispoofing chain.
+fn antispoof(c: &Common) -> firewall::Antispoof<'_> {
+    firewall::Antispoof {
+        chain: &c.dev,
+        device: &c.name,
+        addrs: &c.ip,
+        mac: c.mac,
+        mode: c.antispoof,
+        ethertypes: &c.ethertypes,
+    }
+}
+
 /// The antispoofing batch for set-up and what its failure does (enforce: fatal, fail closed;
 /// compat: logged).
-fn firewall_up(c: &Common) -> Option<(NftBatch, OnError)> {
-    let b = firewall::vif_batch(&c.name, &c.ip, c.antispoof)?;
+fn firewall_up(c: &Common) -> Result<Option<(NftBatch, OnError)>, Failure> {
+    if c.antispoof == Mode::Enforce && has_firewall(c) && c.mac.is_none() {
+        return Err(fail(format!(
+            "antispoof=enforce needs the guest's MAC address: {} is {}",
+            backend_node(c, "mac"),
+            match &c.mac_text {
+                None => "missing".to_string(),
+                Some(t) => format!("'{t}', not a MAC address"),
+            }
+        )));
+    }
+    let Some(b) = firewall::vif_batch(&antispoof(c)).map_err(fail)? else {
+        return Ok(None);
+    };
     let on = if c.antispoof == Mode::Enforce {
         OnError::Fatal
     } else {
         OnError::Ignore
     };
-    Some((b, on))
+    Ok(Some((b, on)))
 }
 
-fn plan_firewall_up(c: &Common, plan: &mut Plan) {
-    if let Some((b, on)) = firewall_up(c) {
+fn plan_firewall_up(c: &Common, plan: &mut Plan) -> Result<(), Failure> {
+    if let Some((b, on)) = firewall_up(c)? {
         plan.push(Step::Nft(b, on));
     }
+    Ok(())
 }
 
 /// True when set-up installs antispoofing rules (teardown removes them).
@@ -160,9 +239,14 @@ fn has_firewall(c: &Common) -> bool {
     c.antispoof != Mode::Off && !c.ip.is_empty()
 }
 
-fn plan_firewall_down(c: &Common, plan: &mut Plan) {
+/// Teardown of [`plan_firewall_up`]: this backend's chain (named after it, so whatever the
+/// device is called now) and its link-local claims (`obs.ll6_claims`).
+fn plan_firewall_down(c: &Common, obs: &Observed, plan: &mut Plan) {
     if has_firewall(c) {
-        plan.push(Step::Nft(firewall::remove_batch(&c.name), OnError::Ignore));
+        plan.push(Step::Nft(
+            firewall::remove_batch(&c.dev, &obs.ll6_claims),
+            OnError::Ignore,
+        ));
     }
 }
 
@@ -181,9 +265,9 @@ fn plan_rate_up(c: &Common, plan: &mut Plan) {
 
 /// Teardown of [`plan_rate_up`]: only while the tap exists (its policer dies with it).
 fn plan_rate_down(c: &Common, obs: &Observed, plan: &mut Plan) {
-    if c.type_if == TypeIf::Tap && c.rate.is_some() && obs.get(&c.name).is_some() {
+    if let (TypeIf::Tap, Some(_), Some(l)) = (c.type_if, c.rate, own_device(c, obs)) {
         plan.link(LinkChange::ClearIngressRate {
-            dev: c.name.clone(),
+            dev: l.name.clone(),
         });
     }
 }
@@ -249,7 +333,7 @@ impl<'c, 'x> Nodes<'c, 'x> {
         };
         let pending = backend
             .map(|b| {
-                ["vifname", "ip", "rate"]
+                ["vifname", "ip", "rate", "mac"]
                     .iter()
                     .chain(own)
                     .map(|k| format!("{}/{k}", b.trim_end_matches('/')))
@@ -297,6 +381,7 @@ pub struct Gather<'g, 'x> {
     ctx: &'g Context<'x>,
     nodes: Nodes<'g, 'x>,
     links: &'g mut dyn Links,
+    ovs: &'g mut dyn Ovs,
 }
 
 impl<'g> Gather<'g, '_> {
@@ -325,6 +410,14 @@ impl<'g> Gather<'g, '_> {
         self.links.link(name).map_err(links_err)
     }
 
+    /// The `external_ids` of Open vSwitch's interface `name` (`None`: no such interface).
+    pub fn ovs_external_ids(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>, String> {
+        self.ovs.external_ids(name).map_err(|e| e.message)
+    }
+
     /// Every address of every link.
     pub fn addresses(&mut self) -> Result<Vec<Address>, Failure> {
         self.links.addresses(None).map_err(links_err)
@@ -336,7 +429,7 @@ impl<'g> Gather<'g, '_> {
         if dump {
             return Ok(Observed {
                 links: self.links.links().map_err(links_err)?,
-                addrs: Vec::new(),
+                ..Default::default()
             });
         }
         let mut o = Observed::default();
@@ -369,6 +462,7 @@ pub fn run<S: VifScript>(ctx: &Context<'_>, be: Backends<'_>) -> Result<Outcome<
             .var("antispoof")
             .map(str::to_string)
             .or_else(|| ctx.config.antispoof.clone()),
+        ethertypes: ctx.config.antispoof_ethertypes.clone(),
     };
     let nodes = Nodes::new(ctx, S::NODES, &inp);
     let Some(c) = resolve(ctx.action(), &inp, &mut |p| nodes.read(p))? else {
@@ -383,9 +477,35 @@ pub fn run<S: VifScript>(ctx: &Context<'_>, be: Backends<'_>) -> Result<Outcome<
         ctx,
         nodes,
         links: be.links,
+        ovs: be.ovs,
     };
-    let (facts, obs) = S::gather(&mut g, &c)?;
+    let (facts, mut obs) = S::gather(&mut g, &c)?;
+    if !c.setup() && has_firewall(&c) {
+        // The link-local addresses this backend's chain claimed, released with it.
+        match be
+            .firewall
+            .elements("netdev", firewall::TABLE, &firewall::own_set(&c.dev))
+        {
+            Ok(e) => obs.ll6_claims = e,
+            Err(e) if e.gone => {}
+            Err(e) => ctx.log.warning(format!(
+                "cannot list the link-local addresses {} claimed: {}",
+                c.dev, e.message
+            )),
+        }
+    }
     let Planned { plan, hook_vars } = S::plan(&c, &facts, &obs)?;
+    if !c.setup() {
+        if let Some(l) = obs.get(&c.name) {
+            if own_device(&c, &obs).map(|o| o.index) != Some(l.index) {
+                ctx.log.warning(format!(
+                    "{} is not the device this backend set up (it has no mark '{}'): left alone",
+                    c.name,
+                    mark(&c)
+                ));
+            }
+        }
+    }
     // vif-nat's lock around the DHCP server's host entries (locking.sh's name).
     let _dhcp_lock = match plan.steps.iter().any(|s| matches!(s, Step::Dhcp { .. })) {
         true => Some(ctx.claim_lock(names::VIF_NAT_DHCP)?),
@@ -397,7 +517,7 @@ pub fn run<S: VifScript>(ctx: &Context<'_>, be: Backends<'_>) -> Result<Outcome<
         sysctl: be.sysctl,
         firewall: be.firewall,
         xs: &mut xs,
-        ovs: be.ovs,
+        ovs: g.ovs,
         dhcp: be.dhcp,
     };
     let teardown = !c.setup();
@@ -458,6 +578,7 @@ fn dnsmasq_for(ctx: &Context<'_>) -> DnsmasqHosts {
                 .filter(|s| !s.is_empty())
                 .unwrap_or(DEFAULT_DNSMASQ_PIDFILE),
         ),
+        proc: PathBuf::from("/proc"),
     }
 }
 
@@ -510,10 +631,13 @@ pub(crate) mod testutil {
             xenbus_path: "backend/vif/5/0".into(),
             ..Default::default()
         };
-        let m: std::collections::BTreeMap<String, String> = nodes
+        let mut m: std::collections::BTreeMap<String, String> = nodes
             .iter()
             .map(|(k, v)| (format!("backend/vif/5/0/{k}"), v.to_string()))
             .collect();
+        // libxl always writes the guest's MAC.
+        m.entry("backend/vif/5/0/mac".into())
+            .or_insert_with(|| "00:16:3e:00:00:05".into());
         resolve(action, &inp, &mut |p| Ok(m.get(p).cloned()))
             .unwrap()
             .unwrap()
@@ -523,6 +647,7 @@ pub(crate) mod testutil {
         Observed {
             links: links.links.clone(),
             addrs: links.addrs.clone(),
+            ..Default::default()
         }
     }
 
@@ -695,6 +820,7 @@ mod tests {
         fn new(bridge: &str) -> Self {
             let xs = MemXs::default();
             xs.set("backend/vif/5/0/bridge", bridge);
+            xs.set("backend/vif/5/0/mac", "00:16:3e:00:00:05");
             Bench {
                 xs,
                 links: host(),
@@ -792,6 +918,86 @@ mod tests {
             std::fs::read_to_string(&out).unwrap(),
             "online vif5.0 xenbr0 vif\noffline vif5.0 xenbr0 vif\n"
         );
+    }
+
+    #[test]
+    fn teardown_owns_only_the_device_this_backend_set_up() {
+        let off = |vifname: &str| {
+            let nodes: Vec<(&str, &str)> = match vifname {
+                "" => vec![],
+                n => vec![("vifname", n)],
+            };
+            common(Action::Offline, "vif", &nodes)
+        };
+        let with = |links: &[(&str, Option<&str>)]| {
+            let mut l = RecordingLinks::default();
+            for (n, alias) in links {
+                l.add(n, Some("veth"));
+                l.links.last_mut().unwrap().alias = alias.map(str::to_string);
+            }
+            observed(&l)
+        };
+        let own = |c: &Common, o: &Observed| own_device(c, o).map(|l| l.name.clone());
+        let ours = Some("xenplug vif5.0");
+        // Renamed and marked: ours under its new name.
+        assert_eq!(
+            own(&off("web0"), &with(&[("web0", ours)])).as_deref(),
+            Some("web0")
+        );
+        // A host interface with that name, unmarked or another backend's: not ours…
+        assert_eq!(own(&off("eth9"), &with(&[("eth9", None)])), None);
+        let other = Some("xenplug vif7.0");
+        assert_eq!(own(&off("eth9"), &with(&[("eth9", other)])), None);
+        // … but libxl's device under libxl's name is (online failed before the rename).
+        let both = with(&[("eth9", None), ("vif5.0", None)]);
+        assert_eq!(own(&off("eth9"), &both).as_deref(), Some("vif5.0"));
+        // No vifname: libxl's name is ours, marked or not (set up before marks), unless
+        // another backend marked it.
+        assert_eq!(
+            own(&off(""), &with(&[("vif5.0", None)])).as_deref(),
+            Some("vif5.0")
+        );
+        assert_eq!(
+            own(&off(""), &with(&[("vif5.0", ours)])).as_deref(),
+            Some("vif5.0")
+        );
+        assert_eq!(own(&off(""), &with(&[("vif5.0", other)])), None);
+        // Set-up refuses a device another backend marked.
+        let on = common(Action::Online, "vif", &[]);
+        assert_eq!(
+            require_dev(&on, &with(&[("vif5.0", other)]))
+                .unwrap_err()
+                .message(),
+            "Interface vif5.0 is another backend's (xenplug vif7.0)"
+        );
+    }
+
+    #[test]
+    fn enforce_without_the_guest_mac_fails_closed() {
+        for (mac, why) in [
+            (None, "missing"),
+            (Some("00:16:3e"), "'00:16:3e', not a MAC address"),
+        ] {
+            let mut b = Bench::new("xenbr0");
+            b.xs.set("backend/vif/5/0/ip", "10.0.0.5");
+            b.xs.rm_node("backend/vif/5/0/mac");
+            if let Some(m) = mac {
+                b.xs.set("backend/vif/5/0/mac", m);
+            }
+            assert_eq!(b.bridge("online", &VIF5), ExitCode::FAILURE);
+            assert_eq!(
+                b.node("hotplug-error").unwrap(),
+                format!(
+                    "antispoof=enforce needs the guest's MAC address: backend/vif/5/0/mac is {why}"
+                )
+            );
+            assert!(b.links.log.is_empty() && b.fw.chains.is_empty());
+            // Compat and off do not need it.
+            for mode in ["compat", "off"] {
+                let env = [VIF5[0], VIF5[1], ("antispoof", mode)];
+                assert_eq!(b.bridge("online", &env), ExitCode::SUCCESS, "{mode}");
+            }
+        }
     }
 
     #[test]

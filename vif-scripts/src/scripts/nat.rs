@@ -13,12 +13,14 @@ use xenplug_hotplug::Failure;
 use xenplug_netlink::links::{DevRoute as Route, LinkChange};
 
 use super::{
-    backend_node, fail, firewall_up, has_firewall, plan_rate_down, plan_rate_up, plan_rename,
-    require_dev, yes, Gather, Planned, VifScript,
+    backend_node, fail, firewall_up, has_firewall, own_device, plan_rate_down, plan_rate_up,
+    plan_rename, require_dev, yes, Gather, Planned, VifScript,
 };
 use crate::common::{Common, Observed};
 use crate::firewall;
-use crate::types::{Net, NftBatch, OnError, Plan, Step};
+use crate::types::{
+    nft_identifier, nft_quotable, Hook, Net, NftBatch, NftCmd, OnError, Plan, Step,
+};
 
 /// `vif-nat`.
 #[derive(Debug)]
@@ -26,7 +28,7 @@ pub struct Nat;
 
 impl VifScript for Nat {
     const NAME: &'static str = "vif-nat";
-    const NODES: &'static [&'static str] = &["frontend-id", "handle", "mac"];
+    const NODES: &'static [&'static str] = &["frontend-id", "handle"];
     type Facts = NatFacts;
 
     fn gather(g: &mut Gather<'_, '_>, c: &Common) -> Result<(NatFacts, Observed), Failure> {
@@ -119,41 +121,72 @@ pub fn nat_addresses(c: &Common, f: &NatFacts) -> Result<(Net, Ipv4Addr, String)
     Ok((guest, router, hostname))
 }
 
-/// The NAT masquerade batch: chain `nat-<dev>` in table `ip xenplug-nat`.
-pub fn nat_batch(dev: &str, guest: Ipv4Addr) -> NftBatch {
-    use serde_json::json;
-    let chain = format!("nat-{dev}");
-    let cref = json!({"family": "ip", "table": "xenplug-nat", "name": chain});
-    NftBatch {
-        what: format!("ip xenplug-nat chain {chain}: masquerade {guest}"),
-        json: json!({"nftables": [
-            {"add": {"table": {"family": "ip", "name": "xenplug-nat"}}},
-            {"add": {"chain": {"family": "ip", "table": "xenplug-nat", "name": chain,
-                "type": "nat", "hook": "postrouting", "prio": 100, "policy": "accept"}}},
-            {"flush": {"chain": cref}},
-            {"add": {"rule": {"family": "ip", "table": "xenplug-nat", "chain": chain, "expr": [
-                {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}}, "right": guest.to_string()}},
-                {"match": {"op": "!=", "left": {"meta": {"key": "oifname"}}, "right": dev}},
-                {"masquerade": null}
-            ]}}}
-        ]}),
-        undo: Some(Box::new(nat_remove_batch(dev))),
-        removal: false,
+/// The table of the masquerade chains (family `ip`).
+pub const NAT_TABLE: &str = "xenplug-nat";
+
+/// The NAT masquerade batch: chain `nat-<chain>` in table `ip xenplug-nat` (named after the
+/// backend, as the antispoofing chain), masquerading what the guest sends out of any device but
+/// `device` (the vif's current name).
+pub fn nat_batch(chain: &str, device: &str, guest: Ipv4Addr) -> Result<NftBatch, Failure> {
+    let name = format!("nat-{chain}");
+    if !nft_identifier(&name) || !nft_quotable(device) {
+        return Err(fail(format!(
+            "cannot write masquerading rules for '{chain}' on interface '{device}' in nftables' syntax"
+        )));
     }
+    let (family, table) = ("ip", NAT_TABLE.to_string());
+    Ok(NftBatch {
+        what: format!("ip {NAT_TABLE} chain {name}: masquerade {guest}"),
+        cmds: vec![
+            NftCmd::AddTable {
+                family,
+                table: table.clone(),
+            },
+            NftCmd::AddChain {
+                family,
+                table: table.clone(),
+                chain: name.clone(),
+                hook: Some(Hook {
+                    kind: "nat",
+                    hook: "postrouting",
+                    device: None,
+                    prio: 100,
+                    policy: "accept",
+                }),
+            },
+            NftCmd::FlushChain {
+                family,
+                table: table.clone(),
+                chain: name.clone(),
+            },
+            NftCmd::AddRule {
+                family,
+                table,
+                chain: name,
+                expr: format!("ip saddr {guest} oifname != \"{device}\" masquerade"),
+                comment: None,
+            },
+        ],
+        undo: Some(Box::new(nat_remove_batch(chain))),
+        removal: false,
+    })
 }
 
 /// Removal of [`nat_batch`].
-pub fn nat_remove_batch(dev: &str) -> NftBatch {
-    use serde_json::json;
+pub fn nat_remove_batch(chain: &str) -> NftBatch {
     NftBatch {
-        what: format!("remove ip xenplug-nat chain nat-{dev}"),
-        json: json!({"nftables": [{"delete": {"chain": {"family": "ip", "table": "xenplug-nat", "name": format!("nat-{dev}")}}}]}),
+        what: format!("remove ip {NAT_TABLE} chain nat-{chain}"),
+        cmds: vec![NftCmd::DeleteChain {
+            family: "ip",
+            table: NAT_TABLE.into(),
+            chain: format!("nat-{chain}"),
+        }],
         undo: None,
         removal: true,
     }
 }
 
-/// vif-nat's set-up batch: ONE `nft -j -f -` run for the vif's antispoofing chain (when
+/// vif-nat's set-up batch: ONE `nft -f -` run for the vif's antispoofing chain (when
 /// configured) and its masquerade chain (when enabled), applied atomically, with one undo. Its
 /// failure is fatal when either part's would be: masquerading always, antispoofing in enforce
 /// mode; only a compat-mode antispoofing batch alone is logged and ignored. (With compat and
@@ -162,44 +195,45 @@ pub fn nat_firewall_up(
     c: &Common,
     guest: Ipv4Addr,
     masquerade: bool,
-) -> Option<(NftBatch, OnError)> {
-    let dev = &c.name;
-    match (firewall_up(c), masquerade) {
+) -> Result<Option<(NftBatch, OnError)>, Failure> {
+    Ok(match (firewall_up(c)?, masquerade) {
         (None, false) => None,
         (Some(spoof), false) => Some(spoof),
-        (None, true) => Some((nat_batch(dev, guest), OnError::Fatal)),
+        (None, true) => Some((nat_batch(&c.dev, &c.name, guest)?, OnError::Fatal)),
         (Some((spoof, _)), true) => Some((
-            spoof.then(nat_batch(dev, guest), Some(nat_remove_both(dev))),
+            spoof.then(
+                nat_batch(&c.dev, &c.name, guest)?,
+                Some(nat_remove_both(&c.dev, &[])),
+            ),
             OnError::Fatal,
         )),
-    }
+    })
 }
 
-/// vif-nat's teardown batch (one `nft` run): removes what [`nat_firewall_up`] installs.
-pub fn nat_firewall_down(c: &Common, masquerade: bool) -> Option<NftBatch> {
+/// vif-nat's teardown batch (one `nft` run): removes what [`nat_firewall_up`] installs, and
+/// releases the link-local addresses the vif claimed (`claims`).
+pub fn nat_firewall_down(c: &Common, masquerade: bool, claims: &[String]) -> Option<NftBatch> {
     match (has_firewall(c), masquerade) {
         (false, false) => None,
-        (true, false) => Some(firewall::remove_batch(&c.name)),
-        (false, true) => Some(nat_remove_batch(&c.name)),
-        (true, true) => Some(nat_remove_both(&c.name)),
+        (true, false) => Some(firewall::remove_batch(&c.dev, claims)),
+        (false, true) => Some(nat_remove_batch(&c.dev)),
+        (true, true) => Some(nat_remove_both(&c.dev, claims)),
     }
 }
 
 /// Removal of both chains in one batch that succeeds whichever of them still exists (a netdev
 /// chain may have gone with its device): see [`firewall::remove_chain_cmds`].
-fn nat_remove_both(dev: &str) -> NftBatch {
-    let mut cmds = firewall::remove_chain_cmds("netdev", firewall::TABLE, dev);
+fn nat_remove_both(chain: &str, claims: &[String]) -> NftBatch {
+    let spoof = firewall::remove_batch(chain, claims);
+    let mut cmds = spoof.cmds;
     cmds.extend(firewall::remove_chain_cmds(
         "ip",
-        "xenplug-nat",
-        &format!("nat-{dev}"),
+        NAT_TABLE,
+        &format!("nat-{chain}"),
     ));
     NftBatch {
-        what: format!(
-            "remove netdev {} chain {dev} and ip xenplug-nat chain nat-{dev}",
-            firewall::TABLE
-        ),
-        json: serde_json::json!({ "nftables": cmds }),
+        what: format!("{} and ip {NAT_TABLE} chain nat-{chain}", spoof.what),
+        cmds,
         undo: None,
         removal: true,
     }
@@ -219,7 +253,7 @@ pub fn plan_nat(c: &Common, f: &NatFacts, obs: &Observed) -> Result<Plan, Failur
         // Antispoofing and masquerading: one batch, where the other scripts put antispoofing
         // (before the link comes up). The masquerade rule only matches the guest's source
         // address, so installing it this early changes nothing else.
-        if let Some((b, on)) = nat_firewall_up(c, guest_v4, f.masquerade) {
+        if let Some((b, on)) = nat_firewall_up(c, guest_v4, f.masquerade)? {
             plan.push(Step::Nft(b, on));
         }
         plan_rate_up(c, &mut plan);
@@ -268,28 +302,29 @@ pub fn plan_nat(c: &Common, f: &NatFacts, obs: &Observed) -> Result<Plan, Failur
                 line: None,
             });
         }
-        plan.link(LinkChange::DelRoute(Route {
-            dst: guest.addr,
-            prefix: 32,
-            dev: dev.clone(),
-            src: None,
-            metric: 0,
-        }));
-        if obs.get(&dev).is_some() {
+        // Only the device this backend set up: never an interface that merely has its name.
+        if let Some(l) = own_device(c, obs) {
+            plan.link(LinkChange::DelRoute(Route {
+                dst: guest.addr,
+                prefix: 32,
+                dev: l.name.clone(),
+                src: None,
+                metric: 0,
+            }));
             plan.link(LinkChange::SetUp {
-                dev: dev.clone(),
+                dev: l.name.clone(),
                 up: false,
             });
-        }
-        if obs.has_addr(&dev, IpAddr::V4(router)) {
-            plan.link(LinkChange::DelAddr {
-                dev: dev.clone(),
-                addr: IpAddr::V4(router),
-                prefix: 32,
-            });
+            if obs.has_addr(&l.name, IpAddr::V4(router)) {
+                plan.link(LinkChange::DelAddr {
+                    dev: l.name.clone(),
+                    addr: IpAddr::V4(router),
+                    prefix: 32,
+                });
+            }
         }
         plan_rate_down(c, obs, &mut plan);
-        if let Some(b) = nat_firewall_down(c, f.masquerade) {
+        if let Some(b) = nat_firewall_down(c, f.masquerade, &obs.ll6_claims) {
             plan.push(Step::Nft(b, OnError::Ignore));
         }
     }
@@ -352,18 +387,21 @@ mod tests {
         let nft = nft_steps(&plan);
         assert_eq!(nft.len(), 1, "{plan:?}");
         assert_eq!(nft[0].1, OnError::Fatal);
-        let cmds = nft[0].0.commands();
-        let chains: Vec<&str> = cmds
+        let chains: Vec<&str> = nft[0]
+            .0
+            .cmds
             .iter()
-            .filter_map(|c| c["add"]["chain"]["name"].as_str())
+            .filter_map(|c| match c {
+                NftCmd::AddChain { chain, .. } => Some(chain.as_str()),
+                _ => None,
+            })
             .collect();
         assert_eq!(chains, ["vif5.0", "vif5.0", "nat-vif5.0"]);
         // The antispoofing part is exactly the other scripts' batch.
-        let spoof = firewall::vif_batch("vif5.0", &c.ip, Mode::Enforce).unwrap();
-        assert_eq!(
-            nft[0].0.commands()[..spoof.commands().len()],
-            spoof.commands()[..]
-        );
+        let spoof = firewall::vif_batch(&super::super::antispoof(&c))
+            .unwrap()
+            .unwrap();
+        assert_eq!(nft[0].0.cmds[..spoof.cmds.len()], spoof.cmds[..]);
 
         let mut links = l.clone();
         let mut parts = crate::fakes::Parts::default();
@@ -403,16 +441,26 @@ mod tests {
             c.antispoof = mode.parse().unwrap();
             nft_steps(&plan_nat(&c, &nat(masq), &observed(&l)).unwrap())
                 .iter()
-                .map(|(b, o)| (b.commands().len(), *o))
+                .map(|(b, o)| (b.cmds.len(), *o))
                 .collect::<Vec<_>>()
         };
         // Fatal when either part would be: masquerading always, antispoofing in enforce mode.
+        let alone = |mode: &str| {
+            let mut c = common(Action::Online, "vif", &[("ip", "10.0.5.1")]);
+            c.antispoof = mode.parse().unwrap();
+            firewall::vif_batch(&super::super::antispoof(&c))
+                .unwrap()
+                .unwrap()
+                .cmds
+                .len()
+        };
+        let (compat, enforce) = (alone("compat"), alone("enforce"));
         assert_eq!(on("compat", true)[0].1, OnError::Fatal);
-        assert_eq!(on("compat", false), [(9, OnError::Ignore)]);
-        assert_eq!(on("enforce", false), [(9, OnError::Fatal)]);
+        assert_eq!(on("compat", false), [(compat, OnError::Ignore)]);
+        assert_eq!(on("enforce", false), [(enforce, OnError::Fatal)]);
         assert_eq!(on("off", true), [(4, OnError::Fatal)]);
         assert_eq!(on("off", false), []);
-        assert_eq!(on("compat", true), [(13, OnError::Fatal)]);
+        assert_eq!(on("compat", true), [(compat + 4, OnError::Fatal)]);
 
         // A failing batch (compat + masquerade) fails the online, and nothing stays.
         let mut c = common(Action::Online, "vif", &[("ip", "10.0.5.1")]);
@@ -423,7 +471,8 @@ mod tests {
         parts.fw.fail = Some("nft: boom".into());
         let err = apply(&plan, &mut parts.system(&mut links), false).unwrap_err();
         assert_eq!(err.message, "nft: boom");
-        assert!(parts.fw.chains.is_empty() && links.log.is_empty());
+        assert!(parts.fw.chains.is_empty());
+        assert_eq!(links.get("vif5.0").alias, None, "the mark is undone too");
         // A later failure undoes the batch with one removal batch.
         parts.fw.fail = None;
         links.fail = Some(|c| matches!(c, LinkChange::AddRoute(_)).then_some(libc::EIO));

@@ -11,8 +11,8 @@ use xenplug_hotplug::Failure;
 use xenplug_netlink::links::LinkChange;
 
 use super::{
-    backend_node, fail, plan_firewall_down, plan_firewall_up, plan_port_setup, Gather, Planned,
-    VifScript,
+    backend_node, fail, own_device, plan_firewall_down, plan_firewall_up, plan_port_setup, Gather,
+    Planned, VifScript,
 };
 use crate::common::{Common, Observed};
 use crate::types::{Plan, Step, TypeIf};
@@ -23,7 +23,7 @@ pub struct OpenVswitch;
 
 impl VifScript for OpenVswitch {
     const NAME: &'static str = "vif-openvswitch";
-    const NODES: &'static [&'static str] = &["bridge", "frontend-id", "mac"];
+    const NODES: &'static [&'static str] = &["bridge", "frontend-id"];
     type Facts = OvsFacts;
 
     fn gather(g: &mut Gather<'_, '_>, c: &Common) -> Result<(OvsFacts, Observed), Failure> {
@@ -40,6 +40,12 @@ impl VifScript for OpenVswitch {
             f.vm_name = g.required(&format!("{vm}/name"))?;
             f.vm_uuid = g.required(&format!("{vm}/uuid"))?;
             f.mac = g.required(&backend_node(c, "mac"))?;
+        } else {
+            f.port = match g.ovs_external_ids(&c.name) {
+                Ok(None) => PortRow::Absent,
+                Ok(Some(ids)) => PortRow::Ids(ids),
+                Err(e) => PortRow::Unreadable(e),
+            };
         }
         let obs = g.observe(&[&c.dev, &c.name], false)?;
         Ok((f, obs))
@@ -97,7 +103,26 @@ pub fn parse_ovs_bridge(s: &str) -> Option<OvsBridge> {
     })
 }
 
-/// vif-openvswitch's own inputs (the identity values are read only for online/add).
+/// The external id that marks an Open vSwitch interface as this backend's: its value is the
+/// backend path.
+pub const BACKEND_ID: &str = "xenplug-backend";
+
+/// What Open vSwitch has for the port (read for teardown).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PortRow {
+    /// Not read (set-up).
+    #[default]
+    NotRead,
+    /// No interface of that name.
+    Absent,
+    /// The interface's `external_ids`.
+    Ids(std::collections::BTreeMap<String, String>),
+    /// `ovs-vsctl` could not tell.
+    Unreadable(String),
+}
+
+/// vif-openvswitch's own inputs (the identity values are read only for online/add, the port's
+/// row only for offline/remove).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OvsFacts {
     /// `bridge` node, else variable.
@@ -108,9 +133,26 @@ pub struct OvsFacts {
     pub vm_uuid: String,
     /// `mac`.
     pub mac: String,
+    /// The port's row, for teardown.
+    pub port: PortRow,
 }
 
-fn ovs_quote(s: &str) -> String {
+/// True when teardown may delete the port named `c.name`: its interface carries this backend's
+/// [`BACKEND_ID`], or (set up before ports were marked, or when `ovs-vsctl` cannot tell) it has
+/// libxl's name for this backend's device and no other backend's mark.
+fn port_is_ours(c: &Common, row: &PortRow) -> bool {
+    match row {
+        PortRow::NotRead | PortRow::Absent => false,
+        PortRow::Ids(ids) => match ids.get(BACKEND_ID) {
+            Some(b) => *b == c.backend,
+            None => c.name == c.dev,
+        },
+        PortRow::Unreadable(_) => c.name == c.dev,
+    }
+}
+
+/// `s` as a quoted ovs-vsctl string.
+pub fn ovs_quote(s: &str) -> String {
     let mut o = String::from("\"");
     for ch in s.chars() {
         if ch == '"' || ch == '\\' {
@@ -141,7 +183,7 @@ pub fn plan_ovs(c: &Common, f: &OvsFacts, obs: &Observed) -> Result<Plan, Failur
         // `ingress_policing_rate` with one, and deletes whatever ingress qdisc a port has when
         // the port is added: seen with Debian 12's Open vSwitch), so ours would not last.
         if c.type_if == TypeIf::Vif {
-            plan_firewall_up(c, &mut plan);
+            plan_firewall_up(c, &mut plan)?;
         }
         let mut args = del.clone();
         args.extend([
@@ -167,6 +209,7 @@ pub fn plan_ovs(c: &Common, f: &OvsFacts, obs: &Observed) -> Result<Plan, Failur
             ("xen-vm-name", &f.vm_name),
             ("xen-vm-uuid", &f.vm_uuid),
             ("attached-mac", &f.mac),
+            (BACKEND_ID, &c.backend),
         ] {
             args.extend([
                 "--".into(),
@@ -182,18 +225,21 @@ pub fn plan_ovs(c: &Common, f: &OvsFacts, obs: &Observed) -> Result<Plan, Failur
         });
         plan.link(LinkChange::SetUp { dev, up: true });
     } else {
-        plan.push(Step::Ovs {
-            args: del,
-            undo: None,
-        });
-        if obs.get(&dev).is_some() {
+        // Only this backend's port and device: never an interface that merely has the name.
+        if port_is_ours(c, &f.port) {
+            plan.push(Step::Ovs {
+                args: del,
+                undo: None,
+            });
+        }
+        if let Some(l) = own_device(c, obs) {
             plan.link(LinkChange::SetUp {
-                dev: dev.clone(),
+                dev: l.name.clone(),
                 up: false,
             });
         }
         if c.type_if == TypeIf::Vif {
-            plan_firewall_down(c, &mut plan);
+            plan_firewall_down(c, obs, &mut plan);
         }
     }
     Ok(plan)
@@ -239,6 +285,7 @@ mod tests {
             vm_name: "my \"vm\"".into(),
             vm_uuid: "u-1".into(),
             mac: "00:16:3e:00:00:01".into(),
+            port: PortRow::NotRead,
         };
         let plan = plan_ovs(&c, &f, &observed(&host())).unwrap();
         let Some(Step::Ovs { args, undo }) =

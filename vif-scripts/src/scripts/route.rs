@@ -12,8 +12,8 @@ use xenplug_hotplug::Failure;
 use xenplug_netlink::links::{DevRoute as Route, LinkChange};
 
 use super::{
-    fail, plan_firewall_down, plan_firewall_up, plan_rate_down, plan_rate_up, plan_rename,
-    require_dev, Gather, Planned, VifScript,
+    fail, own_device, plan_firewall_down, plan_firewall_up, plan_rate_down, plan_rate_up,
+    plan_rename, require_dev, Gather, Planned, VifScript,
 };
 use crate::common::{Common, Observed};
 use crate::types::{OnError, Plan, Step, TypeIf};
@@ -81,7 +81,7 @@ pub fn plan_route(c: &Common, f: &RouteFacts, obs: &Observed) -> Result<Plan, Fa
         })?;
         require_dev(c, obs)?;
         plan_rename(c, obs, &mut plan)?;
-        plan_firewall_up(c, &mut plan);
+        plan_firewall_up(c, &mut plan)?;
         plan_rate_up(c, &mut plan);
         if !obs.has_addr(&c.dev, IpAddr::V4(main_ip)) {
             plan.link(LinkChange::AddAddr {
@@ -131,29 +131,37 @@ pub fn plan_route(c: &Common, f: &RouteFacts, obs: &Observed) -> Result<Plan, Fa
             }
         }
     } else {
+        // Only the device this backend set up (never an interface that merely has its name),
+        // and the proxy neighbours a completed set-up added for this backend's addresses: when
+        // the device has its configured name, or is gone.
+        let own = own_device(c, obs);
+        let proxies = match own {
+            Some(l) => l.name == c.name,
+            None => obs.get(&c.dev).is_none(),
+        };
         // Routes first: taking the link down makes the kernel drop them itself.
         for n in &c.ip {
-            plan.link(LinkChange::DelRoute(Route {
-                dst: n.addr,
-                prefix: n.prefix,
-                dev: dev.clone(),
-                src: None,
-                metric,
-            }));
-            if n.addr.is_ipv6() && n.is_host() {
+            if let Some(l) = own {
+                plan.link(LinkChange::DelRoute(Route {
+                    dst: n.addr,
+                    prefix: n.prefix,
+                    dev: l.name.clone(),
+                    src: None,
+                    metric,
+                }));
+            }
+            if n.addr.is_ipv6() && n.is_host() && proxies {
                 plan.link(LinkChange::DelProxyNeigh {
                     dev: f.netdev.clone(),
                     addr: n.addr,
                 });
             }
         }
-        if obs.get(&dev).is_some() {
+        if let Some(l) = own {
             plan.link(LinkChange::SetUp {
-                dev: dev.clone(),
+                dev: l.name.clone(),
                 up: false,
             });
-        }
-        if let Some(l) = obs.get(&dev) {
             for a in obs
                 .addrs
                 .iter()
@@ -161,7 +169,7 @@ pub fn plan_route(c: &Common, f: &RouteFacts, obs: &Observed) -> Result<Plan, Fa
             {
                 if obs.primary_v4(&f.netdev).map(IpAddr::V4) == Some(a.addr) {
                     plan.link(LinkChange::DelAddr {
-                        dev: dev.clone(),
+                        dev: l.name.clone(),
                         addr: a.addr,
                         prefix: 32,
                     });
@@ -169,7 +177,7 @@ pub fn plan_route(c: &Common, f: &RouteFacts, obs: &Observed) -> Result<Plan, Fa
             }
         }
         plan_rate_down(c, obs, &mut plan);
-        plan_firewall_down(c, &mut plan);
+        plan_firewall_down(c, obs, &mut plan);
     }
     Ok(plan)
 }
@@ -209,10 +217,15 @@ mod tests {
             "eth7 is not up.  Bring it up or specify another interface with netdev=<if> as a parameter to vif-route."
         );
         let tap = common(Action::Remove, "tap", &[("ip", "10.0.0.5")]);
-        let plan = plan_route(&tap, &f, &observed(&l)).unwrap();
+        let mut with_tap = l.clone();
+        with_tap.add("vif5.0-emu", Some("tun"));
+        let plan = plan_route(&tap, &f, &observed(&with_tap)).unwrap();
         assert!(plan
             .steps
             .iter()
             .any(|s| s.to_string() == "delete route 10.0.0.5/32 dev vif5.0-emu metric 1"));
+        // Once the tap is gone its routes are too: nothing to delete on a device of that name.
+        let plan = plan_route(&tap, &f, &observed(&l)).unwrap();
+        assert!(!plan.steps.iter().any(|s| s.to_string().contains("route")));
     }
 }

@@ -2,6 +2,8 @@
 //! point inside a namespace, and `ip -j`/`nft -j` oracles.
 #![allow(dead_code)]
 
+pub mod frames;
+
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 
@@ -105,6 +107,14 @@ pub fn link(ns: &NetNs, name: &str) -> Option<Value> {
         .iter()
         .find(|l| l["ifname"] == name)
         .cloned()
+}
+
+/// The MAC address of `dev` in `ns`, as xenstore's `mac` node holds the guest's.
+pub fn mac_of(ns: &NetNs, dev: &str) -> String {
+    link(ns, dev).expect("link")["address"]
+        .as_str()
+        .expect("address")
+        .to_string()
 }
 
 pub fn up(l: &Value) -> bool {
