@@ -13,6 +13,19 @@
 //! directory), so a reader sees the old record or the new one, never a torn one, and a failed
 //! save leaves no temporary file. (`/run` is a tmpfs on the hosts we know, where the fsyncs cost
 //! next to nothing.)
+//!
+//! # Encoding (format version 2)
+//!
+//! Values come from xenstore (`params`, so an iSCSI iqn or portal), from paths and from
+//! `XENBUS_PATH`, and any of them may hold a newline or an `=`. Every value is therefore written
+//! percent-encoded: a byte other than printable ASCII (`!`..`~`), and `%` itself, becomes `%XX`
+//! (upper-case hex), so a value is always one line without spaces and no value can end its line
+//! and forge another field. Paths are encoded byte for byte, so a non-UTF-8 file name survives
+//! too. Reading is strict: a bad escape, a line without `=`, an unknown or repeated key, or a
+//! string field that is not UTF-8 once decoded makes the whole record malformed (`remove` then
+//! falls back to xenstore's `node`, as with no record). Records of format version 1 (written
+//! unescaped by earlier xenplug releases, possibly still present in `/run` after an upgrade while
+//! domains run) are still read.
 
 use crate::devnum::DevNum;
 use std::io;
@@ -92,49 +105,208 @@ pub fn key_for(backend: &str) -> String {
     out
 }
 
+/// The format version [`Record::to_text`] writes.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Percent-encode `bytes` (see the module documentation).
+fn encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Undo [`encode`]; `None` for a malformed escape or an unescaped byte `encode` never writes.
+fn decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                if !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            c if c.is_ascii_graphic() => {
+                out.push(c);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The fields of a version-2 record, decoded; `None` when any line is malformed or a key repeats.
+struct Fields(std::collections::BTreeMap<String, Vec<u8>>);
+
+impl Fields {
+    fn parse(text: &str) -> Option<Fields> {
+        let mut map = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            let (k, v) = line.split_once('=')?;
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                return None;
+            }
+            if map.insert(k.to_string(), decode(v)?).is_some() {
+                return None;
+            }
+        }
+        Some(Fields(map))
+    }
+
+    fn bytes(&self, k: &str) -> Option<&[u8]> {
+        self.0.get(k).map(Vec::as_slice)
+    }
+
+    fn text(&self, k: &str) -> Option<&str> {
+        std::str::from_utf8(self.bytes(k)?).ok()
+    }
+
+    fn path(&self, k: &str) -> Option<PathBuf> {
+        use std::os::unix::ffi::OsStrExt;
+        Some(PathBuf::from(std::ffi::OsStr::from_bytes(self.bytes(k)?)))
+    }
+
+    /// Only these keys may appear.
+    fn only(&self, allowed: &[&str]) -> Option<()> {
+        self.0
+            .keys()
+            .all(|k| allowed.contains(&k.as_str()))
+            .then_some(())
+    }
+}
+
+/// One `key=<encoded value>` line.
+fn line(out: &mut String, key: &str, value: &[u8]) {
+    out.push_str(key);
+    out.push('=');
+    out.push_str(&encode(value));
+    out.push('\n');
+}
+
+fn path_bytes(p: &Path) -> &[u8] {
+    use std::os::unix::ffi::OsStrExt;
+    p.as_os_str().as_bytes()
+}
+
 impl Record {
-    /// Serialise.
+    /// Serialise (format version [`FORMAT_VERSION`], every value encoded).
     pub fn to_text(&self, backend: &str) -> String {
-        let mut s = format!("version=1\nbackend={backend}\n");
+        let mut s = String::new();
+        line(&mut s, "version", FORMAT_VERSION.to_string().as_bytes());
+        line(&mut s, "backend", backend.as_bytes());
         match self {
             Record::Loop(l) => {
-                s.push_str("kind=loop\n");
-                s.push_str(&format!("device={}\n", l.device.display()));
-                s.push_str(&format!("devnum={}\n", l.devnum));
+                line(&mut s, "kind", b"loop");
+                line(&mut s, "device", path_bytes(&l.device));
+                line(&mut s, "devnum", l.devnum.to_string().as_bytes());
                 if let Some(q) = l.diskseq {
-                    s.push_str(&format!("diskseq={q}\n"));
+                    line(&mut s, "diskseq", q.to_string().as_bytes());
                 }
-                s.push_str(&format!("backing_dev={}\n", l.backing_dev));
-                s.push_str(&format!("backing_ino={}\n", l.backing_ino));
-                s.push_str(&format!("file={}\n", l.file.display()));
+                line(&mut s, "backing_dev", l.backing_dev.to_string().as_bytes());
+                line(&mut s, "backing_ino", l.backing_ino.to_string().as_bytes());
+                line(&mut s, "file", path_bytes(&l.file));
             }
             Record::Nbd { device, devnum } => {
-                s.push_str("kind=nbd\n");
-                s.push_str(&format!("device={}\n", device.display()));
-                s.push_str(&format!("devnum={devnum}\n"));
+                line(&mut s, "kind", b"nbd");
+                line(&mut s, "device", path_bytes(device));
+                line(&mut s, "devnum", devnum.to_string().as_bytes());
             }
             Record::Iscsi { iqn, portal } => {
-                s.push_str("kind=iscsi\n");
-                s.push_str(&format!("iqn={iqn}\n"));
-                s.push_str(&format!("portal={portal}\n"));
+                line(&mut s, "kind", b"iscsi");
+                line(&mut s, "iqn", iqn.as_bytes());
+                line(&mut s, "portal", portal.as_bytes());
             }
             Record::Helper { kind } => {
-                s.push_str("kind=helper\n");
-                s.push_str(&format!("helper={kind}\n"));
+                line(&mut s, "kind", b"helper");
+                line(&mut s, "helper", kind.as_bytes());
             }
         }
         s
     }
 
-    /// Parse; `None` for anything malformed.
+    /// Parse; `None` for anything malformed (see the module documentation).
     pub fn from_text(text: &str) -> Option<Record> {
+        let version = text.lines().find_map(|l| l.strip_prefix("version="))?;
+        match version {
+            "1" => Self::from_text_v1(text),
+            "2" => Self::from_text_v2(text),
+            _ => None,
+        }
+    }
+
+    fn from_text_v2(text: &str) -> Option<Record> {
+        let f = Fields::parse(text)?;
+        f.text("backend")?;
+        const COMMON: [&str; 3] = ["version", "backend", "kind"];
+        let with = |more: &[&'static str]| -> Vec<&'static str> {
+            COMMON.iter().chain(more).copied().collect()
+        };
+        let num = |k: &str| -> Option<u64> { f.text(k)?.parse().ok() };
+        let devnum = |k: &str| -> Option<DevNum> { DevNum::parse_hex(f.text(k)?) };
+        match f.text("kind")? {
+            "loop" => {
+                f.only(&with(&[
+                    "device",
+                    "devnum",
+                    "diskseq",
+                    "backing_dev",
+                    "backing_ino",
+                    "file",
+                ]))?;
+                Some(Record::Loop(LoopRecord {
+                    device: f.path("device")?,
+                    devnum: devnum("devnum")?,
+                    diskseq: match f.bytes("diskseq") {
+                        Some(_) => Some(num("diskseq")?),
+                        None => None,
+                    },
+                    backing_dev: devnum("backing_dev")?,
+                    backing_ino: num("backing_ino")?,
+                    file: f.path("file")?,
+                }))
+            }
+            "nbd" => {
+                f.only(&with(&["device", "devnum"]))?;
+                Some(Record::Nbd {
+                    device: f.path("device")?,
+                    devnum: devnum("devnum")?,
+                })
+            }
+            "iscsi" => {
+                f.only(&with(&["iqn", "portal"]))?;
+                Some(Record::Iscsi {
+                    iqn: f.text("iqn")?.to_string(),
+                    portal: f.text("portal")?.to_string(),
+                })
+            }
+            "helper" => {
+                f.only(&with(&["helper"]))?;
+                Some(Record::Helper {
+                    kind: f.text("helper")?.to_string(),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Format version 1: unescaped `key=value` lines, the first line of a key wins (what
+    /// releases before the encoding wrote; kept so their records are still honoured).
+    fn from_text_v1(text: &str) -> Option<Record> {
         let get = |k: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
         };
-        if get("version")? != "1" {
-            return None;
-        }
         match get("kind")? {
             "loop" => Some(Record::Loop(LoopRecord {
                 device: PathBuf::from(get("device")?),
@@ -217,6 +389,108 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 12: a newline (or `=`, `%`, any byte) in a value must not end its line and forge
+    /// another field. Every value round-trips exactly, whatever it holds.
+    #[test]
+    fn no_value_can_forge_a_field() {
+        // An iqn from `params` claiming another portal.
+        let iscsi = Record::Iscsi {
+            iqn: "iqn.2003-01.org.x:d\nportal=10.6.6.6:3260".into(),
+            portal: "10.0.0.1:3260".into(),
+        };
+        assert_eq!(
+            Record::from_text(&iscsi.to_text("backend/vbd/1/768")),
+            Some(iscsi)
+        );
+        // A backend path claiming the record is a helper's (remove would run `block-evil`).
+        let hostile_backend = "backend/vbd/1/768\nkind=helper\nhelper=evil";
+        let rec = Record::Loop(LoopRecord {
+            device: "/dev/loop3".into(),
+            devnum: DevNum::new(7, 3),
+            diskseq: Some(42),
+            backing_dev: DevNum::new(254, 1),
+            backing_ino: 1234,
+            file: "/img/a\ndevice=/dev/sda\nfile=/x %41=\r\t".into(),
+        });
+        let text = rec.to_text(hostile_backend);
+        assert_eq!(Record::from_text(&text), Some(rec.clone()));
+        // One line per field, whatever the values.
+        assert_eq!(text.lines().count(), 9, "{text}");
+        let helper = Record::Helper {
+            kind: "dummy".into(),
+        };
+        assert_eq!(
+            Record::from_text(&helper.to_text(hostile_backend)),
+            Some(helper)
+        );
+        let nbd = Record::Nbd {
+            device: "/dev/nbd0\ndevice=/dev/sda".into(),
+            devnum: DevNum::new(43, 0),
+        };
+        assert_eq!(Record::from_text(&nbd.to_text("b")), Some(nbd));
+        // Through the store, too (what `remove` reads back).
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        store.save("backend/vbd/1/768", &rec).unwrap();
+        assert_eq!(store.load("backend/vbd/1/768").unwrap(), Some(rec));
+    }
+
+    #[test]
+    fn non_utf8_paths_survive_and_bad_text_is_malformed() {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/img/\xff\xfe.img"));
+        let rec = Record::Loop(LoopRecord {
+            device: "/dev/loop1".into(),
+            devnum: DevNum::new(7, 1),
+            diskseq: None,
+            backing_dev: DevNum::new(8, 1),
+            backing_ino: 9,
+            file: odd,
+        });
+        assert_eq!(Record::from_text(&rec.to_text("b")), Some(rec.clone()));
+        let good = rec.to_text("b");
+        for bad in [
+            // A repeated key (a forged line written by hand).
+            format!("{good}device=/dev/sda\n"),
+            // A bad escape, an unescaped space, a line without `=`, an unknown key.
+            good.replace("device=/dev/loop1", "device=/dev/loop1%4"),
+            good.replace("device=/dev/loop1", "device=/dev/loop 1"),
+            format!("{good}junk\n"),
+            format!("{good}extra=1\n"),
+            // A string field that is not UTF-8.
+            Record::Helper { kind: "x".into() }
+                .to_text("b")
+                .replace("helper=x", "helper=%FF"),
+            good.replace("version=2", "version=3"),
+        ] {
+            assert_eq!(Record::from_text(&bad), None, "{bad}");
+        }
+    }
+
+    /// Records written by releases before the encoding (version 1) are still honoured.
+    #[test]
+    fn version_1_records_are_still_read() {
+        let v1 = "version=1\nbackend=backend/vbd/1/768\nkind=loop\ndevice=/dev/loop3\ndevnum=7:3\ndiskseq=42\nbacking_dev=fe:1\nbacking_ino=1234\nfile=/img/a b.img\n";
+        assert_eq!(
+            Record::from_text(v1),
+            Some(Record::Loop(LoopRecord {
+                device: "/dev/loop3".into(),
+                devnum: DevNum::new(7, 3),
+                diskseq: Some(42),
+                backing_dev: DevNum::new(254, 1),
+                backing_ino: 1234,
+                file: "/img/a b.img".into(),
+            }))
+        );
+        assert_eq!(
+            Record::from_text("version=1\nbackend=b\nkind=iscsi\niqn=iqn.x:y\nportal=p:3260\n"),
+            Some(Record::Iscsi {
+                iqn: "iqn.x:y".into(),
+                portal: "p:3260".into()
+            })
+        );
+    }
 
     #[test]
     fn keys() {
