@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use xenplug_hotplug::Context;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Instant;
+
+use xenplug_hotplug::command::output_until;
 
 use crate::apply::{Dhcp, Firewall, Ovs, Sysctl, XsWrite};
 use crate::types::{NftBatch, StepError};
@@ -24,14 +26,22 @@ fn err(message: impl Into<String>) -> StepError {
 pub struct NftCli {
     /// The `nft` program.
     pub program: std::path::PathBuf,
+    /// Kill `nft` if it is still running then (the script's deadline); `None`: no bound.
+    pub deadline: Option<Instant>,
 }
 
 impl Default for NftCli {
     fn default() -> Self {
         NftCli {
             program: "nft".into(),
+            deadline: None,
         }
     }
+}
+
+/// A bound far enough away to mean "none".
+fn no_bound() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(24 * 3600)
 }
 
 impl Firewall for NftCli {
@@ -41,30 +51,27 @@ impl Firewall for NftCli {
             gone: false,
             ..Default::default()
         };
-        let mut child = Command::new(&self.program)
-            .args(["-j", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| StepError {
-                // No nft at all: no rule of ours can exist, so a removal is done.
-                gone: batch.removal && e.kind() == std::io::ErrorKind::NotFound,
-                ..fail(format!(
-                    "cannot run {} (antispoofing and masquerading need nftables; \
-                     antispoof=off disables antispoofing): {e}",
-                    self.program.display()
-                ))
-            })?;
         let text = batch.json.to_string();
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(text.as_bytes())
-                .map_err(|e| fail(format!("writing to nft: {e}")))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| fail(format!("waiting for nft: {e}")))?;
+        let out = output_until(
+            Command::new(&self.program).args(["-j", "-f", "-"]),
+            Some(text.as_bytes()),
+            self.deadline.unwrap_or_else(no_bound),
+        )
+        .map_err(|e| StepError {
+            // No nft at all: no rule of ours can exist, so a removal is done.
+            gone: batch.removal && e.kind() == std::io::ErrorKind::NotFound,
+            ..fail(format!(
+                "cannot run {} (antispoofing and masquerading need nftables; \
+                 antispoof=off disables antispoofing): {e}",
+                self.program.display()
+            ))
+        })?
+        .ok_or_else(|| {
+            fail(format!(
+                "nft ({}) did not finish before the script's deadline and was killed",
+                batch.what
+            ))
+        })?;
         if out.status.success() {
             return Ok(());
         }
@@ -162,6 +169,8 @@ pub struct OvsCli {
     pub env: std::collections::BTreeMap<String, String>,
     /// Xen's libexec bin directory (part of the children's PATH).
     pub libexec_bin: PathBuf,
+    /// Kill `ovs-vsctl` if it is still running then (the script's deadline); `None`: no bound.
+    pub deadline: Option<Instant>,
 }
 
 impl OvsCli {
@@ -171,16 +180,26 @@ impl OvsCli {
             program: "ovs-vsctl".into(),
             env: ctx.inv.raw_env.clone(),
             libexec_bin: ctx.config.libexec_bin_dir(),
+            deadline: Some(ctx.deadline()),
         }
     }
 }
 
 impl Ovs for OvsCli {
     fn vsctl(&mut self, args: &[String]) -> Result<(), StepError> {
-        let out = xenplug_hotplug::command::command_in(&self.program, &self.env, &self.libexec_bin)
-            .args(args)
-            .output()
-            .map_err(|e| err(format!("cannot run {}: {e}", self.program.display())))?;
+        let out = output_until(
+            xenplug_hotplug::command::command_in(&self.program, &self.env, &self.libexec_bin)
+                .args(args),
+            None,
+            self.deadline.unwrap_or_else(no_bound),
+        )
+        .map_err(|e| err(format!("cannot run {}: {e}", self.program.display())))?
+        .ok_or_else(|| {
+            err(format!(
+                "ovs-vsctl {} did not finish before the script's deadline and was killed",
+                args.join(" ")
+            ))
+        })?;
         if out.status.success() {
             Ok(())
         } else {

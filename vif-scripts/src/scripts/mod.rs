@@ -476,6 +476,7 @@ pub fn body(script: Script, ctx: &Context<'_>) -> Result<Outcome<'static>, Failu
             .filter(|s| !s.is_empty())
             .unwrap_or("nft")
             .into(),
+        deadline: Some(ctx.deadline()),
     };
     let mut ovs = OvsCli::for_context(ctx);
     let mut dhcp = dnsmasq_for(ctx);
