@@ -2,11 +2,31 @@
 //! (`/run/xen-hotplug/xenplug-block/<kind>-<domid>-<devid>`).
 //!
 //! `remove` must detach exactly what `add` attached, also when the image file was deleted or
-//! renamed meanwhile and when the xenstore nodes are already gone (docs/hotplug-scripts.md, "block"; Qubes keeps
-//! the same kind of record for the same reason). The record names the loop device, its disk
-//! sequence number (which changes on every attach, so a device reused by someone else later is
-//! never mistaken for ours) and the backing file's identity. A record for a helper script
-//! (`block-<type>`) remembers which helper `add` ran, so `remove` runs the same one.
+//! renamed meanwhile and when the xenstore nodes are already gone (docs/hotplug-scripts.md,
+//! "block"; Qubes keeps the same kind of record for the same reason). The record names the loop
+//! device, its disk sequence number (which changes on every attach, so a device reused by
+//! someone else later is never mistaken for ours) and the backing file's identity. A record for
+//! a helper script (`block-<type>`) remembers which helper `add` ran, so `remove` runs the same
+//! one.
+//!
+//! # Intent first: crash safety by construction
+//!
+//! libxl SIGKILLs a script that overruns, hosts crash, and `remove` must still clean up exactly
+//! what exists. So every record is saved **before** the thing it names is created, and updated
+//! once it exists:
+//!
+//! * a loop device: [`LoopStage::Binding`] while the device is claimed exclusively and not yet
+//!   bound (with its disk sequence number then), [`LoopStage::Bound`] after the bind (with the
+//!   attachment's own sequence number);
+//! * an NBD device: [`Phase::Intent`] before `nbd-client` is started on the device (the record
+//!   reserves the device against other adds), [`Phase::Done`] once the kernel reports it
+//!   connected;
+//! * an iSCSI session: [`Phase::Intent`] before the login, [`Phase::Done`] once the LUN is there;
+//! * a helper: before it runs.
+//!
+//! A kill between the save and the creation leaves a record of something that may not exist,
+//! which `remove` handles as "already gone"; a kill after the creation leaves a record of
+//! something that exists, which `remove` undoes. No instant leaves something unrecorded.
 //!
 //! Files are small `key=value` lines, mode 0600, written with the workspace's one atomic
 //! replacement ([`xenplug_atomic_write::write`]: temporary file, fsync, rename, fsync of the
@@ -34,25 +54,15 @@ use std::path::{Path, PathBuf};
 /// Subdirectory of the state directory holding the records.
 pub const STATE_SUBDIR: &str = "xenplug-block";
 
-/// What one backend's add left behind.
+/// What one backend's add left behind (or is about to).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
-    /// A loop device attached for a file.
+    /// A loop device attached (or being attached) for a file.
     Loop(LoopRecord),
-    /// An NBD device connected by `block-nbd`.
-    Nbd {
-        /// The device node, `/dev/nbdN`.
-        device: PathBuf,
-        /// Its device number.
-        devnum: DevNum,
-    },
-    /// An iSCSI session logged in by `block-iscsi` for this backend.
-    Iscsi {
-        /// The target's IQN.
-        iqn: String,
-        /// The portal logged in through.
-        portal: String,
-    },
+    /// An NBD device connected (or being connected) by `block-nbd`.
+    Nbd(NbdRecord),
+    /// An iSCSI session logged in (or being logged in) by `block-iscsi` for this backend.
+    Iscsi(IscsiRecord),
     /// A helper `block-<type>` handled the add.
     Helper {
         /// The `<type>` of `block-<type>`.
@@ -60,21 +70,83 @@ pub enum Record {
     },
 }
 
-/// A loop device attached for a file.
+/// How far an NBD connection or iSCSI login got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// About to be created: it may exist or not (the script may have been killed anywhere).
+    Intent,
+    /// Created and checked.
+    Done,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Intent => "intent",
+            Phase::Done => "done",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Phase> {
+        match s {
+            "intent" => Some(Phase::Intent),
+            "done" => Some(Phase::Done),
+            _ => None,
+        }
+    }
+}
+
+/// How far a loop attachment got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopStage {
+    /// The device is claimed and about to be bound; its disk sequence number before the bind.
+    /// It is ours only if now bound to our backing file with a higher sequence number.
+    Binding {
+        /// `BLKGETDISKSEQ` before the bind, when the kernel has one.
+        diskseq_before: Option<u64>,
+    },
+    /// Bound: the attachment's disk sequence number.
+    Bound {
+        /// `BLKGETDISKSEQ` of the attachment, when the kernel has one.
+        diskseq: Option<u64>,
+    },
+}
+
+/// A loop device attached (or being attached) for a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoopRecord {
     /// The device node, `/dev/loopN`.
     pub device: PathBuf,
     /// The device number.
     pub devnum: DevNum,
-    /// The attachment's disk sequence number, when the kernel has one.
-    pub diskseq: Option<u64>,
+    /// How far the attachment got.
+    pub stage: LoopStage,
     /// The backing file's `st_dev`.
     pub backing_dev: DevNum,
     /// The backing file's `st_ino`.
     pub backing_ino: u64,
     /// The backing file's path at attach time (informational).
     pub file: PathBuf,
+}
+
+/// An NBD device connected (or being connected) by `block-nbd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdRecord {
+    /// The device node, `/dev/nbdN`.
+    pub device: PathBuf,
+    /// How far the connection got.
+    pub phase: Phase,
+}
+
+/// An iSCSI session logged in (or being logged in) by `block-iscsi`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IscsiRecord {
+    /// The target's IQN.
+    pub iqn: String,
+    /// The portal logged in through.
+    pub portal: String,
+    /// How far the login got.
+    pub phase: Phase,
 }
 
 /// The record file name for a backend path: `vbd-5-51712` for `backend/vbd/5/51712` (relative
@@ -210,22 +282,34 @@ impl Record {
                 line(&mut s, "kind", b"loop");
                 line(&mut s, "device", path_bytes(&l.device));
                 line(&mut s, "devnum", l.devnum.to_string().as_bytes());
-                if let Some(q) = l.diskseq {
-                    line(&mut s, "diskseq", q.to_string().as_bytes());
+                match l.stage {
+                    LoopStage::Binding { diskseq_before } => {
+                        line(&mut s, "stage", b"binding");
+                        if let Some(q) = diskseq_before {
+                            line(&mut s, "diskseq_before", q.to_string().as_bytes());
+                        }
+                    }
+                    LoopStage::Bound { diskseq } => {
+                        line(&mut s, "stage", b"bound");
+                        if let Some(q) = diskseq {
+                            line(&mut s, "diskseq", q.to_string().as_bytes());
+                        }
+                    }
                 }
                 line(&mut s, "backing_dev", l.backing_dev.to_string().as_bytes());
                 line(&mut s, "backing_ino", l.backing_ino.to_string().as_bytes());
                 line(&mut s, "file", path_bytes(&l.file));
             }
-            Record::Nbd { device, devnum } => {
+            Record::Nbd(n) => {
                 line(&mut s, "kind", b"nbd");
-                line(&mut s, "device", path_bytes(device));
-                line(&mut s, "devnum", devnum.to_string().as_bytes());
+                line(&mut s, "phase", n.phase.as_str().as_bytes());
+                line(&mut s, "device", path_bytes(&n.device));
             }
-            Record::Iscsi { iqn, portal } => {
+            Record::Iscsi(i) => {
                 line(&mut s, "kind", b"iscsi");
-                line(&mut s, "iqn", iqn.as_bytes());
-                line(&mut s, "portal", portal.as_bytes());
+                line(&mut s, "phase", i.phase.as_str().as_bytes());
+                line(&mut s, "iqn", i.iqn.as_bytes());
+                line(&mut s, "portal", i.portal.as_bytes());
             }
             Record::Helper { kind } => {
                 line(&mut s, "kind", b"helper");
@@ -259,36 +343,51 @@ impl Record {
                 f.only(&with(&[
                     "device",
                     "devnum",
+                    "stage",
+                    "diskseq_before",
                     "diskseq",
                     "backing_dev",
                     "backing_ino",
                     "file",
                 ]))?;
+                let opt = |k: &str| -> Option<Option<u64>> {
+                    match f.bytes(k) {
+                        Some(_) => Some(Some(num(k)?)),
+                        None => Some(None),
+                    }
+                };
+                let stage = match f.text("stage")? {
+                    "binding" if f.bytes("diskseq").is_none() => LoopStage::Binding {
+                        diskseq_before: opt("diskseq_before")?,
+                    },
+                    "bound" if f.bytes("diskseq_before").is_none() => LoopStage::Bound {
+                        diskseq: opt("diskseq")?,
+                    },
+                    _ => return None,
+                };
                 Some(Record::Loop(LoopRecord {
                     device: f.path("device")?,
                     devnum: devnum("devnum")?,
-                    diskseq: match f.bytes("diskseq") {
-                        Some(_) => Some(num("diskseq")?),
-                        None => None,
-                    },
+                    stage,
                     backing_dev: devnum("backing_dev")?,
                     backing_ino: num("backing_ino")?,
                     file: f.path("file")?,
                 }))
             }
             "nbd" => {
-                f.only(&with(&["device", "devnum"]))?;
-                Some(Record::Nbd {
+                f.only(&with(&["phase", "device"]))?;
+                Some(Record::Nbd(NbdRecord {
                     device: f.path("device")?,
-                    devnum: devnum("devnum")?,
-                })
+                    phase: Phase::parse(f.text("phase")?)?,
+                }))
             }
             "iscsi" => {
-                f.only(&with(&["iqn", "portal"]))?;
-                Some(Record::Iscsi {
+                f.only(&with(&["phase", "iqn", "portal"]))?;
+                Some(Record::Iscsi(IscsiRecord {
                     iqn: f.text("iqn")?.to_string(),
                     portal: f.text("portal")?.to_string(),
-                })
+                    phase: Phase::parse(f.text("phase")?)?,
+                }))
             }
             "helper" => {
                 f.only(&with(&["helper"]))?;
@@ -301,7 +400,8 @@ impl Record {
     }
 
     /// Format version 1: unescaped `key=value` lines, the first line of a key wins (what
-    /// releases before the encoding wrote; kept so their records are still honoured).
+    /// releases before the encoding wrote; kept so their records are still honoured). They
+    /// were saved only once the thing existed: [`LoopStage::Bound`], [`Phase::Done`].
     fn from_text_v1(text: &str) -> Option<Record> {
         let get = |k: &str| {
             text.lines()
@@ -311,22 +411,25 @@ impl Record {
             "loop" => Some(Record::Loop(LoopRecord {
                 device: PathBuf::from(get("device")?),
                 devnum: DevNum::parse_hex(get("devnum")?)?,
-                diskseq: match get("diskseq") {
-                    Some(v) => Some(v.parse().ok()?),
-                    None => None,
+                stage: LoopStage::Bound {
+                    diskseq: match get("diskseq") {
+                        Some(v) => Some(v.parse().ok()?),
+                        None => None,
+                    },
                 },
                 backing_dev: DevNum::parse_hex(get("backing_dev")?)?,
                 backing_ino: get("backing_ino")?.parse().ok()?,
                 file: PathBuf::from(get("file").unwrap_or("")),
             })),
-            "nbd" => Some(Record::Nbd {
+            "nbd" => Some(Record::Nbd(NbdRecord {
                 device: PathBuf::from(get("device")?),
-                devnum: DevNum::parse_hex(get("devnum")?)?,
-            }),
-            "iscsi" => Some(Record::Iscsi {
+                phase: Phase::Done,
+            })),
+            "iscsi" => Some(Record::Iscsi(IscsiRecord {
                 iqn: get("iqn")?.to_string(),
                 portal: get("portal")?.to_string(),
-            }),
+                phase: Phase::Done,
+            })),
             "helper" => Some(Record::Helper {
                 kind: get("helper")?.to_string(),
             }),
@@ -369,20 +472,43 @@ impl Store {
         }
     }
 
-    /// Save `backend`'s record, replacing any previous one atomically.
+    /// Save `backend`'s record, replacing any previous one atomically and durably (the file
+    /// and the directory are fsynced before this returns: the record survives a crash of the
+    /// host as well as a SIGKILL of the script).
     pub fn save(&self, backend: &str, rec: &Record) -> io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
+        if !self.dir.is_dir() {
+            std::fs::create_dir_all(&self.dir)?;
+            if let Some(parent) = self.dir.parent() {
+                xenplug_atomic_write::sync_dir(parent)?;
+            }
+        }
         let text = rec.to_text(backend);
         xenplug_atomic_write::write(&self.path(backend), text.as_bytes(), 0o600, None)
     }
 
-    /// Delete `backend`'s record; a missing one is fine.
+    /// Delete `backend`'s record durably; a missing one is fine.
     pub fn remove(&self, backend: &str) -> io::Result<()> {
-        match std::fs::remove_file(self.path(backend)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        }
+        xenplug_atomic_write::remove(&self.path(backend)).map(drop)
+    }
+
+    /// Every readable record except `backend`'s, with its file name (what other backends hold
+    /// or are about to create: a device named there is not free).
+    pub fn others(&self, backend: &str) -> Vec<(String, Record)> {
+        let own = key_for(backend);
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                if name == own || name.starts_with('.') {
+                    return None;
+                }
+                let rec = Record::from_text(&std::fs::read_to_string(e.path()).ok()?)?;
+                Some((name, rec))
+            })
+            .collect()
     }
 }
 
@@ -395,10 +521,11 @@ mod tests {
     #[test]
     fn no_value_can_forge_a_field() {
         // An iqn from `params` claiming another portal.
-        let iscsi = Record::Iscsi {
+        let iscsi = Record::Iscsi(IscsiRecord {
             iqn: "iqn.2003-01.org.x:d\nportal=10.6.6.6:3260".into(),
             portal: "10.0.0.1:3260".into(),
-        };
+            phase: Phase::Done,
+        });
         assert_eq!(
             Record::from_text(&iscsi.to_text("backend/vbd/1/768")),
             Some(iscsi)
@@ -408,7 +535,7 @@ mod tests {
         let rec = Record::Loop(LoopRecord {
             device: "/dev/loop3".into(),
             devnum: DevNum::new(7, 3),
-            diskseq: Some(42),
+            stage: LoopStage::Bound { diskseq: Some(42) },
             backing_dev: DevNum::new(254, 1),
             backing_ino: 1234,
             file: "/img/a\ndevice=/dev/sda\nfile=/x %41=\r\t".into(),
@@ -416,7 +543,7 @@ mod tests {
         let text = rec.to_text(hostile_backend);
         assert_eq!(Record::from_text(&text), Some(rec.clone()));
         // One line per field, whatever the values.
-        assert_eq!(text.lines().count(), 9, "{text}");
+        assert_eq!(text.lines().count(), 10, "{text}");
         let helper = Record::Helper {
             kind: "dummy".into(),
         };
@@ -424,10 +551,10 @@ mod tests {
             Record::from_text(&helper.to_text(hostile_backend)),
             Some(helper)
         );
-        let nbd = Record::Nbd {
+        let nbd = Record::Nbd(NbdRecord {
             device: "/dev/nbd0\ndevice=/dev/sda".into(),
-            devnum: DevNum::new(43, 0),
-        };
+            phase: Phase::Intent,
+        });
         assert_eq!(Record::from_text(&nbd.to_text("b")), Some(nbd));
         // Through the store, too (what `remove` reads back).
         let dir = tempfile::tempdir().unwrap();
@@ -443,7 +570,9 @@ mod tests {
         let rec = Record::Loop(LoopRecord {
             device: "/dev/loop1".into(),
             devnum: DevNum::new(7, 1),
-            diskseq: None,
+            stage: LoopStage::Binding {
+                diskseq_before: None,
+            },
             backing_dev: DevNum::new(8, 1),
             backing_ino: 9,
             file: odd,
@@ -463,6 +592,8 @@ mod tests {
                 .to_text("b")
                 .replace("helper=x", "helper=%FF"),
             good.replace("version=2", "version=3"),
+            // A stage with the other stage's sequence number.
+            format!("{good}diskseq=5\n"),
         ] {
             assert_eq!(Record::from_text(&bad), None, "{bad}");
         }
@@ -477,7 +608,7 @@ mod tests {
             Some(Record::Loop(LoopRecord {
                 device: "/dev/loop3".into(),
                 devnum: DevNum::new(7, 3),
-                diskseq: Some(42),
+                stage: LoopStage::Bound { diskseq: Some(42) },
                 backing_dev: DevNum::new(254, 1),
                 backing_ino: 1234,
                 file: "/img/a b.img".into(),
@@ -485,10 +616,11 @@ mod tests {
         );
         assert_eq!(
             Record::from_text("version=1\nbackend=b\nkind=iscsi\niqn=iqn.x:y\nportal=p:3260\n"),
-            Some(Record::Iscsi {
+            Some(Record::Iscsi(IscsiRecord {
                 iqn: "iqn.x:y".into(),
-                portal: "p:3260".into()
-            })
+                portal: "p:3260".into(),
+                phase: Phase::Done,
+            }))
         );
     }
 
@@ -511,7 +643,9 @@ mod tests {
         let rec = Record::Loop(LoopRecord {
             device: "/dev/loop3".into(),
             devnum: DevNum::new(7, 3),
-            diskseq: Some(42),
+            stage: LoopStage::Binding {
+                diskseq_before: Some(41),
+            },
             backing_dev: DevNum::new(254, 1),
             backing_ino: 1234,
             file: "/img/a b.img".into(),
@@ -519,11 +653,24 @@ mod tests {
         assert_eq!(store.load("backend/vbd/1/768").unwrap(), None);
         store.save("backend/vbd/1/768", &rec).unwrap();
         assert_eq!(store.load("backend/vbd/1/768").unwrap(), Some(rec.clone()));
-        let n = Record::Nbd {
+        for phase in [Phase::Intent, Phase::Done] {
+            let n = Record::Nbd(NbdRecord {
+                device: "/dev/nbd2".into(),
+                phase,
+            });
+            assert_eq!(Record::from_text(&n.to_text("b")), Some(n));
+        }
+        // Another backend's records are listed for this one, not its own.
+        let other = Record::Nbd(NbdRecord {
             device: "/dev/nbd2".into(),
-            devnum: DevNum::new(43, 64),
-        };
-        assert_eq!(Record::from_text(&n.to_text("b")), Some(n));
+            phase: Phase::Intent,
+        });
+        store.save("backend/vbd/2/768", &other).unwrap();
+        assert_eq!(
+            store.others("backend/vbd/1/768"),
+            vec![("vbd-2-768".to_string(), other)]
+        );
+        store.remove("backend/vbd/2/768").unwrap();
         let h = Record::Helper {
             kind: "dummy".into(),
         };
@@ -538,15 +685,18 @@ mod tests {
         store.remove("backend/vbd/1/768").unwrap();
         store.remove("backend/vbd/1/768").unwrap();
         assert_eq!(store.load("backend/vbd/1/768").unwrap(), None);
-        // Without diskseq.
-        let rec2 = Record::Loop(LoopRecord {
-            diskseq: None,
-            ..match rec {
-                Record::Loop(l) => l,
-                _ => unreachable!(),
-            }
-        });
-        assert_eq!(Record::from_text(&rec2.to_text("b")), Some(rec2));
+        assert!(store.others("backend/vbd/1/768").is_empty());
+        // Bound, with and without diskseq.
+        for diskseq in [Some(42), None] {
+            let bound = Record::Loop(LoopRecord {
+                stage: LoopStage::Bound { diskseq },
+                ..match rec.clone() {
+                    Record::Loop(l) => l,
+                    _ => unreachable!(),
+                }
+            });
+            assert_eq!(Record::from_text(&bound.to_text("b")), Some(bound));
+        }
         std::fs::write(store.path("x/backend/vbd/1/1"), "garbage").unwrap();
         assert!(store.load("x/backend/vbd/1/1").is_err());
     }

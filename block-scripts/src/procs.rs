@@ -1,0 +1,166 @@
+//! Finding the children a killed script left behind.
+//!
+//! libxl SIGKILLs only the script: an `nbd-client` it started keeps connecting and an
+//! `iscsiadm` keeps waiting for iscsid's login, and both then finish with nobody to record
+//! what they made. `remove` finds such orphans by their command line (the program's name and the
+//! device or target they were given) under `/proc`, to stop them (`nbd-client`) or to wait for
+//! them (`iscsiadm`) before it undoes what they did.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A process found under `/proc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    /// Its pid.
+    pub pid: i32,
+    /// Its command line.
+    pub argv: Vec<String>,
+}
+
+/// Where the processes are (`/proc`; injected for tests).
+#[derive(Debug, Clone)]
+pub struct Procs {
+    /// The proc filesystem.
+    pub root: PathBuf,
+}
+
+impl Default for Procs {
+    fn default() -> Self {
+        Procs {
+            root: "/proc".into(),
+        }
+    }
+}
+
+/// True when `argv` runs `program`: its first word, or (for a script run through its
+/// interpreter, `sh /path/program …`) its second, has that file name.
+pub fn runs(argv: &[String], program: &str) -> bool {
+    let named = |a: &String| Path::new(a).file_name().is_some_and(|n| n == program);
+    argv.first().is_some_and(named) || (argv.len() > 1 && named(&argv[1]))
+}
+
+impl Procs {
+    fn live(&self, pid: i32) -> Option<Proc> {
+        let dir = self.root.join(pid.to_string());
+        // A zombie (exited, not reaped yet) is gone for our purposes: its cmdline is empty.
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+        if state == "Z" || state == "X" {
+            return None;
+        }
+        let raw = std::fs::read(dir.join("cmdline")).ok()?;
+        let argv: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        (!argv.is_empty()).then_some(Proc { pid, argv })
+    }
+
+    /// Every live process (not this one) whose command line satisfies `pred`.
+    pub fn find(&self, pred: impl Fn(&[String]) -> bool) -> Vec<Proc> {
+        let me = std::process::id() as i32;
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut v: Vec<Proc> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| *pid != me)
+            .filter_map(|pid| self.live(pid))
+            .filter(|p| pred(&p.argv))
+            .collect();
+        v.sort_by_key(|p| p.pid);
+        v
+    }
+
+    /// True while `p` (the same pid with the same command line) is alive.
+    pub fn alive(&self, p: &Proc) -> bool {
+        self.live(p.pid).is_some_and(|q| q.argv == p.argv)
+    }
+
+    /// SIGKILL each of `procs` and wait until all are gone, at most until `until`; the ones
+    /// still alive then.
+    pub fn kill_and_wait(&self, procs: &[Proc], until: Instant) -> Vec<Proc> {
+        for p in procs {
+            if self.alive(p) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        self.wait_gone(procs, until)
+    }
+
+    /// Wait until each of `procs` has exited, at most until `until`; the ones still alive then.
+    pub fn wait_gone(&self, procs: &[Proc], until: Instant) -> Vec<Proc> {
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let left: Vec<Proc> = procs.iter().filter(|p| self.alive(p)).cloned().collect();
+            let now = Instant::now();
+            if left.is_empty() || now >= until {
+                return left;
+            }
+            std::thread::sleep(pause.min(until - now));
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn program_names() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(runs(
+            &v(&["nbd-client", "h", "10809", "/dev/nbd0"]),
+            "nbd-client"
+        ));
+        assert!(runs(
+            &v(&["/usr/sbin/nbd-client", "-d", "/dev/nbd0"]),
+            "nbd-client"
+        ));
+        assert!(runs(
+            &v(&["/bin/sh", "/tmp/bin/nbd-client", "x"]),
+            "nbd-client"
+        ));
+        assert!(!runs(&v(&["nbd-clientx"]), "nbd-client"));
+        assert!(!runs(&v(&["vi", "x", "nbd-client"]), "nbd-client"));
+        assert!(!runs(&v(&[]), "nbd-client"));
+    }
+
+    #[test]
+    fn finds_kills_and_waits_for_a_process() {
+        let tag = format!("xenplug-procs-test-{}", std::process::id());
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "exec sleep 30", &tag])
+            .spawn()
+            .unwrap();
+        let procs = Procs::default();
+        let want = |a: &[String]| a.first().is_some_and(|a| a == "sleep") && a.len() == 2;
+        // `exec` replaces the shell; wait (bounded) until the exec happened.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let found = loop {
+            let f: Vec<Proc> = procs
+                .find(want)
+                .into_iter()
+                .filter(|p| p.pid == child.id() as i32)
+                .collect();
+            if !f.is_empty() || Instant::now() >= deadline {
+                break f;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].argv, ["sleep", "30"]);
+        // A zombie counts as gone: the child is not reaped until after the wait.
+        let left = procs.kill_and_wait(&found, Instant::now() + Duration::from_secs(5));
+        assert!(left.is_empty(), "{left:?}");
+        let _ = child.wait();
+        assert!(!procs.alive(&found[0]));
+    }
+}
