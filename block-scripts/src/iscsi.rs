@@ -312,12 +312,11 @@ fn remove(ctx: &Context, host: &IscsiHost, params: &str) -> Result<Outcome<'stat
         _ if ctx.exists("physical-device")? => parse_params(params).ok(),
         _ => None,
     };
+    // Serialised with adds (their session check and login); also takes over the lock file an
+    // add killed while holding it left behind.
+    let _lock = ctx.claim_lock_until(LOCK, ctx.cleanup_deadline())?;
     match target {
-        Some(t) => {
-            // Serialised with adds (their session check and login).
-            let _lock = ctx.claim_lock_until(LOCK, ctx.cleanup_deadline())?;
-            release(ctx, host, &t, ctx.cleanup_deadline())?;
-        }
+        Some(t) => release(ctx, host, &t, ctx.cleanup_deadline())?,
         None => ctx
             .log
             .info("this backend logged in to no iSCSI session: nothing to log out of"),

@@ -483,12 +483,18 @@ impl Store {
             }
         }
         let text = rec.to_text(backend);
-        xenplug_atomic_write::write(&self.path(backend), text.as_bytes(), 0o600, None)
+        let path = self.path(backend);
+        xenplug_atomic_write::remove_stale_temporaries(&path)?;
+        xenplug_atomic_write::write(&path, text.as_bytes(), 0o600, None)
     }
 
-    /// Delete `backend`'s record durably; a missing one is fine.
+    /// Delete `backend`'s record durably, and any temporary file a save killed before its
+    /// rename left; a missing record is fine. (Saves and removes of one backend are serialised
+    /// by the script's lock.)
     pub fn remove(&self, backend: &str) -> io::Result<()> {
-        xenplug_atomic_write::remove(&self.path(backend)).map(drop)
+        let path = self.path(backend);
+        xenplug_atomic_write::remove_stale_temporaries(&path)?;
+        xenplug_atomic_write::remove(&path).map(drop)
     }
 
     /// Every readable record except `backend`'s, with its file name (what other backends hold
