@@ -47,12 +47,12 @@
 
 use crate::block;
 use crate::gather::block_rdev;
-use crate::procs::{self, Procs};
 use crate::state::{IscsiRecord, Phase, Record};
 use crate::tools::{run_checked_until, run_until};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use xenplug_hotplug::procs::{self, Procs};
 use xenplug_hotplug::{run, Action, Context, Failure, Outcome, Raw};
 
 /// The lock serialising the session check and the login.

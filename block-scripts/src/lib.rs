@@ -13,7 +13,8 @@
 //! * [`state`] — what `add` records for `remove` under the state directory, saved before what
 //!   it names is created (crash safety);
 //! * the scripts: [`block`], [`dummy`], [`nbd`], [`iscsi`]; [`tools`] runs their external
-//!   tools with a deadline; [`procs`] finds the children a killed add left working.
+//!   tools with a deadline (and `xenplug_hotplug::procs` finds the children a killed add left
+//!   working).
 //!
 //! Deliberate differences from the reference scripts are listed in `DIFFERENCES.md`.
 
@@ -24,7 +25,6 @@ pub mod gather;
 pub mod iscsi;
 pub mod loopdev;
 pub mod nbd;
-pub mod procs;
 pub mod sharing;
 pub mod state;
 pub mod tools;

@@ -49,13 +49,13 @@
 //! Exit 0 on success, 1 on failure (`hotplug-error`, `hotplug-status=error`).
 
 use crate::block;
-use crate::procs::{self, Procs};
 use crate::sharing::Mode;
 use crate::state::{NbdRecord, Phase, Record};
 use crate::tools::{run_checked_until, run_until};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use xenplug_hotplug::procs::{self, Procs};
 use xenplug_hotplug::{run, Action, Context, Failure, Outcome, Raw};
 
 /// The IANA port of NBD.

@@ -290,6 +290,37 @@ impl<'a> Context<'a> {
         command_in(program, &self.inv.raw_env, &self.config.libexec_bin_dir())
     }
 
+    /// Wait (until the script's [`Context::deadline`]) for children an earlier, killed run of a
+    /// script for this backend left running `programs` (say an `ovs-vsctl` or `nft` that was
+    /// still committing when its `online` was SIGKILLed): a teardown must come after them, or
+    /// what they commit outlives it. Found by the `XENBUS_PATH` they inherited
+    /// ([`crate::procs::Procs::orphans_of`]).
+    pub fn wait_for_orphans(&self, programs: &[&str]) -> Result<(), Failure> {
+        let procs = crate::procs::Procs::default();
+        let orphans = procs.orphans_of(self.backend(), programs);
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        self.log.warning(format!(
+            "waiting for what a killed run for {} left running: {}",
+            self.backend(),
+            orphans
+                .iter()
+                .map(|p| format!("{} (pid {})", p.argv.join(" "), p.pid))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        match procs.wait_gone(&orphans, self.deadline()).first() {
+            None => Ok(()),
+            Some(p) => Err(Failure::error(format!(
+                "{} (pid {}), left by a killed run for {}, did not finish in time",
+                p.argv.join(" "),
+                p.pid,
+                self.backend()
+            ))),
+        }
+    }
+
     /// `do_or_die`: run `cmd` until the script's [`Context::deadline`], return its stdout; a
     /// failure (cannot start, non-zero exit, still running at the deadline: then killed) is the
     /// fatal `<program args…> failed (<status>): <last stderr line>`. Its stderr is logged at

@@ -104,6 +104,7 @@ mod invocation;
 pub mod lock;
 pub mod log;
 mod outcome;
+pub mod procs;
 
 pub use backend::BackendPath;
 pub use command::command;

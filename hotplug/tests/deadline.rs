@@ -129,3 +129,51 @@ fn a_script_stuck_on_a_lock_reports_before_its_deadline() {
         Some("error")
     );
 }
+
+/// A teardown waits for what a killed run for the same backend left running (found by the
+/// `XENBUS_PATH` children inherit), and only until the deadline.
+#[test]
+fn a_teardown_waits_for_the_orphans_of_a_killed_run() {
+    let (xs, s) = (FakeXs::new(), Scratch::new());
+    // The orphan: a child of an earlier run for this backend, still committing.
+    let mut orphan = Command::new("sleep")
+        .arg("0.4")
+        .env("XENBUS_PATH", BE)
+        .spawn()
+        .unwrap();
+    // Another backend's child is none of ours.
+    let mut other = Command::new("sleep")
+        .arg("30")
+        .env("XENBUS_PATH", "backend/vbd/6/51712")
+        .spawn()
+        .unwrap();
+    let procs = xenplug_hotplug::procs::Procs::default();
+    xenplug_testkit::wait_until("the orphan to exec", Duration::from_secs(5), || {
+        !procs.orphans_of(BE, &["sleep"]).is_empty()
+    });
+    let ctx = context(&xs, &s, Duration::from_secs(35));
+    ctx.wait_for_orphans(&["sleep"]).unwrap();
+    assert!(
+        procs.orphans_of(BE, &["sleep"]).is_empty(),
+        "waited until it exited"
+    );
+    let _ = orphan.wait();
+    // One that outlives the deadline is an error, in time.
+    let mut stuck = Command::new("sleep")
+        .arg("30")
+        .env("XENBUS_PATH", BE)
+        .spawn()
+        .unwrap();
+    xenplug_testkit::wait_until("the stuck one to exec", Duration::from_secs(5), || {
+        !procs.orphans_of(BE, &["sleep"]).is_empty()
+    });
+    let ctx = context(&xs, &s, Duration::from_millis(800));
+    let t0 = Instant::now();
+    let err = ctx.wait_for_orphans(&["sleep"]).unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    assert!(err.message().contains("did not finish in time"), "{err:?}");
+    for c in [&mut stuck, &mut other] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}

@@ -401,6 +401,10 @@ pub fn run<S: VifScript>(ctx: &Context<'_>, be: Backends<'_>) -> Result<Outcome<
         dhcp: be.dhcp,
     };
     let teardown = !c.setup();
+    if teardown {
+        // A killed set-up's `nft` or `ovs-vsctl` may still be committing: teardown after it.
+        ctx.wait_for_orphans(&["nft", "ovs-vsctl"])?;
+    }
     let result = apply(&plan, &mut sys, teardown);
     let report = match &result {
         Ok(r) => r,

@@ -1,10 +1,12 @@
 //! Finding the children a killed script left behind.
 //!
-//! libxl SIGKILLs only the script: an `nbd-client` it started keeps connecting and an
-//! `iscsiadm` keeps waiting for iscsid's login, and both then finish with nobody to record
-//! what they made. `remove` finds such orphans by their command line (the program's name and the
-//! device or target they were given) under `/proc`, to stop them (`nbd-client`) or to wait for
-//! them (`iscsiadm`) before it undoes what they did.
+//! libxl SIGKILLs only the script: an `nbd-client` it started keeps connecting, an `iscsiadm`
+//! keeps waiting for iscsid's login, an `ovs-vsctl` or `nft` still commits its transaction, and
+//! each then finishes with nobody to record what it made — possibly after the teardown libxl
+//! runs next has already run. A teardown finds such orphans under `/proc`, by their command
+//! line (the program and the device or target they were given) or by the `XENBUS_PATH` every
+//! child of a script inherits ([`Procs::orphans_of`]), and stops them or waits for them before
+//! it undoes what they did.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -75,6 +77,23 @@ impl Procs {
         v
     }
 
+    /// True when process `pid`'s environment has `key=value`.
+    pub fn env_has(&self, pid: i32, key: &str, value: &str) -> bool {
+        let want = format!("{key}={value}");
+        std::fs::read(self.root.join(pid.to_string()).join("environ"))
+            .map(|env| env.split(|b| *b == 0).any(|kv| kv == want.as_bytes()))
+            .unwrap_or(false)
+    }
+
+    /// Processes running one of `programs` (by [`runs`]) that a script for `backend` started:
+    /// their environment has `XENBUS_PATH=<backend>` (children get the script's environment).
+    pub fn orphans_of(&self, backend: &str, programs: &[&str]) -> Vec<Proc> {
+        self.find(|argv| programs.iter().any(|p| runs(argv, p)))
+            .into_iter()
+            .filter(|p| self.env_has(p.pid, "XENBUS_PATH", backend))
+            .collect()
+    }
+
     /// True while `p` (the same pid with the same command line) is alive.
     pub fn alive(&self, p: &Proc) -> bool {
         self.live(p.pid).is_some_and(|q| q.argv == p.argv)
@@ -131,6 +150,31 @@ mod tests {
         assert!(!runs(&v(&["nbd-clientx"]), "nbd-client"));
         assert!(!runs(&v(&["vi", "x", "nbd-client"]), "nbd-client"));
         assert!(!runs(&v(&[]), "nbd-client"));
+    }
+
+    #[test]
+    fn orphans_are_found_by_their_backend() {
+        let tag = format!("backend/vif/{}/9", std::process::id());
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .env("XENBUS_PATH", &tag)
+            .spawn()
+            .unwrap();
+        let procs = Procs::default();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let found = loop {
+            let f = procs.orphans_of(&tag, &["sleep"]);
+            if !f.is_empty() || Instant::now() >= deadline {
+                break f;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].pid, child.id() as i32);
+        assert!(procs.orphans_of("backend/vif/0/0", &["sleep"]).is_empty());
+        assert!(procs.orphans_of(&tag, &["nft"]).is_empty());
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]
