@@ -575,7 +575,13 @@ pub(crate) fn remove_recorded(
             ));
             Ok(Ok(Outcome::Done))
         }
-        Ok(None) => Ok(Err(lock)),
+        Ok(None) => {
+            // No record, but perhaps the temporary file of a save a kill interrupted.
+            if let Err(e) = forget(&store) {
+                ctx.log.warning(e);
+            }
+            Ok(Err(lock))
+        }
         Err(e) => {
             ctx.log
                 .warning(format!("{e}; falling back to xenstore's node"));

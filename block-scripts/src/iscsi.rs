@@ -230,8 +230,19 @@ fn logout_once(
     )))
 }
 
-/// `iscsiadm` processes logging in to `t` (the orphan of a killed add).
-fn logins_in_flight(host: &IscsiHost, t: &IscsiTarget) -> Vec<procs::Proc> {
+/// `iscsiadm` processes logging in to `t` (the orphan of a killed add), and any child a killed
+/// run for `backend` was still starting.
+fn logins_in_flight(host: &IscsiHost, t: &IscsiTarget, backend: &str) -> Vec<procs::Proc> {
+    let mut v = logins_to(host, t);
+    for p in host.procs.orphans_of(backend, &["iscsiadm"]) {
+        if !v.iter().any(|o| o.pid == p.pid) {
+            v.push(p);
+        }
+    }
+    v
+}
+
+fn logins_to(host: &IscsiHost, t: &IscsiTarget) -> Vec<procs::Proc> {
     let name = host
         .iscsiadm
         .file_name()
@@ -257,7 +268,7 @@ fn release(
     let mut logged_out = false;
     let mut pause = Duration::from_millis(10);
     loop {
-        let pending = logins_in_flight(host, t);
+        let pending = logins_in_flight(host, t, ctx.backend());
         if !pending.is_empty() {
             ctx.log.info(format!(
                 "waiting for the login to {} in flight (iscsiadm pid {})",
@@ -274,7 +285,7 @@ fn release(
         let step = logout_once(ctx, host, t, until);
         match step {
             Ok(true) => logged_out = true,
-            Ok(false) if logins_in_flight(host, t).is_empty() => {
+            Ok(false) if logins_in_flight(host, t, ctx.backend()).is_empty() => {
                 if !logged_out {
                     ctx.log
                         .info(format!("no session to {}: already logged out", t.iqn));

@@ -344,7 +344,13 @@ pub(crate) fn release(ctx: &Context, host: &NbdHost, device: &Path) -> Result<()
         disconnect(ctx, host, device)?;
         disconnected = true;
     }
-    let orphans = clients_of(host, device);
+    // The client named by its device, and any child the killed add was still starting.
+    let mut orphans = clients_of(host, device);
+    for p in host.procs.orphans_of(ctx.backend(), &["nbd-client"]) {
+        if !orphans.iter().any(|o| o.pid == p.pid) {
+            orphans.push(p);
+        }
+    }
     if !orphans.is_empty() {
         ctx.log.warning(format!(
             "stopping nbd-client left working on {}: pid {}",

@@ -356,3 +356,25 @@ exit 0"#,
     );
     assert!(!rig.state_dir().join("xenplug-block/vbd-5-1").exists());
 }
+
+/// A kill during the save of the intent record leaves its temporary file (and no record):
+/// remove clears it.
+#[test]
+fn block_remove_clears_the_temporary_file_of_an_interrupted_save() {
+    if !xenplug_testkit::require_root() {
+        return;
+    }
+    let rig = Rig::new();
+    let img = rig.image("half-saved.img", 1 << 20);
+    rig.backend(5, 1, img.to_str().unwrap(), "w");
+    let dir = rig.state_dir().join("xenplug-block");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(".vbd-5-1.xenplug-Ab12Cd"), "version=2\nback").unwrap();
+    std::fs::write(dir.join(".vbd-6-1.xenplug-Ab12Cd"), "another backend's").unwrap();
+    assert!(exit_ok(rig.block("remove", 5, 1)));
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, [".vbd-6-1.xenplug-Ab12Cd"]);
+}

@@ -7,6 +7,11 @@
 //! line (the program and the device or target they were given) or by the `XENBUS_PATH` every
 //! child of a script inherits ([`Procs::orphans_of`]), and stops them or waits for them before
 //! it undoes what they did.
+//!
+//! A child caught between its creation and its `exec` (the script killed while spawning it)
+//! still looks like the script — our executable, the script's command line — and only becomes
+//! the tool a moment later, so [`Procs::orphans_of`] counts those too, and a process is
+//! followed by its pid and start time, not by its command line, which the `exec` changes.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -18,6 +23,9 @@ pub struct Proc {
     pub pid: i32,
     /// Its command line.
     pub argv: Vec<String>,
+    /// Its start time (clock ticks after boot): with the pid, what tells it from a later process
+    /// that got the same pid.
+    pub start: u64,
 }
 
 /// Where the processes are (`/proc`; injected for tests).
@@ -47,17 +55,20 @@ impl Procs {
         let dir = self.root.join(pid.to_string());
         // A zombie (exited, not reaped yet) is gone for our purposes: its cmdline is empty.
         let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-        let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+        // After the command name: state (field 3), …, starttime (field 22).
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let state = *fields.first()?;
         if state == "Z" || state == "X" {
             return None;
         }
+        let start = fields.get(19)?.parse().ok()?;
         let raw = std::fs::read(dir.join("cmdline")).ok()?;
         let argv: Vec<String> = raw
             .split(|b| *b == 0)
             .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        (!argv.is_empty()).then_some(Proc { pid, argv })
+        (!argv.is_empty()).then_some(Proc { pid, argv, start })
     }
 
     /// Every live process (not this one) whose command line satisfies `pred`.
@@ -85,18 +96,27 @@ impl Procs {
             .unwrap_or(false)
     }
 
-    /// Processes running one of `programs` (by [`runs`]) that a script for `backend` started:
-    /// their environment has `XENBUS_PATH=<backend>` (children get the script's environment).
+    /// Processes a script for `backend` started (their environment has `XENBUS_PATH=<backend>`:
+    /// children get the script's environment) that run one of `programs` (by [`runs`]) or are
+    /// still this executable (a child not yet `exec`ed: it will become one of them).
     pub fn orphans_of(&self, backend: &str, programs: &[&str]) -> Vec<Proc> {
-        self.find(|argv| programs.iter().any(|p| runs(argv, p)))
+        let me = std::fs::read_link(self.root.join("self/exe")).ok();
+        self.find(|_| true)
             .into_iter()
+            .filter(|p| {
+                programs.iter().any(|prog| runs(&p.argv, prog))
+                    || (me.is_some()
+                        && std::fs::read_link(self.root.join(p.pid.to_string()).join("exe")).ok()
+                            == me)
+            })
             .filter(|p| self.env_has(p.pid, "XENBUS_PATH", backend))
             .collect()
     }
 
-    /// True while `p` (the same pid with the same command line) is alive.
+    /// True while `p` (the same pid, started at the same time) is alive, whatever it `exec`ed
+    /// since.
     pub fn alive(&self, p: &Proc) -> bool {
-        self.live(p.pid).is_some_and(|q| q.argv == p.argv)
+        self.live(p.pid).is_some_and(|q| q.start == p.start)
     }
 
     /// SIGKILL each of `procs` and wait until all are gone, at most until `until`; the ones
@@ -150,6 +170,42 @@ mod tests {
         assert!(!runs(&v(&["nbd-clientx"]), "nbd-client"));
         assert!(!runs(&v(&["vi", "x", "nbd-client"]), "nbd-client"));
         assert!(!runs(&v(&[]), "nbd-client"));
+    }
+
+    /// A process is followed through its `exec` (a child caught before it, when its script
+    /// was killed, becomes the tool later), and not confused with a later one on its pid.
+    #[test]
+    fn a_process_is_followed_through_exec() {
+        use std::io::Write;
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read x; exec sleep 30"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let procs = Procs::default();
+        let pid = child.id() as i32;
+        let before = procs.live(pid).expect("the shell");
+        assert_eq!(before.argv[0], "sh");
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while procs.live(pid).is_some_and(|p| p.argv[0] != "sleep") {
+            assert!(Instant::now() < deadline, "no exec");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(procs.alive(&before), "the same process, now sleep");
+        let left = procs.kill_and_wait(
+            std::slice::from_ref(&before),
+            Instant::now() + Duration::from_secs(5),
+        );
+        assert!(left.is_empty());
+        let _ = child.wait();
+        assert!(!procs.alive(&before));
+        // A pid reused later is another process.
+        let other = Proc {
+            start: before.start + 1,
+            ..before
+        };
+        assert!(!procs.alive(&other));
     }
 
     #[test]
