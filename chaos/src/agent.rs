@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::{json, Value};
-use xenplug_channel::{ClientEvent, ClientSession, Limits, Request};
+use xenplug_channel::host::{default_limits, HostEvent, HostSession, Nonces};
 
 use crate::harness::{put, Item, Running, Scenario, Snapshot};
 use crate::world;
@@ -42,13 +42,20 @@ const INSTANCE: &str = "iid-chaos";
 /// The guest's state: `(what, value)` pairs.
 type State = BTreeMap<String, String>;
 
-/// The pty standing in for the channel, and the peer's session on it.
+/// The pty standing in for the channel, and the peer's session on it (the one host-side
+/// session implementation, `xenplug_channel::host`).
 struct Chan {
     master: File,
     _slave: OwnedFd,
     path: PathBuf,
-    session: ClientSession,
-    nonce: i64,
+    session: HostSession,
+}
+
+fn session() -> HostSession {
+    HostSession::new(
+        default_limits(),
+        Nonces::seeded(u64::from(std::process::id())),
+    )
 }
 
 impl Chan {
@@ -60,17 +67,12 @@ impl Chan {
             master: File::from(p.master),
             _slave: p.slave,
             path,
-            session: ClientSession::new(Limits::default()),
-            nonce: 0,
+            session: session(),
         })
     }
 
     /// Read until `want` matches an event or `wait` passes.
-    fn until(
-        &mut self,
-        wait: Duration,
-        want: &dyn Fn(&ClientEvent) -> bool,
-    ) -> Option<ClientEvent> {
+    fn until(&mut self, wait: Duration, want: &dyn Fn(&HostEvent) -> bool) -> Option<HostEvent> {
         let deadline = Instant::now() + wait;
         let mut buf = [0u8; 65536];
         loop {
@@ -98,11 +100,10 @@ impl Chan {
     fn handshake(&mut self, within: Duration) -> Result<(), String> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            self.nonce += 1;
-            let b = self.session.begin_sync(self.nonce);
+            let b = self.session.begin_sync();
             self.master.write_all(&b).map_err(|e| e.to_string())?;
             if self
-                .until(Duration::from_millis(100), &|e| *e == ClientEvent::Synced)
+                .until(Duration::from_millis(100), &|e| *e == HostEvent::Synced)
                 .is_some()
             {
                 return Ok(());
@@ -111,15 +112,17 @@ impl Chan {
         Err("the agent does not answer the handshake".into())
     }
 
-    fn send(&mut self, req: &Request) -> Result<(), String> {
-        self.master
-            .write_all(&req.encode())
-            .map_err(|e| e.to_string())
+    /// Send `xenplug-apply-config` with `config`.
+    fn send(&mut self, config: &Value) -> Result<(), String> {
+        let (_, bytes) = self
+            .session
+            .request("xenplug-apply-config", Some(&json!({ "config": config })));
+        self.master.write_all(&bytes).map_err(|e| e.to_string())
     }
 
     fn reply(&mut self, wait: Duration) -> Result<Value, String> {
-        match self.until(wait, &|e| matches!(e, ClientEvent::Reply(_))) {
-            Some(ClientEvent::Reply(r)) => r.into_result().map_err(|e| format!("{e:?}")),
+        match self.until(wait, &|e| matches!(e, HostEvent::Reply { .. })) {
+            Some(HostEvent::Reply { result, .. }) => result.map_err(|e| format!("{e:?}")),
             _ => Err("no reply".into()),
         }
     }
@@ -195,10 +198,12 @@ struct Apply {
 impl Running for Apply {
     fn done(&mut self) -> Result<bool, String> {
         if self.reply.is_none() {
-            if let Some(ClientEvent::Reply(r)) = self.chan.until(Duration::from_micros(1), &|e| {
-                matches!(e, ClientEvent::Reply(_))
-            }) {
-                self.reply = Some(r.into_result().is_ok_and(|v| v["applied"] == json!(true)));
+            if let Some(HostEvent::Reply { result, .. }) =
+                self.chan.until(Duration::from_micros(1), &|e| {
+                    matches!(e, HostEvent::Reply { .. })
+                })
+            {
+                self.reply = Some(result.is_ok_and(|v| v["applied"] == json!(true)));
             }
         }
         Ok(self.reply.is_some())
@@ -415,19 +420,15 @@ impl Agent {
             .spawn()
             .map_err(|e| format!("{}: {e}", self.binary.display()))?;
         self.agent = Some(child);
-        self.chan.session = ClientSession::new(Limits::default());
+        self.chan.session = session();
         self.chan.handshake(Duration::from_secs(10))
-    }
-
-    fn request(which: char, gen: u64) -> Request {
-        Request::new("xenplug-apply-config").with_arguments(json!({"config": doc(which, gen)}))
     }
 
     /// Apply generation `which` with the next generation number, to completion.
     fn apply_fully(&mut self, which: char) -> Result<u64, String> {
         self.gen += 1;
         self.chan.handshake(Duration::from_secs(5))?;
-        self.chan.send(&Self::request(which, self.gen))?;
+        self.chan.send(&doc(which, self.gen))?;
         let v = self.chan.reply(Duration::from_secs(10))?;
         if v["applied"] != json!(true) {
             return Err(format!("apply of {which} not applied: {v}"));
@@ -502,22 +503,18 @@ impl Scenario for Agent {
             .map(|c| c.id() as i32)
             .ok_or("no agent")?;
         self.chan.handshake(Duration::from_secs(5))?;
-        let req = Self::request('b', self.gen);
+        let config = doc('b', self.gen);
         // The apply's channel end: the pty master and the synced session move to the handle;
         // the scenario keeps a duplicate of the master for the next agent.
         let master = self.chan.master.try_clone().map_err(|e| e.to_string())?;
-        let session = std::mem::replace(
-            &mut self.chan.session,
-            ClientSession::new(Limits::default()),
-        );
+        let session = std::mem::replace(&mut self.chan.session, session());
         let mut chan = Chan {
             master,
             _slave: self.chan._slave.try_clone().map_err(|e| e.to_string())?,
             path: self.chan.path.clone(),
             session,
-            nonce: self.chan.nonce,
         };
-        chan.send(&req)?;
+        chan.send(&config)?;
         self.killed
             .store(false, std::sync::atomic::Ordering::SeqCst);
         Ok(Box::new(Apply {
@@ -563,7 +560,7 @@ impl Scenario for Agent {
         }
         // The peer re-sends B.
         self.chan.handshake(Duration::from_secs(5))?;
-        self.chan.send(&Self::request('b', self.round_gens.1))?;
+        self.chan.send(&doc('b', self.round_gens.1))?;
         let v = self.chan.reply(Duration::from_secs(10));
         match self.position()? {
             (Some('b'), _) => {}

@@ -1,4 +1,5 @@
-//! A simulated guest behind a channel socket, for tests and the benchmark.
+//! A simulated guest behind a channel socket, for `xenplug-peer`'s tests and its benchmark
+//! (`dom0-peer/examples/peer_bench.rs`). Not shipped: only dev-dependencies and examples use it.
 //!
 //! It plays QEMU (listening on the socket, one client at a time), the guest tty and an agent,
 //! reproducing what was observed on real Xen (`xen-e2e-notes.md` §5.6 and the appendix):
@@ -99,8 +100,8 @@ fn reply(state: &GuestState, opts: &GuestOptions, cmd: Command) -> Option<Value>
         Command::Ping => json!({}),
         Command::Info => json!({
             "version": "xenplug-simguest",
-            "supported_commands": qga::COMMANDS.iter().map(|c| json!({
-                "name": c, "enabled": true, "success-response": qga::success_response(c)
+            "supported_commands": qga::SPECS.iter().map(|c| json!({
+                "name": c.name, "enabled": true, "success-response": c.success_response
             })).collect::<Vec<_>>()
         }),
         Command::GetHostName => json!({"host-name": opts.hostname}),

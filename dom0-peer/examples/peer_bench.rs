@@ -1,9 +1,15 @@
-//! The benchmark: N simulated VMs, the real daemon in a child process, time until every VM is
-//! configured, the daemon's peak RSS and CPU.
+//! The benchmark of the dom0 peer (a command, not a test; not shipped): N simulated VMs, the
+//! real daemon (`xenplug-peer daemon`) in a child process, time until every VM is configured,
+//! the daemon's peak RSS and CPU. Run by `tools/bench-peer.sh`:
+//!
+//! ```text
+//! cargo build --release -p xenplug-peer --bins --example peer_bench
+//! target/release/examples/peer_bench --vms 1000 [--peer-binary target/release/xenplug-peer] [--json]
+//! ```
 //!
 //! This process plays the host: an embedded xenstored (from `xenplug-xenstored`) with libxl's
 //! console backend nodes and domain homes for N domains, N listening sockets served by
-//! [`crate::simguest`] (stale output on connect, shared `xenplug-channel` request handling), and
+//! `xenplug-simguest` (stale output on connect, shared `xenplug-channel` request handling), and
 //! a store directory with N documents. The daemon (`xenplug-peer daemon`, started as a child so
 //! its resources are measured alone) discovers the channels through the xenstore watch, connects,
 //! handshakes, delivers and verifies. The clock starts when the child is spawned and stops when
@@ -14,10 +20,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::{Parser, Subcommand};
 use serde_json::json;
+use xenplug_peer::daemon::raise_nofile;
+use xenplug_simguest::{self as simguest, GuestOptions, GuestState};
 use xenplug_xenstore::XsOps;
-
-use crate::simguest::{self, GuestOptions, GuestState};
 
 /// Channel name used by the benchmark.
 pub const BENCH_CHANNEL: &str = "org.xenplug.bench.v1";
@@ -29,6 +36,8 @@ pub struct BenchOptions {
     pub vms: usize,
     /// The `xenplug-peer` binary to run as the daemon.
     pub peer_binary: PathBuf,
+    /// This program (it serves the simulated guests in helper processes of its own).
+    pub guest_host: PathBuf,
     /// Give up after this long.
     pub timeout: Duration,
     /// Simulated agent's open delay (echo window).
@@ -54,35 +63,6 @@ pub struct BenchReport {
     pub daemon_cpu_utilisation: f64,
     /// Seconds spent setting up (xenstore nodes, sockets, documents).
     pub setup_seconds: f64,
-}
-
-/// Raise `RLIMIT_NOFILE` to `want` (or the hard limit, raising that too when privileged).
-pub fn raise_nofile(want: u64) -> u64 {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `r` is a valid, writable rlimit struct for the duration of the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return 0;
-    }
-    let new = libc::rlimit {
-        rlim_cur: want.max(r.rlim_cur),
-        rlim_max: want.max(r.rlim_max),
-    };
-    // SAFETY: `new` is a valid rlimit struct; the call only reads it.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
-        return new.rlim_cur;
-    }
-    let soft = libc::rlimit {
-        rlim_cur: r.rlim_max,
-        rlim_max: r.rlim_max,
-    };
-    // SAFETY: as above.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) } == 0 {
-        return soft.rlim_cur;
-    }
-    r.rlim_cur
 }
 
 fn proc_status_kib(pid: u32, key: &str) -> Option<u64> {
@@ -224,7 +204,10 @@ fn add_domain(
     let home = format!("/local/domain/{domid}");
     xs.write(&format!("{home}/name"), name)?;
     xs.write(&format!("{home}/vm"), &format!("/vm/{uuid}"))?;
-    let be = format!("{}/{domid}/1", crate::discovery::DEFAULT_BACKEND_ROOT);
+    let be = format!(
+        "{}/{domid}/1",
+        xenplug_peer::discovery::DEFAULT_BACKEND_ROOT
+    );
     for (k, v) in [
         ("frontend", format!("{home}/device/console/1")),
         ("frontend-id", domid.to_string()),
@@ -266,7 +249,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
     let mut from = 0;
     while from < opts.vms {
         let to = (from + GUESTS_PER_PROCESS).min(opts.vms);
-        let mut c = Command::new(&opts.peer_binary)
+        let mut c = Command::new(&opts.guest_host)
             .arg("bench-guests")
             .arg("--dir")
             .arg(&socks)
@@ -329,7 +312,7 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
                 anyhow::bail!("the daemon exited early: {st}");
             }
         }
-        if let Ok(v) = rt.block_on(crate::daemon::control_request(&control, "summary")) {
+        if let Ok(v) = rt.block_on(xenplug_peer::daemon::control_request(&control, "summary")) {
             configured = v["states"]["configured"].as_u64().unwrap_or(0);
             if configured as usize >= opts.vms {
                 break t0.elapsed();
@@ -361,4 +344,127 @@ pub fn run(opts: &BenchOptions) -> anyhow::Result<BenchReport> {
         daemon_cpu_utilisation: if wall > 0.0 { cpu / wall } else { 0.0 },
         setup_seconds,
     })
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "peer_bench",
+    about = "Benchmark xenplug-peer's daemon against N simulated VMs"
+)]
+struct Cli {
+    /// Number of VMs.
+    #[arg(long, default_value_t = 1000)]
+    vms: usize,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
+    /// Simulated agents open their tty this many ms after the connection (echo window).
+    #[arg(long, default_value_t = 0)]
+    open_delay_ms: u64,
+    /// The daemon's log level (its log goes to stderr).
+    #[arg(long, default_value = "warn")]
+    daemon_log_level: String,
+    /// The xenplug-peer binary (default: the one built next to this example).
+    #[arg(long)]
+    peer_binary: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    helper: Option<Helper>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Helper {
+    /// (Internal.) Serve simulated guests `from..to` under `dir`.
+    #[command(hide = true)]
+    BenchGuests {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        from: usize,
+        #[arg(long)]
+        to: usize,
+        #[arg(long, default_value_t = 0)]
+        open_delay_ms: u64,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let cli = Cli::parse();
+    if let Some(Helper::BenchGuests {
+        dir,
+        from,
+        to,
+        open_delay_ms,
+    }) = cli.helper
+    {
+        return match serve_guests(&dir, from, to, Duration::from_millis(open_delay_ms)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                println!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("bench: cannot find my own binary: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // target/<profile>/examples/peer_bench → target/<profile>/xenplug-peer
+    let peer_binary = cli.peer_binary.unwrap_or_else(|| {
+        exe.parent()
+            .and_then(Path::parent)
+            .map(|d| d.join("xenplug-peer"))
+            .unwrap_or_else(|| PathBuf::from("xenplug-peer"))
+    });
+    if !peer_binary.exists() {
+        eprintln!(
+            "bench: {} not found (build it: cargo build --release -p xenplug-peer --bins)",
+            peer_binary.display()
+        );
+        return ExitCode::FAILURE;
+    }
+    let opts = BenchOptions {
+        vms: cli.vms,
+        peer_binary,
+        guest_host: exe,
+        timeout: Duration::from_secs_f64(cli.timeout.clamp(0.0, 86_400.0)),
+        open_delay: Duration::from_millis(cli.open_delay_ms),
+        daemon_log_level: cli.daemon_log_level,
+    };
+    match run(&opts) {
+        Ok(r) => {
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).unwrap_or_else(|e| e.to_string())
+                );
+            } else {
+                println!(
+                    "{} VMs: {} configured in {:.2} s; daemon peak RSS {:.1} MiB, CPU {:.2} s ({:.0}% of one core); setup {:.1} s",
+                    r.vms,
+                    r.configured,
+                    r.seconds_to_all_configured,
+                    r.daemon_peak_rss_mib,
+                    r.daemon_cpu_seconds,
+                    r.daemon_cpu_utilisation * 100.0,
+                    r.setup_seconds
+                );
+            }
+            if r.configured as usize == r.vms {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
