@@ -53,7 +53,7 @@ pub fn runs(argv: &[String], program: &str) -> bool {
 impl Procs {
     fn live(&self, pid: i32) -> Option<Proc> {
         let dir = self.root.join(pid.to_string());
-        // A zombie (exited, not reaped yet) is gone for our purposes: its cmdline is empty.
+        // A zombie (exited, not reaped yet) is gone for our purposes.
         let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
         // After the command name: state (field 3), …, starttime (field 22).
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -62,13 +62,14 @@ impl Procs {
             return None;
         }
         let start = fields.get(19)?.parse().ok()?;
-        let raw = std::fs::read(dir.join("cmdline")).ok()?;
+        // Empty for a kernel thread, and for a moment during an `exec`: still alive.
+        let raw = std::fs::read(dir.join("cmdline")).unwrap_or_default();
         let argv: Vec<String> = raw
             .split(|b| *b == 0)
             .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        (!argv.is_empty()).then_some(Proc { pid, argv, start })
+        Some(Proc { pid, argv, start })
     }
 
     /// Every live process (not this one) whose command line satisfies `pred`.
@@ -184,11 +185,22 @@ mod tests {
             .unwrap();
         let procs = Procs::default();
         let pid = child.id() as i32;
-        let before = procs.live(pid).expect("the shell");
-        assert_eq!(before.argv[0], "sh");
+        // Spawned: the shell once it has exec'd (before that it is still this test binary).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let before = loop {
+            let p = procs.live(pid).expect("the child");
+            if p.argv.first().map(String::as_str) == Some("sh") {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "no exec of sh");
+            std::thread::sleep(Duration::from_millis(2));
+        };
         child.stdin.take().unwrap().write_all(b"go\n").unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while procs.live(pid).is_some_and(|p| p.argv[0] != "sleep") {
+        while procs
+            .live(pid)
+            .is_some_and(|p| p.argv.first().map(String::as_str) != Some("sleep"))
+        {
             assert!(Instant::now() < deadline, "no exec");
             std::thread::sleep(Duration::from_millis(5));
         }
