@@ -44,12 +44,9 @@ pub fn write(path: &Path, data: &[u8], mode: u32, owner: Option<Owner>) -> io::R
             ))
         }
     };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let prefix = temporary_prefix(path).unwrap_or_else(|| ".xenplug-".into());
     let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.xenplug-"))
+        .prefix(&prefix)
         .tempfile_in(dir)
         .map_err(|e| ctx(e, "create a temporary file in", dir))?;
     tmp.write_all(data)
@@ -65,6 +62,46 @@ pub fn write(path: &Path, data: &[u8], mode: u32, owner: Option<Owner>) -> io::R
     tmp.persist(path)
         .map_err(|e| ctx(e.error, "rename into", path))?;
     sync_dir(dir)
+}
+
+/// The prefix of [`write`]'s temporary files for `path`'s file name.
+fn temporary_prefix(path: &Path) -> Option<String> {
+    path.file_name()
+        .map(|n| format!(".{}.xenplug-", n.to_string_lossy()))
+}
+
+/// Remove the temporary files a [`write`] of `path` left behind when its process was killed
+/// between creating and renaming one (a SIGKILL skips the cleanup); how many were removed.
+/// Only for callers that exclude other writers of `path` (a lock), since a running writer's
+/// temporary file looks the same.
+pub fn remove_stale_temporaries(path: &Path) -> io::Result<usize> {
+    let (Some(prefix), Some(dir)) = (temporary_prefix(path), path.parent()) else {
+        return Ok(0);
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(ctx(e, "read directory", dir)),
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            match fs::remove_file(e.path()) {
+                Ok(()) => n += 1,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(ctx(err, "remove", &e.path())),
+            }
+        }
+    }
+    if n > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(n)
 }
 
 /// fsync a directory, which makes a rename, link or unlink in it durable.
@@ -128,6 +165,23 @@ mod tests {
         assert_eq!(names(&p), ["inside"]);
         // No parent directory at all.
         assert!(write(&d.path().join("no/such/f"), b"x", 0o644, None).is_err());
+    }
+
+    #[test]
+    fn temporaries_left_by_a_killed_writer_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("rec");
+        write(&p, b"1", 0o600, None).unwrap();
+        // What a writer killed before its rename leaves; another file's are not touched.
+        fs::write(d.path().join(".rec.xenplug-AbC123"), "half").unwrap();
+        fs::write(d.path().join(".other.xenplug-AbC123"), "x").unwrap();
+        assert_eq!(remove_stale_temporaries(&p).unwrap(), 1);
+        assert_eq!(names(d.path()), [".other.xenplug-AbC123", "rec"]);
+        assert_eq!(remove_stale_temporaries(&p).unwrap(), 0);
+        assert_eq!(
+            remove_stale_temporaries(&d.path().join("no/such/x")).unwrap(),
+            0
+        );
     }
 
     #[test]

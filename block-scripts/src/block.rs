@@ -55,9 +55,9 @@
 
 use crate::devnum::DevNum;
 use crate::gather::{self, HostPaths, SharingRequest, Target};
-use crate::loopdev::{Backing, Detached, KernelLoops, LoopError, LoopOps};
+use crate::loopdev::{Backing, Binding, Detached, KernelLoops, LoopError, LoopOps};
 use crate::sharing::{self, Mode};
-use crate::state::{LoopRecord, Record, Store};
+use crate::state::{IscsiRecord, LoopRecord, LoopStage, Record, Store};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -272,8 +272,40 @@ pub(crate) fn store(ctx: &Context) -> Result<Store, Failure> {
     Ok(Store::new(ctx.state_dir()?))
 }
 
-/// Detach the loop device of `rec` if it still is that attachment.
-fn detach_recorded(ctx: &Context, host: &Host, rec: &LoopRecord) -> Result<(), Failure> {
+/// Who else holds loop device `devnum` (`device`): another backend of this kind that published
+/// it as `physical-device`, or another backend's record naming it. `None`: nobody.
+fn held_elsewhere(
+    ctx: &Context,
+    store: &Store,
+    device: &Path,
+    devnum: DevNum,
+) -> Result<Option<String>, Failure> {
+    let (base, own) = (ctx.kind_dir(), own_ids(ctx));
+    let others = gather::gather_backends(
+        ctx.xs,
+        &base,
+        own.as_ref().map(|(a, b)| (a.as_str(), b.as_str())),
+    )?;
+    if let Some(b) = others.iter().find(|b| b.physical_device == Some(devnum)) {
+        return Ok(Some(format!("backend {base}/{}/{}", b.domid, b.devid)));
+    }
+    Ok(store
+        .others(ctx.backend())
+        .into_iter()
+        .find(|(_, r)| matches!(r, Record::Loop(l) if l.device == device))
+        .map(|(name, _)| format!("the state record {name}")))
+}
+
+/// Detach the loop device of `rec` if it is that attachment: for a [`LoopStage::Bound`] record,
+/// the same device bound to the same file with the same disk sequence number; for a
+/// [`LoopStage::Binding`] record (the add was killed around the bind), the device bound to that
+/// file since the record was made (a higher sequence number) and held by no other backend.
+fn detach_recorded(
+    ctx: &Context,
+    host: &Host,
+    store: &Store,
+    rec: &LoopRecord,
+) -> Result<(), Failure> {
     let dev = &rec.device;
     let st = host
         .loops
@@ -284,20 +316,39 @@ fn detach_recorded(ctx: &Context, host: &Host, rec: &LoopRecord) -> Result<(), F
             .info(format!("{} is already detached", dev.display()));
         return Ok(());
     };
-    let same_seq = match (rec.diskseq, st.diskseq) {
-        (Some(a), Some(b)) => a == b,
-        _ => true,
-    };
-    let ours = st.devnum == rec.devnum
-        && same_seq
+    let same_file = st.devnum == rec.devnum
         && st.backing
             == (Backing {
                 dev: rec.backing_dev,
                 ino: rec.backing_ino,
             });
+    let ours = same_file
+        && match rec.stage {
+            LoopStage::Bound { diskseq } => match (diskseq, st.diskseq) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            },
+            LoopStage::Binding { diskseq_before } => {
+                let since = match (diskseq_before, st.diskseq) {
+                    (Some(a), Some(b)) => b > a,
+                    _ => true,
+                };
+                since
+                    && match held_elsewhere(ctx, store, dev, st.devnum)? {
+                        Some(who) => {
+                            ctx.log.warning(format!(
+                                "not detaching {}: {who} holds it",
+                                dev.display()
+                            ));
+                            false
+                        }
+                        None => true,
+                    }
+            }
+        };
     if !ours {
         ctx.log.warning(format!(
-            "not detaching {}: it is no longer the device attached for {} (now backed by {}:{})",
+            "not detaching {}: it is not the device attached for {} (now backed by {}:{})",
             dev.display(),
             rec.file.display(),
             st.backing.dev,
@@ -381,35 +432,60 @@ pub(crate) fn attach<'a>(
                 "stale state for {backend}: cleaning up {}",
                 old.device.display()
             ));
-            detach_recorded(ctx, host, &old)?;
+            detach_recorded(ctx, host, &store, &old)?;
         }
         Ok(_) => {}
         Err(e) => ctx.log.warning(format!("ignoring unreadable state: {e}")),
     }
 
+    // The record is saved before the bind, while the device is claimed (crash safety: see
+    // state.rs), and replaced by the bound one after it.
+    let record = |device: &Path, devnum: DevNum, stage: LoopStage, b: Backing| {
+        Record::Loop(LoopRecord {
+            device: device.to_path_buf(),
+            devnum,
+            stage,
+            backing_dev: b.dev,
+            backing_ino: b.ino,
+            file: file.to_path_buf(),
+        })
+    };
+    let cannot_record = |e: std::io::Error| {
+        format!(
+            "cannot record state for {backend} in {}: {e}",
+            store.path(&backend).display()
+        )
+    };
+    let mut intent = |b: &Binding| {
+        let stage = LoopStage::Binding {
+            diskseq_before: b.diskseq_before,
+        };
+        store
+            .save(&backend, &record(&b.path, b.devnum, stage, b.backing))
+            .map_err(cannot_record)
+    };
     let attached = host
         .loops
-        .attach(file, mode == Mode::Read)
-        .map_err(|e| match e {
-            LoopError::ReadOnlyBacking { .. } => {
-                Failure::Busy(sharing::read_only_file_message(file))
+        .attach_with_intent(file, mode == Mode::Read, &mut intent)
+        .map_err(|e| {
+            // Nothing is bound; an intent record may name a device we did not get.
+            if let Err(e) = store.remove(&backend) {
+                ctx.log.err(format!("cannot remove state: {e}"));
             }
-            LoopError::NoFreeDevice { .. } => {
-                Failure::Error(format!("Failed to find an unused loop device ({e})"))
+            match e {
+                LoopError::ReadOnlyBacking { .. } => {
+                    Failure::Busy(sharing::read_only_file_message(file))
+                }
+                LoopError::NoFreeDevice { .. } => {
+                    Failure::Error(format!("Failed to find an unused loop device ({e})"))
+                }
+                LoopError::Intent(msg) => Failure::Error(msg),
+                other => Failure::Error(format!(
+                    "cannot attach {} to a loop device: {other}",
+                    file.display()
+                )),
             }
-            other => Failure::Error(format!(
-                "cannot attach {} to a loop device: {other}",
-                file.display()
-            )),
         })?;
-    let rec = LoopRecord {
-        device: attached.path.clone(),
-        devnum: attached.devnum,
-        diskseq: attached.diskseq,
-        backing_dev: attached.backing.dev,
-        backing_ino: attached.backing.ino,
-        file: file.to_path_buf(),
-    };
     let loops = host.loops;
     let undo = {
         let (device, store, backend) = (attached.path.clone(), store.clone(), backend.clone());
@@ -433,11 +509,12 @@ pub(crate) fn attach<'a>(
             file.display()
         ))));
     }
-    if let Err(e) = store.save(&backend, &Record::Loop(rec)) {
-        return Err(rollback(Failure::Error(format!(
-            "cannot record state for {backend} in {}: {e}",
-            store.path(&backend).display()
-        ))));
+    let bound = LoopStage::Bound {
+        diskseq: attached.diskseq,
+    };
+    let rec = record(&attached.path, attached.devnum, bound, attached.backing);
+    if let Err(e) = store.save(&backend, &rec) {
+        return Err(rollback(Failure::Error(cannot_record(e))));
     }
     ctx.log.info(format!(
         "{backend}: {} on {} ({}) mode {}",
@@ -467,12 +544,12 @@ pub(crate) fn remove_recorded(
     };
     match store.load(&backend) {
         Ok(Some(Record::Loop(rec))) => {
-            detach_recorded(ctx, host, &rec)?;
+            detach_recorded(ctx, host, &store, &rec)?;
             forget(&store)?;
             Ok(Ok(Outcome::Done))
         }
-        Ok(Some(Record::Nbd { device, .. })) => {
-            crate::nbd::disconnect_recorded(ctx, &crate::nbd::NbdHost::default(), &device)?;
+        Ok(Some(Record::Nbd(rec))) => {
+            crate::nbd::release(ctx, &crate::nbd::NbdHost::default(), &rec.device)?;
             forget(&store)?;
             Ok(Ok(Outcome::Done))
         }
@@ -491,14 +568,20 @@ pub(crate) fn remove_recorded(
             forget(&store)?;
             result.map(|()| Ok(Outcome::Done))
         }
-        Ok(Some(Record::Iscsi { iqn, .. })) => {
+        Ok(Some(Record::Iscsi(IscsiRecord { iqn, .. }))) => {
             // block-iscsi's session: only block-iscsi's remove may end it.
             ctx.log.warning(format!(
                 "{backend} holds block-iscsi's session to {iqn}; left for block-iscsi remove"
             ));
             Ok(Ok(Outcome::Done))
         }
-        Ok(None) => Ok(Err(lock)),
+        Ok(None) => {
+            // No record, but perhaps the temporary file of a save a kill interrupted.
+            if let Err(e) = forget(&store) {
+                ctx.log.warning(e);
+            }
+            Ok(Err(lock))
+        }
         Err(e) => {
             ctx.log
                 .warning(format!("{e}; falling back to xenstore's node"));
@@ -532,11 +615,18 @@ fn helper_path(ctx: &Context, kind: &str) -> Option<PathBuf> {
 fn run_helper(ctx: &Context, kind: &str, script: &Path, action: Action) -> Result<(), Failure> {
     ctx.log
         .debug(format!("running {} {action}", script.display()));
-    let out = ctx
-        .command(script)
-        .arg(action.as_str())
-        .output()
-        .map_err(|e| Failure::Error(format!("cannot run {}: {e}", script.display())))?;
+    let out = xenplug_hotplug::command::output_until(
+        ctx.command(script).arg(action.as_str()),
+        None,
+        ctx.deadline(),
+    )
+    .map_err(|e| Failure::Error(format!("cannot run {}: {e}", script.display())))?
+    .ok_or_else(|| {
+        Failure::Error(format!(
+            "{} {action} did not finish before the script's deadline and was killed",
+            script.display()
+        ))
+    })?;
     for line in String::from_utf8_lossy(&out.stderr).lines() {
         ctx.log.debug(format!("block-{kind}: {line}"));
     }
@@ -731,6 +821,8 @@ mod tests {
         bound: RefCell<Vec<LoopStatus>>,
         next: RefCell<u32>,
         refuse_rw: bool,
+        /// A state record to copy into `calls` at the instant of the bind.
+        snapshot_at_bind: RefCell<Option<PathBuf>>,
     }
 
     impl FakeLoops {
@@ -740,7 +832,12 @@ mod tests {
     }
 
     impl LoopOps for FakeLoops {
-        fn attach(&self, file: &Path, read_only: bool) -> Result<Attached, LoopError> {
+        fn attach_with_intent(
+            &self,
+            file: &Path,
+            read_only: bool,
+            intent: &mut crate::loopdev::Intent<'_>,
+        ) -> Result<Attached, LoopError> {
             self.calls
                 .borrow_mut()
                 .push(format!("attach {} ro={read_only}", file.display()));
@@ -755,12 +852,29 @@ mod tests {
                 *next += 1;
                 40 + *next
             };
+            let backing = Backing::of(&std::fs::metadata(file).unwrap());
+            let path = PathBuf::from(format!("/dev/loop{n}"));
+            intent(&Binding {
+                number: n,
+                path: path.clone(),
+                devnum: DevNum::new(7, n),
+                diskseq_before: Some(999 + u64::from(n)),
+                backing,
+            })
+            .map_err(LoopError::Intent)?;
+            // What a SIGKILL right before the bind would leave on disk.
+            if let Some(f) = self.snapshot_at_bind.borrow().as_ref() {
+                self.calls.borrow_mut().push(format!(
+                    "record at bind: {}",
+                    std::fs::read_to_string(f).unwrap_or_default()
+                ));
+            }
             let a = Attached {
                 number: n,
-                path: PathBuf::from(format!("/dev/loop{n}")),
+                path,
                 devnum: DevNum::new(7, n),
                 diskseq: Some(1000 + u64::from(n)),
-                backing: Backing::of(&std::fs::metadata(file).unwrap()),
+                backing,
                 read_only,
             };
             self.bound.borrow_mut().push(LoopStatus {
@@ -1035,5 +1149,118 @@ mod tests {
             )))
         );
         assert_eq!(w.loops.calls().len(), 1, "no second attach");
+    }
+
+    fn record_path(w: &World) -> PathBuf {
+        w.dir.path().join("state/xenplug-block/vbd-5-1")
+    }
+
+    fn loop_record(w: &World) -> LoopRecord {
+        let store = Store::new(&w.dir.path().join("state"));
+        match store.load("backend/vbd/5/1").unwrap() {
+            Some(Record::Loop(l)) => l,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The record names the device before the bind (a kill right before it leaves a record of
+    /// a device that may be bound a moment later), and the bound one after.
+    #[test]
+    fn the_device_is_recorded_before_it_is_bound() {
+        let w = World::new();
+        let img = w.image();
+        w.backend(img.to_str().unwrap(), "w");
+        *w.loops.snapshot_at_bind.borrow_mut() = Some(record_path(&w));
+        assert_eq!(w.run("add"), Ok(Outcome::Connected));
+        let at_bind = w.loops.calls()[1].clone();
+        assert!(
+            at_bind.contains("kind=loop")
+                && at_bind.contains("device=/dev/loop41")
+                && at_bind.contains("stage=binding")
+                && at_bind.contains("diskseq_before=1040"),
+            "{at_bind}"
+        );
+        let rec = loop_record(&w);
+        assert_eq!(
+            rec.stage,
+            LoopStage::Bound {
+                diskseq: Some(1041)
+            }
+        );
+    }
+
+    /// Play a kill between the bind and the second save: the record still says `binding`.
+    fn killed_after_bind(w: &World) -> LoopRecord {
+        assert_eq!(w.run("add"), Ok(Outcome::Connected));
+        let mut rec = loop_record(w);
+        rec.stage = LoopStage::Binding {
+            diskseq_before: Some(1040),
+        };
+        Store::new(&w.dir.path().join("state"))
+            .save("backend/vbd/5/1", &Record::Loop(rec.clone()))
+            .unwrap();
+        // Nothing was published: libxl saw the script die.
+        for k in [
+            "node",
+            "physical-device",
+            "physical-device-path",
+            "hotplug-status",
+        ] {
+            w.xs.rm(&format!("{B}/{k}")).unwrap();
+        }
+        rec
+    }
+
+    #[test]
+    fn remove_after_a_kill_around_the_bind_detaches_exactly_that_device() {
+        let w = World::new();
+        let img = w.image();
+        w.backend(img.to_str().unwrap(), "w");
+        killed_after_bind(&w);
+        assert_eq!(w.run("remove"), Ok(Outcome::Done));
+        assert_eq!(w.loops.calls().last().unwrap(), "detach /dev/loop41");
+        assert!(w.loops.bound.borrow().is_empty());
+        assert!(!record_path(&w).exists());
+        // Killed before the bind: the device is free; remove has nothing to detach.
+        let w = World::new();
+        let img = w.image();
+        w.backend(img.to_str().unwrap(), "w");
+        killed_after_bind(&w);
+        w.loops.bound.borrow_mut().clear();
+        assert_eq!(w.run("remove"), Ok(Outcome::Done));
+        assert!(!w.loops.calls().iter().any(|c| c.starts_with("detach")));
+        assert!(!record_path(&w).exists());
+    }
+
+    #[test]
+    fn a_binding_record_never_detaches_someone_elses_device() {
+        // The device was bound before the record was made (same disk sequence number): not
+        // ours (killed before the bind; someone attached the same file there earlier).
+        let w = World::new();
+        let img = w.image();
+        w.backend(img.to_str().unwrap(), "w");
+        killed_after_bind(&w);
+        w.loops.bound.borrow_mut()[0].diskseq = Some(1040);
+        assert_eq!(w.run("remove"), Ok(Outcome::Done));
+        assert!(!w.loops.calls().iter().any(|c| c.starts_with("detach")));
+        // Bound since, but published by another backend (another VM sharing the file `r`).
+        let w = World::new();
+        let img = w.image();
+        w.backend(img.to_str().unwrap(), "w");
+        killed_after_bind(&w);
+        w.xs.write("/local/domain/0/backend/vbd/6/1/physical-device", "7:29")
+            .unwrap();
+        assert_eq!(w.run("remove"), Ok(Outcome::Done));
+        assert!(!w.loops.calls().iter().any(|c| c.starts_with("detach")));
+        // Named by another backend's record.
+        let w = World::new();
+        let img = w.image();
+        w.backend(img.to_str().unwrap(), "w");
+        let rec = killed_after_bind(&w);
+        Store::new(&w.dir.path().join("state"))
+            .save("backend/vbd/6/1", &Record::Loop(rec))
+            .unwrap();
+        assert_eq!(w.run("remove"), Ok(Outcome::Done));
+        assert!(!w.loops.calls().iter().any(|c| c.starts_with("detach")));
     }
 }

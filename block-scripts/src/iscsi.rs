@@ -23,22 +23,36 @@
 //! LUN-1 disks work too); with multipath, resolve the device-mapper multipath map built on it
 //! (`/dev/mapper/<name>`, from sysfs holders). Then `physical-device`, `physical-device-path` and
 //! `hotplug-status=connected` in one transaction (the runtime writes them, from the device the
-//! body returns). Any failure after the login logs out again.
+//! body returns). The session is recorded before the login (see "Crash safety") and marked done
+//! once the LUN is there; any failure after the record logs out again. Everything ends at the
+//! script's deadline (`deadline_secs`); an `iscsiadm` still running then is killed.
 //!
 //! # remove
 //!
-//! `iscsiadm -m node --targetname <iqn> -p <portal> --logout`; "no session" counts as done, so
-//! remove is idempotent. Writes nothing.
+//! For a session this backend recorded: `iscsiadm -m node --targetname <iqn> -p <portal>
+//! --logout`, repeated until no session is left (iscsid refuses to log out of a session still
+//! logging in, "try again later", and an `iscsiadm --login` orphaned by a killed add is waited
+//! for first). "No session" with no login in flight counts as done, so remove is idempotent.
+//! Writes nothing.
+//!
+//! # Crash safety
+//!
+//! libxl SIGKILLs only the script: the `iscsiadm --login` it started lives on and iscsid
+//! completes the login. The record is saved before the login, so the `remove` libxl runs next
+//! finds it, waits for that orphan and logs out of the session it made. (What no script can
+//! see: a login iscsid still retries after our own deadline killed `iscsiadm`, before the
+//! kernel session exists; it ends per the node's `initial_login_retry_max` × `login_timeout`.)
 //!
 //! Exit 0 on success, 1 on failure (`hotplug-error`, `hotplug-status=error`).
 
 use crate::block;
 use crate::gather::block_rdev;
-use crate::state::Record;
+use crate::state::{IscsiRecord, Phase, Record};
 use crate::tools::{run_checked_until, run_until};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use xenplug_hotplug::procs::{self, Procs};
 use xenplug_hotplug::{run, Action, Context, Failure, Outcome, Raw};
 
 /// The lock serialising the session check and the login.
@@ -136,20 +150,19 @@ pub fn multipath_map(sys_block: &Path, name: &str) -> Option<PathBuf> {
     None
 }
 
-/// Host paths and bounds (injected for tests).
+/// Host paths and tools (injected for tests). Every bound is the script's deadline.
 #[derive(Debug, Clone)]
 pub struct IscsiHost {
     /// `/dev/disk/by-path`.
     pub by_path: PathBuf,
     /// `/sys/block`.
     pub sys_block: PathBuf,
-    /// Bound on the whole add (discovery, login, waiting for the LUN and the multipath map) and
-    /// on a remove's logout; every tool run is killed at that deadline.
-    pub wait: Duration,
     /// The `iscsiadm` program (looked up on the hotplug PATH when not a path).
     pub iscsiadm: PathBuf,
     /// The `multipath` program.
     pub multipath: PathBuf,
+    /// Where to look for an orphaned `iscsiadm --login` (`/proc`).
+    pub procs: Procs,
 }
 
 impl Default for IscsiHost {
@@ -157,10 +170,9 @@ impl Default for IscsiHost {
         IscsiHost {
             by_path: "/dev/disk/by-path".into(),
             sys_block: "/sys/block".into(),
-            // Below libxl's 40 s SIGKILL, leaving time for logout and the writes.
-            wait: Duration::from_secs(30),
             iscsiadm: "iscsiadm".into(),
             multipath: "multipath".into(),
+            procs: Procs::default(),
         }
     }
 }
@@ -173,8 +185,9 @@ pub fn main(raw: Raw) -> ExitCode {
 
 const NO_ISCSIADM: &str = "Unable to find iscsiadm tool";
 const NO_MULTIPATH: &str = "Unable to find multipath";
-/// Bound on the logout that undoes a failed add.
-const ROLLBACK_WAIT: Duration = Duration::from_secs(5);
+/// `ISCSI_ERR_INTERNAL`: what iscsid answers a logout of a session still logging in ("session
+/// in invalid state for logout. Try again later").
+pub const ISCSI_ERR_INTERNAL: i32 = 9;
 
 /// The script body.
 pub fn body(ctx: &Context, host: &IscsiHost) -> Result<Outcome<'static>, Failure> {
@@ -194,21 +207,20 @@ fn node_args<'a>(t: &'a IscsiTarget, op: &'a str) -> [&'a str; 7] {
     ["-m", "node", "--targetname", &t.iqn, "-p", &t.portal, op]
 }
 
-fn logout(
+/// One logout: `Ok(true)` logged out, `Ok(false)` no session, `Err` anything else.
+fn logout_once(
     ctx: &Context,
     host: &IscsiHost,
     t: &IscsiTarget,
     deadline: Instant,
-) -> Result<(), Failure> {
+) -> Result<bool, Failure> {
     let args = node_args(t, "--logout");
     let o = run_until(ctx, &host.iscsiadm, &args, deadline, NO_ISCSIADM)?;
     if o.status.success() {
-        return Ok(());
+        return Ok(true);
     }
     if o.status.code() == Some(ISCSI_ERR_NO_OBJS_FOUND) {
-        ctx.log
-            .info(format!("no session to {}: already logged out", t.iqn));
-        return Ok(());
+        return Ok(false);
     }
     Err(Failure::Error(format!(
         "iscsiadm {} failed ({}): {}",
@@ -218,14 +230,92 @@ fn logout(
     )))
 }
 
-/// Log out only of a session this backend's add logged in: a remove after a refused add (the
-/// target was already in use by another domain) must not end that domain's session. The record
-/// names the session; without one (state lost), only a backend that got its `physical-device`
-/// written can own one.
+/// `iscsiadm` processes logging in to `t` (the orphan of a killed add), and any child a killed
+/// run for `backend` was still starting.
+fn logins_in_flight(host: &IscsiHost, t: &IscsiTarget, backend: &str) -> Vec<procs::Proc> {
+    let mut v = logins_to(host, t);
+    for p in host.procs.orphans_of(backend, &["iscsiadm"]) {
+        if !v.iter().any(|o| o.pid == p.pid) {
+            v.push(p);
+        }
+    }
+    v
+}
+
+fn logins_to(host: &IscsiHost, t: &IscsiTarget) -> Vec<procs::Proc> {
+    let name = host
+        .iscsiadm
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("iscsiadm")
+        .to_string();
+    host.procs.find(|argv| {
+        procs::runs(argv, &name)
+            && argv.contains(&t.iqn)
+            && argv.iter().any(|a| a == "--login" || a == "-l")
+    })
+}
+
+/// Log out of `t`'s session until there is none, by `until`: a login still in flight (an
+/// `iscsiadm --login` left by a killed add) is waited for first, and a logout iscsid refuses
+/// ("try again later": the session is still logging in) is retried.
+fn release(
+    ctx: &Context,
+    host: &IscsiHost,
+    t: &IscsiTarget,
+    until: Instant,
+) -> Result<(), Failure> {
+    let mut logged_out = false;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let pending = logins_in_flight(host, t, ctx.backend());
+        if !pending.is_empty() {
+            ctx.log.info(format!(
+                "waiting for the login to {} in flight (iscsiadm pid {})",
+                t.iqn, pending[0].pid
+            ));
+            let left = host.procs.wait_gone(&pending, until);
+            if !left.is_empty() {
+                return Err(Failure::error(format!(
+                    "iscsiadm --login to {} (pid {}) did not finish in time",
+                    t.iqn, left[0].pid
+                )));
+            }
+        }
+        let step = logout_once(ctx, host, t, until);
+        match step {
+            Ok(true) => logged_out = true,
+            Ok(false) if logins_in_flight(host, t, ctx.backend()).is_empty() => {
+                if !logged_out {
+                    ctx.log
+                        .info(format!("no session to {}: already logged out", t.iqn));
+                }
+                return Ok(());
+            }
+            Ok(false) => {}
+            Err(f) if Instant::now() >= until => return Err(f),
+            Err(f) => ctx.log.debug(format!("{}; retrying", f.message())),
+        }
+        let now = Instant::now();
+        if now >= until {
+            return Err(Failure::error(format!(
+                "the session to {} is still there after logging out",
+                t.iqn
+            )));
+        }
+        std::thread::sleep(pause.min(until - now));
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// Log out only of a session this backend's add logged in (or was logging in): a remove after
+/// a refused add (the target was already in use by another domain) must not end that domain's
+/// session. The record names the session; without one (state lost), only a backend that got
+/// its `physical-device` written can own one.
 fn remove(ctx: &Context, host: &IscsiHost, params: &str) -> Result<Outcome<'static>, Failure> {
     let store = block::store(ctx)?;
     let target = match store.load(ctx.backend()) {
-        Ok(Some(Record::Iscsi { iqn, portal })) => Some(IscsiTarget {
+        Ok(Some(Record::Iscsi(IscsiRecord { iqn, portal, .. }))) => Some(IscsiTarget {
             iqn,
             portal,
             multipath: false,
@@ -233,8 +323,11 @@ fn remove(ctx: &Context, host: &IscsiHost, params: &str) -> Result<Outcome<'stat
         _ if ctx.exists("physical-device")? => parse_params(params).ok(),
         _ => None,
     };
+    // Serialised with adds (their session check and login); also takes over the lock file an
+    // add killed while holding it left behind.
+    let _lock = ctx.claim_lock_until(LOCK, ctx.cleanup_deadline())?;
     match target {
-        Some(t) => logout(ctx, host, &t, Instant::now() + host.wait)?,
+        Some(t) => release(ctx, host, &t, ctx.cleanup_deadline())?,
         None => ctx
             .log
             .info("this backend logged in to no iSCSI session: nothing to log out of"),
@@ -249,13 +342,31 @@ fn add(ctx: &Context, host: &IscsiHost, t: &IscsiTarget) -> Result<Outcome<'stat
     if ctx.exists("physical-device")? {
         return Ok(Outcome::Done);
     }
-    let deadline = Instant::now() + host.wait;
+    let deadline = ctx.deadline();
     if t.multipath {
         // Present on PATH? (`multipath -h` exits non-zero on some versions; only a missing
         // program matters here.)
         run_until(ctx, &host.multipath, &["-h"], deadline, NO_MULTIPATH)?;
     }
     let lock = ctx.claim_lock(LOCK)?;
+    let store = block::store(ctx)?;
+    let backend = ctx.backend().to_string();
+    // A session an earlier incarnation of this backend path recorded and never removed.
+    if let Ok(Some(Record::Iscsi(old))) = store.load(&backend) {
+        let old = IscsiTarget {
+            iqn: old.iqn,
+            portal: old.portal,
+            multipath: false,
+        };
+        ctx.log.warning(format!(
+            "stale state for {backend}: logging out of {}",
+            old.iqn
+        ));
+        release(ctx, host, &old, deadline)?;
+        store
+            .remove(&backend)
+            .map_err(|e| Failure::Error(format!("cannot remove state: {e}")))?;
+    }
     let sessions = run_until(
         ctx,
         &host.iscsiadm,
@@ -276,36 +387,39 @@ fn add(ctx: &Context, host: &IscsiHost, t: &IscsiTarget) -> Result<Outcome<'stat
     if !disc.status.success() || !lists_target(&disc.text(), &t.iqn) {
         return Err(Failure::error("No matching target iqn found"));
     }
-    let login = node_args(t, "--login");
-    // From here on a failure logs out again (also after a login that was killed half-way).
-    let store = block::store(ctx)?;
-    let record = Record::Iscsi {
-        iqn: t.iqn.clone(),
-        portal: t.portal.clone(),
+    let save = |phase: Phase| {
+        let rec = Record::Iscsi(IscsiRecord {
+            iqn: t.iqn.clone(),
+            portal: t.portal.clone(),
+            phase,
+        });
+        store
+            .save(&backend, &rec)
+            .map_err(|e| Failure::Error(format!("cannot record state for {backend}: {e}")))
     };
+    // Recorded before the login: a kill from here on leaves a record naming the session.
+    save(Phase::Intent)?;
+    let undo = {
+        let (host, t, store) = (host.clone(), t.clone(), store.clone());
+        move |ctx: &Context<'_>| match release(ctx, &host, &t, ctx.cleanup_deadline()) {
+            // Kept when the logout failed, so remove tries again.
+            Ok(()) => {
+                if let Err(e) = store.remove(ctx.backend()) {
+                    ctx.log.err(format!("rollback: cannot remove state: {e}"));
+                }
+            }
+            Err(e) => ctx.log.err(format!("rollback: {}", e.message())),
+        }
+    };
+    let login = node_args(t, "--login");
     let result = run_checked_until(ctx, &host.iscsiadm, &login, deadline, NO_ISCSIADM)
-        .and_then(|_| {
-            store
-                .save(ctx.backend(), &record)
-                .map_err(|e| Failure::Error(format!("cannot record state: {e}")))
-        })
         .and_then(|_| find_device(ctx, host, t, deadline))
         .and_then(|dev| {
             let devnum = block_rdev(&dev)
                 .ok_or_else(|| Failure::error("Unable to find attached device path"))?;
             Ok((dev, devnum))
-        });
-    let undo = {
-        let (host, t, store) = (host.clone(), t.clone(), store.clone());
-        move |ctx: &Context<'_>| {
-            if let Err(e) = logout(ctx, &host, &t, Instant::now() + ROLLBACK_WAIT) {
-                ctx.log.err(format!("rollback: {e}"));
-            }
-            if let Err(e) = store.remove(ctx.backend()) {
-                ctx.log.err(format!("rollback: cannot remove state: {e}"));
-            }
-        }
-    };
+        })
+        .and_then(|found| save(Phase::Done).map(|()| found));
     match result {
         Ok((dev, devnum)) => Ok(Outcome::Published(
             block::device_nodes(None, &dev, devnum)
@@ -342,8 +456,7 @@ fn find_device(
         }
         if Instant::now() >= deadline {
             return Err(Failure::Error(format!(
-                "timeout waiting for iSCSI disk to settle ({}s, {}/*-iscsi-{}-lun-*)",
-                host.wait.as_secs(),
+                "timeout waiting for iSCSI disk to settle ({}/*-iscsi-{}-lun-*)",
                 host.by_path.display(),
                 t.iqn
             )));

@@ -10,9 +10,11 @@
 //! * [`loopdev`] — race-free loop devices through the kernel API;
 //! * [`sharing`] — the sharing check as a pure planner over gathered facts, and the exact busy
 //!   messages; [`gather`] — gathering those facts from sysfs, `/proc` and xenstore;
-//! * [`state`] — what `add` records for `remove` under the state directory;
+//! * [`state`] — what `add` records for `remove` under the state directory, saved before what
+//!   it names is created (crash safety);
 //! * the scripts: [`block`], [`dummy`], [`nbd`], [`iscsi`]; [`tools`] runs their external
-//!   tools with a deadline.
+//!   tools with a deadline (and `xenplug_hotplug::procs` finds the children a killed add left
+//!   working).
 //!
 //! Deliberate differences from the reference scripts are listed in `DIFFERENCES.md`.
 

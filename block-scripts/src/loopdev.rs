@@ -15,6 +15,13 @@
 //! Enumeration reads each bound device's backing `(st_dev, st_ino)` with `LOOP_GET_STATUS64`,
 //! which stays exact when the backing file was renamed or deleted (unlike parsing `losetup -a`).
 //!
+//! **Recording the intent.** [`LoopOps::attach_with_intent`] calls back, after the device is
+//! claimed (`O_EXCL`) and before it is bound, with the device and its current disk sequence
+//! number ([`Binding`]); the block scripts save their state record there, durably, so a SIGKILL
+//! at any later instant leaves a record naming the device (`diskseq` grows on every bind: a
+//! bound device whose sequence number is higher than the recorded one was bound after the
+//! record). A callback error aborts the attach before anything is bound.
+//!
 //! [`LoopOps`] is the narrow trait the block scripts apply through; [`KernelLoops`] is the real
 //! implementation.
 
@@ -138,6 +145,21 @@ pub struct Attached {
     pub read_only: bool,
 }
 
+/// A loop device claimed exclusively and about to be bound (see [`LoopOps::attach_with_intent`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// N of `/dev/loopN`.
+    pub number: u32,
+    /// The device node.
+    pub path: PathBuf,
+    /// The device's own number.
+    pub devnum: DevNum,
+    /// Its disk sequence number now, before the bind (Linux ≥ 5.15); the bind raises it.
+    pub diskseq_before: Option<u64>,
+    /// The identity of the file about to be bound (the one opened, whatever its path names now).
+    pub backing: Backing,
+}
+
 /// A bound loop device as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoopStatus {
@@ -184,6 +206,9 @@ pub enum LoopError {
         /// The open error.
         source: io::Error,
     },
+    /// The intent callback refused (nothing was bound).
+    #[error("{0}")]
+    Intent(String),
     /// No free loop device could be claimed within the retry bound.
     #[error("failed to find an unused loop device after {attempts} attempts (last: {last})")]
     NoFreeDevice {
@@ -214,10 +239,25 @@ impl LoopError {
     }
 }
 
+/// What [`LoopOps::attach_with_intent`] calls before binding a device.
+pub type Intent<'a> = dyn FnMut(&Binding) -> Result<(), String> + 'a;
+
 /// Loop device operations the block scripts need.
 pub trait LoopOps {
+    /// Attach `file` to a free loop device (read-only when `read_only`), calling `intent` with
+    /// each device claimed, before it is bound (a later device is tried when another process
+    /// wins this one; `intent` is then called again). An `intent` error aborts with
+    /// [`LoopError::Intent`], nothing bound.
+    fn attach_with_intent(
+        &self,
+        file: &Path,
+        read_only: bool,
+        intent: &mut Intent<'_>,
+    ) -> Result<Attached, LoopError>;
     /// Attach `file` to a free loop device (read-only when `read_only`).
-    fn attach(&self, file: &Path, read_only: bool) -> Result<Attached, LoopError>;
+    fn attach(&self, file: &Path, read_only: bool) -> Result<Attached, LoopError> {
+        self.attach_with_intent(file, read_only, &mut |_| Ok(()))
+    }
     /// Detach a loop device (its node path).
     fn detach(&self, device: &Path) -> Result<Detached, LoopError>;
     /// The status of one loop device; `None` when it is not bound or does not exist.
@@ -334,6 +374,7 @@ impl KernelLoops {
         backing: &File,
         backing_path: &Path,
         read_only: bool,
+        intent: &mut Intent<'_>,
     ) -> Result<Claim, LoopError> {
         let path = self.ensure_node(n)?;
         let dev = match OpenOptions::new()
@@ -353,6 +394,34 @@ impl KernelLoops {
             }
             Err(e) => return Err(LoopError::sys("open", &path, e)),
         };
+        // Held exclusively, nobody else can bind it now (the kernel's bind claims the device
+        // exclusively too). Bound already (someone won it between GET_FREE and our open)? Let
+        // go at once: a bound device may be about to be mounted or formatted by its owner.
+        let mut info = LoopInfo64::zeroed();
+        // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64` into a live local with the
+        // kernel's layout; the fd is open.
+        match unsafe { ioctl::loop_get_status64(dev.as_raw_fd(), &mut info) } {
+            Err(nix::errno::Errno::ENXIO) => {}
+            Ok(_) => return Ok(Claim::Lost(format!("{}: bound meanwhile", path.display()))),
+            Err(e) => return Err(LoopError::sys("LOOP_GET_STATUS64", &path, e)),
+        }
+        // Free and ours until we close it. Tell the caller what is about to happen.
+        let binding = Binding {
+            number: n,
+            path: path.clone(),
+            devnum: DevNum::from_dev_t(
+                dev.metadata()
+                    .map_err(|e| LoopError::sys("fstat", &path, e))?
+                    .rdev(),
+            ),
+            diskseq_before: diskseq_of(&dev),
+            backing: Backing::of(
+                &backing
+                    .metadata()
+                    .map_err(|e| LoopError::sys("fstat", backing_path, e))?,
+            ),
+        };
+        intent(&binding).map_err(LoopError::Intent)?;
         let fd = u32::try_from(backing.as_raw_fd()).expect("open fds are non-negative");
         let mut info = LoopInfo64::zeroed();
         info.lo_flags = if read_only { LO_FLAGS_READ_ONLY } else { 0 };
@@ -459,7 +528,12 @@ impl KernelLoops {
 }
 
 impl LoopOps for KernelLoops {
-    fn attach(&self, file: &Path, read_only: bool) -> Result<Attached, LoopError> {
+    fn attach_with_intent(
+        &self,
+        file: &Path,
+        read_only: bool,
+        intent: &mut Intent<'_>,
+    ) -> Result<Attached, LoopError> {
         let backing = OpenOptions::new()
             .read(true)
             .write(!read_only)
@@ -489,7 +563,7 @@ impl LoopOps for KernelLoops {
                 std::thread::sleep(Duration::from_millis(u64::from(attempt.min(10)) + 1));
             }
             previous = Some(n);
-            match self.try_claim(n, &backing, file, read_only)? {
+            match self.try_claim(n, &backing, file, read_only, intent)? {
                 Claim::Won(attached) => return Ok(attached),
                 Claim::Lost(why) => last = why,
             }

@@ -19,28 +19,43 @@
 //! # add
 //!
 //! Reads `params` (empty or missing: `No information about the target`) and `mode` (required;
-//! `r` connects read-only). Under the lock `block-nbd`, takes the first free `/dev/nbdN` (sysfs
-//! `pid` absent) and runs `nbd-client` on it (the NBD tool's interface: handshake, TLS, and the
-//! kernel's netlink/ioctl setup), moving on to the next device only when another process won the
-//! device meanwhile. Then waits (bounded) until the kernel reports the device connected, records
-//! it for `remove`, and writes `physical-device`, `physical-device-path` and
-//! `hotplug-status=connected` in one transaction (the runtime writes them, from the device the
-//! body returns). A failure after connecting disconnects again.
+//! `r` connects read-only). Under the lock `block-nbd` (loading the `nbd` module first when no
+//! device exists), takes the first free `/dev/nbdN` — sysfs `pid` absent and named by no other
+//! backend's state record — records it (**before** connecting: see "Crash safety") and runs
+//! `nbd-client` on it (the NBD tool's interface: handshake, TLS, and the kernel's netlink/ioctl
+//! setup), moving on to the next device only when another process won the device meanwhile.
+//! Then waits until the kernel reports the device connected, marks the record done, and writes
+//! `physical-device`, `physical-device-path` and `hotplug-status=connected` in one transaction
+//! (the runtime writes them, from the device the body returns). A failure after the record
+//! releases the device again. Lock wait, `modprobe`, `nbd-client` and the wait for the kernel
+//! all end at the script's deadline (`deadline_secs`): a child still running then is killed.
 //!
 //! # remove
 //!
-//! `nbd-client -d` on the recorded device if it is still connected (without a record: on
-//! `physical-device-path` if that is an NBD device). Idempotent; writes nothing.
+//! Under the lock `block-nbd`, releases the recorded device ([`release`]): `nbd-client -d` if
+//! connected, then any `nbd-client` still working on that device (the orphan of an add killed
+//! while connecting) is killed, then `nbd-client -d` again if the orphan got the device
+//! connected meanwhile. Without a record: `nbd-client -d` on `physical-device-path` if that is
+//! a connected NBD device. Idempotent; writes nothing.
+//!
+//! # Crash safety
+//!
+//! libxl SIGKILLs a script that overruns, and only the script: an `nbd-client` it started keeps
+//! connecting. Because the device is recorded before `nbd-client` starts, a kill at any instant
+//! leaves a record naming it, and the `remove` libxl runs next stops the orphan and disconnects
+//! whatever it connected. The record also reserves the device, so no other add picks it while
+//! the orphan may still connect it.
 //!
 //! Exit 0 on success, 1 on failure (`hotplug-error`, `hotplug-status=error`).
 
 use crate::block;
 use crate::sharing::Mode;
-use crate::state::Record;
-use crate::tools::run_checked_until;
+use crate::state::{NbdRecord, Phase, Record};
+use crate::tools::{run_checked_until, run_until};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use xenplug_hotplug::procs::{self, Procs};
 use xenplug_hotplug::{run, Action, Context, Failure, Outcome, Raw};
 
 /// The IANA port of NBD.
@@ -48,10 +63,7 @@ pub const DEFAULT_PORT: u16 = 10809;
 /// The lock serialising device selection among `block-nbd` runs.
 pub const LOCK: &str = "block-nbd";
 const NO_CLIENT: &str = "Unable to find nbd-client";
-/// Bound on connecting (`nbd-client` and the kernel reporting the device connected), below
-/// libxl's 40 s SIGKILL.
-const CONNECT_WAIT: Duration = Duration::from_secs(25);
-/// Bound on one `nbd-client -d`.
+/// Bound on one `nbd-client -d` (and never past the script's end).
 const DISCONNECT_WAIT: Duration = Duration::from_secs(10);
 
 /// Where an export is.
@@ -280,6 +292,10 @@ pub struct NbdHost {
     pub dev_dir: PathBuf,
     /// The `nbd-client` program (looked up on the hotplug PATH when not a path).
     pub nbd_client: PathBuf,
+    /// The `modprobe` program.
+    pub modprobe: PathBuf,
+    /// Where to look for orphaned `nbd-client`s (`/proc`).
+    pub procs: Procs,
 }
 
 impl Default for NbdHost {
@@ -288,6 +304,8 @@ impl Default for NbdHost {
             sys_block: "/sys/block".into(),
             dev_dir: "/dev".into(),
             nbd_client: "nbd-client".into(),
+            modprobe: "modprobe".into(),
+            procs: Procs::default(),
         }
     }
 }
@@ -298,31 +316,81 @@ pub fn main(raw: Raw) -> ExitCode {
     run("block-nbd", raw, Action::BLOCK, |ctx| body(ctx, &host))
 }
 
-fn disconnect(ctx: &Context, nbd_client: &Path, device: &Path) -> Result<(), Failure> {
+fn disconnect(ctx: &Context, host: &NbdHost, device: &Path) -> Result<(), Failure> {
     let dev = device.display().to_string();
     run_checked_until(
         ctx,
-        nbd_client,
+        &host.nbd_client,
         &["-d", &dev],
-        Instant::now() + DISCONNECT_WAIT,
+        ctx.cleanup_step(DISCONNECT_WAIT),
         NO_CLIENT,
     )
     .map(drop)
 }
 
-/// Disconnect a recorded device if it is still connected.
-pub(crate) fn disconnect_recorded(
-    ctx: &Context,
-    host: &NbdHost,
-    device: &Path,
-) -> Result<(), Failure> {
+/// `nbd-client`s working on `device` (connecting it, or serving it in ioctl mode), other than a
+/// disconnect.
+fn clients_of(host: &NbdHost, device: &Path) -> Vec<procs::Proc> {
+    let dev = device.display().to_string();
+    let name = host
+        .nbd_client
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("nbd-client")
+        .to_string();
+    host.procs.find(|argv| {
+        procs::runs(argv, &name)
+            && argv.contains(&dev)
+            && !argv.iter().any(|a| a == "-d" || a == "-disconnect")
+    })
+}
+
+/// Release `device`, which this backend recorded (connected or about to be): a clean
+/// `nbd-client -d` if it is connected; then every `nbd-client` still working on it (the orphan
+/// of a killed add) is killed and waited for; then `-d` again if that orphan connected it
+/// meanwhile. The caller holds the `block-nbd` lock. Ends at the script's end at the latest.
+pub(crate) fn release(ctx: &Context, host: &NbdHost, device: &Path) -> Result<(), Failure> {
+    let until = ctx.cleanup_deadline();
+    let mut disconnected = false;
     if is_connected(&host.sys_block, device) {
-        disconnect(ctx, &host.nbd_client, device)
-    } else {
+        disconnect(ctx, host, device)?;
+        disconnected = true;
+    }
+    // The client named by its device, and any child the killed add was still starting.
+    let mut orphans = clients_of(host, device);
+    for p in host.procs.orphans_of(ctx.backend(), &["nbd-client"]) {
+        if !orphans.iter().any(|o| o.pid == p.pid) {
+            orphans.push(p);
+        }
+    }
+    if !orphans.is_empty() {
+        ctx.log.warning(format!(
+            "stopping nbd-client left working on {}: pid {}",
+            device.display(),
+            orphans
+                .iter()
+                .map(|p| p.pid.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        let left = host.procs.kill_and_wait(&orphans, until);
+        if !left.is_empty() {
+            return Err(Failure::error(format!(
+                "nbd-client (pid {}) on {} did not exit",
+                left[0].pid,
+                device.display()
+            )));
+        }
+    }
+    if is_connected(&host.sys_block, device) {
+        disconnect(ctx, host, device)?;
+        disconnected = true;
+    }
+    if !disconnected {
         ctx.log
             .info(format!("{} is already disconnected", device.display()));
-        Ok(())
     }
+    Ok(())
 }
 
 /// The script body.
@@ -345,77 +413,138 @@ fn add(ctx: &Context, host: &NbdHost) -> Result<Outcome<'static>, Failure> {
         return Ok(Outcome::Done);
     }
     let lock = ctx.claim_lock(LOCK)?;
-    let deadline = Instant::now() + CONNECT_WAIT;
+    let deadline = ctx.deadline();
     if list_devices(sys_block).is_empty() {
-        let mut modprobe = ctx.command("modprobe");
-        modprobe.arg("nbd");
-        let _ = ctx.run_checked(&mut modprobe);
+        match run_until(
+            ctx,
+            &host.modprobe,
+            &["nbd"],
+            deadline,
+            "Unable to find modprobe",
+        ) {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => ctx.log.warning(format!(
+                "modprobe nbd failed ({}): {}",
+                o.status,
+                o.text().trim()
+            )),
+            Err(f) => ctx.log.warning(format!("modprobe nbd: {}", f.message())),
+        }
     }
+    let store = block::store(ctx)?;
+    let backend = ctx.backend().to_string();
+    // A record left by an earlier incarnation of this backend path whose remove never ran.
+    match store.load(&backend) {
+        Ok(Some(Record::Nbd(old))) => {
+            ctx.log.warning(format!(
+                "stale state for {backend}: releasing {}",
+                old.device.display()
+            ));
+            release(ctx, host, &old.device)?;
+            store
+                .remove(&backend)
+                .map_err(|e| Failure::Error(format!("cannot remove state: {e}")))?;
+        }
+        Ok(_) => {}
+        Err(e) => ctx.log.warning(format!("ignoring unreadable state: {e}")),
+    }
+    // Devices other backends recorded are theirs, connected yet or not.
+    let reserved: Vec<PathBuf> = store
+        .others(&backend)
+        .into_iter()
+        .filter_map(|(_, r)| match r {
+            Record::Nbd(n) => Some(n.device),
+            _ => None,
+        })
+        .collect();
+    let save = |device: &Path, phase: Phase| {
+        let rec = Record::Nbd(NbdRecord {
+            device: device.to_path_buf(),
+            phase,
+        });
+        store
+            .save(&backend, &rec)
+            .map_err(|e| Failure::Error(format!("cannot record state for {backend}: {e}")))
+    };
+    let forget = |ctx: &Context| {
+        if let Err(e) = store.remove(&backend) {
+            ctx.log.err(format!("cannot remove state: {e}"));
+        }
+    };
     let mut last = None;
     let mut connected = None;
     for dev in list_devices(sys_block).into_iter().filter(|d| !d.connected) {
         let path = dev_dir.join(format!("nbd{}", dev.number));
+        if reserved.contains(&path) {
+            continue;
+        }
+        // Recorded before nbd-client starts: a kill from here on leaves a record naming it.
+        save(&path, Phase::Intent)?;
         let args = connect_args(&target, &path, mode);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        match run_checked_until(ctx, &host.nbd_client, &args, deadline, NO_CLIENT) {
-            Ok(_) => {
+        match run_until(ctx, &host.nbd_client, &args, deadline, NO_CLIENT) {
+            Ok(o) if o.status.success() => {
                 connected = Some(path);
                 break;
             }
-            // Somebody else took this device meanwhile: try the next one.
-            Err(f) if is_connected(sys_block, &path) => last = Some(f),
-            Err(f) => return Err(f),
+            // It exited by itself and the device is connected: another process won it.
+            Ok(o) if is_connected(sys_block, &path) => {
+                last = Some(Failure::error(format!(
+                    "nbd-client on {} failed ({}): {}",
+                    path.display(),
+                    o.status,
+                    o.text().trim()
+                )))
+            }
+            Ok(o) => {
+                let f = Failure::error(format!(
+                    "{} {} failed ({}): {}",
+                    host.nbd_client.display(),
+                    args.join(" "),
+                    o.status,
+                    o.text().trim()
+                ));
+                return Err(rollback(ctx, host, &path, &forget, f));
+            }
+            // Killed at the deadline (it may have connected just before): ours to release.
+            Err(f) => return Err(rollback(ctx, host, &path, &forget, f)),
         }
     }
     let Some(device) = connected else {
+        forget(ctx);
         return Err(last.unwrap_or_else(|| {
             Failure::error("no free NBD device (is the nbd kernel module loaded?)")
         }));
     };
-    let undo = {
-        let (nbd_client, device) = (host.nbd_client.clone(), device.clone());
-        move |ctx: &Context<'_>| {
-            if let Err(e) = disconnect(ctx, &nbd_client, &device) {
-                ctx.log.err(format!("rollback: {e}"));
-            }
-            if let Ok(store) = block::store(ctx) {
-                let _ = store.remove(ctx.backend());
-            }
-        }
-    };
-    let rollback = |f: Failure| -> Failure {
-        undo.clone()(ctx);
-        f
-    };
     while !is_connected(sys_block, &device) {
         if Instant::now() >= deadline {
-            return Err(rollback(Failure::Error(format!(
+            let f = Failure::Error(format!(
                 "timeout waiting for {} to connect",
                 device.display()
-            ))));
+            ));
+            return Err(rollback(ctx, host, &device, &forget, f));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let devnum = match crate::gather::block_rdev(&device) {
-        Some(d) => d,
-        None => {
-            return Err(rollback(Failure::Error(format!(
-                "{} is not a block device.",
-                device.display()
-            ))))
+    let Some(devnum) = crate::gather::block_rdev(&device) else {
+        let f = Failure::Error(format!("{} is not a block device.", device.display()));
+        return Err(rollback(ctx, host, &device, &forget, f));
+    };
+    if let Err(f) = save(&device, Phase::Done) {
+        return Err(rollback(ctx, host, &device, &forget, f));
+    }
+    let undo = {
+        let (host, device, store, backend) =
+            (host.clone(), device.clone(), store.clone(), backend.clone());
+        move |ctx: &Context<'_>| {
+            if let Err(e) = release(ctx, &host, &device) {
+                ctx.log.err(format!("rollback: {}", e.message()));
+            }
+            if let Err(e) = store.remove(&backend) {
+                ctx.log.err(format!("rollback: cannot remove state: {e}"));
+            }
         }
     };
-    let record = Record::Nbd {
-        device: device.clone(),
-        devnum,
-    };
-    let saved = block::store(ctx).and_then(|s| {
-        s.save(ctx.backend(), &record)
-            .map_err(|e| Failure::Error(format!("cannot record state: {e}")))
-    });
-    if let Err(f) = saved {
-        return Err(rollback(f));
-    }
     Ok(Outcome::Published(
         block::device_nodes(None, &device, devnum)
             .hold(lock)
@@ -423,22 +552,48 @@ fn add(ctx: &Context, host: &NbdHost) -> Result<Outcome<'static>, Failure> {
     ))
 }
 
+/// Undo a failed add on `device`: release it, then forget the record (kept when the release
+/// failed, so `remove` tries again). Returns `why`.
+fn rollback(
+    ctx: &Context,
+    host: &NbdHost,
+    device: &Path,
+    forget: &dyn Fn(&Context),
+    why: Failure,
+) -> Failure {
+    match release(ctx, host, device) {
+        Ok(()) => forget(ctx),
+        Err(e) => ctx.log.err(format!("rollback: {}", e.message())),
+    }
+    why
+}
+
 fn remove(ctx: &Context, host: &NbdHost) -> Result<Outcome<'static>, Failure> {
+    // Serialised with adds, so an add of this backend is either done or gone.
+    let _lock = ctx.claim_lock(LOCK)?;
     let store = block::store(ctx)?;
-    let device = match store.load(ctx.backend()) {
-        Ok(Some(Record::Nbd { device, .. })) => Some(device),
-        _ => ctx
-            .read("physical-device-path")?
-            .map(PathBuf::from)
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .and_then(nbd_number)
-                    .is_some()
-            }),
-    };
-    if let Some(device) = device {
-        disconnect_recorded(ctx, host, &device)?;
+    match store.load(ctx.backend()) {
+        Ok(Some(Record::Nbd(rec))) => release(ctx, host, &rec.device)?,
+        other => {
+            if let Err(e) = other {
+                ctx.log
+                    .warning(format!("{e}; falling back to physical-device-path"));
+            }
+            let device = ctx
+                .read("physical-device-path")?
+                .map(PathBuf::from)
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(nbd_number)
+                        .is_some()
+                });
+            if let Some(device) = device {
+                if is_connected(&host.sys_block, &device) {
+                    disconnect(ctx, host, &device)?;
+                }
+            }
+        }
     }
     store
         .remove(ctx.backend())

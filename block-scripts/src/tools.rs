@@ -3,13 +3,14 @@
 //!
 //! libxl SIGKILLs a hotplug script after 40 s, and only the script: a child stuck on an
 //! unreachable portal or server would outlive it and the failure would reach the user as a bare
-//! timeout. So every tool run here gets a deadline; past it the child is killed and the failure
-//! names the tool and the bound.
+//! timeout. So every tool run here gets a deadline (the script's, [`Context::deadline`], or a
+//! clean-up step's); past it the child is killed and the failure names the tool.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus};
+use std::time::Instant;
+use xenplug_hotplug::command::output_until;
 use xenplug_hotplug::{Context, Failure};
 
 /// What a tool run produced.
@@ -30,17 +31,9 @@ impl ToolOutput {
     }
 }
 
-fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = r.read_to_end(&mut buf);
-        String::from_utf8_lossy(&buf).into_owned()
-    })
-}
-
-/// Run `program args…` with the hotplug environment ([`Context::command`]) until `deadline`.
-/// A program that cannot be found is the failure `missing`; one still running at the deadline is
-/// killed.
+/// Run `program args…` with the hotplug environment ([`Context::command`]) until `deadline`
+/// ([`xenplug_hotplug::command::output_until`]). A program that cannot be found is the failure
+/// `missing`; one still running at the deadline is killed.
 pub fn run_until(
     ctx: &Context,
     program: &Path,
@@ -51,32 +44,21 @@ pub fn run_until(
     let shown = format!("{} {}", program.display(), args.join(" "));
     ctx.log.debug(format!("running {shown}"));
     let mut cmd: Command = ctx.command(program);
-    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+    cmd.args(args);
+    let out = match output_until(&mut cmd, None, deadline) {
+        Ok(Some(out)) => out,
+        Ok(None) => {
+            return Err(Failure::error(format!(
+                "{shown} did not finish in time and was killed"
+            )))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(Failure::error(missing)),
         Err(e) => return Err(Failure::error(format!("cannot run {shown}: {e}"))),
     };
-    let out = drain(child.stdout.take().expect("piped"));
-    let err = drain(child.stderr.take().expect("piped"));
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break st,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(Failure::error(format!(
-                    "{shown} did not finish in time and was killed"
-                )));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-            Err(e) => return Err(Failure::error(format!("waiting for {shown}: {e}"))),
-        }
-    };
     let o = ToolOutput {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     };
     for line in o.stderr.lines().filter(|l| !l.trim().is_empty()) {
         ctx.log.debug(format!("{}: {line}", program.display()));

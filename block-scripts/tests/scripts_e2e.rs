@@ -180,13 +180,15 @@ exit 0"#,
     let host = xenplug_block::iscsi::IscsiHost {
         by_path: by_path.clone(),
         sys_block: "/sys/block".into(),
-        wait: Duration::from_secs(3),
         iscsiadm: bin.join("iscsiadm"),
         multipath: bin.join("multipath"),
+        procs: Default::default(),
     };
     rig.backend(5, 1, &format!("iqn={iqn},portal=10.0.0.1:3260"), "w");
     let run = |action: &str, dom: u32| {
-        let raw = rig.raw("block-iscsi", action, &backend(dom, 1));
+        let mut raw = rig.raw("block-iscsi", action, &backend(dom, 1));
+        // 4 s in all: 3 s of work, 1 s to undo.
+        raw.env.insert("XENPLUG_DEADLINE".into(), "4".into());
         xenplug_hotplug::run("block-iscsi", raw, Action::BLOCK, |ctx| {
             xenplug_block::iscsi::body(ctx, &host)
         })
@@ -208,7 +210,10 @@ exit 0"#,
             "-m session".to_string(),
             "-m discovery -t st -p 10.0.0.1:3260".to_string(),
             format!("-m node --targetname {iqn} -p 10.0.0.1:3260 --login"),
+            // remove: logged out, then "no session" (21) confirms none is left.
             format!("-m node --targetname {iqn} -p 10.0.0.1:3260 --logout"),
+            format!("-m node --targetname {iqn} -p 10.0.0.1:3260 --logout"),
+            // The second remove: nothing to log out of.
             format!("-m node --targetname {iqn} -p 10.0.0.1:3260 --logout"),
         ]
     );
@@ -255,7 +260,8 @@ exit 0"#,
         .lines()
         .filter(|l| l.ends_with("--logout"))
         .count();
-    assert_eq!(logouts, 1);
+    // Domain 9's remove: the logout and the "no session" that confirms it.
+    assert_eq!(logouts, 2);
 
     // The LUN never shows up: a bounded wait, then logout (nothing left behind).
     std::fs::remove_file(&calls).unwrap();
@@ -266,9 +272,12 @@ exit 0"#,
 case "$*" in
   "-m session") exit 21;;
   "-m discovery"*) echo "10.0.0.1:3260,1 {iqn}";;
+  *--login) touch '{session}';;
+  *--logout) [ -e '{session}' ] || exit 21; rm -f '{session}';;
 esac
 exit 0"#,
-            calls = calls.display()
+            calls = calls.display(),
+            session = session.display(),
         ),
     );
     rig.backend(6, 1, &format!("iqn={iqn},portal=10.0.0.1:3260"), "w");
@@ -282,6 +291,8 @@ exit 0"#,
     assert!(std::fs::read_to_string(&calls)
         .unwrap()
         .ends_with("--logout\n"));
+    assert!(!session.exists(), "logged out again");
+    assert!(!rig.state_dir().join("xenplug-block/vbd-6-1").exists());
     // A login that hangs (unreachable portal): killed at the deadline, then a logout.
     std::fs::remove_file(&calls).unwrap();
     script(
@@ -361,6 +372,8 @@ exit 0"#,
         sys_block: sys.clone(),
         dev_dir: dev.clone(),
         nbd_client: bin.join("nbd-client"),
+        modprobe: bin.join("modprobe"),
+        procs: Default::default(),
     };
     let run = |action: &str| {
         let raw = rig.raw("block-nbd", action, &backend(5, 1));

@@ -29,6 +29,12 @@ pub const DEFAULT_STATE_DIR: &str = "/run/xen-hotplug";
 pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(25);
 /// Default bound on one hook's run time.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a script may take from its start, everything included: libxl SIGKILLs it
+/// after 40 s (`LIBXL_HOTPLUG_TIMEOUT`), so a script always ends, and says why, before that.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(35);
+/// The last part of the deadline that only clean-up may use (undoing a failed add, reporting):
+/// work stops at `deadline - min(CLEANUP_GRACE, deadline / 4)`.
+pub const CLEANUP_GRACE: Duration = Duration::from_secs(5);
 
 /// The effective configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,8 +55,12 @@ pub struct Config {
     pub syslog_level: Level,
     /// Directory of the lock files.
     pub lock_dir: PathBuf,
-    /// Bound on every lock wait.
+    /// Bound on every lock wait (and the script's deadline bounds it too).
     pub lock_timeout: Duration,
+    /// The time a script may take from its start, everything included (lock waits, helpers
+    /// such as `nbd-client`/`iscsiadm`/`nft`/`ovs-vsctl`, `modprobe`, the clean-up of a failed
+    /// add); see [`crate::Context::deadline`].
+    pub deadline: Duration,
     /// `XEN_SCRIPT_DIR`: hooks live in `<scripts_dir>/<devtype>-<hook>.d/`.
     pub scripts_dir: PathBuf,
     /// Directory for scripts' persistent state.
@@ -82,6 +92,7 @@ impl Default for Config {
             syslog_level: Level::Debug,
             lock_dir: DEFAULT_LOCK_DIR.into(),
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            deadline: DEFAULT_DEADLINE,
             scripts_dir: DEFAULT_SCRIPTS_DIR.into(),
             state_dir: DEFAULT_STATE_DIR.into(),
             libexec_bin: None,
@@ -104,6 +115,7 @@ struct FileConfig {
     syslog_level: Option<String>,
     lock_dir: Option<String>,
     lock_timeout_secs: Option<f64>,
+    deadline_secs: Option<f64>,
     scripts_dir: Option<String>,
     state_dir: Option<String>,
     libexec_bin: Option<String>,
@@ -235,6 +247,9 @@ impl Config {
         if let Some(v) = file.lock_timeout_secs {
             c.lock_timeout = secs(&origin, "lock_timeout_secs", v)?;
         }
+        if let Some(v) = file.deadline_secs {
+            c.deadline = secs(&origin, "deadline_secs", v)?;
+        }
         if let Some(v) = file.scripts_dir {
             c.scripts_dir = v.into();
         }
@@ -306,6 +321,14 @@ impl Config {
             })?;
             self.lock_timeout = secs("XENPLUG_LOCK_TIMEOUT", "value", n)?;
         }
+        if let Some(v) = get("XENPLUG_DEADLINE") {
+            let n: f64 = v.parse().map_err(|_| {
+                Failure::error(format!(
+                    "XENPLUG_DEADLINE = \"{v}\" is not a number of seconds"
+                ))
+            })?;
+            self.deadline = secs("XENPLUG_DEADLINE", "value", n)?;
+        }
         if let Some(v) = get("XENPLUG_SCRIPTS_DIR") {
             self.scripts_dir = v.into();
         }
@@ -334,6 +357,11 @@ impl Config {
                 .collect::<Result<_, _>>()?;
         }
         Ok(())
+    }
+
+    /// The part of [`Config::deadline`] reserved for clean-up: `min(CLEANUP_GRACE, deadline/4)`.
+    pub fn cleanup_grace(&self) -> Duration {
+        CLEANUP_GRACE.min(self.deadline / 4)
     }
 
     /// The directory put on children's PATH for Xen's helper binaries (see

@@ -8,13 +8,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::process::{Command, ExitCode};
 use std::sync::Once;
+use std::time::{Duration, Instant};
 
 use xenplug_xenstore::{
     transact, Perm, Transaction, WatchEvent, XenStore, XsError, XsOps, DEFAULT_TRANSACTION_ATTEMPTS,
 };
 
 use crate::backend::BackendPath;
-use crate::command::command_in;
+use crate::command::{command_in, output_until};
 use crate::config::Config;
 use crate::failure::{describe_xs_error, one_line, Failure};
 use crate::invocation::{Action, Invocation, Raw};
@@ -45,6 +46,8 @@ pub struct Context<'a> {
     pub config: Config,
     /// `XENBUS_PATH` taken apart, when it has the form `…/<kind>/<domid>/<devid>`.
     backend_path: Option<BackendPath>,
+    /// When the script started (its deadline counts from here).
+    started: Instant,
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -70,7 +73,41 @@ impl<'a> Context<'a> {
             locks,
             config,
             backend_path,
+            started: Instant::now(),
         }
+    }
+
+    /// The same context, its deadline counted from `started` (when the process started, for
+    /// [`run_with`]; tests use it to play a script that has already spent some of its time).
+    pub fn started_at(mut self, started: Instant) -> Self {
+        self.started = started;
+        self
+    }
+
+    /// The script's deadline for work: every lock wait, every child (helpers, `nbd-client`,
+    /// `iscsiadm`, `nft`, `ovs-vsctl`, `modprobe`) and every bounded wait for the kernel ends
+    /// by then. It is `deadline_secs` (default 35 s, below libxl's 40 s SIGKILL) after the
+    /// start, minus the clean-up grace ([`Context::cleanup_deadline`]).
+    pub fn deadline(&self) -> Instant {
+        self.cleanup_deadline() - self.config.cleanup_grace()
+    }
+
+    /// The end of the script's time (`deadline_secs` after its start): what undoes a failed
+    /// add after [`Context::deadline`] passed (a logout, a disconnect, a detach) must be done
+    /// by then.
+    pub fn cleanup_deadline(&self) -> Instant {
+        self.started + self.config.deadline
+    }
+
+    /// Time left until [`Context::deadline`] (zero once it passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline().saturating_duration_since(Instant::now())
+    }
+
+    /// A deadline for one clean-up step that started now: `step` from now, but never past
+    /// [`Context::cleanup_deadline`] (and at least until then when `step` is longer).
+    pub fn cleanup_step(&self, step: Duration) -> Instant {
+        (Instant::now() + step).min(self.cleanup_deadline())
     }
 
     /// The action.
@@ -209,10 +246,28 @@ impl<'a> Context<'a> {
         }
     }
 
-    /// `claim_lock <name>`, bounded by the configured lock timeout.
+    /// `claim_lock <name>`, bounded by the configured lock timeout and by the script's
+    /// [`Context::deadline`], whichever comes first.
     pub fn claim_lock(&self, name: &str) -> Result<LockGuard, Failure> {
+        self.claim_lock_until(name, self.deadline())
+    }
+
+    /// `claim_lock <name>` for clean-up work (a remove), bounded by the lock timeout and by
+    /// `until`.
+    pub fn claim_lock_until(&self, name: &str, until: Instant) -> Result<LockGuard, Failure> {
         self.log.debug(format!("claiming lock {name}"));
-        let g = self.locks.claim(name)?;
+        let left = until.saturating_duration_since(Instant::now());
+        let g = if left < self.config.lock_timeout {
+            self.locks.claim_timeout(name, left).map_err(|f| {
+                Failure::error(format!(
+                    "{} (the script's deadline, deadline_secs = {})",
+                    f.message(),
+                    self.config.deadline.as_secs_f64()
+                ))
+            })?
+        } else {
+            self.locks.claim_timeout(name, self.config.lock_timeout)?
+        };
         self.log.debug(format!("holding lock {name}"));
         Ok(g)
     }
@@ -235,19 +290,60 @@ impl<'a> Context<'a> {
         command_in(program, &self.inv.raw_env, &self.config.libexec_bin_dir())
     }
 
-    /// `do_or_die`: run `cmd`, return its stdout; a failure (cannot start, non-zero exit) is the
+    /// Wait (until the script's [`Context::deadline`]) for children an earlier, killed run of a
+    /// script for this backend left running `programs` (say an `ovs-vsctl` or `nft` that was
+    /// still committing when its `online` was SIGKILLed): a teardown must come after them, or
+    /// what they commit outlives it. Found by the `XENBUS_PATH` they inherited
+    /// ([`crate::procs::Procs::orphans_of`]).
+    pub fn wait_for_orphans(&self, programs: &[&str]) -> Result<(), Failure> {
+        let procs = crate::procs::Procs::default();
+        let orphans = procs.orphans_of(self.backend(), programs);
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        self.log.warning(format!(
+            "waiting for what a killed run for {} left running: {}",
+            self.backend(),
+            orphans
+                .iter()
+                .map(|p| format!("{} (pid {})", p.argv.join(" "), p.pid))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        match procs.wait_gone(&orphans, self.deadline()).first() {
+            None => Ok(()),
+            Some(p) => Err(Failure::error(format!(
+                "{} (pid {}), left by a killed run for {}, did not finish in time",
+                p.argv.join(" "),
+                p.pid,
+                self.backend()
+            ))),
+        }
+    }
+
+    /// `do_or_die`: run `cmd` until the script's [`Context::deadline`], return its stdout; a
+    /// failure (cannot start, non-zero exit, still running at the deadline: then killed) is the
     /// fatal `<program args…> failed (<status>): <last stderr line>`. Its stderr is logged at
     /// debug level.
     pub fn run_checked(&self, cmd: &mut Command) -> Result<String, Failure> {
+        self.run_checked_until(cmd, self.deadline())
+    }
+
+    /// [`Context::run_checked`] with another bound (`until`), e.g. a clean-up step's.
+    pub fn run_checked_until(&self, cmd: &mut Command, until: Instant) -> Result<String, Failure> {
         let shown = std::iter::once(cmd.get_program())
             .chain(cmd.get_args())
             .map(|s| s.to_string_lossy().into_owned())
             .collect::<Vec<_>>()
             .join(" ");
         self.log.debug(format!("running {shown}"));
-        let out = cmd
-            .output()
-            .map_err(|e| Failure::error(format!("{shown} failed: {e}")))?;
+        let out = output_until(cmd, None, until)
+            .map_err(|e| Failure::error(format!("{shown} failed: {e}")))?
+            .ok_or_else(|| {
+                Failure::error(format!(
+                    "{shown} did not finish before the script's deadline and was killed"
+                ))
+            })?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
             self.log.debug(format!("{shown}: {line}"));
@@ -414,6 +510,7 @@ pub fn run_with<'x, 'b>(
     connect: impl FnOnce(&BTreeMap<String, String>) -> Result<Box<dyn XenStore + 'x>, XsError>,
     body: impl FnOnce(&Context) -> Result<Outcome<'b>, Failure>,
 ) -> ExitCode {
+    let started = Instant::now();
     let tag = raw
         .argv
         .first()
@@ -467,7 +564,7 @@ pub fn run_with<'x, 'b>(
     if let Some(f) = config_err {
         return report(&*xs, &backend, &log, &f);
     }
-    let ctx = Context::new(inv, &*xs, log, config);
+    let ctx = Context::new(inv, &*xs, log, config).started_at(started);
 
     install_panic_hook();
     CAPTURE_TAG.with(|t| *t.borrow_mut() = tag.clone());

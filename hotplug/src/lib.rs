@@ -50,8 +50,9 @@
 //!   devid, frontend directory), `kind_dir()` (`$XENBUS_BASE_PATH/$XENBUS_TYPE`), `path()`,
 //!   `read()`, `read_required()`, `read_default()`, `exists()`, `directory()`, `write()`,
 //!   `write_all()` (one transaction), `rm()`, `claim_lock()`, `state_dir()`, `command()`,
-//!   `run_checked()` (`do_or_die`). A key starting with `/` is absolute; any other is relative
-//!   to `XENBUS_PATH`.
+//!   `run_checked()` (`do_or_die`, killed at the deadline), `deadline()`,
+//!   `cleanup_deadline()`. A key starting with `/` is absolute; any other is relative to
+//!   `XENBUS_PATH`.
 //! * [`log::Log`] — stderr (plain), `/var/log/xen/xen-hotplug.log` (appended), syslog
 //!   `daemon.<level>` tagged with the script name (non-blocking datagrams to `/dev/log`).
 //! * [`lock::Locks`] — locking.sh-compatible named locks with a bounded wait
@@ -66,6 +67,11 @@
 //!
 //! * **Lock waits are bounded** (`lock_timeout_secs`, default 25 s); locking.sh waits for ever
 //!   and relies on libxl's 40 s SIGKILL, which leaves no `hotplug-error` behind.
+//! * **One deadline per script** (`deadline_secs`, default 35 s from the start, below libxl's
+//!   40 s): lock waits, children ([`command::output_until`]: helpers, `nbd-client`, `iscsiadm`,
+//!   `modprobe`, `nft`, `ovs-vsctl`) and waits for the kernel end at [`Context::deadline`]
+//!   (children are killed then), clean-up of a failed add at [`Context::cleanup_deadline`]; the
+//!   shell scripts have no bound at all, and a child outlives libxl's SIGKILL of its script.
 //! * **`hotplug-error` and `hotplug-status` are written in one transaction**; `fatal` writes them
 //!   with one `xenstore-write` call, which is two separate requests.
 //! * **`read_default` fails on errors other than "not found"** (`xenstore_read_default` turns any
@@ -98,6 +104,7 @@ mod invocation;
 pub mod lock;
 pub mod log;
 mod outcome;
+pub mod procs;
 
 pub use backend::BackendPath;
 pub use command::command;

@@ -27,6 +27,8 @@ fn defaults() {
     assert!(c.syslog);
     assert_eq!(c.lock_timeout, Duration::from_secs(25));
     assert_eq!(c.hook_timeout, Duration::from_secs(10));
+    assert_eq!(c.deadline, Duration::from_secs(35));
+    assert_eq!(c.cleanup_grace(), Duration::from_secs(5));
     assert!(!c.hooks_fatal);
     assert_eq!(
         (c.stderr_level, c.log_file_level, c.syslog_level),
@@ -45,6 +47,7 @@ syslog_socket = "/run/systemd/journal/dev-log"
 syslog_level = "err"
 lock_dir = "/run/locks"
 lock_timeout_secs = 12.5
+deadline_secs = 20
 scripts_dir = "/usr/local/xen/scripts"
 state_dir = "/run/xenplug-state"
 libexec_bin = "/usr/lib/xen-4.17/bin"
@@ -69,6 +72,7 @@ antispoof_ethertypes = [0x88cc, 0x8863]
     assert_eq!(c.syslog_level, Level::Err);
     assert_eq!(c.lock_dir, PathBuf::from("/run/locks"));
     assert_eq!(c.lock_timeout, Duration::from_millis(12_500));
+    assert_eq!(c.deadline, Duration::from_secs(20));
     assert_eq!(c.scripts_dir, PathBuf::from("/usr/local/xen/scripts"));
     assert_eq!(c.state_dir, PathBuf::from("/run/xenplug-state"));
     assert_eq!(c.libexec_bin_dir(), PathBuf::from("/usr/lib/xen-4.17/bin"));
@@ -142,6 +146,7 @@ fn file_then_environment() {
         ("XENPLUG_SYSLOG", "0"),
         ("XENPLUG_SYSLOG_SOCKET", "/env/log.sock"),
         ("XENPLUG_LOCK_TIMEOUT", "1.5"),
+        ("XENPLUG_DEADLINE", "12"),
         ("XENPLUG_STDERR_LEVEL", "debug"),
         ("XENPLUG_ANTISPOOF", "off"),
         ("XENPLUG_ANTISPOOF_ETHERTYPES", "0x88cc, 34915"),
@@ -154,6 +159,7 @@ fn file_then_environment() {
     assert!(!c.syslog);
     assert_eq!(c.syslog_socket, PathBuf::from("/env/log.sock"));
     assert_eq!(c.lock_timeout, Duration::from_millis(1500));
+    assert_eq!(c.deadline, Duration::from_secs(12));
     assert_eq!(c.stderr_level, Level::Debug);
     assert_eq!(c.antispoof.as_deref(), Some("off"));
     assert_eq!(c.antispoof_ethertypes, [0x88cc, 0x8863]);
@@ -171,6 +177,11 @@ fn file_then_environment() {
     assert_eq!(
         e.message(),
         "XENPLUG_LOCK_TIMEOUT = \"soon\" is not a number of seconds"
+    );
+    let e = Config::load(&env(&[("XENPLUG_CONFIG", &fs), ("XENPLUG_DEADLINE", "0")])).unwrap_err();
+    assert_eq!(
+        e.message(),
+        "XENPLUG_DEADLINE: value = 0 is out of range (seconds, greater than 0, at most 3600)"
     );
     let e = Config::load(&env(&[
         ("XENPLUG_CONFIG", &fs),

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 
 use xenplug_hotplug::Context;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use xenplug_hotplug::command::output_until;
 
 use crate::apply::{Dhcp, Firewall, Ovs, Sysctl, XsWrite};
 use crate::types::{NftBatch, StepError};
@@ -25,12 +27,15 @@ fn err(message: impl Into<String>) -> StepError {
 pub struct NftCli {
     /// The `nft` program.
     pub program: std::path::PathBuf,
+    /// Kill `nft` if it is still running then (the script's deadline); `None`: no bound.
+    pub deadline: Option<Instant>,
 }
 
 impl Default for NftCli {
     fn default() -> Self {
         NftCli {
             program: "nft".into(),
+            deadline: None,
         }
     }
 }
@@ -61,24 +66,26 @@ fn nft_error(stderr: &str, status: std::process::ExitStatus) -> String {
     }
 }
 
+/// A bound far enough away to mean "none".
+fn no_bound() -> Instant {
+    Instant::now() + std::time::Duration::from_secs(24 * 3600)
+}
+
 impl Firewall for NftCli {
     fn apply(&mut self, batch: &NftBatch) -> Result<(), StepError> {
-        let mut child = Command::new(&self.program)
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| self.spawn_error(batch.removal, e))?;
         let text = batch.text();
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(text.as_bytes())
-                .map_err(|e| err(format!("writing to nft: {e}")))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| err(format!("waiting for nft: {e}")))?;
+        let out = output_until(
+            Command::new(&self.program).args(["-f", "-"]),
+            Some(text.as_bytes()),
+            self.deadline.unwrap_or_else(no_bound),
+        )
+        .map_err(|e| self.spawn_error(batch.removal, e))?
+        .ok_or_else(|| {
+            err(format!(
+                "nft ({}) did not finish before the script's deadline and was killed",
+                batch.what
+            ))
+        })?;
         if out.status.success() {
             return Ok(());
         }
@@ -91,11 +98,19 @@ impl Firewall for NftCli {
     }
 
     fn elements(&mut self, family: &str, table: &str, set: &str) -> Result<Vec<String>, StepError> {
-        let out = Command::new(&self.program)
-            .args(["-j", "list", "set", family, table, set])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| self.spawn_error(true, e))?;
+        let out = output_until(
+            Command::new(&self.program)
+                .args(["-j", "list", "set", family, table, set])
+                .stdin(Stdio::null()),
+            None,
+            self.deadline.unwrap_or_else(no_bound),
+        )
+        .map_err(|e| self.spawn_error(true, e))?
+        .ok_or_else(|| {
+            err(format!(
+                "nft list set {family} {table} {set} did not finish before the script's deadline"
+            ))
+        })?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
             return Err(StepError {
@@ -206,6 +221,8 @@ pub struct OvsCli {
     pub env: std::collections::BTreeMap<String, String>,
     /// Xen's libexec bin directory (part of the children's PATH).
     pub libexec_bin: PathBuf,
+    /// Kill `ovs-vsctl` if it is still running then (the script's deadline); `None`: no bound.
+    pub deadline: Option<Instant>,
 }
 
 impl OvsCli {
@@ -215,16 +232,26 @@ impl OvsCli {
             program: "ovs-vsctl".into(),
             env: ctx.inv.raw_env.clone(),
             libexec_bin: ctx.config.libexec_bin_dir(),
+            deadline: Some(ctx.deadline()),
         }
     }
 }
 
 impl Ovs for OvsCli {
     fn vsctl(&mut self, args: &[String]) -> Result<(), StepError> {
-        let out = xenplug_hotplug::command::command_in(&self.program, &self.env, &self.libexec_bin)
-            .args(args)
-            .output()
-            .map_err(|e| err(format!("cannot run {}: {e}", self.program.display())))?;
+        let out = output_until(
+            xenplug_hotplug::command::command_in(&self.program, &self.env, &self.libexec_bin)
+                .args(args),
+            None,
+            self.deadline.unwrap_or_else(no_bound),
+        )
+        .map_err(|e| err(format!("cannot run {}: {e}", self.program.display())))?
+        .ok_or_else(|| {
+            err(format!(
+                "ovs-vsctl {} did not finish before the script's deadline and was killed",
+                args.join(" ")
+            ))
+        })?;
         if out.status.success() {
             Ok(())
         } else {

@@ -42,7 +42,8 @@ enum Command {
         #[arg(long)]
         binary: Option<PathBuf>,
     },
-    /// Run the embedded xenstored in the foreground.
+    /// Run the embedded xenstored in the foreground. The store is in memory only: nothing
+    /// survives its exit or a crash (it is for simulations, demos and tests).
     Xenstored {
         /// The Unix socket to listen on (connections act as dom0).
         #[arg(long)]

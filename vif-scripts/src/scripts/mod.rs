@@ -521,6 +521,10 @@ pub fn run<S: VifScript>(ctx: &Context<'_>, be: Backends<'_>) -> Result<Outcome<
         dhcp: be.dhcp,
     };
     let teardown = !c.setup();
+    if teardown {
+        // A killed set-up's `nft` or `ovs-vsctl` may still be committing: teardown after it.
+        ctx.wait_for_orphans(&["nft", "ovs-vsctl"])?;
+    }
     let result = apply(&plan, &mut sys, teardown);
     let report = match &result {
         Ok(r) => r,
@@ -597,6 +601,7 @@ pub fn body(script: Script, ctx: &Context<'_>) -> Result<Outcome<'static>, Failu
             .filter(|s| !s.is_empty())
             .unwrap_or("nft")
             .into(),
+        deadline: Some(ctx.deadline()),
     };
     let mut ovs = OvsCli::for_context(ctx);
     let mut dhcp = dnsmasq_for(ctx);

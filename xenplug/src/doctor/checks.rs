@@ -1088,7 +1088,7 @@ fn record_hint(p: &Paths, file: &Path, rec: Option<&Record>) -> String {
                 Err(_) => format!("{} is no longer attached: {rm}", l.device.display()),
             }
         }
-        Some(Record::Nbd { device, .. }) => {
+        Some(Record::Nbd(xenplug_block::state::NbdRecord { device, .. })) => {
             let name = device
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -1103,7 +1103,7 @@ fn record_hint(p: &Paths, file: &Path, rec: Option<&Record>) -> String {
                 format!("{} is no longer connected: {rm}", device.display())
             }
         }
-        Some(Record::Iscsi { iqn, portal }) => format!(
+        Some(Record::Iscsi(xenplug_block::state::IscsiRecord { iqn, portal, .. })) => format!(
             "if no other domain uses it: iscsiadm -m node -T {iqn} -p {portal} --logout; {rm}"
         ),
         Some(Record::Helper { kind }) => format!("block-{kind} handled it: {rm}"),
