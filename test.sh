@@ -56,11 +56,18 @@ phase() {
 # machine some come from bookworm-backports: see tools/deps.sh).
 phase deps tools/deps.sh
 phase channel-deps tools/channel-deps.sh
+# A Debian 12 tree with cloud-init for the first-boot oracle tests (cached after the first run).
+phase guest-root sh -c 'tools/guest-root.sh > /dev/null'
 phase fmt cargo fmt --all -- --check
 phase clippy cargo clippy --workspace --all-targets -- -D warnings
 # One test at a time per binary would be slow; tests isolate themselves (own namespaces, own
 # xenstore subtrees, own loop devices), so the default parallelism is kept.
 phase cargo-test cargo test --workspace --no-fail-fast
+# The Debian packages (tools/build-deb.sh): lintian, then installed, upgraded around and removed
+# in a fresh Debian 12 root, and the peer's sandboxed unit under systemd in systemd-nspawn
+# (packaging/test-packages.sh; about 2 minutes with its base root cached in
+# /var/cache/xenplug-pkgtest).
+phase packages packaging/test-packages.sh
 # The end-to-end suite on real Xen 4.17 + a Debian 12 dom0 under QEMU (tests/xen-e2e/README.md):
 # our static build installed into dom0, real libxl/blkback/netback/hvc_xen. Every check the
 # scenarios declare (tests/xen-e2e/manifest) must print and pass. The dom0 image is cached in

@@ -31,7 +31,8 @@ base=$(ls -td "$cache"/base-*/ 2>/dev/null | while read -r d; do
 done)
 [ -n "$base" ] || { echo "vm-test: no finished image in $cache (run tests/xen-e2e/run build)" >&2; exit 1; }
 
-work=$(mktemp -d /tmp/xenplug-vm-test.XXXXXX)
+mkdir -p /var/tmp/xenplug-e2e
+work=$(mktemp -d /var/tmp/xenplug-e2e/vm-test.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir "$work/payload"
 for f in "${files[@]}"; do cp "$f" "$work/payload/"; done

@@ -4,7 +4,7 @@
 //! `cargo run --release -p xenplug-block --example bench` (root; needs loop devices, Debian's
 //! script and xenstore-utils). Both implementations run as separate processes, as libxl runs
 //! them: ours is this very binary re-executed with `argv[0]` = `block` (a multi-call binary, like
-//! the lead's `xenplug`), the reference is `bash /etc/xen/scripts/block`. Each side gets a fresh
+//! the `xenplug` binary), the reference is `bash /etc/xen/scripts/block`. Each side gets a fresh
 //! in-process xenstored on its own socket.
 //!
 //! Options: `--iterations N` (default 20) per measurement; `--binary XENPLUG` runs that

@@ -4,7 +4,7 @@
 //!
 //! libxl (`xl create`, `xl block-attach`, `xl devd` in a driver domain) for every `phy`-backend
 //! disk without its own `script=`: `block add` after the backend reached InitWait, `block remove`
-//! after it reached Closed (reference §5.3). argv is `[block, add|remove]`; any other action is
+//! after it reached Closed (docs/hotplug-contract.md, "Sequencing and time limits"). argv is `[block, add|remove]`; any other action is
 //! `Invalid command` (exit 1, nothing written). Environment: `XENBUS_PATH` (required, usually the
 //! relative `backend/vbd/<domid>/<devid>`), `XENBUS_TYPE` (`vbd`), `XENBUS_BASE_PATH`
 //! (`backend`), plus the runtime's `XENPLUG_*` settings (state and lock directories, …).
@@ -21,7 +21,8 @@
 //!   `/dev/`; a block device is `phy`, a regular file is `file`, anything else is "other".
 //! * **phy**: a symlink is resolved; under the `block` lock the sharing check runs (unless mode
 //!   `!`), then `physical-device` (`%x:%x`), `physical-device-path` and
-//!   `hotplug-status=connected` are written in one transaction, in that order.
+//!   `hotplug-status=connected` are written in one transaction, in that order, still under the
+//!   lock (the body returns them as an [`Outcome::Published`] device; the runtime writes them).
 //! * **file**: the path is canonicalised; under the `block` lock: backend `state` must be `2`
 //!   (otherwise the fatal `Path closed or removed during hotplug add: <path> state: <s>`); a `w`
 //!   attach of a file without any write permission bit (or on a read-only filesystem) is refused
@@ -61,8 +62,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use xenplug_hotplug::lock::names;
-use xenplug_hotplug::{run, Action, Context, Failure, LockGuard, Outcome, Raw};
-use xenplug_xenstore::{transact, DEFAULT_TRANSACTION_ATTEMPTS};
+use xenplug_hotplug::{run, Action, Context, Device, Failure, LockGuard, Outcome, Raw};
 
 /// The host interfaces `block` uses besides the runtime context.
 #[derive(Clone, Copy)]
@@ -94,7 +94,7 @@ pub fn main(raw: Raw) -> ExitCode {
 pub(crate) fn run_on_host(
     name: &str,
     raw: Raw,
-    body: fn(&Context, &Host) -> Result<Outcome, Failure>,
+    body: for<'a> fn(&Context, &Host<'a>) -> Result<Outcome<'a>, Failure>,
 ) -> ExitCode {
     let loops = KernelLoops::default();
     let paths = HostPaths::default();
@@ -107,7 +107,7 @@ pub(crate) fn run_on_host(
 }
 
 /// The script body: dispatch on the action.
-pub fn body(ctx: &Context, host: &Host) -> Result<Outcome, Failure> {
+pub fn body<'a>(ctx: &Context, host: &Host<'a>) -> Result<Outcome<'a>, Failure> {
     match ctx.action() {
         Action::Add => add(ctx, host),
         Action::Remove => remove(ctx, host),
@@ -144,25 +144,11 @@ pub fn classify(params: &str, dev_dir: &Path) -> Params {
     }
 }
 
-/// `XENBUS_BASE_PATH/XENBUS_TYPE` (defaults `backend` and the kind in `XENBUS_PATH`), and this
-/// backend's `(domid, devid)`.
-fn backend_layout(ctx: &Context) -> (String, Option<(String, String)>) {
-    let xb = ctx.backend().trim_end_matches('/');
-    let comps: Vec<&str> = xb.split('/').collect();
-    let n = comps.len();
-    let own = (n >= 2).then(|| (comps[n - 2].to_string(), comps[n - 1].to_string()));
-    let base = ctx.inv.env.xenbus_base_path.as_str();
-    let base = if base.is_empty() { "backend" } else { base };
-    let kind = if ctx.inv.env.xenbus_type.is_empty() {
-        if n >= 3 {
-            comps[n - 3]
-        } else {
-            "vbd"
-        }
-    } else {
-        ctx.inv.env.xenbus_type.as_str()
-    };
-    (format!("{base}/{kind}"), own)
+/// This backend's `(domid, devid)` as the sharing check's scan of `backend/<kind>/*/*` names
+/// them, to skip it.
+fn own_ids(ctx: &Context) -> Option<(String, String)> {
+    ctx.backend_path()
+        .map(|b| (b.domid.to_string(), b.devid.to_string()))
 }
 
 fn sharing_check(
@@ -175,7 +161,7 @@ fn sharing_check(
     if mode == Mode::Unchecked {
         return Ok(());
     }
-    let (base, own) = backend_layout(ctx);
+    let (base, own) = (ctx.kind_dir(), own_ids(ctx));
     let req = SharingRequest {
         mode,
         target,
@@ -195,35 +181,15 @@ fn sharing_check(
     }
 }
 
-/// `write_dev` (plus `node` for loop devices): one transaction, in the reference's order.
-pub(crate) fn write_dev(
-    ctx: &Context,
-    node: Option<&Path>,
-    dev: &Path,
-    devnum: DevNum,
-) -> Result<(), Failure> {
-    let mut pairs: Vec<(String, String)> = Vec::new();
-    if let Some(n) = node {
-        pairs.push((ctx.path("node"), n.display().to_string()));
-    }
-    pairs.push((ctx.path("physical-device"), devnum.to_string()));
-    pairs.push((ctx.path("physical-device-path"), dev.display().to_string()));
-    pairs.push((ctx.path("hotplug-status"), "connected".to_string()));
-    let shown = pairs
-        .iter()
-        .map(|(k, v)| format!("{k} {v}"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    ctx.log.debug(format!("Writing {shown} to xenstore."));
-    transact(ctx.xs, DEFAULT_TRANSACTION_ATTEMPTS, |tx| {
-        pairs.iter().try_for_each(|(k, v)| tx.write(k, v))
-    })
-    .map_err(|e| {
-        Failure::Error(format!(
-            "Writing {shown} to xenstore failed: {}",
-            xenplug_hotplug::describe_xs_error(&e)
-        ))
-    })
+/// The nodes Xen's `write_dev` writes for a device (plus `node` first for loop devices), in the
+/// reference's order; the runtime writes them with `hotplug-status=connected` in one transaction.
+pub fn device_nodes<'a>(node: Option<&Path>, dev: &Path, devnum: DevNum) -> Device<'a> {
+    let d = match node {
+        Some(n) => Device::new().node("node", n.display()),
+        None => Device::new(),
+    };
+    d.node("physical-device", devnum)
+        .node("physical-device-path", dev.display())
 }
 
 /// The error for a `mode` that is not one of the six accepted spellings.
@@ -243,7 +209,7 @@ fn physical_device_present(ctx: &Context) -> Result<bool, Failure> {
     Ok(false)
 }
 
-fn add(ctx: &Context, host: &Host) -> Result<Outcome, Failure> {
+fn add<'a>(ctx: &Context, host: &Host<'a>) -> Result<Outcome<'a>, Failure> {
     let kind = ctx.read_default("type", "MISSING")?;
     let params = ctx.read_required("params")?;
     let mode_raw = ctx.read_required("mode")?;
@@ -262,13 +228,13 @@ fn add(ctx: &Context, host: &Host) -> Result<Outcome, Failure> {
     }
 }
 
-fn add_phy(
+fn add_phy<'a>(
     ctx: &Context,
-    host: &Host,
+    host: &Host<'a>,
     dev: &Path,
     mode_raw: &str,
     frontend_id: &str,
-) -> Result<Outcome, Failure> {
+) -> Result<Outcome<'a>, Failure> {
     let mut dev = dev.to_path_buf();
     if std::fs::symlink_metadata(&dev).is_ok_and(|m| m.file_type().is_symlink()) {
         dev = std::fs::canonicalize(&dev)
@@ -285,19 +251,21 @@ fn add_phy(
     let devnum = DevNum::from_dev_t(meta.rdev());
     let mode = Mode::canonicalise(mode_raw);
 
-    let _lock = ctx.claim_lock(names::BLOCK)?;
+    let lock = ctx.claim_lock(names::BLOCK)?;
     if physical_device_present(ctx)? {
         return Ok(Outcome::Done);
     }
     sharing_check(ctx, host, mode, Target::Device(&dev, devnum), frontend_id)?;
-    write_dev(ctx, None, &dev, devnum)?;
     ctx.log.info(format!(
         "{}: {} ({devnum}) mode {}",
         ctx.backend(),
         dev.display(),
         mode.letter()
     ));
-    Ok(Outcome::Done)
+    // Published under the lock that guarded the sharing check.
+    Ok(Outcome::Published(
+        device_nodes(None, &dev, devnum).hold(lock),
+    ))
 }
 
 pub(crate) fn store(ctx: &Context) -> Result<Store, Failure> {
@@ -356,14 +324,14 @@ fn detach_recorded(ctx: &Context, host: &Host, rec: &LoopRecord) -> Result<(), F
     Ok(())
 }
 
-fn add_file(
+fn add_file<'a>(
     ctx: &Context,
-    host: &Host,
+    host: &Host<'a>,
     params: &str,
     given: &Path,
     mode_raw: &str,
     frontend_id: &str,
-) -> Result<Outcome, Failure> {
+) -> Result<Outcome<'a>, Failure> {
     let file = std::fs::canonicalize(given)
         .map_err(|_| Failure::Error(format!("{params} does not exist.")))?;
     let meta = std::fs::metadata(&file)
@@ -372,7 +340,7 @@ fn add_file(
         .ok_or_else(|| Failure::Error(format!("{} does not exist.", file.display())))?;
     let mode = Mode::canonicalise(mode_raw);
 
-    let _lock = ctx.claim_lock(names::BLOCK)?;
+    let lock = ctx.claim_lock(names::BLOCK)?;
     if physical_device_present(ctx)? {
         return Ok(Outcome::Done);
     }
@@ -389,21 +357,21 @@ fn add_file(
     let backing = Backing::of(&meta);
     sharing_check(ctx, host, mode, Target::File(&file, backing), frontend_id)?;
 
-    attach_and_publish(ctx, host, &file, backing, mode)?;
-    Ok(Outcome::Done)
+    let device = attach(ctx, host, &file, backing, mode)?;
+    Ok(Outcome::Published(device.hold(lock)))
 }
 
-/// Attach `file` (whose identity is `backing`) to a loop device for `mode`, record it for
-/// `remove`, and write `node`, `physical-device`, `physical-device-path` and
-/// `hotplug-status=connected`. On any failure after the attach, everything is undone. The caller
-/// holds the `block` lock.
-pub(crate) fn attach_and_publish(
+/// Attach `file` (whose identity is `backing`) to a loop device for `mode` and record it for
+/// `remove`; returns the device to publish (`node`, `physical-device`, `physical-device-path`),
+/// whose undo detaches it again if the runtime cannot write them. On any failure here,
+/// everything is undone. The caller holds the `block` lock (and hands it to the device).
+pub(crate) fn attach<'a>(
     ctx: &Context,
-    host: &Host,
+    host: &Host<'a>,
     file: &Path,
     backing: Backing,
     mode: Mode,
-) -> Result<(), Failure> {
+) -> Result<Device<'a>, Failure> {
     let store = store(ctx)?;
     let backend = ctx.backend().to_string();
     // A record left by an earlier incarnation of this backend path whose remove never ran.
@@ -442,19 +410,21 @@ pub(crate) fn attach_and_publish(
         backing_ino: attached.backing.ino,
         file: file.to_path_buf(),
     };
+    let loops = host.loops;
+    let undo = {
+        let (device, store, backend) = (attached.path.clone(), store.clone(), backend.clone());
+        move |ctx: &Context<'_>| {
+            if let Err(e) = loops.detach(&device) {
+                ctx.log
+                    .err(format!("rollback: cannot detach {}: {e}", device.display()));
+            }
+            if let Err(e) = store.remove(&backend) {
+                ctx.log.err(format!("rollback: cannot remove state: {e}"));
+            }
+        }
+    };
     let rollback = |why: Failure| -> Failure {
-        if let Err(e) = host.loops.detach(&attached.path) {
-            ctx.log.err(format!(
-                "rollback: cannot detach {}: {e}",
-                attached.path.display()
-            ));
-        }
-        if let Err(e) = store.remove(&backend) {
-            ctx.log.err(format!("rollback: cannot remove state: {e}"));
-        }
-        for key in ["node", "physical-device", "physical-device-path"] {
-            let _ = ctx.xs.rm(&ctx.path(key));
-        }
+        undo.clone()(ctx);
         why
     };
     if attached.backing != backing {
@@ -469,9 +439,6 @@ pub(crate) fn attach_and_publish(
             store.path(&backend).display()
         ))));
     }
-    if let Err(f) = write_dev(ctx, Some(&attached.path), &attached.path, attached.devnum) {
-        return Err(rollback(f));
-    }
     ctx.log.info(format!(
         "{backend}: {} on {} ({}) mode {}",
         file.display(),
@@ -479,7 +446,7 @@ pub(crate) fn attach_and_publish(
         attached.devnum,
         mode.letter()
     ));
-    Ok(())
+    Ok(device_nodes(Some(&attached.path), &attached.path, attached.devnum).undo_on_failure(undo))
 }
 
 /// `remove` through the state record, if there is one. The caller holds the `block` lock
@@ -490,7 +457,7 @@ pub(crate) fn remove_recorded(
     ctx: &Context,
     host: &Host,
     lock: LockGuard,
-) -> Result<Result<Outcome, LockGuard>, Failure> {
+) -> Result<Result<Outcome<'static>, LockGuard>, Failure> {
     let store = store(ctx)?;
     let backend = ctx.backend().to_string();
     let forget = |store: &Store| {
@@ -586,7 +553,12 @@ fn run_helper(ctx: &Context, kind: &str, script: &Path, action: Action) -> Resul
     })
 }
 
-fn add_other(ctx: &Context, kind: &str, params: &str, path: &Path) -> Result<Outcome, Failure> {
+fn add_other(
+    ctx: &Context,
+    kind: &str,
+    params: &str,
+    path: &Path,
+) -> Result<Outcome<'static>, Failure> {
     if let Some(script) = helper_path(ctx, kind) {
         let store = store(ctx)?;
         let backend = ctx.backend().to_string();
@@ -614,7 +586,7 @@ fn add_other(ctx: &Context, kind: &str, params: &str, path: &Path) -> Result<Out
     )))
 }
 
-fn remove(ctx: &Context, host: &Host) -> Result<Outcome, Failure> {
+fn remove(ctx: &Context, host: &Host) -> Result<Outcome<'static>, Failure> {
     let lock = ctx.claim_lock(names::BLOCK)?;
     match remove_recorded(ctx, host, lock)? {
         Ok(outcome) => Ok(outcome),
@@ -624,7 +596,10 @@ fn remove(ctx: &Context, host: &Host) -> Result<Outcome, Failure> {
 
 /// The reference's way, made safe: `node` is detached only when it is still backed by `params`
 /// and no other backend uses it. The caller holds the `block` lock.
-pub(crate) fn remove_without_record(ctx: &Context, host: &Host) -> Result<Outcome, Failure> {
+pub(crate) fn remove_without_record(
+    ctx: &Context,
+    host: &Host,
+) -> Result<Outcome<'static>, Failure> {
     let Some(params) = ctx.read("params")?.filter(|p| !p.is_empty()) else {
         ctx.log.debug("no state and no params: nothing to remove");
         return Ok(Outcome::Done);
@@ -646,7 +621,7 @@ pub(crate) fn remove_loop_node(
     host: &Host,
     file: &Path,
     node: &Path,
-) -> Result<Outcome, Failure> {
+) -> Result<Outcome<'static>, Failure> {
     let Ok(meta) = std::fs::metadata(file) else {
         ctx.log.warning(format!(
             "{} is gone and no state was recorded: not detaching {}",
@@ -672,7 +647,7 @@ pub(crate) fn remove_loop_node(
         ));
         return Ok(Outcome::Done);
     }
-    let (base, own) = backend_layout(ctx);
+    let (base, own) = (ctx.kind_dir(), own_ids(ctx));
     let others = gather::gather_backends(
         ctx.xs,
         &base,
@@ -868,7 +843,8 @@ mod tests {
             }
         }
 
-        fn run(&self, action: &str) -> Result<Outcome, Failure> {
+        /// Run the body, then report as the runtime does (publishing the device).
+        fn run(&self, action: &str) -> Result<Outcome<'static>, Failure> {
             let inv = Invocation::parse(Raw::new(
                 &["block", action],
                 &[("XENBUS_PATH", "backend/vbd/5/1"), ("XENBUS_TYPE", "vbd")],
@@ -888,7 +864,7 @@ mod tests {
                 paths: &self.paths,
                 dev_dir: Path::new("/dev"),
             };
-            body(&ctx, &host)
+            ctx.finish(body(&ctx, &host))
         }
 
         fn key(&self, k: &str) -> Option<String> {
@@ -896,12 +872,66 @@ mod tests {
         }
     }
 
+    /// The backend writes of a publication, as the runtime makes them (in one transaction).
+    fn render(title: &str, d: &Device<'_>) -> String {
+        let mut out = format!("# {title}\n");
+        for (k, v) in d.nodes() {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+        out.push_str("hotplug-status = connected\n\n");
+        out
+    }
+
+    /// Golden file `block-scripts/tests/golden/published.txt` (`XENPLUG_BLESS=1` rewrites it).
+    #[test]
+    fn golden_published_nodes() {
+        let mut text = String::new();
+        for (mode, what) in [
+            ("r", "file, mode r"),
+            ("w!", "file, mode w! (no sharing check)"),
+        ] {
+            let w = World::new();
+            let img = w.image();
+            w.backend(img.to_str().unwrap(), mode);
+            let inv = Invocation::parse(Raw::new(
+                &["block", "add"],
+                &[("XENBUS_PATH", "backend/vbd/5/1"), ("XENBUS_TYPE", "vbd")],
+            ))
+            .unwrap();
+            let config = Config {
+                lock_dir: w.dir.path().join("locks"),
+                state_dir: w.dir.path().join("state"),
+                log_file: None,
+                syslog: false,
+                ..Config::default()
+            };
+            let ctx = Context::new(inv, &w.xs, Log::stderr_only("block", Level::Err), config);
+            let host = Host {
+                loops: &w.loops,
+                paths: &w.paths,
+                dev_dir: Path::new("/dev"),
+            };
+            let published = body(&ctx, &host);
+            match &published {
+                Ok(Outcome::Published(d)) => text += &render(&format!("block add: {what}"), d),
+                other => panic!("{other:?}"),
+            };
+        }
+        let phy = device_nodes(None, Path::new("/dev/xvdb"), DevNum::new(202, 16));
+        text += &render(
+            "block add: block device (also block-nbd, block-iscsi)",
+            &phy,
+        );
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/published.txt");
+        xenplug_testkit::golden::check(path, &text);
+    }
+
     #[test]
     fn file_add_writes_in_order_and_remove_detaches_exactly_that() {
         let w = World::new();
         let img = w.image();
         w.backend(img.to_str().unwrap(), "r");
-        assert_eq!(w.run("add"), Ok(Outcome::Done));
+        assert_eq!(w.run("add"), Ok(Outcome::Connected));
         assert_eq!(w.key("node").as_deref(), Some("/dev/loop41"));
         assert_eq!(w.key("physical-device").as_deref(), Some("7:29"));
         assert_eq!(
@@ -929,7 +959,7 @@ mod tests {
         let w = World::new();
         let img = w.image();
         w.backend(img.to_str().unwrap(), "w");
-        assert_eq!(w.run("add"), Ok(Outcome::Done));
+        assert_eq!(w.run("add"), Ok(Outcome::Connected));
         // Someone else detached and re-attached it: new disk sequence number.
         w.loops.bound.borrow_mut()[0].diskseq = Some(1);
         assert_eq!(w.run("remove"), Ok(Outcome::Done));
@@ -961,11 +991,11 @@ mod tests {
         let w = World::new();
         let img = w.image();
         w.backend(img.to_str().unwrap(), "w");
-        assert_eq!(w.run("add"), Ok(Outcome::Done));
+        assert_eq!(w.run("add"), Ok(Outcome::Connected));
         // The domain died without a remove; a new one gets the same backend path.
         w.xs.rm(B).unwrap();
         w.backend(img.to_str().unwrap(), "w");
-        assert_eq!(w.run("add"), Ok(Outcome::Done));
+        assert_eq!(w.run("add"), Ok(Outcome::Connected));
         let calls = w.loops.calls();
         assert_eq!(calls.len(), 3, "{calls:?}");
         assert!(calls[0].starts_with("attach"));
@@ -979,7 +1009,7 @@ mod tests {
         let w = World::new();
         let img = w.image();
         w.backend(img.to_str().unwrap(), "w");
-        assert_eq!(w.run("add"), Ok(Outcome::Done));
+        assert_eq!(w.run("add"), Ok(Outcome::Connected));
         // Move the first backend to domain 6 (another VM) and add again for domain 5.
         let pd = w.key("physical-device").unwrap();
         for (k, v) in [

@@ -16,7 +16,7 @@
 //! (`<file> does not exist.`). Under the `block` lock (which the reference does not take; it only
 //! serialises against `block`'s sharing check) a loop device is attached race-free, read-only for
 //! mode `r`, and `node`, `physical-device`, `physical-device-path`, `hotplug-status=connected` are
-//! written in one transaction. A failed add leaves nothing behind.
+//! written in one transaction (by the runtime, from the device the body returns). A failed add leaves nothing behind.
 //!
 //! # remove
 //!
@@ -52,7 +52,7 @@ pub fn main(raw: Raw) -> ExitCode {
 }
 
 /// The script body.
-pub fn body(ctx: &Context, host: &Host) -> Result<Outcome, Failure> {
+pub fn body<'a>(ctx: &Context, host: &Host<'a>) -> Result<Outcome<'a>, Failure> {
     let mut remove_lock = None;
     if ctx.action() == Action::Remove {
         let lock = ctx.claim_lock(names::BLOCK)?;
@@ -75,9 +75,9 @@ pub fn body(ctx: &Context, host: &Host) -> Result<Outcome, Failure> {
                 .ok()
                 .filter(|m| m.is_file())
                 .ok_or_else(|| Failure::Error(format!("{} does not exist.", file.display())))?;
-            let _lock = ctx.claim_lock(names::BLOCK)?;
-            block::attach_and_publish(ctx, host, &file, Backing::of(&meta), mode)?;
-            Ok(Outcome::Done)
+            let lock = ctx.claim_lock(names::BLOCK)?;
+            let device = block::attach(ctx, host, &file, Backing::of(&meta), mode)?;
+            Ok(Outcome::Published(device.hold(lock)))
         }
         Action::Remove => {
             let Some(node) = ctx.read("node")?.filter(|n| !n.is_empty()) else {

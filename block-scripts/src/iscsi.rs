@@ -22,7 +22,8 @@
 //! `/dev/disk/by-path/*-iscsi-<iqn>-lun-<n>` (the lowest LUN that is a block device, so tgtd's
 //! LUN-1 disks work too); with multipath, resolve the device-mapper multipath map built on it
 //! (`/dev/mapper/<name>`, from sysfs holders). Then `physical-device`, `physical-device-path` and
-//! `hotplug-status=connected` in one transaction. Any failure after the login logs out again.
+//! `hotplug-status=connected` in one transaction (the runtime writes them, from the device the
+//! body returns). Any failure after the login logs out again.
 //!
 //! # remove
 //!
@@ -176,7 +177,7 @@ const NO_MULTIPATH: &str = "Unable to find multipath";
 const ROLLBACK_WAIT: Duration = Duration::from_secs(5);
 
 /// The script body.
-pub fn body(ctx: &Context, host: &IscsiHost) -> Result<Outcome, Failure> {
+pub fn body(ctx: &Context, host: &IscsiHost) -> Result<Outcome<'static>, Failure> {
     let params = ctx.read("params")?.unwrap_or_default();
     match ctx.action() {
         Action::Add => {
@@ -221,7 +222,7 @@ fn logout(
 /// target was already in use by another domain) must not end that domain's session. The record
 /// names the session; without one (state lost), only a backend that got its `physical-device`
 /// written can own one.
-fn remove(ctx: &Context, host: &IscsiHost, params: &str) -> Result<Outcome, Failure> {
+fn remove(ctx: &Context, host: &IscsiHost, params: &str) -> Result<Outcome<'static>, Failure> {
     let store = block::store(ctx)?;
     let target = match store.load(ctx.backend()) {
         Ok(Some(Record::Iscsi { iqn, portal })) => Some(IscsiTarget {
@@ -244,7 +245,7 @@ fn remove(ctx: &Context, host: &IscsiHost, params: &str) -> Result<Outcome, Fail
     Ok(Outcome::Done)
 }
 
-fn add(ctx: &Context, host: &IscsiHost, t: &IscsiTarget) -> Result<Outcome, Failure> {
+fn add(ctx: &Context, host: &IscsiHost, t: &IscsiTarget) -> Result<Outcome<'static>, Failure> {
     if ctx.exists("physical-device")? {
         return Ok(Outcome::Done);
     }
@@ -254,7 +255,7 @@ fn add(ctx: &Context, host: &IscsiHost, t: &IscsiTarget) -> Result<Outcome, Fail
         // program matters here.)
         run_until(ctx, &host.multipath, &["-h"], deadline, NO_MULTIPATH)?;
     }
-    let _lock = ctx.claim_lock(LOCK)?;
+    let lock = ctx.claim_lock(LOCK)?;
     let sessions = run_until(
         ctx,
         &host.iscsiadm,
@@ -292,18 +293,30 @@ fn add(ctx: &Context, host: &IscsiHost, t: &IscsiTarget) -> Result<Outcome, Fail
         .and_then(|dev| {
             let devnum = block_rdev(&dev)
                 .ok_or_else(|| Failure::error("Unable to find attached device path"))?;
-            block::write_dev(ctx, None, &dev, devnum)
+            Ok((dev, devnum))
         });
-    if let Err(f) = result {
-        if let Err(e) = logout(ctx, host, t, Instant::now() + ROLLBACK_WAIT) {
-            ctx.log.err(format!("rollback: {e}"));
+    let undo = {
+        let (host, t, store) = (host.clone(), t.clone(), store.clone());
+        move |ctx: &Context<'_>| {
+            if let Err(e) = logout(ctx, &host, &t, Instant::now() + ROLLBACK_WAIT) {
+                ctx.log.err(format!("rollback: {e}"));
+            }
+            if let Err(e) = store.remove(ctx.backend()) {
+                ctx.log.err(format!("rollback: cannot remove state: {e}"));
+            }
         }
-        if let Err(e) = store.remove(ctx.backend()) {
-            ctx.log.err(format!("rollback: cannot remove state: {e}"));
+    };
+    match result {
+        Ok((dev, devnum)) => Ok(Outcome::Published(
+            block::device_nodes(None, &dev, devnum)
+                .hold(lock)
+                .undo_on_failure(undo),
+        )),
+        Err(f) => {
+            undo(ctx);
+            Err(f)
         }
-        return Err(f);
     }
-    Ok(Outcome::Done)
 }
 
 /// Wait (bounded) for the LUN's block device, and its multipath map if asked for.

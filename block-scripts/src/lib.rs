@@ -1,7 +1,7 @@
 //! xenplug's block hotplug scripts: native replacements for Xen's `block`, `block-dummy`,
 //! `block-nbd` and `block-iscsi` (`/etc/xen/scripts`).
 //!
-//! The lead's multi-call `xenplug` binary dispatches on `argv[0]` through [`SCRIPTS`]; each
+//! The multi-call `xenplug` binary (`xenplug/`) dispatches on `argv[0]` through [`SCRIPTS`]; each
 //! entry's module documents who calls it, argv/env, the xenstore keys read and written, and the
 //! exit codes.
 //!

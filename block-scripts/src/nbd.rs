@@ -1,7 +1,7 @@
 //! `block-nbd add|remove`: attach a Network Block Device export as the backend device.
 //!
 //! Xen's `block-nbd` is a xend-era script that reads the server and port from `$2 $3`, which
-//! libxl never passes, so it cannot work (reference §2.4). This one takes everything from
+//! libxl never passes, so it cannot work (docs/hotplug-scripts.md, "block-nbd"). This one takes everything from
 //! `params`, as every libxl block script does.
 //!
 //! # Who calls it
@@ -24,7 +24,8 @@
 //! kernel's netlink/ioctl setup), moving on to the next device only when another process won the
 //! device meanwhile. Then waits (bounded) until the kernel reports the device connected, records
 //! it for `remove`, and writes `physical-device`, `physical-device-path` and
-//! `hotplug-status=connected` in one transaction. A failure after connecting disconnects again.
+//! `hotplug-status=connected` in one transaction (the runtime writes them, from the device the
+//! body returns). A failure after connecting disconnects again.
 //!
 //! # remove
 //!
@@ -313,7 +314,7 @@ pub(crate) fn disconnect_recorded(
 }
 
 /// The script body.
-pub fn body(ctx: &Context, host: &NbdHost) -> Result<Outcome, Failure> {
+pub fn body(ctx: &Context, host: &NbdHost) -> Result<Outcome<'static>, Failure> {
     match ctx.action() {
         Action::Add => add(ctx, host),
         Action::Remove => remove(ctx, host),
@@ -321,7 +322,7 @@ pub fn body(ctx: &Context, host: &NbdHost) -> Result<Outcome, Failure> {
     }
 }
 
-fn add(ctx: &Context, host: &NbdHost) -> Result<Outcome, Failure> {
+fn add(ctx: &Context, host: &NbdHost) -> Result<Outcome<'static>, Failure> {
     let (sys_block, dev_dir) = (host.sys_block.as_path(), host.dev_dir.as_path());
     let params = ctx.read("params")?.unwrap_or_default();
     let target = parse_target(&params).map_err(Failure::Error)?;
@@ -331,7 +332,7 @@ fn add(ctx: &Context, host: &NbdHost) -> Result<Outcome, Failure> {
     if ctx.exists("physical-device")? {
         return Ok(Outcome::Done);
     }
-    let _lock = ctx.claim_lock(LOCK)?;
+    let lock = ctx.claim_lock(LOCK)?;
     let deadline = Instant::now() + CONNECT_WAIT;
     if list_devices(sys_block).is_empty() {
         let mut modprobe = ctx.command("modprobe");
@@ -359,13 +360,19 @@ fn add(ctx: &Context, host: &NbdHost) -> Result<Outcome, Failure> {
             Failure::error("no free NBD device (is the nbd kernel module loaded?)")
         }));
     };
+    let undo = {
+        let (nbd_client, device) = (host.nbd_client.clone(), device.clone());
+        move |ctx: &Context<'_>| {
+            if let Err(e) = disconnect(ctx, &nbd_client, &device) {
+                ctx.log.err(format!("rollback: {e}"));
+            }
+            if let Ok(store) = block::store(ctx) {
+                let _ = store.remove(ctx.backend());
+            }
+        }
+    };
     let rollback = |f: Failure| -> Failure {
-        if let Err(e) = disconnect(ctx, &host.nbd_client, &device) {
-            ctx.log.err(format!("rollback: {e}"));
-        }
-        if let Ok(store) = block::store(ctx) {
-            let _ = store.remove(ctx.backend());
-        }
+        undo.clone()(ctx);
         f
     };
     while !is_connected(sys_block, &device) {
@@ -397,13 +404,14 @@ fn add(ctx: &Context, host: &NbdHost) -> Result<Outcome, Failure> {
     if let Err(f) = saved {
         return Err(rollback(f));
     }
-    if let Err(f) = block::write_dev(ctx, None, &device, devnum) {
-        return Err(rollback(f));
-    }
-    Ok(Outcome::Done)
+    Ok(Outcome::Published(
+        block::device_nodes(None, &device, devnum)
+            .hold(lock)
+            .undo_on_failure(undo),
+    ))
 }
 
-fn remove(ctx: &Context, host: &NbdHost) -> Result<Outcome, Failure> {
+fn remove(ctx: &Context, host: &NbdHost) -> Result<Outcome<'static>, Failure> {
     let store = block::store(ctx)?;
     let device = match store.load(ctx.backend()) {
         Ok(Some(Record::Nbd { device, .. })) => Some(device),

@@ -6,7 +6,7 @@
 //! backends of the same kind in xenstore with the identities of their domains. [`decide`] returns
 //! a [`Verdict`]; [`busy_message`] turns a conflict into the reference's exact message.
 //!
-//! Rules (reference §2.2.1, with the upstream bugs fixed):
+//! Rules (docs/hotplug-scripts.md, "The sharing check"; upstream's bugs fixed, see DIFFERENCES.md):
 //! * Mode `!` skips the check entirely ([`Mode::Unchecked`]).
 //! * A **file** is in use only through loop devices whose backing file has the same
 //!   `(st_dev, st_ino)`; when there is none the answer is [`Verdict::Ok`] at once. (Upstream

@@ -2,22 +2,20 @@
 //! (`/run/xen-hotplug/xenplug-block/<kind>-<domid>-<devid>`).
 //!
 //! `remove` must detach exactly what `add` attached, also when the image file was deleted or
-//! renamed meanwhile and when the xenstore nodes are already gone (reference §6.5; Qubes keeps
+//! renamed meanwhile and when the xenstore nodes are already gone (docs/hotplug-scripts.md, "block"; Qubes keeps
 //! the same kind of record for the same reason). The record names the loop device, its disk
 //! sequence number (which changes on every attach, so a device reused by someone else later is
 //! never mistaken for ours) and the backing file's identity. A record for a helper script
 //! (`block-<type>`) remembers which helper `add` ran, so `remove` runs the same one.
 //!
-//! Files are small `key=value` lines, replaced atomically (temp file in the same directory, then
-//! rename), so a reader sees the old record or the new one, never a torn one. They are not
-//! fsynced: a record describes kernel state (a loop device) that does not survive a reboot
-//! either, so durability across a power loss buys nothing, and on hosts whose `/run` is not tmpfs
-//! the two fsyncs would cost milliseconds per add under the global `block` lock.
+//! Files are small `key=value` lines, mode 0600, written with the workspace's one atomic
+//! replacement ([`xenplug_atomic_write::write`]: temporary file, fsync, rename, fsync of the
+//! directory), so a reader sees the old record or the new one, never a torn one, and a failed
+//! save leaves no temporary file. (`/run` is a tmpfs on the hosts we know, where the fsyncs cost
+//! next to nothing.)
 
 use crate::devnum::DevNum;
-use std::fs::OpenOptions;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// Subdirectory of the state directory holding the records.
@@ -202,24 +200,8 @@ impl Store {
     /// Save `backend`'s record, replacing any previous one atomically.
     pub fn save(&self, backend: &str, rec: &Record) -> io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let p = self.path(backend);
-        let tmp = self
-            .dir
-            .join(format!(".{}.tmp{}", key_for(backend), std::process::id()));
-        let write = || -> io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            f.write_all(rec.to_text(backend).as_bytes())?;
-            drop(f);
-            std::fs::rename(&tmp, &p)
-        };
-        write().inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+        let text = rec.to_text(backend);
+        xenplug_atomic_write::write(&self.path(backend), text.as_bytes(), 0o600, None)
     }
 
     /// Delete `backend`'s record; a missing one is fine.

@@ -16,15 +16,18 @@
 //! }
 //! ```
 //!
-//! `network` is the cloud-init network-config version 2 subset (netplan spelling) and `users`
-//! entries use cloud-init's key names, so existing cloud-init data maps one to one; the NoCloud
-//! YAML files themselves are accepted by [`ConfigDoc::from_nocloud`]. Unknown keys are rejected
-//! with the path of the offending key ([`ConfigError`]).
+//! The document speaks cloud-init's language: `network` is cloud-init network-config version 2
+//! (netplan spelling, see [`network`]), and the other members are cloud-config's keys with
+//! their meanings (`users`, `groups`, `chpasswd`, `write_files`, …, kebab-case at the top
+//! level). Where cloud-init has a default (`lock_passwd: true`, `disable_root: true`), the
+//! document carries it explicitly: the NoCloud mapping ([`nocloud`], behind
+//! [`ConfigDoc::from_nocloud`]) fills cloud-init's defaults in, so a seed written for cloud-init
+//! gives the same guest. Unknown keys are rejected with their path and "not supported by
+//! xenplug-agent" ([`ConfigError`]), on dom0, before anything is sent.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -72,414 +75,34 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+mod netv1;
+pub mod network;
+pub mod nocloud;
+
+pub use network::{
+    glob_match, Bond, BondParameters, Bridge, BridgeParameters, Cidr, Ethernet, Interface,
+    IpConfig, Kind, MacAddr, Match, Nameservers, NetworkConfig, Route, RouteTo, Vlan,
+};
+
+/// The message every refusal of a key xenplug-agent does not implement carries.
+pub const NOT_SUPPORTED: &str = "not supported by xenplug-agent";
+
 fn path_err<E: fmt::Display>(e: serde_path_to_error::Error<E>) -> ConfigError {
     let path = e.path().to_string();
     let path = if path == "." { String::new() } else { path };
-    ConfigError::new(path, e.inner().to_string())
-}
-
-/// An interface address or network with its prefix length, e.g. `192.0.2.10/24`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Cidr {
-    /// The address.
-    pub addr: IpAddr,
-    /// The prefix length (0–32 for IPv4, 0–128 for IPv6).
-    pub prefix: u8,
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, p) = s
-            .split_once('/')
-            .ok_or_else(|| format!("'{s}' lacks a prefix length (address/prefix)"))?;
-        let addr: IpAddr = a
-            .parse()
-            .map_err(|_| format!("'{a}' is not an IPv4 or IPv6 address"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix: u8 = p
-            .parse()
-            .ok()
-            .filter(|n| *n <= max)
-            .ok_or_else(|| format!("'{p}' is not a prefix length between 0 and {max}"))?;
-        Ok(Cidr { addr, prefix })
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl TryFrom<String> for Cidr {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        s.parse()
-    }
-}
-
-impl From<Cidr> for String {
-    fn from(c: Cidr) -> String {
-        c.to_string()
-    }
-}
-
-impl Serialize for Cidr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Cidr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// An Ethernet MAC address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl FromStr for MacAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("'{s}' is not a MAC address (six hex pairs separated by ':')");
-        let parts: Vec<&str> = s.split(':').collect();
-        if parts.len() != 6 {
-            return Err(bad());
+    let msg = e.inner().to_string();
+    // serde: "unknown field `x`, expected one of `a`, `b`": the path already names `x`.
+    let msg = match msg.strip_prefix("unknown field `") {
+        Some(rest) => {
+            let known = rest
+                .split_once(", expected ")
+                .map(|(_, k)| format!(" (here: {})", k.trim_start_matches("one of ")))
+                .unwrap_or_default();
+            format!("{NOT_SUPPORTED}{known}")
         }
-        let mut m = [0u8; 6];
-        for (i, p) in parts.iter().enumerate() {
-            if p.len() != 2 {
-                return Err(bad());
-            }
-            m[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-        }
-        Ok(MacAddr(m))
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
-
-impl Serialize for MacAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for MacAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-/// A route destination: `default` or a network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteTo {
-    /// `default` (`0.0.0.0/0` or `::/0`, by the gateway's family).
-    Default,
-    /// A network.
-    Net(Cidr),
-}
-
-impl Serialize for RouteTo {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            RouteTo::Default => s.serialize_str("default"),
-            RouteTo::Net(c) => s.collect_str(c),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for RouteTo {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if s == "default" {
-            return Ok(RouteTo::Default);
-        }
-        s.parse::<Cidr>()
-            .map(RouteTo::Net)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// Which NIC an `ethernets` entry applies to.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Match {
-    /// The NIC's permanent MAC address.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub macaddress: Option<MacAddr>,
-    /// The kernel interface name; `*` and `?` globs allowed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-}
-
-/// A static route.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Route {
-    /// Destination.
-    pub to: RouteTo,
-    /// Gateway.
-    pub via: IpAddr,
-    /// Route metric (priority).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metric: Option<u32>,
-}
-
-/// DNS servers and search domains.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Nameservers {
-    /// Server addresses.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub addresses: Vec<IpAddr>,
-    /// Search domains.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub search: Vec<String>,
-}
-
-/// One `ethernets` entry (netplan / cloud-init v2 spelling).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Ethernet {
-    /// Which NIC; without it, the entry's id is the interface name.
-    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
-    pub match_: Option<Match>,
-    /// Rename the matched NIC to this (requires `match`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub set_name: Option<String>,
-    /// Run DHCPv4.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dhcp4: Option<bool>,
-    /// Run DHCPv6.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dhcp6: Option<bool>,
-    /// Static addresses with prefix length.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub addresses: Vec<Cidr>,
-    /// Deprecated netplan spelling of an IPv4 default route.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway4: Option<IpAddr>,
-    /// Deprecated netplan spelling of an IPv6 default route.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway6: Option<IpAddr>,
-    /// Static routes.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<Route>,
-    /// DNS.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nameservers: Option<Nameservers>,
-    /// Link MTU.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtu: Option<u32>,
-}
-
-impl Ethernet {
-    /// All routes, with `gateway4`/`gateway6` turned into default routes.
-    pub fn all_routes(&self) -> Vec<Route> {
-        let mut r = self.routes.clone();
-        for gw in [self.gateway4, self.gateway6].into_iter().flatten() {
-            r.push(Route {
-                to: RouteTo::Default,
-                via: gw,
-                metric: None,
-            });
-        }
-        r
-    }
-
-    /// True when `name`/`mac` is the NIC this entry (with id `id`) applies to.
-    pub fn matches(&self, id: &str, name: &str, mac: Option<MacAddr>) -> bool {
-        match &self.match_ {
-            None => id == name,
-            Some(m) => {
-                let mac_ok = match m.macaddress {
-                    None => true,
-                    Some(want) => mac == Some(want),
-                };
-                let name_ok = match &m.name {
-                    None => true,
-                    Some(pat) => glob_match(pat, name),
-                };
-                mac_ok && name_ok
-            }
-        }
-    }
-}
-
-/// Match `name` against a glob with `*` (any run) and `?` (any one character).
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    fn go(p: &[u8], n: &[u8]) -> bool {
-        match (p.first(), n.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
-            (Some(b'?'), Some(_)) => go(&p[1..], &n[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
-            _ => false,
-        }
-    }
-    go(pattern.as_bytes(), name.as_bytes())
-}
-
-/// cloud-init network-config version 2 (the subset described in the module docs).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetworkConfig {
-    /// Must be 2.
-    pub version: u8,
-    /// Ethernet interfaces by id.
-    #[serde(default)]
-    pub ethernets: BTreeMap<String, Ethernet>,
-}
-
-impl NetworkConfig {
-    /// Parse a cloud-init `network-config` file (YAML or JSON), with or without the top-level
-    /// `network:` key, and validate it.
-    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let v: serde_norway::Value = serde_norway::from_str(text)
-            .map_err(|e| ConfigError::new("", format!("not YAML: {e}")))?;
-        let (v, prefix) = match v {
-            serde_norway::Value::Mapping(mut m) if m.contains_key("network") => {
-                if m.len() != 1 {
-                    let other = m
-                        .keys()
-                        .filter_map(|k| k.as_str())
-                        .find(|k| *k != "network")
-                        .unwrap_or("?")
-                        .to_string();
-                    return Err(ConfigError::new(other, "unknown key next to `network`"));
-                }
-                (m.remove("network").expect("checked"), "network")
-            }
-            other => (other, ""),
-        };
-        if let Some(ver) = v.get("version") {
-            if ver.as_u64() != Some(2) {
-                return Err(ConfigError::new(
-                    "version",
-                    "only network-config version 2 is supported",
-                )
-                .within_opt(prefix));
-            }
-        }
-        let n: NetworkConfig =
-            serde_path_to_error::deserialize(v).map_err(|e| path_err(e).within_opt(prefix))?;
-        n.validate().map_err(|e| e.within_opt(prefix))?;
-        Ok(n)
-    }
-
-    /// Check what serde cannot: version, interface names, families.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.version != 2 {
-            return Err(ConfigError::new(
-                "version",
-                "only network-config version 2 is supported",
-            ));
-        }
-        for (id, e) in &self.ethernets {
-            let at = format!("ethernets.{id}");
-            if e.match_.is_none() {
-                validate_ifname(id).map_err(|m| ConfigError::new(&at, m))?;
-            } else if id.is_empty() || id.chars().any(|c| c.is_control() || c == '/') {
-                return Err(ConfigError::new(&at, "invalid entry id"));
-            }
-            if let Some(m) = &e.match_ {
-                if m.macaddress.is_none() && m.name.is_none() {
-                    return Err(ConfigError::new(
-                        format!("{at}.match"),
-                        "needs `macaddress` or `name`",
-                    ));
-                }
-                if let Some(n) = &m.name {
-                    if n.is_empty() || n.len() > 15 || n.chars().any(|c| c.is_control() || c == '/')
-                    {
-                        return Err(ConfigError::new(
-                            format!("{at}.match.name"),
-                            "not an interface name pattern",
-                        ));
-                    }
-                }
-            }
-            if let Some(s) = &e.set_name {
-                if e.match_.is_none() {
-                    return Err(ConfigError::new(
-                        format!("{at}.set-name"),
-                        "requires `match`",
-                    ));
-                }
-                validate_ifname(s).map_err(|m| ConfigError::new(format!("{at}.set-name"), m))?;
-            }
-            if let Some(g) = e.gateway4 {
-                if !g.is_ipv4() {
-                    return Err(ConfigError::new(format!("{at}.gateway4"), "not IPv4"));
-                }
-            }
-            if let Some(g) = e.gateway6 {
-                if !g.is_ipv6() {
-                    return Err(ConfigError::new(format!("{at}.gateway6"), "not IPv6"));
-                }
-            }
-            for (i, r) in e.routes.iter().enumerate() {
-                if let RouteTo::Net(c) = r.to {
-                    if c.addr.is_ipv4() != r.via.is_ipv4() {
-                        return Err(ConfigError::new(
-                            format!("{at}.routes[{i}]"),
-                            "`to` and `via` are of different address families",
-                        ));
-                    }
-                }
-            }
-            if let Some(mtu) = e.mtu {
-                if !(68..=65535).contains(&mtu) {
-                    return Err(ConfigError::new(
-                        format!("{at}.mtu"),
-                        "must be between 68 and 65535",
-                    ));
-                }
-            }
-            if let Some(ns) = &e.nameservers {
-                for (i, s) in ns.search.iter().enumerate() {
-                    validate_domain(s).map_err(|m| {
-                        ConfigError::new(format!("{at}.nameservers.search[{i}]"), m)
-                    })?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The same network rendered for cloud-init 22.x, which rejects `to: default`: default
-    /// routes are spelled `0.0.0.0/0` / `::/0`.
-    pub fn for_old_cloud_init(&self) -> NetworkConfig {
-        let mut n = self.clone();
-        for e in n.ethernets.values_mut() {
-            for r in &mut e.routes {
-                if r.to == RouteTo::Default {
-                    let addr: IpAddr = if r.via.is_ipv4() {
-                        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-                    } else {
-                        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-                    };
-                    r.to = RouteTo::Net(Cidr { addr, prefix: 0 });
-                }
-            }
-        }
-        n
-    }
+        None => msg,
+    };
+    ConfigError::new(path, msg)
 }
 
 impl ConfigError {
@@ -492,12 +115,24 @@ impl ConfigError {
     }
 }
 
-/// A user to configure. The user must already exist in the guest (the agent creates none).
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A user, with cloud-init's key names and meanings. A user that does not exist is created
+/// (with the creation keys); an existing one gets what cloud-init applies to existing users:
+/// password (`hashed_passwd`), lock state, sudo rules and keys. A document carries explicit
+/// values: cloud-init's defaults (`lock_passwd: true`) are filled in by the NoCloud mapping.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
-    /// Login name.
+    /// Login name (not with `default`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// The image's default user (named in the agent's configuration, with its groups, shell
+    /// and sudo rules there); the keys of this entry override those.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub default: bool,
     /// Keys to install (in the agent's managed block; other keys are kept). An empty list
     /// removes the managed block.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -505,9 +140,182 @@ pub struct User {
     /// A crypt(3) hash (`$id$…`) for /etc/shadow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hashed_passwd: Option<String>,
-    /// Lock (true) or unlock (false) the password; absent leaves it as it is.
+    /// true locks the password (as `passwd -l`); false or absent leaves the lock as it is (as
+    /// cloud-init: a new `hashed_passwd` is what makes a password usable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_passwd: Option<bool>,
+    /// sudoers rules, each written as `<name> <rule>` in `/etc/sudoers.d/90-xenplug-agent-users`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sudo: Vec<String>,
+    /// Creation only: comment (GECOS) field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gecos: Option<String>,
+    /// Creation only: home directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub homedir: Option<String>,
+    /// Creation only: primary group (created if missing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_group: Option<String>,
+    /// Creation only: supplementary groups (created if missing unless `create_groups: false`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Creation only: login shell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    /// Creation only: a system account (system UID range, no home directory created).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<bool>,
+    /// Creation only: the UID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Creation only: do not create the home directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_create_home: Option<bool>,
+    /// Creation only: do not create a group named after the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_user_group: Option<bool>,
+    /// Creation only: do not add the user to the lastlog and faillog databases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_log_init: Option<bool>,
+    /// Creation only: create missing `groups` (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_groups: Option<bool>,
+    /// Creation only: a crypt(3) hash given to `useradd --password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passwd: Option<String>,
+    /// Creation only: account expiry date, `YYYY-MM-DD`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiredate: Option<String>,
+    /// Creation only: days after password expiry until the account is disabled (`-1`: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inactive: Option<String>,
+}
+
+/// A group to create (before the users), and members to add to it (users that exist then).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// Group name.
+    pub name: String,
+    /// Users to add.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+}
+
+/// A `chpasswd` entry: a hash, or a random password the agent makes and prints on the
+/// console (cloud-init's `RANDOM`); `expire` forces a change at the next login.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordChange {
+    /// User (empty with `default`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The default user (cloud-config's top-level `password`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub default: bool,
+    /// crypt(3) hash (plain text in the NoCloud seed was hashed on dom0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashed_passwd: Option<String>,
+    /// Make a random password instead.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub random: bool,
+    /// Expire the password (the user must change it at the next login).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub expire: bool,
+}
+
+/// One `write_files` entry. `content` is text, or base64 with `encoding: b64` (gzip in the
+/// NoCloud seed was inflated on dom0).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteFile {
+    /// Absolute path.
+    pub path: String,
+    /// Content.
+    #[serde(default)]
+    pub content: String,
+    /// `b64` for base64 content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<String>,
+    /// `user` or `user:group` (default `root:root`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Octal mode (default `0644`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions: Option<String>,
+    /// Append to the file instead of replacing it.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub append: bool,
+    /// Write after the users are created (cloud-init's `write_files_deferred`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub defer: bool,
+}
+
+impl WriteFile {
+    /// The bytes to write.
+    pub fn bytes(&self) -> Result<Vec<u8>, String> {
+        match self.encoding.as_deref() {
+            None => Ok(self.content.clone().into_bytes()),
+            Some("b64") => base64::engine::general_purpose::STANDARD
+                .decode(self.content.trim())
+                .map_err(|e| format!("content is not base64: {e}")),
+            Some(other) => Err(format!("unknown encoding {other:?} (only b64)")),
+        }
+    }
+
+    /// The mode bits.
+    pub fn mode(&self) -> Result<u32, String> {
+        match &self.permissions {
+            None => Ok(0o644),
+            Some(p) => parse_mode(p),
+        }
+    }
+}
+
+/// `0644`, `644`, `0o644` → 0o644 (at most 0o7777).
+pub fn parse_mode(p: &str) -> Result<u32, String> {
+    let digits = p.strip_prefix("0o").unwrap_or(p);
+    u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777 && !digits.is_empty())
+        .ok_or_else(|| format!("{p:?} is not an octal mode like '0644'"))
+}
+
+/// A `bootcmd`/`runcmd` item: a shell line, or an argument vector.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Cmd {
+    /// Run by the shell as written.
+    Shell(String),
+    /// Each element one argument (quoted for the shell).
+    Argv(Vec<String>),
+}
+
+/// Time servers (`ntp`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ntp {
+    /// Servers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<String>,
+    /// Pools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<String>,
+    /// `chrony` or `systemd-timesyncd`; absent: whichever the guest has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ntp_client: Option<String>,
+}
+
+/// Trusted CA certificates (`ca_certs`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaCerts {
+    /// PEM certificates to trust.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted: Vec<String>,
+    /// Stop trusting the distribution's certificates.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub remove_defaults: bool,
 }
 
 /// The configuration document (see the module docs).
@@ -533,9 +341,53 @@ pub struct ConfigDoc {
     /// Network configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkConfig>,
-    /// Users' keys and passwords.
+    /// Groups to create, before the users.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<Group>,
+    /// Users to create or update.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<User>,
+    /// Keys for the default user, and for root (see `disable-root`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_authorized_keys: Vec<String>,
+    /// When `ssh-authorized-keys` are given: true installs them for root behind a command
+    /// that tells the user to log in as the default user (cloud-init's `disable_root`), false
+    /// installs them for root as they are. Absent: root's keys are left alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_root: Option<bool>,
+    /// The options put before root's keys with `disable-root` (`$USER`: the default user,
+    /// `$DISABLE_USER`: root); absent: cloud-init's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_root_opts: Option<String>,
+    /// sshd `PasswordAuthentication`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_pwauth: Option<bool>,
+    /// Password changes, after the users are created.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chpasswd: Vec<PasswordChange>,
+    /// Time zone (a name under /usr/share/zoneinfo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Time servers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ntp: Option<Ntp>,
+    /// Files to write.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub write_files: Vec<WriteFile>,
+    /// Commands run once per instance before everything else (needs `run-commands` in the
+    /// agent's configuration).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bootcmd: Vec<Cmd>,
+    /// Commands run once per instance after everything else (needs `run-commands`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runcmd: Vec<Cmd>,
+    /// Logged when the configuration is applied (`$version`, `$timestamp`, `$datasource`,
+    /// `$uptime` are replaced).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_message: Option<String>,
+    /// CA certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certs: Option<CaCerts>,
 }
 
 /// The three NoCloud seed files (as text), plus the generation the host assigns (NoCloud has
@@ -543,81 +395,17 @@ pub struct ConfigDoc {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NoCloudSeed {
-    /// `meta-data` (YAML): `instance-id`, `local-hostname`.
+    /// `meta-data` (YAML): `instance-id`, `local-hostname`, `public-keys`.
     pub meta_data: String,
     /// `user-data` (`#cloud-config` YAML).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data: Option<String>,
-    /// `network-config` (YAML, version 2).
+    /// `network-config` (YAML, version 1 or 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_config: Option<String>,
     /// Generation for the resulting document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<u64>,
-}
-
-/// cloud-config keys accepted in NoCloud `user-data`.
-pub const USER_DATA_KEYS: &[&str] = &[
-    "hostname",
-    "fqdn",
-    "prefer_fqdn_over_hostname",
-    "preserve_hostname",
-    "manage_etc_hosts",
-    "users",
-    "chpasswd",
-];
-
-/// Keys accepted in NoCloud `meta-data`.
-pub const META_DATA_KEYS: &[&str] = &["instance-id", "local-hostname"];
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ChpasswdUser {
-    name: String,
-    password: String,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Chpasswd {
-    #[serde(default)]
-    expire: Option<bool>,
-    #[serde(default)]
-    users: Vec<ChpasswdUser>,
-}
-
-fn yaml_at<T: serde::de::DeserializeOwned>(
-    v: serde_norway::Value,
-    at: &str,
-) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(v).map_err(|e| path_err(e).within(at))
-}
-
-fn yaml_mapping(text: &str, file: &str) -> Result<serde_norway::Mapping, ConfigError> {
-    let v: serde_norway::Value = serde_norway::from_str(text)
-        .map_err(|e| ConfigError::new(file, format!("not YAML: {e}")))?;
-    match v {
-        serde_norway::Value::Null => Ok(serde_norway::Mapping::new()),
-        serde_norway::Value::Mapping(m) => Ok(m),
-        _ => Err(ConfigError::new(file, "must be a YAML mapping")),
-    }
-}
-
-fn check_keys(m: &serde_norway::Mapping, allowed: &[&str], file: &str) -> Result<(), ConfigError> {
-    for k in m.keys() {
-        let Some(k) = k.as_str() else {
-            return Err(ConfigError::new(file, "keys must be strings"));
-        };
-        if !allowed.contains(&k) {
-            return Err(ConfigError::new(
-                format!("{file}.{k}"),
-                format!("unsupported key (supported: {})", allowed.join(", ")),
-            ));
-        }
-    }
-    Ok(())
 }
 
 impl ConfigDoc {
@@ -636,176 +424,14 @@ impl ConfigDoc {
         Ok(doc)
     }
 
-    /// Build a document from NoCloud seed files. Accepts the keys in [`META_DATA_KEYS`] and
-    /// [`USER_DATA_KEYS`] and a version 2 `network-config`; anything else is an error naming the
-    /// file and key. `chpasswd` entries must be hashes (`type: hash`, or a `$id$…` string
-    /// without `type`), and `expire: true` is refused.
+    /// Build a document from NoCloud seed files with cloud-init's meanings (see
+    /// [`nocloud`]); anything xenplug-agent does not do is refused with the file and key path
+    /// and "not supported by xenplug-agent".
     pub fn from_nocloud(seed: &NoCloudSeed) -> Result<Self, ConfigError> {
-        let md = yaml_mapping(&seed.meta_data, "meta-data")?;
-        check_keys(&md, META_DATA_KEYS, "meta-data")?;
-        let instance_id = match md.get("instance-id") {
-            Some(serde_norway::Value::String(s)) => s.clone(),
-            Some(serde_norway::Value::Number(n)) => n.to_string(),
-            Some(_) => {
-                return Err(ConfigError::new(
-                    "meta-data.instance-id",
-                    "must be a string",
-                ))
-            }
-            None => return Err(ConfigError::new("meta-data.instance-id", "is required")),
-        };
-        let mut doc = ConfigDoc {
-            instance_id,
-            generation: seed.generation.unwrap_or(1),
-            ..Default::default()
-        };
-        if let Some(h) = md.get("local-hostname") {
-            doc.hostname = Some(yaml_at(h.clone(), "meta-data.local-hostname")?);
-        }
-        if let Some(ud) = &seed.user_data {
-            let first = ud.lines().next().unwrap_or("").trim_end();
-            if first != "#cloud-config" {
-                return Err(ConfigError::new(
-                    "user-data",
-                    "must start with the line `#cloud-config` (scripts, MIME and includes are not supported)",
-                ));
-            }
-            let m = yaml_mapping(ud, "user-data")?;
-            check_keys(&m, USER_DATA_KEYS, "user-data")?;
-            let get_bool = |k: &str| -> Result<Option<bool>, ConfigError> {
-                m.get(k)
-                    .map(|v| yaml_at::<bool>(v.clone(), &format!("user-data.{k}")))
-                    .transpose()
-            };
-            let preserve = get_bool("preserve_hostname")?.unwrap_or(false);
-            if let Some(v) = m.get("hostname") {
-                doc.hostname = Some(yaml_at(v.clone(), "user-data.hostname")?);
-            }
-            if let Some(v) = m.get("fqdn") {
-                doc.fqdn = Some(yaml_at(v.clone(), "user-data.fqdn")?);
-            }
-            if preserve {
-                doc.hostname = None;
-                doc.fqdn = None;
-            }
-            doc.prefer_fqdn_over_hostname = get_bool("prefer_fqdn_over_hostname")?;
-            if let Some(v) = m.get("manage_etc_hosts") {
-                doc.manage_etc_hosts = Some(match v {
-                    serde_norway::Value::Bool(b) => *b,
-                    serde_norway::Value::String(s) if s == "localhost" || s == "template" => true,
-                    _ => {
-                        return Err(ConfigError::new(
-                            "user-data.manage_etc_hosts",
-                            "must be true, false, \"localhost\" or \"template\"",
-                        ))
-                    }
-                });
-            }
-            if let Some(serde_norway::Value::Sequence(list)) = m.get("users") {
-                for (i, u) in list.iter().enumerate() {
-                    let at = format!("user-data.users[{i}]");
-                    match u {
-                        serde_norway::Value::String(s) if s == "default" => {}
-                        serde_norway::Value::String(_) => {
-                            return Err(ConfigError::new(
-                                at,
-                                "only `default` may be given as a bare string; use a mapping with `name`",
-                            ))
-                        }
-                        other => doc.users.push(yaml_at(other.clone(), &at)?),
-                    }
-                }
-            } else if m.contains_key("users") {
-                return Err(ConfigError::new("user-data.users", "must be a list"));
-            }
-            if let Some(v) = m.get("chpasswd") {
-                let c: Chpasswd = yaml_at(v.clone(), "user-data.chpasswd")?;
-                if c.expire == Some(true) {
-                    return Err(ConfigError::new(
-                        "user-data.chpasswd.expire",
-                        "password expiry is not supported; set `expire: false`",
-                    ));
-                }
-                for (i, cu) in c.users.into_iter().enumerate() {
-                    let at = format!("user-data.chpasswd.users[{i}]");
-                    match cu.kind.as_deref() {
-                        Some("hash") => {}
-                        None if cu.password.starts_with('$') => {}
-                        _ => {
-                            return Err(ConfigError::new(
-                                at,
-                                "only hashed passwords are accepted (`type: hash`)",
-                            ))
-                        }
-                    }
-                    match doc.users.iter_mut().find(|u| u.name == cu.name) {
-                        Some(u) => u.hashed_passwd = Some(cu.password),
-                        None => doc.users.push(User {
-                            name: cu.name,
-                            hashed_passwd: Some(cu.password),
-                            ..Default::default()
-                        }),
-                    }
-                }
-            }
-        }
-        if let Some(nc) = &seed.network_config {
-            doc.network =
-                Some(NetworkConfig::from_yaml(nc).map_err(|e| e.within("network-config"))?);
-        }
-        doc.validate()?;
-        Ok(doc)
+        nocloud::convert(seed)
     }
 
-    /// Render as NoCloud seed files that cloud-init itself accepts (used to check our documents
-    /// against `cloud-init schema` and `cloud-init devel net-convert`). Default routes are
-    /// spelled for cloud-init 22.x (see [`NetworkConfig::for_old_cloud_init`]).
-    pub fn to_nocloud(&self) -> NoCloudSeed {
-        let mut md = serde_norway::Mapping::new();
-        md.insert("instance-id".into(), self.instance_id.clone().into());
-        if let Some(h) = &self.hostname {
-            md.insert("local-hostname".into(), h.clone().into());
-        }
-        let mut ud = serde_norway::Mapping::new();
-        if let Some(h) = &self.hostname {
-            ud.insert("hostname".into(), h.clone().into());
-        }
-        if let Some(f) = &self.fqdn {
-            ud.insert("fqdn".into(), f.clone().into());
-        }
-        if let Some(b) = self.prefer_fqdn_over_hostname {
-            ud.insert("prefer_fqdn_over_hostname".into(), b.into());
-        }
-        if let Some(b) = self.manage_etc_hosts {
-            ud.insert("manage_etc_hosts".into(), b.into());
-        }
-        if !self.users.is_empty() {
-            ud.insert(
-                "users".into(),
-                serde_norway::to_value(&self.users).expect("users serialize"),
-            );
-        }
-        let user_data = format!(
-            "#cloud-config\n{}",
-            serde_norway::to_string(&ud).expect("mapping serializes")
-        );
-        let network_config = self.network.as_ref().map(|n| {
-            let mut m = serde_norway::Mapping::new();
-            m.insert(
-                "network".into(),
-                serde_norway::to_value(n.for_old_cloud_init()).expect("network serializes"),
-            );
-            serde_norway::to_string(&m).expect("mapping serializes")
-        });
-        NoCloudSeed {
-            meta_data: serde_norway::to_string(&md).expect("mapping serializes"),
-            user_data: Some(user_data),
-            network_config,
-            generation: Some(self.generation),
-        }
-    }
-
-    /// Check what serde cannot (names, hashes, keys, network families).
+    /// Check what serde cannot (names, hashes, keys, paths, network references).
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.instance_id.is_empty()
             || self.instance_id.len() > 255
@@ -828,23 +454,124 @@ impl ConfigDoc {
         if let Some(n) = &self.network {
             n.validate().map_err(|e| e.within("network"))?;
         }
+        for (i, g) in self.groups.iter().enumerate() {
+            let at = format!("groups[{i}]");
+            validate_username(&g.name)
+                .map_err(|m| ConfigError::new(format!("{at}.name"), m.replace("user", "group")))?;
+            for (k, m) in g.members.iter().enumerate() {
+                validate_username(m)
+                    .map_err(|e| ConfigError::new(format!("{at}.members[{k}]"), e))?;
+            }
+        }
         let mut seen = BTreeSet::new();
+        let mut defaults = 0;
         for (i, u) in self.users.iter().enumerate() {
             let at = format!("users[{i}]");
-            validate_username(&u.name).map_err(|m| ConfigError::new(format!("{at}.name"), m))?;
-            if !seen.insert(u.name.as_str()) {
+            if u.default {
+                defaults += 1;
+                if defaults > 1 {
+                    return Err(ConfigError::new(
+                        format!("{at}.default"),
+                        "the default user is listed twice",
+                    ));
+                }
+                if !u.name.is_empty() {
+                    validate_username(&u.name)
+                        .map_err(|m| ConfigError::new(format!("{at}.name"), m))?;
+                }
+            } else {
+                validate_username(&u.name)
+                    .map_err(|m| ConfigError::new(format!("{at}.name"), m))?;
+                if !seen.insert(u.name.as_str()) {
+                    return Err(ConfigError::new(
+                        format!("{at}.name"),
+                        format!("user '{}' is listed twice", u.name),
+                    ));
+                }
+            }
+            validate_user(u).map_err(|e| e.within(&at))?;
+        }
+        for (k, key) in self.ssh_authorized_keys.iter().enumerate() {
+            parse_ssh_key(key)
+                .map_err(|m| ConfigError::new(format!("ssh-authorized-keys[{k}]"), m))?;
+        }
+        if let Some(o) = &self.disable_root_opts {
+            if o.is_empty() || o.chars().any(|c| c.is_control()) {
                 return Err(ConfigError::new(
-                    format!("{at}.name"),
-                    format!("user '{}' is listed twice", u.name),
+                    "disable-root-opts",
+                    "must be one line of authorized_keys options",
                 ));
             }
-            for (k, key) in u.ssh_authorized_keys.iter().enumerate() {
-                parse_ssh_key(key)
-                    .map_err(|m| ConfigError::new(format!("{at}.ssh_authorized_keys[{k}]"), m))?;
+        }
+        for (i, c) in self.chpasswd.iter().enumerate() {
+            let at = format!("chpasswd[{i}]");
+            if !(c.default && c.name.is_empty()) {
+                validate_username(&c.name)
+                    .map_err(|m| ConfigError::new(format!("{at}.name"), m))?;
             }
-            if let Some(h) = &u.hashed_passwd {
-                validate_password_hash(h)
-                    .map_err(|m| ConfigError::new(format!("{at}.hashed_passwd"), m))?;
+            match (&c.hashed_passwd, c.random) {
+                (Some(h), false) => validate_password_hash(h)
+                    .map_err(|m| ConfigError::new(format!("{at}.hashed_passwd"), m))?,
+                (None, true) => {}
+                _ => {
+                    return Err(ConfigError::new(
+                        at,
+                        "needs exactly one of `hashed_passwd` and `random`",
+                    ))
+                }
+            }
+        }
+        if let Some(tz) = &self.timezone {
+            validate_timezone(tz).map_err(|m| ConfigError::new("timezone", m))?;
+        }
+        if let Some(n) = &self.ntp {
+            for (k, list) in [("servers", &n.servers), ("pools", &n.pools)] {
+                for (i, s) in list.iter().enumerate() {
+                    if s.parse::<IpAddr>().is_err() {
+                        validate_hostname(s)
+                            .map_err(|m| ConfigError::new(format!("ntp.{k}[{i}]"), m))?;
+                    }
+                }
+            }
+            if let Some(c) = &n.ntp_client {
+                if !["chrony", "systemd-timesyncd"].contains(&c.as_str()) {
+                    return Err(ConfigError::new(
+                        "ntp.ntp_client",
+                        format!(
+                            "{c:?}: not supported by xenplug-agent (chrony or systemd-timesyncd)"
+                        ),
+                    ));
+                }
+            }
+        }
+        for (i, f) in self.write_files.iter().enumerate() {
+            validate_write_file(f).map_err(|e| e.within(&format!("write-files[{i}]")))?;
+        }
+        for (key, list) in [("bootcmd", &self.bootcmd), ("runcmd", &self.runcmd)] {
+            for (i, c) in list.iter().enumerate() {
+                let bad = match c {
+                    Cmd::Shell(s) => s.contains('\0'),
+                    Cmd::Argv(a) => a.is_empty() || a.iter().any(|x| x.contains('\0')),
+                };
+                if bad {
+                    return Err(ConfigError::new(
+                        format!("{key}[{i}]"),
+                        "must be a non-empty command without NUL bytes",
+                    ));
+                }
+            }
+        }
+        if self
+            .final_message
+            .as_deref()
+            .is_some_and(|m| m.contains('\0'))
+        {
+            return Err(ConfigError::new("final-message", "contains a NUL byte"));
+        }
+        if let Some(ca) = &self.ca_certs {
+            for (i, c) in ca.trusted.iter().enumerate() {
+                validate_pem_certificates(c)
+                    .map_err(|m| ConfigError::new(format!("ca-certs.trusted[{i}]"), m))?;
             }
         }
         Ok(())
@@ -864,6 +591,183 @@ impl ConfigDoc {
             (None, None) => None,
         }
     }
+
+    /// True when the document asks for commands to run (`bootcmd`, `runcmd`).
+    pub fn has_commands(&self) -> bool {
+        !self.bootcmd.is_empty() || !self.runcmd.is_empty()
+    }
+}
+
+pub(crate) fn validate_user(u: &User) -> Result<(), ConfigError> {
+    for (k, key) in u.ssh_authorized_keys.iter().enumerate() {
+        parse_ssh_key(key).map_err(|m| ConfigError::new(format!("ssh_authorized_keys[{k}]"), m))?;
+    }
+    for (k, h) in [("hashed_passwd", &u.hashed_passwd), ("passwd", &u.passwd)] {
+        if let Some(h) = h {
+            validate_password_hash(h).map_err(|m| ConfigError::new(k, m))?;
+        }
+    }
+    for (i, r) in u.sudo.iter().enumerate() {
+        validate_sudo_rule(r).map_err(|m| ConfigError::new(format!("sudo[{i}]"), m))?;
+    }
+    if let Some(g) = &u.gecos {
+        if g.contains(':') || g.chars().any(|c| c.is_control()) {
+            return Err(ConfigError::new(
+                "gecos",
+                "must not contain ':' or control characters (it is a passwd field)",
+            ));
+        }
+    }
+    for (k, p) in [("homedir", &u.homedir), ("shell", &u.shell)] {
+        if let Some(p) = p {
+            validate_abs_path(p).map_err(|m| ConfigError::new(k, m))?;
+            if p.contains(':') {
+                return Err(ConfigError::new(
+                    k,
+                    "must not contain ':' (it is a passwd field)",
+                ));
+            }
+        }
+    }
+    if let Some(g) = &u.primary_group {
+        validate_username(g)
+            .map_err(|m| ConfigError::new("primary_group", m.replace("user", "group")))?;
+    }
+    for (i, g) in u.groups.iter().enumerate() {
+        validate_username(g)
+            .map_err(|m| ConfigError::new(format!("groups[{i}]"), m.replace("user", "group")))?;
+    }
+    if let Some(d) = &u.expiredate {
+        validate_date(d).map_err(|m| ConfigError::new("expiredate", m))?;
+    }
+    if let Some(n) = &u.inactive {
+        if n.parse::<i64>().map(|n| n < -1).unwrap_or(true) {
+            return Err(ConfigError::new(
+                "inactive",
+                "must be a number of days, or -1",
+            ));
+        }
+    }
+    if u.uid == Some(u32::MAX) {
+        return Err(ConfigError::new("uid", "4294967295 is not a valid UID"));
+    }
+    Ok(())
+}
+
+/// A sudoers rule as cloud-init writes it after the user name (`<name> <rule>`): one line, no
+/// line continuation (a trailing `\` joins the next line), and nothing that would extend the
+/// user list (`,` first). The agent also has `visudo` check the whole file when the guest has
+/// it.
+pub fn validate_sudo_rule(r: &str) -> Result<(), String> {
+    let t = r.trim();
+    if t.is_empty() {
+        return Err("empty rule".into());
+    }
+    if r.chars().any(|c| c.is_control()) {
+        return Err("must be one line without control characters".into());
+    }
+    if t.ends_with('\\') {
+        return Err("must not end with '\\' (it would continue on the next line)".into());
+    }
+    if t.starts_with(',') {
+        return Err("must not start with ',' (it would add users to the rule)".into());
+    }
+    Ok(())
+}
+
+fn validate_abs_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') {
+        return Err(format!("{p:?} is not an absolute path"));
+    }
+    if p.chars().any(|c| c.is_control()) {
+        return Err(format!("{p:?} contains a control character"));
+    }
+    if p.split('/').any(|c| c == "..") {
+        return Err(format!("{p:?} contains '..'"));
+    }
+    Ok(())
+}
+
+fn validate_date(d: &str) -> Result<(), String> {
+    let p: Vec<&str> = d.split('-').collect();
+    let ok = p.len() == 3
+        && p[0].len() == 4
+        && p[1].len() == 2
+        && p[2].len() == 2
+        && p.iter().all(|x| x.bytes().all(|b| b.is_ascii_digit()))
+        && (1..=12).contains(&p[1].parse::<u32>().unwrap_or(0))
+        && (1..=31).contains(&p[2].parse::<u32>().unwrap_or(0));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{d:?} is not a date YYYY-MM-DD"))
+    }
+}
+
+/// A time zone name: `Area/Location` segments of letters, digits, `_ + -`, no `..`.
+pub fn validate_timezone(tz: &str) -> Result<(), String> {
+    let ok = !tz.is_empty()
+        && tz.len() <= 64
+        && tz.split('/').all(|s| {
+            !s.is_empty()
+                && s != ".."
+                && s != "."
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{tz:?} is not a time zone name like Europe/Paris"))
+    }
+}
+
+pub(crate) fn validate_write_file(f: &WriteFile) -> Result<(), ConfigError> {
+    validate_abs_path(&f.path).map_err(|m| ConfigError::new("path", m))?;
+    if f.path.ends_with('/') {
+        return Err(ConfigError::new("path", "names a directory"));
+    }
+    f.bytes().map_err(|m| ConfigError::new("content", m))?;
+    f.mode().map_err(|m| ConfigError::new("permissions", m))?;
+    if let Some(o) = &f.owner {
+        let (u, g) = o.split_once(':').unwrap_or((o, ""));
+        validate_username(u).map_err(|m| ConfigError::new("owner", m))?;
+        if !g.is_empty() {
+            validate_username(g)
+                .map_err(|m| ConfigError::new("owner", m.replace("user", "group")))?;
+        }
+    }
+    Ok(())
+}
+
+/// One or more PEM certificates (`-----BEGIN CERTIFICATE-----` … base64 … `-----END …`).
+pub fn validate_pem_certificates(pem: &str) -> Result<(), String> {
+    let mut count = 0;
+    let mut body: Option<String> = None;
+    for line in pem.lines().map(str::trim) {
+        match (&mut body, line) {
+            (None, "-----BEGIN CERTIFICATE-----") => body = Some(String::new()),
+            (None, "") => {}
+            (None, other) => {
+                return Err(format!("unexpected line outside a certificate: {other:?}"))
+            }
+            (Some(b), "-----END CERTIFICATE-----") => {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.as_bytes())
+                    .map_err(|_| "certificate body is not base64".to_string())?;
+                count += 1;
+                body = None;
+            }
+            (Some(b), l) => b.push_str(l),
+        }
+    }
+    if body.is_some() {
+        return Err("a certificate has no END line".into());
+    }
+    if count == 0 {
+        return Err("no PEM certificate".into());
+    }
+    Ok(())
 }
 
 /// Validate a DNS host name (one label or several): labels of 1–63 `[A-Za-z0-9-]` not starting
@@ -903,18 +807,110 @@ pub fn truncate_hostname(h: &str, max: usize) -> String {
     first.chars().take(max).collect()
 }
 
-/// Validate a Linux interface name (IFNAMSIZ-1 = 15 bytes, no `/`, whitespace, `:`).
+/// The kernel's `dev_valid_name()` (net/core/dev.c): not empty, at most IFNAMSIZ-1 = 15 bytes,
+/// not `.` or `..`, and no `/`, `:` or byte the kernel's `isspace()` accepts (`\t \n \v \f \r`,
+/// space, and 0xA0, which it counts as a space too). A NUL byte would end the name early, so it
+/// is refused as well.
+pub fn kernel_valid_ifname(n: &str) -> Result<(), String> {
+    let b = n.as_bytes();
+    let why = if b.is_empty() {
+        Some("is empty".to_string())
+    } else if b.len() > 15 {
+        Some(format!("is {} bytes long (at most 15)", b.len()))
+    } else if n == "." || n == ".." {
+        Some("is reserved".to_string())
+    } else {
+        b.iter()
+            .find(|c| {
+                matches!(
+                    c,
+                    b'/' | b':' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ' | 0xa0 | 0
+                )
+            })
+            .map(|c| format!("contains {}", show_byte(*c)))
+    };
+    match why {
+        Some(w) => Err(format!("{:?} is not a valid interface name: it {w}", n)),
+        None => Ok(()),
+    }
+}
+
+fn show_byte(c: u8) -> String {
+    match c {
+        b' ' => "a space".into(),
+        b'/' | b':' => format!("'{}'", c as char),
+        _ => format!("the byte 0x{c:02x}"),
+    }
+}
+
+/// Characters an interface name may have in a document: the ones that mean themselves in every
+/// place xenplug-agent writes a name (a command line ifupdown hands to `/bin/sh`, networkd's
+/// `Name=` glob lists, NetworkManager key files, `ip`'s argument list).
+fn ifname_char_ok(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@' | '+')
+}
+
+/// Validate an interface name: [`kernel_valid_ifname`], and then only the characters a shell or
+/// a configuration parser takes literally (letters, digits, `_ - . @ +`), not starting with `-`
+/// (an option to `ip`/`ifup`) and not all digits (systemd reads that as an ifindex). The kernel
+/// would accept `a;reboot` or `$(x)`; every renderer would hand them to something that does not
+/// take them literally (ifupdown runs its commands through `/bin/sh` with the name substituted),
+/// so they are refused here, before anything is sent or written.
 pub fn validate_ifname(n: &str) -> Result<(), String> {
-    if n.is_empty()
-        || n.len() > 15
-        || n == "."
-        || n == ".."
-        || n.chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    kernel_valid_ifname(n)?;
+    check_ifname_chars(n, false)
+}
+
+/// Validate a `match.name` pattern: as [`validate_ifname`], plus the globs `*` (any run) and `?`
+/// (one character), which is what [`glob_match`] and the renderers understand.
+pub fn validate_ifname_pattern(p: &str) -> Result<(), String> {
+    kernel_valid_ifname(p)?;
+    check_ifname_chars(p, true)
+}
+
+fn check_ifname_chars(n: &str, glob: bool) -> Result<(), String> {
+    if let Some(c) = n
+        .chars()
+        .find(|c| !(ifname_char_ok(*c) || (glob && matches!(c, '*' | '?'))))
     {
-        return Err(format!("'{n}' is not a valid interface name"));
+        let allowed = if glob {
+            "letters, digits, _ - . @ + and the globs * ?"
+        } else {
+            "letters, digits and _ - . @ +"
+        };
+        return Err(format!(
+            "{n:?} is not accepted as an interface name: {c:?} would be interpreted by a shell or \
+             a configuration parser (allowed: {allowed})"
+        ));
+    }
+    if n.starts_with('-') {
+        return Err(format!(
+            "{n:?} is not accepted as an interface name: it starts with '-'"
+        ));
+    }
+    if n.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "{n:?} is not accepted as an interface name: it is all digits (an interface index)"
+        ));
     }
     Ok(())
+}
+
+/// Validate the id of a network entry that has a `match` (so the id is not an interface name):
+/// 1–64 of the characters an interface name may have, not starting with `-` or `.`. The id
+/// names the agent's files and NetworkManager connections.
+pub fn validate_entry_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(ifname_char_ok)
+        && !id.starts_with(['-', '.']);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{id:?} is not accepted as an entry id (1-64 letters, digits, _ - . @ +, not starting with - or .)"
+        ))
+    }
 }
 
 /// Validate a login name the way useradd's default NAME_REGEX does (plus upper case): starts
@@ -1087,7 +1083,7 @@ pub(crate) mod tests {
             lan.match_.as_ref().unwrap().macaddress.unwrap().to_string(),
             "00:16:3e:12:34:56"
         );
-        assert_eq!(lan.all_routes().len(), 2);
+        assert_eq!(lan.ip().routes.len(), 2);
         let back = serde_json::to_value(&d).unwrap();
         assert_eq!(ConfigDoc::from_value(back).unwrap(), d);
         assert_eq!(
@@ -1099,14 +1095,21 @@ pub(crate) mod tests {
     #[test]
     fn unknown_keys_are_rejected_with_path() {
         let mut v = doc();
-        v["network"]["ethernets"]["lan"]["wakeonlan"] = json!(true);
+        v["network"]["ethernets"]["lan"]["link-local"] = json!(["ipv4"]);
         let e = ConfigDoc::from_value(v).unwrap_err();
-        assert_eq!(e.path, "network.ethernets.lan.wakeonlan");
-        assert!(e.message.contains("unknown field `wakeonlan`"), "{e}");
+        assert_eq!(e.path, "network.ethernets.lan.link-local");
+        assert!(
+            e.message.starts_with("not supported by xenplug-agent"),
+            "{e}"
+        );
         let mut v = doc();
         v["colour"] = json!("red");
         let e = ConfigDoc::from_value(v).unwrap_err();
-        assert!(e.message.contains("unknown field `colour`"), "{e}");
+        assert_eq!(e.path, "colour");
+        assert!(
+            e.message.starts_with("not supported by xenplug-agent"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1211,19 +1214,23 @@ pub(crate) mod tests {
         assert_eq!(d.generation, 4);
         assert_eq!(d.hostname.as_deref(), Some("web2"));
         assert_eq!(d.effective_hostname().as_deref(), Some("web2"));
-        assert_eq!(d.users.len(), 1);
-        assert_eq!(
-            d.users[0].hashed_passwd.as_deref(),
-            Some("$6$rounds=4096$salt$hash")
-        );
+        // cloud-init order: the listed users, then the default user.
+        assert_eq!(d.users.len(), 2);
+        assert!(d.users[1].default && d.users[1].lock_passwd.is_none());
+        assert_eq!(d.users[0].name, "admin");
         assert_eq!(d.users[0].lock_passwd, Some(false));
+        assert_eq!(
+            d.chpasswd,
+            vec![PasswordChange {
+                name: "admin".into(),
+                hashed_passwd: Some("$6$rounds=4096$salt$hash".into()),
+                ..Default::default()
+            }]
+        );
+        assert_eq!(d.manage_etc_hosts, Some(true));
+        assert_eq!(d.disable_root, Some(true));
         let eth = &d.network.as_ref().unwrap().ethernets["id0"];
-        assert_eq!(eth.all_routes()[0].to, RouteTo::Default);
-        // And back: our rendering parses to the same document.
-        let again = ConfigDoc::from_nocloud(&d.to_nocloud()).unwrap();
-        assert_eq!(again.users, d.users);
-        assert_eq!(again.hostname, d.hostname);
-        assert_eq!(again.generation, 4);
+        assert_eq!(eth.ip().routes[0].to, RouteTo::Default);
     }
 
     #[test]
@@ -1236,22 +1243,39 @@ pub(crate) mod tests {
             user_data: Some(ud.into()),
             ..base.clone()
         };
-        let e = ConfigDoc::from_nocloud(&with_ud("#cloud-config\nruncmd: [ls]\n")).unwrap_err();
-        assert_eq!(e.path, "user-data.runcmd");
-        assert!(e.message.contains("unsupported key"));
+        for (ud, path) in [
+            ("#cloud-config\npackages: [nginx]\n", "user-data.packages"),
+            ("#cloud-config\napt: {}\n", "user-data.apt"),
+            ("#cloud-config\nsnap: {}\n", "user-data.snap"),
+            ("#cloud-config\nchef: {}\n", "user-data.chef"),
+            (
+                "#cloud-config\npower_state: {mode: reboot}\n",
+                "user-data.power_state",
+            ),
+            (
+                "#cloud-config\nusers:\n  - name: bob\n    ssh_import_id: [gh:bob]\n",
+                "user-data.users[0].ssh_import_id",
+            ),
+            (
+                "#cloud-config\nntp: {config: {confpath: /x}}\n",
+                "user-data.ntp.config",
+            ),
+            (
+                "#cloud-config\nwrite_files: [{path: /x, mode: '0644'}]\n",
+                "user-data.write_files[0].mode",
+            ),
+        ] {
+            let e = ConfigDoc::from_nocloud(&with_ud(ud)).unwrap_err();
+            assert_eq!(e.path, path, "{e}");
+            assert_eq!(e.message, "not supported by xenplug-agent", "{e}");
+            assert_eq!(
+                e.to_string(),
+                format!("{path}: not supported by xenplug-agent")
+            );
+        }
         let e = ConfigDoc::from_nocloud(&with_ud("#!/bin/sh\necho hi\n")).unwrap_err();
         assert_eq!(e.path, "user-data");
-        let e = ConfigDoc::from_nocloud(&with_ud(
-            "#cloud-config\nusers:\n  - name: bob\n    sudo: ALL\n",
-        ))
-        .unwrap_err();
-        assert_eq!(e.path, "user-data.users[0].sudo");
-        assert!(e.message.contains("unknown field `sudo`"), "{e}");
-        let e = ConfigDoc::from_nocloud(&with_ud(
-            "#cloud-config\nchpasswd:\n  users:\n    - {name: bob, password: secret, type: text}\n",
-        ))
-        .unwrap_err();
-        assert_eq!(e.path, "user-data.chpasswd.users[0]");
+        assert!(e.message.contains("not supported by xenplug-agent"), "{e}");
         let e = ConfigDoc::from_nocloud(&with_ud("#cloud-config\nhostname: 42\n")).unwrap_err();
         assert_eq!(e.path, "user-data.hostname");
         let e = ConfigDoc::from_nocloud(&NoCloudSeed {
@@ -1260,8 +1284,12 @@ pub(crate) mod tests {
         })
         .unwrap_err();
         assert_eq!(e.path, "meta-data.instance-id");
+        let base = NoCloudSeed {
+            user_data: Some("#cloud-config\n".into()),
+            ..base
+        };
         let e = ConfigDoc::from_nocloud(&NoCloudSeed {
-            network_config: Some("version: 1\nconfig: []\n".into()),
+            network_config: Some("version: 3\nconfig: []\n".into()),
             ..base.clone()
         })
         .unwrap_err();
@@ -1301,6 +1329,76 @@ pub(crate) mod tests {
         let long = format!("{}.{}", "a".repeat(60), "b".repeat(60));
         assert_eq!(truncate_hostname(&long, 64), "a".repeat(60));
         assert_eq!(truncate_hostname("short.example", 64), "short.example");
+    }
+
+    /// Issue 12: interface names are validated as the kernel does (`dev_valid_name`) and
+    /// nothing a shell or parser would interpret gets through, wherever a name comes in.
+    #[test]
+    fn hostile_interface_names_are_refused_where_they_come_in() {
+        let hostile = [
+            "a;reboot",
+            "$(reboot)",
+            "`reboot`",
+            "a|b",
+            "a b",
+            "a&b",
+            "a>b",
+            "a'b",
+            "a\"b",
+            "a\\b",
+            "${IFS}",
+            "a\nb",
+            "a\tb",
+            "a/b",
+            "a:1",
+            ".",
+            "..",
+            "",
+            "sixteen-bytes-xx",
+            "-x",
+            "42",
+            "\u{e0}",
+            "a%b",
+            "a#b",
+            "a[0]",
+        ];
+        for bad in hostile {
+            let mut v = doc();
+            v["network"]["ethernets"]["lan"]["set-name"] = json!(bad);
+            let e = ConfigDoc::from_value(v).unwrap_err();
+            assert_eq!(e.path, "network.ethernets.lan.set-name", "{bad:?}: {e}");
+            let mut v = doc();
+            v["network"]["ethernets"]["lan"]["match"] = json!({"name": bad});
+            let e = ConfigDoc::from_value(v).unwrap_err();
+            assert_eq!(e.path, "network.ethernets.lan.match.name", "{bad:?}: {e}");
+            let mut v = doc();
+            v["network"]["ethernets"][bad] = json!({"dhcp4": true});
+            let e = ConfigDoc::from_value(v).unwrap_err();
+            assert_eq!(e.path, format!("network.ethernets.{bad}"), "{bad:?}: {e}");
+        }
+        // The kernel's own rule, byte for byte.
+        assert!(kernel_valid_ifname("a;reboot").is_ok());
+        assert!(kernel_valid_ifname("fifteen-bytes-x").is_ok());
+        for bad in [
+            "", ".", "..", "a/b", "a:b", "a b", "a\u{b}b", "a\u{c}b", "\u{e0}",
+        ] {
+            assert!(kernel_valid_ifname(bad).is_err(), "{bad:?}");
+        }
+        // Names and patterns a guest really has still pass.
+        for good in [
+            "eth0",
+            "ens3",
+            "enp0s31f6",
+            "br-lan",
+            "bond0.100",
+            "vif5.0",
+            "wg0",
+            "lan@1",
+        ] {
+            validate_ifname(good).unwrap();
+        }
+        validate_ifname_pattern("enp*s?").unwrap();
+        assert!(validate_ifname("enp*").is_err());
     }
 
     #[test]

@@ -8,7 +8,9 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::wire::{self, commands, AgentError, Decoder, Event, Incoming, Limits};
+use xenplug_channel::host::{HostEvent, HostSession, Nonces};
+
+use crate::wire::{self, commands, AgentError, Limits};
 
 /// Why a one-shot operation failed; each maps to a documented exit code.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,9 @@ pub enum ClientError {
     /// A request got no reply in time.
     #[error("no reply to {0} within {1:?}")]
     RequestTimeout(String, Duration),
+    /// The reply was larger than the frame bound.
+    #[error("the reply to {0} exceeds {1} bytes (raise --max-frame)")]
+    Oversize(String, usize),
     /// The peer closed the connection.
     #[error("the channel was closed")]
     Closed,
@@ -86,7 +91,10 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::SocketMissing { .. } => exit::SOCKET_MISSING,
-            ClientError::Connect { .. } | ClientError::Io(_) | ClientError::Closed => exit::OTHER,
+            ClientError::Connect { .. }
+            | ClientError::Io(_)
+            | ClientError::Closed
+            | ClientError::Oversize(..) => exit::OTHER,
             ClientError::HandshakeTimeout(..) => exit::HANDSHAKE_TIMEOUT,
             ClientError::Agent(_) => exit::AGENT_ERROR,
             ClientError::RequestTimeout(..) => exit::REQUEST_TIMEOUT,
@@ -96,29 +104,20 @@ impl ClientError {
     }
 }
 
-/// A connected, synchronised channel.
+/// A connected channel, driven through the shared host session (the same handshake and reply
+/// matching as the daemon's).
 #[derive(Debug)]
 pub struct Client {
     stream: UnixStream,
-    decoder: Decoder,
-    next_id: u64,
-    nonce_state: u64,
+    session: HostSession,
     buf: Vec<u8>,
     /// Sync requests sent by the last handshake.
     pub syncs: u32,
 }
 
-fn nonce(state: &mut u64) -> u64 {
-    let mut x = *state;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *state = x;
-    (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11).max(1)
-}
-
 impl Client {
-    /// Connect to `path`.
+    /// Connect to `path`; guest frames are bounded by `limits`
+    /// ([`xenplug_channel::host::default_limits`] unless a query needs more).
     pub async fn connect(path: &Path, limits: Limits) -> Result<Self, ClientError> {
         let stream =
             UnixStream::connect(path)
@@ -133,32 +132,21 @@ impl Client {
                         source,
                     },
                 })?;
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-            ^ u64::from(std::process::id()) << 20;
         Ok(Client {
             stream,
-            decoder: Decoder::new(limits),
-            next_id: 1,
-            nonce_state: seed | 1,
+            session: HostSession::new(limits, Nonces::seeded(0)),
             buf: vec![0; 16 * 1024],
             syncs: 0,
         })
     }
 
-    /// Read until `until` for the next decoder events; `Ok(None)` on timeout.
-    async fn next_events(&mut self, until: Instant) -> Result<Option<Vec<Event>>, ClientError> {
+    /// Read until `until` and feed the session; `Ok(None)` on timeout.
+    async fn next_events(&mut self, until: Instant) -> Result<Option<Vec<HostEvent>>, ClientError> {
         let left = until.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, self.stream.read(&mut self.buf)).await {
             Err(_) => Ok(None),
             Ok(Ok(0)) => Err(ClientError::Closed),
-            Ok(Ok(n)) => {
-                let mut evs = Vec::new();
-                self.decoder.feed(&self.buf[..n], |e| evs.push(e));
-                Ok(Some(evs))
-            }
+            Ok(Ok(n)) => Ok(Some(self.session.feed(&self.buf[..n]))),
             Ok(Err(e)) => Err(e.into()),
         }
     }
@@ -178,51 +166,45 @@ impl Client {
             if now >= end {
                 return Err(ClientError::HandshakeTimeout(timeout, self.syncs));
             }
-            let n = nonce(&mut self.nonce_state);
             self.syncs += 1;
-            self.stream.write_all(&wire::encode_sync(n)).await?;
+            let bytes = self.session.begin_sync();
+            self.stream.write_all(&bytes).await?;
             let until = (now + retry).min(end);
             while let Some(evs) = self.next_events(until).await? {
-                for e in evs {
-                    if let Event::Frame(f) = e {
-                        if wire::is_sync_reply(&wire::classify(f), n) {
-                            return Ok(());
-                        }
-                    }
+                if evs.contains(&HostEvent::Synced) {
+                    return Ok(());
                 }
             }
         }
     }
 
-    /// Run one request and wait for its reply (matched by `id`; replies without an id are
-    /// taken as ours, since requests go one at a time after a handshake).
+    /// Run one request and wait for its reply (stale replies are dropped by the session).
     pub async fn execute(
         &mut self,
         command: &str,
         arguments: Option<&Value>,
         timeout: Duration,
     ) -> Result<Value, ClientError> {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.stream
-            .write_all(&wire::encode_request(command, arguments, id))
-            .await?;
+        let (_id, bytes) = self.session.request(command, arguments);
+        self.stream.write_all(&bytes).await?;
         let end = Instant::now() + timeout;
         loop {
             let Some(evs) = self.next_events(end).await? else {
+                self.session.abandon();
                 return Err(ClientError::RequestTimeout(command.to_string(), timeout));
             };
             for e in evs {
-                let Event::Frame(f) = e else { continue };
-                let (rid, res) = match wire::classify(f) {
-                    Incoming::Return { id, value } => (id, Ok(value)),
-                    Incoming::Error { id, error } => (id, Err(error)),
-                    _ => continue,
-                };
-                if rid.is_some_and(|r| r.as_u64() != Some(id)) {
-                    continue;
+                match e {
+                    HostEvent::Reply { result, .. } => return result.map_err(ClientError::Agent),
+                    HostEvent::Oversize => {
+                        self.session.abandon();
+                        return Err(ClientError::Oversize(
+                            command.to_string(),
+                            self.session.limits().max_frame,
+                        ));
+                    }
+                    _ => {}
                 }
-                return res.map_err(ClientError::Agent);
             }
         }
     }
@@ -262,17 +244,25 @@ pub const QUERIES: &[(&str, &str)] = &[
     ("time", "guest-get-time"),
     ("ssh-keys", "guest-ssh-get-authorized-keys"),
     ("generation", commands::GET_CONFIG_GENERATION),
+    ("guest-state", xenplug_channel::qga::XENPLUG_GET_GUEST_STATE),
+    ("users", "guest-get-users"),
+    ("vcpus", "guest-get-vcpus"),
+    ("fsinfo", "guest-get-fsinfo"),
+    ("disks", "guest-get-disks"),
+    ("timezone", "guest-get-timezone"),
+    ("load", "guest-get-load"),
+    ("routes", "guest-network-get-route"),
 ];
 
 /// Resolve a `query` name: a short name from [`QUERIES`], or a full command name
-/// (`guest-…`, `__…`).
+/// (`guest-…`, `xenplug-…`, `__…`).
 pub fn resolve_query(name: &str) -> Option<&str> {
     QUERIES
         .iter()
         .find(|(short, _)| *short == name)
         .map(|(_, full)| *full)
         .or_else(|| {
-            (name.starts_with("guest-") || name.starts_with("__"))
+            (name.starts_with("guest-") || name.starts_with("xenplug-") || name.starts_with("__"))
                 .then_some(name)
                 .filter(|n| {
                     n.len() <= 128
@@ -295,6 +285,14 @@ mod tests {
         );
         assert_eq!(resolve_query("guest-get-fsinfo"), Some("guest-get-fsinfo"));
         assert_eq!(resolve_query("reboot"), None);
+        assert_eq!(
+            resolve_query("guest-state"),
+            Some("xenplug-get-guest-state")
+        );
+        assert_eq!(
+            resolve_query("xenplug-get-guest-state"),
+            Some("xenplug-get-guest-state")
+        );
         assert_eq!(resolve_query("guest-x\"y"), None);
     }
 }

@@ -73,7 +73,7 @@ impl Config {
             policy_file: None,
             reload_interval: Duration::from_secs(2),
             timing: Timing::default(),
-            limits: crate::wire::peer_limits(),
+            limits: xenplug_channel::host::default_limits(),
             rates: Rates::default(),
             scan_connections: 4,
         }
@@ -341,6 +341,41 @@ pub async fn run(
     Ok(())
 }
 
+/// Raise `RLIMIT_NOFILE` to `want` (or as far as the hard limit allows, raising that too when
+/// privileged); returns the soft limit now in force. The daemon holds one socket per VM channel
+/// plus its xenstore connections, so a host with thousands of VMs needs far more than the
+/// usual 1024.
+pub fn raise_nofile(want: u64) -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `r` is a valid, writable rlimit struct for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 0;
+    }
+    if r.rlim_cur >= want {
+        return r.rlim_cur;
+    }
+    let new = libc::rlimit {
+        rlim_cur: want,
+        rlim_max: want.max(r.rlim_max),
+    };
+    // SAFETY: `new` is a valid rlimit struct; the call only reads it.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } == 0 {
+        return new.rlim_cur;
+    }
+    let soft = libc::rlimit {
+        rlim_cur: r.rlim_max.min(want),
+        rlim_max: r.rlim_max,
+    };
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &soft) } == 0 {
+        return soft.rlim_cur;
+    }
+    r.rlim_cur
+}
+
 /// Send one control command to a running daemon and return its JSON reply.
 pub async fn control_request(socket: &std::path::Path, command: &str) -> std::io::Result<Value> {
     let mut s = UnixStream::connect(socket).await?;
@@ -349,4 +384,27 @@ pub async fn control_request(socket: &std::path::Path, command: &str) -> std::io
     s.read_to_end(&mut buf).await?;
     serde_json::from_slice(&buf)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nofile_is_raised_within_the_hard_limit() {
+        let mut r = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `r` is a valid, writable rlimit struct.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) }, 0);
+        let want = r.rlim_cur + 1;
+        let got = raise_nofile(want);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) }, 0);
+        assert_eq!(got, r.rlim_cur);
+        assert!(got >= want || got == r.rlim_max, "{got} {r:?}");
+        // Asking for less than what is in force changes nothing.
+        assert_eq!(raise_nofile(1), got);
+    }
 }

@@ -144,10 +144,13 @@ mod tests {
         assert_eq!(d.value["hostname"], "web42");
         std::fs::write(
             t.path().join("user-data"),
-            "#cloud-config\nruncmd: [reboot]\n",
+            "#cloud-config\npackages: [nginx]\n",
         )
         .unwrap();
         let e = parse_nocloud_dir(t.path()).unwrap_err();
-        assert!(e.contains("runcmd"), "{e}");
+        assert!(
+            e.contains("user-data.packages: not supported by xenplug-agent"),
+            "{e}"
+        );
     }
 }

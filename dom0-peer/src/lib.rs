@@ -8,21 +8,25 @@
 //! * [`daemon`]: discovery of every channel from xenstore ([`discovery`]), one task per channel
 //!   running the state machine ([`machine`], driven by [`session`]), configuration from the
 //!   store directory ([`store`], [`doc`]), a default-deny policy for guest-originated requests
-//!   ([`policy`]), status on a control socket;
-//! * [`simguest`]: a faithful simulated guest (tty echo, stale output, QGA replies) for tests and
-//!   the benchmark ([`bench`]).
+//!   ([`policy`]), the guests' own reports of their state ([`guest_state`]), status on a
+//!   control socket.
 //!
-//! The guest is untrusted: see the bounds in [`wire`] and [`session`].
+//! Test and benchmark code is not part of it: the simulated guest is the dev-only crate
+//! `xenplug-simguest` (`dom0-peer/simguest/`), the benchmark is `examples/peer_bench.rs`.
+//!
+//! The handshake and reply matching are the shared `xenplug_channel::host::HostSession` (the
+//! same code for `send`/`query` and the daemon). The guest is untrusted: see the bounds there
+//! and in [`session`].
 
-pub mod bench;
+pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod discovery;
 pub mod doc;
+pub mod guest_state;
 pub mod log;
 pub mod machine;
 pub mod policy;
 pub mod session;
-pub mod simguest;
 pub mod store;
 pub mod wire;

@@ -1,9 +1,10 @@
 //! The per-channel state machine, free of I/O.
 //!
-//! The driver ([`crate::session`]) feeds it [`Input`]s (connection results, decoded frames,
-//! timer expiry, document changes) with the current time, performs the [`Action`]s it returns
-//! (connect, send bytes, disconnect, hand a guest request to the policy) and sleeps until
-//! [`Machine::deadline`].
+//! The driver ([`crate::session`]) feeds it [`Input`]s (connection results, timer expiry,
+//! document changes) and the bytes it reads ([`Machine::feed`]) with the current time, performs
+//! the [`Action`]s it returns (connect, send bytes, disconnect, hand a guest request to the
+//! policy) and sleeps until [`Machine::deadline`]. The handshake and reply matching themselves are
+//! the shared [`HostSession`] (`xenplug-channel`), the same code `send`/`query` use.
 //!
 //! ```text
 //!  Backoff ──timer──▶ Connecting ──ok──▶ Handshaking ──sync reply──▶ Querying ──gen == want──▶ Configured
@@ -21,8 +22,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
+use xenplug_channel::host::{HostEvent, HostSession};
+use xenplug_channel::qga;
+
 use crate::doc::Document;
-use crate::wire::{self, commands, AgentError, Incoming};
+use crate::wire::{self, commands, AgentError};
 
 /// Timing and bounds of one channel.
 #[derive(Debug, Clone)]
@@ -124,12 +128,6 @@ pub enum Input {
     },
     /// The connection ended (EOF, reset, write error).
     Closed(String),
-    /// A `0xFF` arrived.
-    Resync,
-    /// A frame, classified.
-    Frame(Incoming),
-    /// A frame broke the size or nesting bound.
-    Oversize,
     /// The deadline passed.
     Timer,
     /// The store's answer for this VM changed.
@@ -154,12 +152,17 @@ pub enum Action {
         /// Its data.
         data: Value,
     },
+    /// The guest reported its state (OS, addresses, memory): a claim to keep and show, not a
+    /// request.
+    GuestState(Value),
     /// A line for the log: event name and fields.
     Log(&'static str, Vec<(&'static str, Value)>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {
+    /// Ask for guest-state events (answered or not, the machine goes on).
+    Subscribe,
     Query,
     Apply,
     Verify,
@@ -190,10 +193,9 @@ pub struct Machine {
     deadline: Option<Instant>,
     connected: bool,
     desired: Desired,
-    nonce: u64,
-    rng: u64,
-    next_id: u64,
-    pending: Option<(u64, Purpose)>,
+    session: HostSession,
+    /// What the outstanding request (the session's pending id) is for.
+    purpose: Option<Purpose>,
     hs_started: Option<Instant>,
     sync_interval: Duration,
     backoff: Duration,
@@ -205,14 +207,17 @@ pub struct Machine {
     pub last_handshake: Option<SystemTime>,
     /// The last error, if any.
     pub last_error: Option<String>,
-    /// Counters.
-    pub counters: Counters,
+    connects: u64,
+    deliveries: u64,
     force_apply: bool,
+    /// The agent left a subscription unanswered once: do not ask again.
+    no_subscribe: bool,
 }
 
 impl Machine {
-    /// A machine for a channel that should be connected now; `seed` varies nonces per channel.
-    pub fn new(timing: Timing, desired: Desired, seed: u64) -> Self {
+    /// A machine for a channel that should be connected now, speaking through `session` (its
+    /// frame bounds and nonce generator are the caller's choice).
+    pub fn new(timing: Timing, desired: Desired, session: HostSession) -> Self {
         let backoff = timing.backoff_min;
         let sync_interval = timing.sync_retry;
         Machine {
@@ -221,10 +226,8 @@ impl Machine {
             deadline: None,
             connected: false,
             desired,
-            nonce: 0,
-            rng: seed | 1,
-            next_id: 1,
-            pending: None,
+            session,
+            purpose: None,
             hs_started: None,
             sync_interval,
             backoff,
@@ -232,8 +235,10 @@ impl Machine {
             applied_instance: None,
             last_handshake: None,
             last_error: None,
-            counters: Counters::default(),
+            connects: 0,
+            deliveries: 0,
             force_apply: false,
+            no_subscribe: false,
         }
     }
 
@@ -264,17 +269,20 @@ impl Machine {
 
     /// The nonce of the current handshake (tests, diagnostics).
     pub fn nonce(&self) -> u64 {
-        self.nonce
+        self.session.nonce().unwrap_or(0)
     }
 
-    fn random(&mut self) -> u64 {
-        // xorshift64*; nonces need to be unpredictable to a stale buffer, not cryptographic.
-        let mut x = self.rng;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    /// The channel's counters.
+    pub fn counters(&self) -> Counters {
+        let c = self.session.counters();
+        Counters {
+            connects: self.connects,
+            handshakes: c.handshakes,
+            syncs_sent: c.syncs_sent,
+            deliveries: self.deliveries,
+            ignored_frames: c.ignored_frames,
+            oversize_frames: c.oversize_frames,
+        }
     }
 
     /// Does what the agent reported match `doc`? (The instance id is compared when reported.)
@@ -293,16 +301,13 @@ impl Machine {
     }
 
     fn send_sync(&mut self, now: Instant, out: &mut Vec<Action>) {
-        // Below 2^53 so every JSON implementation keeps it exact; never 0.
-        self.nonce = (self.random() >> 11).max(1);
-        self.counters.syncs_sent += 1;
+        self.purpose = None;
         self.deadline = Some(now + self.sync_interval);
-        out.push(Action::Send(wire::encode_sync(self.nonce)));
+        out.push(Action::Send(self.session.begin_sync()));
     }
 
     fn begin_handshake(&mut self, now: Instant, out: &mut Vec<Action>) {
         self.phase = Phase::Handshaking;
-        self.pending = None;
         self.hs_started = Some(now);
         self.sync_interval = self.timing.sync_retry;
         self.send_sync(now, out);
@@ -316,11 +321,10 @@ impl Machine {
         args: Option<&Value>,
         out: &mut Vec<Action>,
     ) {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.pending = Some((id, purpose));
+        let (_id, bytes) = self.session.request(execute, args);
+        self.purpose = Some(purpose);
         self.deadline = Some(now + self.timing.request_timeout);
-        out.push(Action::Send(wire::encode_request(execute, args, id)));
+        out.push(Action::Send(bytes));
     }
 
     fn query(&mut self, now: Instant, purpose: Purpose, out: &mut Vec<Action>) {
@@ -366,34 +370,20 @@ impl Machine {
             self.connected = false;
             out.push(Action::Disconnect);
         }
-        self.pending = None;
+        self.session.reset();
+        self.purpose = None;
         self.phase = Phase::Backoff;
         self.last_error = Some(error);
         self.deadline = Some(now + self.backoff);
         self.backoff = (self.backoff * 2).min(self.timing.backoff_max);
     }
 
-    fn on_reply(
-        &mut self,
-        now: Instant,
-        id: Option<&Value>,
-        result: Result<Value, AgentError>,
-        out: &mut Vec<Action>,
-    ) {
-        let Some((want, purpose)) = self.pending else {
-            self.counters.ignored_frames += 1;
+    fn on_reply(&mut self, now: Instant, result: Result<Value, AgentError>, out: &mut Vec<Action>) {
+        let Some(purpose) = self.purpose.take() else {
             return;
         };
-        // Agents echo `id`; a reply carrying another id is stale. One without an id can only
-        // be ours: the stream was resynchronised and requests go one at a time.
-        if let Some(id) = id {
-            if id.as_u64() != Some(want) {
-                self.counters.ignored_frames += 1;
-                return;
-            }
-        }
-        self.pending = None;
         match (purpose, result) {
+            (Purpose::Subscribe, _) => self.after_subscribe(now, out),
             (Purpose::Query, Ok(v)) => {
                 self.record_applied(&v);
                 self.settle(now, out);
@@ -410,7 +400,7 @@ impl Machine {
                 ));
             }
             (Purpose::Apply, Ok(_)) => {
-                self.counters.deliveries += 1;
+                self.deliveries += 1;
                 self.query(now, Purpose::Verify, out);
             }
             (Purpose::Apply, Err(e)) => self.fail(now, format!("apply failed: {e}"), out),
@@ -443,6 +433,14 @@ impl Machine {
         }
     }
 
+    /// In sync and subscribed (or refused): on to the configuration.
+    fn after_subscribe(&mut self, now: Instant, out: &mut Vec<Action>) {
+        match self.desired {
+            Desired::Doc(_) => self.query(now, Purpose::Query, out),
+            Desired::Nothing(_) => self.settle(now, out),
+        }
+    }
+
     fn fail(&mut self, now: Instant, error: String, out: &mut Vec<Action>) {
         out.push(Action::Log(
             "apply-failed",
@@ -453,13 +451,66 @@ impl Machine {
         self.deadline = Some(now + self.timing.retry_failed);
     }
 
+    /// Feed bytes read from the channel at time `now`; returns what to do, in order.
+    pub fn feed(&mut self, now: Instant, data: &[u8]) -> Vec<Action> {
+        let mut out = Vec::new();
+        for ev in self.session.feed(data) {
+            match ev {
+                HostEvent::Synced => {
+                    self.last_handshake = Some(SystemTime::now());
+                    self.backoff = self.timing.backoff_min;
+                    self.hs_started = None;
+                    out.push(Action::Log(
+                        "handshake",
+                        vec![("syncs", json!(self.session.counters().syncs_sent))],
+                    ));
+                    // First ask the agent to report its state on this channel (qemu-ga and
+                    // older agents refuse: that changes nothing).
+                    self.phase = Phase::Querying;
+                    if self.no_subscribe {
+                        self.after_subscribe(now, &mut out);
+                    } else {
+                        self.request(
+                            now,
+                            Purpose::Subscribe,
+                            qga::XENPLUG_SUBSCRIBE_GUEST_STATE,
+                            None,
+                            &mut out,
+                        );
+                    }
+                }
+                HostEvent::Reply { result, .. } => self.on_reply(now, result, &mut out),
+                HostEvent::GuestEvent { name, data } if name == qga::GUEST_STATE_EVENT => {
+                    out.push(Action::GuestState(data));
+                }
+                HostEvent::GuestEvent { name, data } => {
+                    out.push(Action::GuestRequest { name, data });
+                }
+                HostEvent::Oversize => {
+                    out.push(Action::Log(
+                        "oversize-frame",
+                        vec![("max_frame", json!(self.session.limits().max_frame))],
+                    ));
+                    if self.purpose.is_some() {
+                        // The awaited reply may have been that frame: start over cleanly.
+                        self.last_error =
+                            Some("guest sent a frame over the size/nesting bound".into());
+                        self.begin_handshake(now, &mut out);
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Feed one input at time `now`; returns what to do, in order.
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
         let mut out = Vec::new();
         match input {
             Input::Connected => {
                 self.connected = true;
-                self.counters.connects += 1;
+                self.connects += 1;
+                self.session.reset();
                 self.begin_handshake(now, &mut out);
             }
             Input::ConnectFailed { retryable, error } => {
@@ -473,45 +524,6 @@ impl Machine {
                 self.connected = false;
                 self.go_backoff(now, format!("connection closed: {why}"), &mut out);
             }
-            Input::Resync => {}
-            Input::Oversize => {
-                self.counters.oversize_frames += 1;
-                if self.pending.is_some() {
-                    // The awaited reply may have been that frame: start over cleanly.
-                    self.last_error = Some("guest sent a frame over the size/nesting bound".into());
-                    self.begin_handshake(now, &mut out);
-                }
-            }
-            Input::Frame(inc) => match (self.phase, inc) {
-                (Phase::Handshaking, inc) => {
-                    if wire::is_sync_reply(&inc, self.nonce) {
-                        self.counters.handshakes += 1;
-                        self.last_handshake = Some(SystemTime::now());
-                        self.backoff = self.timing.backoff_min;
-                        self.hs_started = None;
-                        out.push(Action::Log(
-                            "handshake",
-                            vec![("syncs", json!(self.counters.syncs_sent))],
-                        ));
-                        match self.desired {
-                            Desired::Doc(_) => self.query(now, Purpose::Query, &mut out),
-                            Desired::Nothing(_) => self.settle(now, &mut out),
-                        }
-                    } else {
-                        self.counters.ignored_frames += 1;
-                    }
-                }
-                (_, Incoming::Return { id, value }) => {
-                    self.on_reply(now, id.as_ref(), Ok(value), &mut out)
-                }
-                (_, Incoming::Error { id, error }) => {
-                    self.on_reply(now, id.as_ref(), Err(error), &mut out)
-                }
-                (_, Incoming::Event { name, data }) => {
-                    out.push(Action::GuestRequest { name, data });
-                }
-                _ => self.counters.ignored_frames += 1,
-            },
             Input::Timer => match self.phase {
                 Phase::Backoff => {
                     self.phase = Phase::Connecting;
@@ -526,7 +538,7 @@ impl Machine {
                         let msg = format!(
                             "no answer to the handshake for {}s ({} tries)",
                             waited.as_secs(),
-                            self.counters.syncs_sent
+                            self.session.counters().syncs_sent
                         );
                         if self.last_error.as_deref() != Some(&msg) {
                             self.last_error = Some(msg);
@@ -537,8 +549,13 @@ impl Machine {
                     self.send_sync(now, &mut out);
                 }
                 Phase::Querying | Phase::Applying | Phase::Verifying => {
-                    let what = match self.phase {
-                        Phase::Applying => "apply",
+                    let what = match (self.phase, self.purpose) {
+                        (Phase::Applying, _) => "apply",
+                        (_, Some(Purpose::Subscribe)) => {
+                            // An agent that leaves it unanswered is not asked again.
+                            self.no_subscribe = true;
+                            "guest-state subscription"
+                        }
                         _ => "generation query",
                     };
                     self.last_error = Some(format!(
@@ -594,7 +611,11 @@ impl Machine {
 mod tests {
     use super::*;
     use crate::doc;
-    use crate::wire::classify_bytes as classify;
+    use xenplug_channel::host::{default_limits, Nonces};
+
+    fn sess(seed: u64) -> HostSession {
+        HostSession::new(default_limits(), Nonces::from_seed(seed))
+    }
 
     fn doc(g: u64) -> Desired {
         Desired::Doc(Arc::new(
@@ -617,13 +638,13 @@ mod tests {
     }
 
     fn frame(m: &mut Machine, now: Instant, s: &str) -> Vec<Action> {
-        m.handle(now, Input::Frame(classify(s.as_bytes())))
+        m.feed(now, s.as_bytes())
     }
 
     #[test]
     fn other_instance_is_not_applied() {
         let t0 = Instant::now();
-        let mut m = Machine::new(Timing::default(), doc(2), 5);
+        let mut m = Machine::new(Timing::default(), doc(2), sess(5));
         let a = synced(&mut m, t0);
         let id = sent(&a)[0]["id"].clone();
         // Same generation, but another instance (a VM cloned from a configured template).
@@ -645,13 +666,25 @@ mod tests {
         assert_eq!(s[0]["execute"], "guest-sync-delimited");
         let nonce = m.nonce();
         assert_eq!(s[0]["arguments"]["id"], nonce);
-        frame(m, now, &format!("{{\"return\": {nonce}}}"))
+        let a = frame(m, now, &format!("{{\"return\": {nonce}}}"));
+        subscribed(m, now, a)
+    }
+
+    /// Answer the subscription that follows every handshake; the actions after it.
+    fn subscribed(m: &mut Machine, now: Instant, a: Vec<Action>) -> Vec<Action> {
+        let s = &sent(&a)[0];
+        assert_eq!(s["execute"], qga::XENPLUG_SUBSCRIBE_GUEST_STATE);
+        frame(
+            m,
+            now,
+            &format!("{{\"return\": {{}}, \"id\": {}}}", s["id"]),
+        )
     }
 
     #[test]
     fn full_delivery() {
         let t0 = Instant::now();
-        let mut m = Machine::new(Timing::default(), doc(4), 7);
+        let mut m = Machine::new(Timing::default(), doc(4), sess(7));
         let a = synced(&mut m, t0);
         assert_eq!(m.phase(), Phase::Querying);
         let q = &sent(&a)[0];
@@ -682,7 +715,7 @@ mod tests {
         );
         assert_eq!(m.phase(), Phase::Configured);
         assert_eq!(m.applied_generation, Some(4));
-        assert_eq!(m.counters.deliveries, 1);
+        assert_eq!(m.counters().deliveries, 1);
         assert!(m.last_handshake.is_some());
         assert_eq!(m.deadline(), None);
     }
@@ -690,7 +723,7 @@ mod tests {
     #[test]
     fn already_applied_is_not_resent() {
         let t0 = Instant::now();
-        let mut m = Machine::new(Timing::default(), doc(2), 1);
+        let mut m = Machine::new(Timing::default(), doc(2), sess(1));
         let a = synced(&mut m, t0);
         let q = &sent(&a)[0];
         let a = frame(
@@ -705,7 +738,7 @@ mod tests {
     #[test]
     fn handshake_ignores_echo_stale_and_wrong_nonce_and_retries() {
         let t0 = Instant::now();
-        let mut m = Machine::new(Timing::default(), doc(1), 3);
+        let mut m = Machine::new(Timing::default(), doc(1), sess(3));
         m.start();
         let a = m.handle(t0, Input::Connected);
         let first = sent(&a)[0]["arguments"]["id"].as_u64().unwrap();
@@ -721,15 +754,25 @@ mod tests {
         )
         .is_empty());
         assert_eq!(m.phase(), Phase::Handshaking);
-        assert_eq!(m.counters.ignored_frames, 3);
+        assert_eq!(m.counters().ignored_frames, 3);
         // No answer: a new sync with a new nonce; the old nonce no longer counts.
         let a = m.handle(t0 + Duration::from_secs(1), Input::Timer);
         let second = sent(&a)[0]["arguments"]["id"].as_u64().unwrap();
         assert_ne!(first, second);
         frame(&mut m, t0, &format!("{{\"return\": {first}}}"));
         assert_eq!(m.phase(), Phase::Handshaking);
-        frame(&mut m, t0, &format!("{{\"return\": {second}}}"));
+        let a = frame(&mut m, t0, &format!("{{\"return\": {second}}}"));
         assert_eq!(m.phase(), Phase::Querying);
+        // qemu-ga refuses the subscription: the machine goes on to the generation query.
+        let id = sent(&a)[0]["id"].clone();
+        let a = frame(
+            &mut m,
+            t0,
+            &format!(
+                "{{\"error\": {{\"class\": \"CommandNotFound\", \"desc\": \"x\"}}, \"id\": {id}}}"
+            ),
+        );
+        assert_eq!(sent(&a)[0]["execute"], commands::GET_CONFIG_GENERATION);
     }
 
     #[test]
@@ -739,7 +782,7 @@ mod tests {
             ..Timing::default()
         };
         let t0 = Instant::now();
-        let mut m = Machine::new(timing, doc(1), 3);
+        let mut m = Machine::new(timing, doc(1), sess(3));
         m.start();
         m.handle(t0, Input::Connected);
         let mut t = t0;
@@ -760,7 +803,7 @@ mod tests {
     #[test]
     fn connect_backoff_grows_and_resets() {
         let t0 = Instant::now();
-        let mut m = Machine::new(Timing::default(), doc(1), 3);
+        let mut m = Machine::new(Timing::default(), doc(1), sess(3));
         m.start();
         let mut gaps = Vec::new();
         for _ in 0..8 {
@@ -778,10 +821,11 @@ mod tests {
         assert_eq!(gaps[0], Duration::from_millis(100));
         assert_eq!(gaps[1], Duration::from_millis(200));
         assert_eq!(*gaps.last().unwrap(), Duration::from_secs(5));
-        synced(&mut Machine::new(Timing::default(), doc(1), 3), t0);
+        synced(&mut Machine::new(Timing::default(), doc(1), sess(3)), t0);
         m.handle(t0, Input::Connected);
         let n = m.nonce();
-        frame(&mut m, t0, &format!("{{\"return\": {n}}}"));
+        let a = frame(&mut m, t0, &format!("{{\"return\": {n}}}"));
+        subscribed(&mut m, t0, a);
         m.handle(t0, Input::Closed("EOF".into()));
         assert_eq!(m.deadline().unwrap() - t0, Duration::from_millis(100));
     }
@@ -789,7 +833,7 @@ mod tests {
     #[test]
     fn stale_reply_ids_are_ignored_and_timeouts_resync() {
         let t0 = Instant::now();
-        let mut m = Machine::new(Timing::default(), doc(5), 9);
+        let mut m = Machine::new(Timing::default(), doc(5), sess(9));
         let a = synced(&mut m, t0);
         let id = sent(&a)[0]["id"].as_u64().unwrap();
         assert!(frame(
@@ -811,7 +855,7 @@ mod tests {
     #[test]
     fn qemu_ga_without_our_commands_is_unsupported() {
         let t0 = Instant::now();
-        let mut m = Machine::new(Timing::default(), doc(1), 9);
+        let mut m = Machine::new(Timing::default(), doc(1), sess(9));
         synced(&mut m, t0);
         frame(&mut m, t0, "{\"error\": {\"class\": \"CommandNotFound\", \"desc\": \"The command xenplug-get-config-generation has not been found\"}}");
         assert_eq!(m.phase(), Phase::Unsupported);
@@ -821,7 +865,7 @@ mod tests {
     #[test]
     fn document_change_redelivers_and_failed_apply_retries() {
         let t0 = Instant::now();
-        let mut m = Machine::new(Timing::default(), doc(1), 9);
+        let mut m = Machine::new(Timing::default(), doc(1), sess(9));
         let a = synced(&mut m, t0);
         let id = sent(&a)[0]["id"].clone();
         frame(
@@ -848,15 +892,34 @@ mod tests {
         // The store loses the document: nothing to do, said so.
         let n = m.nonce();
         m.handle(t0, Input::Desired(Desired::Nothing("no document".into())));
-        frame(&mut m, t0, &format!("{{\"return\": {n}}}"));
+        let a = frame(&mut m, t0, &format!("{{\"return\": {n}}}"));
+        subscribed(&mut m, t0, a);
         assert_eq!(m.phase(), Phase::NoConfig);
         assert_eq!(m.last_error.as_deref(), Some("no document"));
     }
 
     #[test]
+    fn an_unanswered_subscription_is_not_asked_again() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(Timing::default(), doc(1), sess(4));
+        m.start();
+        m.handle(t0, Input::Connected);
+        let n = m.nonce();
+        let a = frame(&mut m, t0, &format!("{{\"return\": {n}}}"));
+        assert_eq!(sent(&a)[0]["execute"], qga::XENPLUG_SUBSCRIBE_GUEST_STATE);
+        // Nothing comes back: the request times out, the machine resynchronises…
+        let a = m.handle(t0 + Duration::from_secs(11), Input::Timer);
+        assert_eq!(sent(&a)[0]["execute"], "guest-sync-delimited");
+        let n = m.nonce();
+        // …and goes straight on to the configuration.
+        let a = frame(&mut m, t0, &format!("{{\"return\": {n}}}"));
+        assert_eq!(sent(&a)[0]["execute"], commands::GET_CONFIG_GENERATION);
+    }
+
+    #[test]
     fn verify_mismatch_fails() {
         let t0 = Instant::now();
-        let mut m = Machine::new(Timing::default(), doc(3), 9);
+        let mut m = Machine::new(Timing::default(), doc(3), sess(9));
         let a = synced(&mut m, t0);
         let id = sent(&a)[0]["id"].clone();
         let a = frame(
@@ -883,7 +946,7 @@ mod tests {
     #[test]
     fn guest_events_and_oversize() {
         let t0 = Instant::now();
-        let mut m = Machine::new(Timing::default(), doc(1), 9);
+        let mut m = Machine::new(Timing::default(), doc(1), sess(9));
         let a = synced(&mut m, t0);
         let id = sent(&a)[0]["id"].clone();
         frame(
@@ -899,13 +962,21 @@ mod tests {
                 data: json!({"k": 1})
             }]
         );
+        // A state report is not a request: it goes around the policy.
+        let a = frame(
+            &mut m,
+            t0,
+            "{\"event\": \"xenplug-guest-state\", \"data\": {\"os-name\": \"D\"}}",
+        );
+        assert_eq!(a, vec![Action::GuestState(json!({"os-name": "D"}))]);
         // Redelivery requested (policy allowed it): apply even though the generation matches.
         let a = m.handle(t0, Input::Redeliver);
         assert_eq!(sent(&a)[0]["execute"], commands::APPLY_CONFIG);
         // An oversize frame while a reply is awaited: resynchronise.
-        let a = m.handle(t0, Input::Oversize);
+        let big = format!("{{\"return\": \"{}\"}}", "x".repeat(70 * 1024));
+        let a = m.feed(t0, big.as_bytes());
         assert_eq!(m.phase(), Phase::Handshaking);
         assert_eq!(sent(&a)[0]["execute"], "guest-sync-delimited");
-        assert_eq!(m.counters.oversize_frames, 1);
+        assert_eq!(m.counters().oversize_frames, 1);
     }
 }

@@ -2,25 +2,29 @@
 //!
 //! **Who calls it.** An administrator or orchestration tool (one-shot `send` / `query` against
 //! one VM's channel socket), the init system (`daemon`, one process for every VM on the host),
-//! operators and monitoring (`list`), and `tools/bench-peer.sh` (`bench`).
+//! operators and monitoring (`list`: every channel with its state, and what each guest reports
+//! about itself — OS and addresses — when its agent sends `xenplug-guest-state` events). (The benchmark is a separate, unshipped program:
+//! `dom0-peer/examples/peer_bench.rs`, run by `tools/bench-peer.sh`.)
 //!
 //! **argv** (these forms are an interface other tools rely on):
 //!
 //! ```text
-//! xenplug-peer send  --socket PATH --config FILE|DIR [--timeout SECS] [--handshake-timeout SECS]
-//! xenplug-peer query --socket PATH CMD [--user NAME] [--args JSON] [--timeout SECS] [--handshake-timeout SECS]
+//! xenplug-peer send  --socket PATH --config FILE|DIR [--timeout SECS] [--handshake-timeout SECS] [--max-frame BYTES]
+//! xenplug-peer query --socket PATH CMD [--user NAME] [--args JSON] [--timeout SECS] [--handshake-timeout SECS] [--max-frame BYTES]
 //! xenplug-peer daemon --store DIR [--channel-name NAME]… [--policy FILE] [--control PATH]
 //!                     [--xenstore PATH] [--backend-root PATH] [--log-level LEVEL] [--max-frame BYTES]
 //!                     [--guest-rate BYTES_PER_SEC] [--handshake-timeout SECS]
 //!                     [--request-timeout SECS] [--workers N]
 //! xenplug-peer list  [--control PATH] [--json]
-//! xenplug-peer bench --vms N [--timeout SECS] [--json]
 //! ```
 //!
 //! `CMD` is `ping`, `info`, `network`, `hostname`, `osinfo`, `time`, `ssh-keys` (with `--user`,
-//! default `root`), `generation`, or any full command name starting with `guest-` or `__`
-//! (arguments from `--args`). `send` takes a canonical JSON document (`.json`) or a cloud-init
-//! NoCloud seed directory (see `dom0-peer/README.md`).
+//! default `root`), `generation`, `guest-state`, `users`, `vcpus`, `fsinfo`, `disks`,
+//! `timezone`, `load`, `routes`, or any full command name starting with `guest-`, `xenplug-` or
+//! `__` (arguments from `--args`). `send` takes a canonical JSON document (`.json`) or a cloud-init
+//! NoCloud seed directory (see `dom0-peer/README.md`). `--max-frame` bounds one frame from the
+//! guest for every command (default 65536, the same bound for `send`, `query` and the daemon;
+//! raise it for queries whose replies are large, such as `guest-file-read`).
 //!
 //! **Files.** Reads the channel socket (`--socket`; as a client — QEMU listens), the document
 //! (`--config`), the store directory (`--store`: `<uuid|name>.json`, `<uuid|name>.nocloud/`,
@@ -39,111 +43,18 @@
 //! 8 invalid configuration document; 9 the daemon's control socket cannot be reached (`list`).
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use serde_json::Value;
 
+use xenplug_peer::cli::{Cli, Cmd, DaemonArgs, Timeouts};
 use xenplug_peer::client::{self, exit, Client, ClientError};
 use xenplug_peer::daemon::{self, XenstoreTarget};
 use xenplug_peer::log::{Level, Logger};
-use xenplug_peer::{bench, doc, wire};
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "xenplug-peer",
-    version,
-    about = "dom0 peer of xenplug's Xen PV channels"
-)]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(clap::Args, Debug)]
-struct Timeouts {
-    /// Seconds to wait for an answer to the handshake, repeated every second (default: the
-    /// value of --timeout).
-    #[arg(long)]
-    handshake_timeout: Option<f64>,
-    /// Seconds to wait for each reply.
-    #[arg(long, default_value_t = 30.0)]
-    timeout: f64,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Deliver a configuration document to one VM's channel and verify it is applied.
-    Send {
-        /// The channel's Unix socket.
-        #[arg(long)]
-        socket: PathBuf,
-        /// The document: canonical JSON file, or a NoCloud seed directory.
-        #[arg(long)]
-        config: PathBuf,
-        #[command(flatten)]
-        t: Timeouts,
-    },
-    /// Run one query on one VM's channel and print the reply as JSON.
-    Query {
-        /// The channel's Unix socket.
-        #[arg(long)]
-        socket: PathBuf,
-        /// ping, info, network, hostname, osinfo, time, ssh-keys, generation, or a full name.
-        cmd: String,
-        /// User for ssh-keys.
-        #[arg(long, default_value = "root")]
-        user: String,
-        /// Arguments (a JSON object) for a full command name.
-        #[arg(long)]
-        args: Option<String>,
-        #[command(flatten)]
-        t: Timeouts,
-    },
-    /// Serve every channel on this host.
-    Daemon(DaemonArgs),
-    /// Show every channel the daemon knows.
-    List {
-        /// Control socket.
-        #[arg(long, default_value = "/run/xenplug-peer/control.sock")]
-        control: PathBuf,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// (Used by `bench`.) Serve simulated guests `from..to` under `dir`.
-    #[command(hide = true)]
-    BenchGuests {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long)]
-        from: usize,
-        #[arg(long)]
-        to: usize,
-        #[arg(long, default_value_t = 0)]
-        open_delay_ms: u64,
-    },
-    /// Benchmark the daemon against N simulated VMs.
-    Bench {
-        /// Number of VMs.
-        #[arg(long, default_value_t = 1000)]
-        vms: usize,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 120.0)]
-        timeout: f64,
-        /// Simulated agents open their tty this many ms after the connection (echo window).
-        #[arg(long, default_value_t = 0)]
-        open_delay_ms: u64,
-        /// The daemon's log level (its log goes to stderr).
-        #[arg(long, default_value = "warn")]
-        daemon_log_level: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
+use xenplug_peer::{doc, wire};
 
 fn fail(e: &ClientError) -> ExitCode {
     eprintln!("xenplug-peer: {e}");
@@ -173,7 +84,11 @@ fn load_document(p: &Path) -> Result<doc::Document, ClientError> {
 }
 
 async fn connect(socket: &Path, t: &Timeouts) -> Result<Client, ClientError> {
-    let mut c = Client::connect(socket, wire::Limits::default()).await?;
+    let limits = wire::Limits {
+        max_frame: t.max_frame.clamp(1024, 64 << 20),
+        ..xenplug_channel::host::default_limits()
+    };
+    let mut c = Client::connect(socket, limits).await?;
     c.handshake(
         secs(t.handshake_timeout.unwrap_or(t.timeout)),
         Duration::from_secs(1),
@@ -266,8 +181,17 @@ fn list(control: &Path, json: bool) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     println!(
-        "{:>6} {:>3}  {:<20} {:<36} {:<12} {:>10} {:>9} {:>9}  LAST ERROR",
-        "DOMID", "DEV", "NAME", "UUID", "STATE", "HANDSHAKE", "APPLIED", "WANTED"
+        "{:>6} {:>3}  {:<20} {:<36} {:<12} {:>10} {:>9} {:>9}  {:<24} {:<32} LAST ERROR",
+        "DOMID",
+        "DEV",
+        "NAME",
+        "UUID",
+        "STATE",
+        "HANDSHAKE",
+        "APPLIED",
+        "WANTED",
+        "OS",
+        "ADDRESSES"
     );
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -279,8 +203,28 @@ fn list(control: &Path, json: bool) -> ExitCode {
         let hs = r["last_handshake"].as_u64().map_or("-".to_string(), |t| {
             format!("{}s ago", now.saturating_sub(t))
         });
+        // What the guest says about itself: its OS and addresses (IPv4 first).
+        let g = &r["guest"];
+        let os = g["os-name"].as_str().unwrap_or("-");
+        let mut addrs: Vec<&str> = Vec::new();
+        for fam in ["ipv4", "ipv6"] {
+            for i in g["interfaces"].as_array().into_iter().flatten() {
+                addrs.extend(
+                    i[fam]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str),
+                );
+            }
+        }
+        let addrs = if addrs.is_empty() {
+            "-".to_string()
+        } else {
+            addrs.join(",")
+        };
         println!(
-            "{:>6} {:>3}  {:<20} {:<36} {:<12} {:>10} {:>9} {:>9}  {}",
+            "{:>6} {:>3}  {:<20} {:<36} {:<12} {:>10} {:>9} {:>9}  {:<24} {:<32} {}",
             n("domid"),
             n("devid"),
             s("vm_name"),
@@ -289,51 +233,12 @@ fn list(control: &Path, json: bool) -> ExitCode {
             hs,
             n("applied_generation"),
             n("desired_generation"),
+            os,
+            addrs,
             r["last_error"].as_str().unwrap_or("")
         );
     }
     ExitCode::SUCCESS
-}
-
-/// `xenplug-peer daemon`'s options.
-#[derive(clap::Args, Debug)]
-struct DaemonArgs {
-    /// The configuration store directory.
-    #[arg(long)]
-    store: PathBuf,
-    /// Channel name(s) to serve.
-    #[arg(long = "channel-name", default_value = xenplug_channel::DEFAULT_CHANNEL_NAME)]
-    channel_names: Vec<String>,
-    /// Policy file for guest-originated requests (none: deny all).
-    #[arg(long)]
-    policy: Option<PathBuf>,
-    /// Control socket.
-    #[arg(long, default_value = "/run/xenplug-peer/control.sock")]
-    control: PathBuf,
-    /// xenstored socket (default: the environment's xenstore).
-    #[arg(long)]
-    xenstore: Option<PathBuf>,
-    /// Console backend root.
-    #[arg(long, default_value = xenplug_peer::discovery::DEFAULT_BACKEND_ROOT)]
-    backend_root: String,
-    /// debug, info, warn or error.
-    #[arg(long, default_value = "info")]
-    log_level: String,
-    /// Largest frame accepted from a guest, in bytes.
-    #[arg(long, default_value_t = 64 * 1024)]
-    max_frame: usize,
-    /// Sustained bytes per second read from one guest (a flooding guest is read no faster).
-    #[arg(long, default_value_t = 256 * 1024)]
-    guest_rate: u64,
-    /// Seconds without an answer to the handshake before it is reported as failing.
-    #[arg(long, default_value_t = 30.0)]
-    handshake_timeout: f64,
-    /// Seconds a request may wait for its reply.
-    #[arg(long, default_value_t = 10.0)]
-    request_timeout: f64,
-    /// Worker threads.
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
 }
 
 fn run_daemon(a: DaemonArgs) -> ExitCode {
@@ -356,7 +261,7 @@ fn run_daemon(a: DaemonArgs) -> ExitCode {
         return ExitCode::from(exit::USAGE);
     };
     let log = Logger::stderr(level);
-    bench::raise_nofile(1 << 16);
+    daemon::raise_nofile(1 << 16);
     let mut cfg = daemon::Config::new(store, channel_names.into_iter().collect::<BTreeSet<_>>());
     cfg.policy_file = policy;
     cfg.backend_root = backend_root;
@@ -428,67 +333,6 @@ fn main() -> ExitCode {
     match cli.cmd {
         c @ (Cmd::Send { .. } | Cmd::Query { .. }) => one_shot(c),
         Cmd::List { control, json } => list(&control, json),
-        Cmd::BenchGuests {
-            dir,
-            from,
-            to,
-            open_delay_ms,
-        } => match bench::serve_guests(&dir, from, to, Duration::from_millis(open_delay_ms)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                println!("error: {e:#}");
-                ExitCode::from(exit::OTHER)
-            }
-        },
         Cmd::Daemon(a) => run_daemon(a),
-        Cmd::Bench {
-            vms,
-            timeout,
-            open_delay_ms,
-            daemon_log_level,
-            json,
-        } => {
-            let exe = match std::env::current_exe() {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("xenplug-peer: cannot find my own binary: {e}");
-                    return ExitCode::from(exit::OTHER);
-                }
-            };
-            let opts = bench::BenchOptions {
-                vms,
-                peer_binary: exe,
-                timeout: secs(timeout),
-                open_delay: Duration::from_millis(open_delay_ms),
-                daemon_log_level,
-            };
-            match bench::run(&opts) {
-                Ok(r) => {
-                    if json {
-                        print_json(&serde_json::to_value(&r).unwrap_or(Value::Null));
-                    } else {
-                        println!(
-                            "{} VMs: {} configured in {:.2} s; daemon peak RSS {:.1} MiB, CPU {:.2} s ({:.0}% of one core); setup {:.1} s",
-                            r.vms,
-                            r.configured,
-                            r.seconds_to_all_configured,
-                            r.daemon_peak_rss_mib,
-                            r.daemon_cpu_seconds,
-                            r.daemon_cpu_utilisation * 100.0,
-                            r.setup_seconds
-                        );
-                    }
-                    if r.configured as usize == r.vms {
-                        ExitCode::SUCCESS
-                    } else {
-                        ExitCode::from(exit::OTHER)
-                    }
-                }
-                Err(e) => {
-                    eprintln!("xenplug-peer: bench: {e:#}");
-                    ExitCode::from(exit::OTHER)
-                }
-            }
-        }
     }
 }

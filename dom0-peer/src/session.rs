@@ -1,8 +1,8 @@
 //! The I/O driver of one channel: runs a [`Machine`] against the channel's Unix socket.
 //!
 //! One tokio task per channel. Per-channel resources are bounded whatever the guest does:
-//! the decoder holds at most one frame ([`Limits`]), reads go through a shared per-thread
-//! scratch buffer (no per-channel read buffer), inbound bytes pass a token bucket (a flooding
+//! the machine's host session holds at most one frame ([`Limits`]), reads go through a shared
+//! per-thread scratch buffer (no per-channel read buffer), inbound bytes pass a token bucket (a flooding
 //! guest is simply read more slowly, and QEMU's bounded buffer pushes back on it), guest events
 //! pass a second token bucket before the policy, and every wait has a deadline.
 
@@ -16,11 +16,13 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use crate::discovery::{ChannelInfo, ChannelKey};
+use crate::guest_state::GuestReport;
 use crate::log::Logger;
 use crate::machine::{Action, Counters, Desired, Input, Machine, Phase, Timing};
 use crate::policy::{Policy, Subject, Verdict};
 use crate::store::{Lookup, Store};
-use crate::wire::{self, Decoder, Event, Limits};
+use crate::wire::{self, Limits};
+use xenplug_channel::host::{HostSession, Nonces};
 
 /// Guest-originated requests the peer knows how to handle (after the policy allowed them).
 pub mod guest_requests {
@@ -83,6 +85,8 @@ pub struct VmStatus {
     pub denied_requests: u64,
     /// Counters.
     pub counters: Counters,
+    /// The guest's last report of its state (OS, addresses, memory), if it sent one.
+    pub guest: Option<GuestReport>,
 }
 
 impl VmStatus {
@@ -102,6 +106,7 @@ impl VmStatus {
             last_error: Some(why),
             denied_requests: 0,
             counters: Counters::default(),
+            guest: None,
         }
     }
 }
@@ -228,13 +233,13 @@ thread_local! {
     static SCRATCH_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH]);
 }
 
-/// Wait until the stream is readable, read once into the thread's scratch buffer and decode.
-/// `Ok(None)` is EOF.
-async fn read_events(
+/// Wait until the stream is readable, read once into the thread's scratch buffer and feed what
+/// was read to the machine. `Ok(None)` is EOF.
+async fn read_into(
     s: &UnixStream,
-    dec: &mut Decoder,
+    machine: &mut Machine,
     bucket: &mut Bucket,
-) -> std::io::Result<Option<Vec<Event>>> {
+) -> std::io::Result<Option<Vec<Action>>> {
     let wait = bucket.wait(Instant::now());
     if !wait.is_zero() {
         tokio::time::sleep(wait).await;
@@ -245,11 +250,7 @@ async fn read_events(
             let mut b = b.borrow_mut();
             match s.try_read(&mut b) {
                 Ok(0) => Ok(Some(None)),
-                Ok(n) => {
-                    let mut evs = Vec::new();
-                    dec.feed(&b[..n], |e| evs.push(e));
-                    Ok(Some(Some((n, evs))))
-                }
+                Ok(n) => Ok(Some(Some((n, machine.feed(Instant::now(), &b[..n]))))),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
                 Err(e) => Err(e),
             }
@@ -257,9 +258,9 @@ async fn read_events(
         match r {
             None => continue,
             Some(None) => return Ok(None),
-            Some(Some((n, evs))) => {
+            Some(Some((n, actions))) => {
                 bucket.take(n as f64, Instant::now());
-                return Ok(Some(evs));
+                return Ok(Some(actions));
             }
         }
     }
@@ -278,22 +279,15 @@ fn retryable(e: &std::io::Error) -> bool {
     )
 }
 
-fn seed(key: ChannelKey) -> u64 {
-    let t = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    t ^ (u64::from(key.0) << 32) ^ u64::from(key.1) ^ 0x9e37_79b9_7f4a_7c15
-}
-
 struct Driver {
     info: ChannelInfo,
     shared: Arc<Shared>,
     log: Logger,
     machine: Machine,
     stream: Option<UnixStream>,
-    decoder: Decoder,
     events: Bucket,
+    state_events: Bucket,
+    guest: Option<GuestReport>,
     denied: u64,
     rate_limited: u64,
     last_rate_log: Option<Instant>,
@@ -316,7 +310,8 @@ impl Driver {
             desired_generation: m.desired_generation(),
             last_error: m.last_error.clone(),
             denied_requests: self.denied + self.rate_limited,
-            counters: m.counters.clone(),
+            counters: m.counters(),
+            guest: self.guest.clone(),
         };
         if let Ok(mut s) = self.shared.status.lock() {
             s.insert(self.info.key(), row);
@@ -330,6 +325,30 @@ impl Driver {
                 ],
             );
             self.last_phase = m.phase();
+        }
+    }
+
+    /// Keep a guest's report of its state (rate-limited like requests, but not subject to the
+    /// policy: it asks for nothing).
+    fn guest_state(&mut self, data: Value) {
+        if !self.state_events.try_take(1.0, Instant::now()) {
+            self.rate_limited += 1;
+            return;
+        }
+        match GuestReport::from_event(data, unix_secs(SystemTime::now())) {
+            Ok(r) => {
+                if self.guest.as_ref().map(|g| &g.state) != Some(&r.state) {
+                    self.log.debug(
+                        "guest-state",
+                        &[
+                            ("os", json!(r.state.os_name)),
+                            ("addresses", json!(r.addresses())),
+                        ],
+                    );
+                }
+                self.guest = Some(r);
+            }
+            Err(e) => self.log.warn("guest-state-invalid", &[("error", e.into())]),
         }
     }
 
@@ -419,7 +438,6 @@ impl Driver {
                     .await;
                     Some(match r {
                         Ok(Ok(s)) => {
-                            self.decoder.reset();
                             self.stream = Some(s);
                             self.log.debug("connected", &[]);
                             Input::Connected
@@ -462,11 +480,14 @@ impl Driver {
                     None
                 }
                 Action::GuestRequest { name, data } => self.guest_request(name, data),
+                Action::GuestState(data) => {
+                    self.guest_state(data);
+                    None
+                }
                 Action::Log(event, fields) => {
                     let level = match event {
-                        "apply-failed" | "request-timeout" | "agent-unsupported" => {
-                            crate::log::Level::Warn
-                        }
+                        "apply-failed" | "request-timeout" | "agent-unsupported"
+                        | "oversize-frame" => crate::log::Level::Warn,
                         _ => crate::log::Level::Info,
                     };
                     let f: Vec<(&str, Value)> = fields.into_iter().collect();
@@ -493,13 +514,25 @@ pub async fn run_channel(info: ChannelInfo, shared: Arc<Shared>) {
     let desired = shared.desired_for(&info);
     let now = Instant::now();
     let mut d = Driver {
-        machine: Machine::new(shared.timing.clone(), desired, seed(info.key())),
-        decoder: Decoder::new(shared.limits),
+        machine: Machine::new(
+            shared.timing.clone(),
+            desired,
+            HostSession::new(
+                shared.limits,
+                Nonces::seeded((u64::from(info.domid) << 32) | u64::from(info.devid)),
+            ),
+        ),
         events: Bucket::new(
             f64::from(shared.rates.events_burst),
             1.0 / shared.rates.event_interval.as_secs_f64().max(1e-3),
             now,
         ),
+        state_events: Bucket::new(
+            f64::from(shared.rates.events_burst),
+            1.0 / shared.rates.event_interval.as_secs_f64().max(1e-3),
+            now,
+        ),
+        guest: None,
         stream: None,
         log,
         info,
@@ -519,18 +552,18 @@ pub async fn run_channel(info: ChannelInfo, shared: Arc<Shared>) {
     loop {
         let deadline = d.machine.deadline();
         enum Woke {
-            Read(std::io::Result<Option<Vec<Event>>>),
+            Read(std::io::Result<Option<Vec<Action>>>),
             Timer,
             Store(bool),
         }
         let woke = {
             let stream = d.stream.as_ref();
-            let decoder = &mut d.decoder;
+            let machine = &mut d.machine;
             let bytes = &mut bytes;
             tokio::select! {
                 r = async move {
                     match stream {
-                        Some(s) => read_events(s, decoder, bytes).await,
+                        Some(s) => read_into(s, machine, bytes).await,
                         None => std::future::pending().await,
                     }
                 } => Woke::Read(r),
@@ -543,39 +576,24 @@ pub async fn run_channel(info: ChannelInfo, shared: Arc<Shared>) {
                 r = epoch.changed() => Woke::Store(r.is_ok()),
             }
         };
-        let inputs: Vec<Input> = match woke {
-            Woke::Read(Ok(Some(evs))) => evs
-                .into_iter()
-                .filter_map(|e| match e {
-                    Event::Resync => Some(Input::Resync),
-                    Event::Frame(f) => Some(Input::Frame(wire::classify(f))),
-                    Event::Oversize => Some(Input::Oversize),
-                    Event::Garbage(_) => None,
-                })
-                .collect(),
+        let input = match woke {
+            Woke::Read(Ok(Some(actions))) => {
+                d.perform(actions).await;
+                continue;
+            }
             Woke::Read(Ok(None)) => {
                 d.stream = None;
-                vec![Input::Closed("EOF".into())]
+                Input::Closed("EOF".into())
             }
             Woke::Read(Err(e)) => {
                 d.stream = None;
-                vec![Input::Closed(e.to_string())]
+                Input::Closed(e.to_string())
             }
-            Woke::Timer => vec![Input::Timer],
+            Woke::Timer => Input::Timer,
             Woke::Store(false) => return,
-            Woke::Store(true) => vec![Input::Desired(d.shared.desired_for(&d.info))],
+            Woke::Store(true) => Input::Desired(d.shared.desired_for(&d.info)),
         };
-        let now = Instant::now();
-        let mut actions = Vec::new();
-        for i in inputs {
-            if matches!(i, Input::Oversize) {
-                d.log.warn(
-                    "oversize-frame",
-                    &[("max_frame", d.shared.limits.max_frame.into())],
-                );
-            }
-            actions.extend(d.machine.handle(now, i));
-        }
+        let actions = d.machine.handle(Instant::now(), input);
         d.perform(actions).await;
     }
 }

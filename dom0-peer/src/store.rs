@@ -311,6 +311,7 @@ mod tests {
         let nc = t.path().join("seeded.nocloud");
         std::fs::create_dir(&nc).unwrap();
         std::fs::write(nc.join("meta-data"), "instance-id: iid-9\n").unwrap();
+        std::fs::write(nc.join("user-data"), "#cloud-config\n").unwrap();
         std::fs::write(t.path().join(".hidden.json"), "{}").unwrap();
         let mut s = Store::new(t.path());
         let changed = s.reload().unwrap();

@@ -71,7 +71,7 @@ async fn send_and_query_against_the_simulated_agent() {
     let s = h.sock("one");
     let g = h.guest(
         &s,
-        xenplug_peer::simguest::GuestOptions {
+        xenplug_simguest::GuestOptions {
             open_delay: Duration::from_millis(300),
             hostname: "sim-one".into(),
             ..guest_opts()
@@ -106,6 +106,26 @@ async fn send_and_query_against_the_simulated_agent() {
         assert_eq!(code(&o), 0, "{q}: {}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(json_out(&o), check, "{q}");
     }
+    // A reply over the frame bound (the same bound as the daemon's unless raised): refused
+    // with a word on --max-frame, and fine once raised.
+    let mut c = peer();
+    c.args(["query", "--max-frame", "1024", "--socket"])
+        .arg(&s)
+        .arg("info");
+    let o = run(c).await;
+    assert_eq!(code(&o), exit::OTHER);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--max-frame"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let mut c = peer();
+    c.args(["query", "--max-frame", "65536", "--socket"])
+        .arg(&s)
+        .arg("info");
+    let o = run(c).await;
+    assert_eq!(code(&o), 0, "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(json_out(&o)["supported_commands"].as_array().unwrap().len() > 40);
     // NoCloud seed directory.
     let nc = h.dir.path().join("seed");
     std::fs::create_dir(&nc).unwrap();
@@ -114,6 +134,7 @@ async fn send_and_query_against_the_simulated_agent() {
         "instance-id: iid-nc\nlocal-hostname: nc\n",
     )
     .unwrap();
+    std::fs::write(nc.join("user-data"), "#cloud-config\n").unwrap();
     std::fs::write(nc.join("generation"), "9\n").unwrap();
     let mut c = peer();
     c.arg("send")
@@ -183,7 +204,7 @@ async fn exit_codes() {
     let bad = h.dir.path().join("bad.json");
     std::fs::write(
         &bad,
-        "{\"instance-id\": \"x\", \"generation\": 1, \"runcmd\": []}",
+        "{\"instance-id\": \"x\", \"generation\": 1, \"packages\": []}",
     )
     .unwrap();
     let mut c = peer();

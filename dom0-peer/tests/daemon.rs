@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
-use xenplug_peer::simguest::GuestOptions;
+use xenplug_simguest::GuestOptions;
 
 const T: Duration = Duration::from_secs(15);
 
@@ -237,6 +237,11 @@ async fn guest_requests_pass_the_policy_and_denials_are_logged() {
                 Some("guest-sync-delimited") => {
                     format!("\u{ff}{{\"return\": {}}}\n", f["arguments"]["id"])
                 }
+                // An agent without guest-state reports says so.
+                Some("xenplug-subscribe-guest-state") => format!(
+                    "{{\"error\": {{\"class\": \"CommandNotFound\", \"desc\": \"no\"}}, \"id\": {}}}\n",
+                    f["id"]
+                ),
                 Some("xenplug-get-config-generation") => {
                     answered_query = true;
                     format!(

@@ -47,6 +47,8 @@ struct AgentRun {
     thread: Option<std::thread::JoinHandle<()>>,
     pub host: Recorder,
     pub root: PathBuf,
+    /// The agent's guest-state hub: what its publisher would publish goes here.
+    pub hub: Arc<xenplug_guest_agent::publisher::StateHub>,
 }
 
 impl AgentRun {
@@ -55,12 +57,11 @@ impl AgentRun {
         std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let host = Recorder::default();
-        let agent = Mutex::new(Agent {
-            root: root.to_path_buf(),
-            host: Box::new(host.clone()),
-            power: Box::new(NoPower),
-            live_network: false,
-        });
+        let mut a = Agent::new(root, Box::new(host.clone()), Box::new(NoPower));
+        a.live_network = false;
+        a.paths.statedir = root.join("run/xenplug-agent");
+        let hub = a.hub.clone();
+        let agent = Mutex::new(a);
         let (tty, s) = (tty.to_path_buf(), stop.clone());
         let thread = std::thread::spawn(move || {
             let opts = Options {
@@ -82,6 +83,7 @@ impl AgentRun {
             thread: Some(thread),
             host,
             root: root.to_path_buf(),
+            hub,
         }
     }
 
@@ -278,4 +280,96 @@ async fn cli_queries_and_send_against_the_real_agent() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// The guest's own report of its state (what the agent's publisher puts in its hub) reaches the
+/// daemon as `xenplug-guest-state` events on the channel, is kept per VM, and `list` shows it,
+/// as a table and as JSON; a change is followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_state_reports_are_kept_and_listed() {
+    use xenplug_channel::qga::{GuestInterface, GuestState};
+    let mut h = Host::new();
+    let xs = h.xsd.store();
+    std::fs::write(
+        h.store.join("statevm.json"),
+        serde_json::json!({"instance-id": "iid-statevm", "generation": 1}).to_string(),
+    )
+    .unwrap();
+    let ch = PtyChannel::new(h.dir.path(), "s");
+    let agent = AgentRun::start(&ch.tty, &h.dir.path().join("root-s"));
+    let mut st = GuestState {
+        os_name: Some("Debian GNU/Linux 12 (bookworm)".into()),
+        os_distro: Some("debian".into()),
+        os_majorver: Some("12".into()),
+        hostname: Some("statevm".into()),
+        meminfo_total: Some(2_000_000),
+        interfaces: vec![GuestInterface {
+            name: "eth0".into(),
+            mac: Some("00:16:3e:00:00:51".into()),
+            vif: Some(0),
+            ipv4: vec!["192.0.2.51".into()],
+            ipv6: vec!["2001:db8::51".into()],
+        }],
+        ..Default::default()
+    };
+    agent.hub.publish(st.clone());
+    add_domain(&xs, 52, "statevm", &uuid(52), &ch.sock);
+    h.start(h.config());
+    let r = wait_for(T, "the guest's report", || async {
+        h.row(52)
+            .await
+            .filter(|r| r["guest"]["os-name"] == "Debian GNU/Linux 12 (bookworm)")
+    })
+    .await;
+    assert_eq!(
+        r["guest"]["interfaces"][0]["ipv4"],
+        serde_json::json!(["192.0.2.51"])
+    );
+    assert_eq!(r["guest"]["interfaces"][0]["vif"], 0);
+    // Delivery went on as before.
+    wait_state(&h, 52, "configured", T).await;
+
+    // An address comes: a new report, followed.
+    st.interfaces[0].ipv4.push("198.51.100.7".into());
+    agent.hub.publish(st.clone());
+    wait_for(T, "the second address", || async {
+        h.row(52).await.filter(|r| {
+            r["guest"]["interfaces"][0]["ipv4"] == serde_json::json!(["192.0.2.51", "198.51.100.7"])
+        })
+    })
+    .await;
+
+    let run = |json: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_xenplug-peer"));
+        c.arg("list");
+        if json {
+            c.arg("--json");
+        }
+        c.arg("--control").arg(&h.control);
+        tokio::task::spawn_blocking(move || c.output().unwrap())
+    };
+    let o = run(false).await.unwrap();
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    let line = text.lines().find(|l| l.contains("statevm")).unwrap();
+    for want in [
+        "Debian GNU/Linux 12",
+        "192.0.2.51,198.51.100.7,2001:db8::51",
+    ] {
+        assert!(line.contains(want), "{want} missing in {line:?}");
+    }
+    assert!(text.lines().next().unwrap().contains("ADDRESSES"));
+    let o = run(true).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let row = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["domid"] == 52)
+        .unwrap();
+    assert_eq!(row["guest"]["hostname"], "statevm");
+    assert_eq!(row["guest"]["meminfo-total"], 2_000_000);
+    assert!(row["guest"]["reported_at"].as_u64().unwrap() > 0);
+    h.stop().await;
+    drop(agent);
 }

@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::json;
-use xenplug_channel::{ClientEvent, ClientSession, Limits, Request};
+use xenplug_channel::host::{HostEvent, HostSession, Nonces};
+use xenplug_channel::{Limits, Request};
 
 struct Chan {
     master: File,
     _slave: std::os::fd::OwnedFd,
     path: std::path::PathBuf,
-    session: ClientSession,
+    session: HostSession,
 }
 
 impl Chan {
@@ -33,15 +34,11 @@ impl Chan {
             master: File::from(p.master),
             _slave: p.slave,
             path,
-            session: ClientSession::new(Limits::default()),
+            session: HostSession::new(Limits::default(), Nonces::seeded(0)),
         }
     }
 
-    fn until(
-        &mut self,
-        wait: Duration,
-        want: &dyn Fn(&ClientEvent) -> bool,
-    ) -> Option<ClientEvent> {
+    fn until(&mut self, wait: Duration, want: &dyn Fn(&HostEvent) -> bool) -> Option<HostEvent> {
         let deadline = Instant::now() + wait;
         let mut buf = [0u8; 65536];
         loop {
@@ -68,13 +65,12 @@ impl Chan {
         }
     }
 
-    fn handshake(&mut self, nonce: &mut i64) -> u32 {
+    fn handshake(&mut self) -> u32 {
         for tries in 1..=200 {
-            *nonce += 1;
-            let b = self.session.begin_sync(*nonce);
+            let b = self.session.begin_sync();
             self.master.write_all(&b).unwrap();
             if self
-                .until(Duration::from_millis(100), &|e| *e == ClientEvent::Synced)
+                .until(Duration::from_millis(100), &|e| *e == HostEvent::Synced)
                 .is_some()
             {
                 return tries;
@@ -84,13 +80,15 @@ impl Chan {
     }
 
     fn call(&mut self, req: &Request) -> serde_json::Value {
-        self.master.write_all(&req.encode()).unwrap();
+        let args = req.arguments.clone().map(serde_json::Value::Object);
+        let (_id, bytes) = self.session.request(&req.execute, args.as_ref());
+        self.master.write_all(&bytes).unwrap();
         match self.until(Duration::from_secs(10), &|e| {
-            matches!(e, ClientEvent::Reply(_))
+            matches!(e, HostEvent::Reply { .. })
         }) {
-            Some(ClientEvent::Reply(r)) => r
-                .into_result()
-                .unwrap_or_else(|e| panic!("{}: {e}", req.execute)),
+            Some(HostEvent::Reply { result, .. }) => {
+                result.unwrap_or_else(|e| panic!("{}: {e}", req.execute))
+            }
             _ => panic!("no reply to {}", req.execute),
         }
     }
@@ -156,9 +154,8 @@ fn main() {
             .spawn()
             .expect("spawn agent"),
     );
-    let mut nonce = 0i64;
     let t_start = Instant::now();
-    let tries = c.handshake(&mut nonce);
+    let tries = c.handshake();
     println!(
         "agent up to first handshake: {:.1} ms ({tries} tries at 100 ms)",
         t_start.elapsed().as_secs_f64() * 1e3
@@ -176,7 +173,7 @@ fn main() {
                        "hashed_passwd": "$6$saltsalt$Hk7mF4.x1y2z3"}]});
         let req = Request::new("xenplug-apply-config").with_arguments(json!({"config": doc}));
         let s = Instant::now();
-        c.handshake(&mut nonce);
+        c.handshake();
         let r = c.call(&req);
         assert_eq!(r["applied"], json!(true), "{r}");
         lat.push(s.elapsed().as_secs_f64() * 1e3);
@@ -213,7 +210,7 @@ fn main() {
                 .spawn()
                 .expect("spawn qemu-ga"),
         );
-        q.handshake(&mut nonce);
+        q.handshake();
         let (p50, p99) = pings(&mut q, 1000);
         println!(
             "qemu-ga guest-ping round trip:       median {p50:.3} ms, p99 {p99:.3} ms (1000 pings)"

@@ -1,21 +1,40 @@
-//! Applying a [`ConfigDoc`]: network (live through netlink, persisted for systemd-networkd and,
-//! when the guest uses it, ifupdown), DNS, host name, users' keys and passwords; then the applied
-//! generation is recorded. Every step is idempotent and every file is replaced atomically, so a
-//! crash mid-apply leaves whole files and an unrecorded generation that the host re-sends.
+//! Applying a [`ConfigDoc`] the way cloud-init would on a Debian guest, in its module order:
+//! `bootcmd`, network ([`crate::netapply`]: live through netlink, persisted for the guest's
+//! network manager), `write_files`, host name and `/etc/hosts`, `ca_certs`, groups, users,
+//! sudo rules, keys and passwords ([`crate::accounts`]), `ssh_pwauth`, `ntp`, `timezone`,
+//! deferred `write_files` ([`crate::sysconf`]); then the applied generation is recorded.
+//! After that: services restarted, the network manager told to reload, `runcmd`
+//! ([`crate::commands`]), `final_message`.
+//!
+//! **All or nothing per generation.** Every file goes through a [`Txn`] that remembers what it
+//! replaced, password-database entries are put back under the lock, users and groups the
+//! generation created are removed again (`userdel`, `groupdel`, `gpasswd -d`), live network
+//! changes go through a [`NetJournal`] that snapshots the links and addresses it touches, and
+//! the kernel host name is remembered. When any step fails, everything done so far is undone
+//! (newest first, never stopping at the first error), the previous generation's live routes
+//! are put back, and the error says whether the previous generation is whole again. The record
+//! of the applied generation is the last write of the transaction, so it only ever names a
+//! generation that is completely in place. Commands are the exception: what `bootcmd` did is
+//! not undone, which is why it runs only after every check passed and before anything else.
 
 use std::fmt::Write as _;
 use std::fs;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::sync::OnceLock;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use xenplug_channel::config::{Cidr, ConfigDoc, Ethernet, MacAddr, NetworkConfig, Route, RouteTo};
+use xenplug_channel::config::{ConfigDoc, User};
 use xenplug_channel::qga::{ApplyResult, ConfigGeneration};
 
 use crate::fsutil::{self, under};
 use crate::net::NetOps;
-use crate::users;
+use crate::netapply::{LiveRec, NetJournal};
+use crate::render::{self, Renderer};
+use crate::tools::{self, Tools};
+use crate::txn::Txn;
+use crate::{accounts, commands, sysconf};
 
 /// Host-wide effects that tests replace (the kernel host name).
 pub trait Host {
@@ -43,16 +62,62 @@ impl Host for RealHost {
 
 /// Where the applied generation is recorded (under the root).
 pub const STATE_FILE: &str = "/var/lib/xenplug-agent/applied.json";
-/// Prefix of the networkd/link files the agent owns.
-pub const NETWORKD_PREFIX: &str = "10-xenplug-";
-/// The ifupdown fragment the agent owns.
-pub const IFUPDOWN_FILE: &str = "/etc/network/interfaces.d/xenplug-agent";
 
 const HOSTS_BEGIN: &str = "# BEGIN xenplug-agent";
 const HOSTS_END: &str = "# END xenplug-agent";
 
 /// Linux HOST_NAME_MAX.
 pub const HOST_NAME_MAX: usize = 64;
+
+/// What the guest's owner decides in the agent's configuration (`/etc/xenplug/agent.toml`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ApplyOptions {
+    /// The image's default user (cloud-init's `system_info.default_user`), with cloud-config's
+    /// user keys: `name` (required), `gecos`, `groups`, `shell`, `sudo`, `lock_passwd`, …
+    #[serde(default)]
+    pub default_user: Option<User>,
+    /// Run `bootcmd`/`runcmd` from dom0's documents. Default **false**: those commands run as
+    /// root with whatever dom0 wrote, which is more than configuring the guest; images whose
+    /// owner wants cloud-init's behaviour turn it on (as distributions ship qemu-ga's
+    /// `guest-exec` disabled). A document with commands is refused while it is off, before
+    /// anything changes.
+    #[serde(default)]
+    pub run_commands: bool,
+    /// The network manager to write for; absent: detected (see [`render::detect`]).
+    #[serde(default)]
+    pub network_renderer: Option<Renderer>,
+}
+
+impl ApplyOptions {
+    /// Check what serde cannot.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(u) = &self.default_user {
+            xenplug_channel::config::validate_username(&u.name)
+                .map_err(|e| anyhow!("default-user.name: {e}"))?;
+            let doc = ConfigDoc {
+                instance_id: "agent.toml".into(),
+                users: vec![u.clone()],
+                ..Default::default()
+            };
+            doc.validate()
+                .map_err(|e| anyhow!("default-user: {}", e.to_string().replace("users[0].", "")))?;
+        }
+        Ok(())
+    }
+}
+
+static OPTIONS: OnceLock<ApplyOptions> = OnceLock::new();
+
+/// Set the process-wide options (the agent does this once, from its configuration file).
+pub fn set_options(o: ApplyOptions) {
+    let _ = OPTIONS.set(o);
+}
+
+/// The process-wide options (defaults until [`set_options`]).
+pub fn options() -> ApplyOptions {
+    OPTIONS.get().cloned().unwrap_or_default()
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -63,20 +128,9 @@ struct State {
     /// longer asks for (and nothing else).
     #[serde(default)]
     live: Vec<LiveRec>,
-}
-
-/// Addresses and routes the agent put on one interface.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-struct LiveRec {
-    name: String,
-    #[serde(default)]
-    mac: Option<MacAddr>,
-    #[serde(default)]
-    addresses: Vec<Cidr>,
-    /// (destination, gateway)
-    #[serde(default)]
-    routes: Vec<(Cidr, IpAddr)>,
+    /// The instance whose `bootcmd`/`runcmd` ran (they run once per instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    commands_ran: Option<String>,
 }
 
 fn read_state(root: &Path) -> Result<Option<State>> {
@@ -109,6 +163,10 @@ pub struct Ctx<'a> {
     pub host: &'a mut dyn Host,
     /// Live network; None skips live changes (persisted files are still written).
     pub net: Option<&'a mut dyn NetOps>,
+    /// The guest's programs (shadow-utils, visudo, update-ca-certificates, systemctl, sh).
+    pub tools: &'a mut dyn Tools,
+    /// The agent's configuration.
+    pub opts: &'a ApplyOptions,
 }
 
 impl std::fmt::Debug for Ctx<'_> {
@@ -117,12 +175,62 @@ impl std::fmt::Debug for Ctx<'_> {
     }
 }
 
-fn mkdirs(p: &Path) -> Result<()> {
-    fs::create_dir_all(p).with_context(|| format!("create directory {}", p.display()))
+/// Done once the generation is in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum After {
+    /// `systemctl try-restart UNIT`.
+    Restart(String),
+    /// `systemctl try-reload-or-restart UNIT`.
+    Reload(String),
+    /// Have the network manager pick the new files up.
+    Network(Renderer, Vec<String>),
+}
+
+/// One generation being applied: the file transaction, the live-network journal, the host
+/// name it replaced, what to do once it is in place, and the list of changes for the reply.
+pub(crate) struct Run<'a, 'n> {
+    pub root: &'a Path,
+    pub txn: Txn,
+    pub net: Option<NetJournal<'n>>,
+    pub host: &'a mut dyn Host,
+    pub tools: &'a mut dyn Tools,
+    pub opts: &'a ApplyOptions,
+    pub old_hostname: Option<String>,
+    pub changes: Vec<String>,
+    pub after: Vec<After>,
+}
+
+impl Run<'_, '_> {
+    pub(crate) fn write_changed(&mut self, path: &Path, data: &str, mode: u32) -> Result<()> {
+        if let Some(d) = path.parent() {
+            self.txn.create_dir_all(d, 0o755)?;
+        }
+        if self.txn.write(path, data.as_bytes(), mode, None)? {
+            let shown = self.shown(path);
+            self.changes.push(format!("file {shown}"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn shown(&self, path: &Path) -> String {
+        path.strip_prefix(self.root)
+            .map(|p| format!("/{}", p.display()))
+            .unwrap_or_else(|_| path.display().to_string())
+    }
+
+    /// Register the undo of a change made with one of the guest's programs.
+    pub(crate) fn undo_tool(
+        &mut self,
+        what: impl Into<String>,
+        f: impl FnOnce(&mut dyn Tools) -> Result<()> + Send + 'static,
+    ) {
+        self.txn.on_rollback_run(what, f);
+    }
 }
 
 /// Apply `doc` (already validated). Same instance id and generation as recorded: nothing is
-/// done (`applied: false`). A lower generation for the same instance is refused.
+/// done (`applied: false`). A lower generation for the same instance is refused. On failure
+/// nothing of the new generation stays (see the module docs), and the error says so.
 pub fn apply(doc: &ConfigDoc, ctx: &mut Ctx<'_>) -> Result<ApplyResult> {
     let previous = read_state(ctx.root)?;
     if let Some(prev) = previous
@@ -146,46 +254,316 @@ pub fn apply(doc: &ConfigDoc, ctx: &mut Ctx<'_>) -> Result<ApplyResult> {
             );
         }
     }
-    let mut changes = Vec::new();
-    let old_live = previous.map(|p| p.live).unwrap_or_default();
-    let empty = NetworkConfig {
-        version: 2,
-        ethernets: Default::default(),
+    let commands_ran = previous
+        .as_ref()
+        .and_then(|p| p.commands_ran.clone())
+        .filter(|i| *i == doc.instance_id);
+    // The checks that need the guest, before anything changes.
+    if doc.has_commands() && commands_ran.is_none() && !ctx.opts.run_commands {
+        let key = if doc.bootcmd.is_empty() {
+            "runcmd"
+        } else {
+            "bootcmd"
+        };
+        bail!(
+            "{key}: not run: the agent's configuration does not allow commands \
+             (run-commands = false in /etc/xenplug/agent.toml); nothing was changed"
+        );
+    }
+    // A guest with none of the three gets networkd's files (harmless without networkd, read
+    // if it is installed later) besides the live configuration; the reply says so.
+    let detected = ctx
+        .opts
+        .network_renderer
+        .or_else(|| render::detect(ctx.root));
+    let renderer = Some(detected.unwrap_or(Renderer::Networkd));
+    let old_live = previous
+        .as_ref()
+        .map(|p| p.live.clone())
+        .unwrap_or_default();
+    // The journal borrows the live network for this generation; it is handed back at the end.
+    let mut run = Run {
+        root: ctx.root,
+        txn: Txn::new(),
+        net: ctx.net.take().map(NetJournal::new),
+        host: &mut *ctx.host,
+        tools: &mut *ctx.tools,
+        opts: ctx.opts,
+        old_hostname: None,
+        changes: Vec::new(),
+        after: Vec::new(),
     };
-    let live = apply_network(
-        doc.network.as_ref().unwrap_or(&empty),
-        &old_live,
-        ctx,
+    if detected.is_none() && doc.network.as_ref().is_some_and(|n| !n.is_empty()) {
+        run.changes.push(
+            "network: no network manager found in the guest: systemd-networkd files written".into(),
+        );
+    }
+    let result = apply_steps(doc, &old_live, commands_ran.is_some(), renderer, &mut run);
+    let outcome = finish(doc, previous.as_ref(), &old_live, &mut run, result);
+    let after = std::mem::take(&mut run.after);
+    let mut changes = std::mem::take(&mut run.changes);
+    let tools = run.tools;
+    ctx.net = run.net.map(|j| j.inner);
+    let mut r = outcome?;
+    // In place: what cannot be part of the transaction.
+    after_commit(
+        doc,
+        ctx.root,
+        tools,
+        &after,
+        commands_ran.is_some(),
         &mut changes,
-    )?;
-    apply_hostname(doc, ctx, &mut changes)?;
-    apply_users(doc, ctx.root, &mut changes)?;
+    );
+    r.changes = changes;
+    Ok(r)
+}
+
+fn apply_steps(
+    doc: &ConfigDoc,
+    old_live: &[LiveRec],
+    commands_ran: bool,
+    renderer: Option<Renderer>,
+    run: &mut Run<'_, '_>,
+) -> Result<()> {
+    if !doc.bootcmd.is_empty() {
+        if commands_ran {
+            run.changes
+                .push("bootcmd: already run for this instance".into());
+        } else {
+            let st = commands::run(
+                run.tools,
+                run.root,
+                "bootcmd",
+                &doc.bootcmd,
+                &doc.instance_id,
+            )?;
+            if !st.success() {
+                bail!("bootcmd: {st} (see {})", commands::LOG_FILE);
+            }
+            run.changes.push("bootcmd".into());
+        }
+    }
+    let empty = xenplug_channel::config::NetworkConfig::default();
+    let n = doc.network.as_ref().unwrap_or(&empty);
+    let live = crate::netapply::apply_network(n, old_live, renderer, run)?;
+    if let Some(r) = renderer.filter(|_| !n.is_empty()) {
+        let names: Vec<String> = n
+            .entries()
+            .iter()
+            .map(|(_, id, _)| id.to_string())
+            .collect();
+        run.after.push(After::Network(r, names));
+    }
+    sysconf::write_files(doc, false, run)?;
+    apply_hostname(doc, run)?;
+    if let Some(c) = &doc.ca_certs {
+        sysconf::ca_certs(c, run)?;
+    }
+    accounts::apply_accounts(doc, run)?;
+    if let Some(on) = doc.ssh_pwauth {
+        sysconf::ssh_pwauth(on, run)?;
+    }
+    if let Some(n) = &doc.ntp {
+        sysconf::ntp(n, run)?;
+    }
+    if let Some(tz) = &doc.timezone {
+        sysconf::timezone(tz, run)?;
+    }
+    sysconf::write_files(doc, true, run)?;
     let state = State {
         instance_id: doc.instance_id.clone(),
         generation: doc.generation,
         live,
+        commands_ran: (doc.has_commands() || commands_ran).then(|| doc.instance_id.clone()),
     };
-    let p = under(ctx.root, STATE_FILE);
-    mkdirs(p.parent().expect("state file has a parent"))?;
-    fsutil::write_atomic(
+    let p = under(run.root, STATE_FILE);
+    run.txn
+        .create_dir_all(p.parent().expect("state file has a parent"), 0o755)?;
+    run.txn.write(
         &p,
         &serde_json::to_vec_pretty(&state).expect("state serializes"),
         0o644,
         None,
     )?;
-    log_event(
-        "config-applied",
-        &[
-            ("instance-id", doc.instance_id.as_str()),
-            ("generation", &doc.generation.to_string()),
-        ],
-    );
-    Ok(ApplyResult {
-        instance_id: doc.instance_id.clone(),
-        generation: doc.generation,
-        applied: true,
-        changes,
-    })
+    Ok(())
+}
+
+/// Commit, or undo everything and say what is in place now.
+fn finish(
+    doc: &ConfigDoc,
+    previous: Option<&State>,
+    old_live: &[LiveRec],
+    run: &mut Run<'_, '_>,
+    result: Result<()>,
+) -> Result<ApplyResult> {
+    let txn = std::mem::take(&mut run.txn);
+    match result {
+        Ok(()) => {
+            txn.commit();
+            log_event(
+                "config-applied",
+                &[
+                    ("instance-id", doc.instance_id.as_str()),
+                    ("generation", &doc.generation.to_string()),
+                ],
+            );
+            Ok(ApplyResult {
+                instance_id: doc.instance_id.clone(),
+                generation: doc.generation,
+                applied: true,
+                changes: Vec::new(),
+            })
+        }
+        Err(e) => {
+            run.after.clear();
+            let mut undo_errors = txn.rollback(&mut *run.tools);
+            if let Some(j) = run.net.as_mut() {
+                undo_errors.extend(j.restore(old_live));
+            }
+            if let Some(h) = run.old_hostname.take() {
+                if let Err(e) = run.host.set_hostname(&h) {
+                    undo_errors.push(format!("restore the host name {h}: {e:#}"));
+                }
+            }
+            let before = match previous {
+                Some(p) => format!("generation {} of instance {}", p.generation, p.instance_id),
+                None => "the configuration from before any generation".to_string(),
+            };
+            let what = format!(
+                "generation {} of instance {} was not applied: {e:#}",
+                doc.generation, doc.instance_id
+            );
+            if undo_errors.is_empty() {
+                log_event(
+                    "config-rolled-back",
+                    &[
+                        ("instance-id", doc.instance_id.as_str()),
+                        ("generation", &doc.generation.to_string()),
+                    ],
+                );
+                Err(anyhow!(
+                    "{what}; everything it changed was undone: {before} is in place"
+                ))
+            } else {
+                log_event(
+                    "config-rollback-incomplete",
+                    &[
+                        ("instance-id", doc.instance_id.as_str()),
+                        ("generation", &doc.generation.to_string()),
+                        ("errors", &undo_errors.join("; ")),
+                    ],
+                );
+                Err(anyhow!(
+                    "{what}; undoing it failed too ({}), so the guest is partly configured and \
+                     {before} is not whole",
+                    undo_errors.join("; ")
+                ))
+            }
+        }
+    }
+}
+
+/// True when the agent runs on the live system with systemd (not on a tree for tests).
+fn live_system(root: &Path) -> bool {
+    root == Path::new("/") && Path::new("/run/systemd/system").is_dir()
+}
+
+fn after_commit(
+    doc: &ConfigDoc,
+    root: &Path,
+    tools: &mut dyn Tools,
+    after: &[After],
+    commands_ran: bool,
+    changes: &mut Vec<String>,
+) {
+    let live = live_system(root);
+    let mut note = |what: String, r: Result<std::process::Output>| match r {
+        Ok(o) if o.status.success() => changes.push(what),
+        Ok(o) => changes.push(format!(
+            "{what} failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => changes.push(format!("{what} failed: {e:#}")),
+    };
+    for a in after {
+        if !live {
+            continue;
+        }
+        match a {
+            After::Restart(u) => note(
+                format!("restarted {u}"),
+                tools::in_guest(
+                    tools,
+                    root,
+                    "systemctl",
+                    &["try-restart".into(), u.clone()],
+                    None,
+                ),
+            ),
+            After::Reload(u) => note(
+                format!("reloaded {u}"),
+                tools::in_guest(
+                    tools,
+                    root,
+                    "systemctl",
+                    &["try-reload-or-restart".into(), u.clone()],
+                    None,
+                ),
+            ),
+            After::Network(Renderer::Networkd, _) => note(
+                "networkctl reload".into(),
+                tools::in_guest(tools, root, "networkctl", &["reload".into()], None),
+            ),
+            After::Network(Renderer::Ifupdown, _) => note(
+                "ifup -a".into(),
+                tools::in_guest(tools, root, "ifup", &["-a".into()], None),
+            ),
+            After::Network(Renderer::NetworkManager, ids) => {
+                note(
+                    "nmcli connection reload".into(),
+                    tools::in_guest(
+                        tools,
+                        root,
+                        "nmcli",
+                        &["connection".into(), "reload".into()],
+                        None,
+                    ),
+                );
+                for id in ids {
+                    note(
+                        format!("nmcli connection up xenplug {id}"),
+                        tools::in_guest(
+                            tools,
+                            root,
+                            "nmcli",
+                            &[
+                                "connection".into(),
+                                "up".into(),
+                                crate::render::nm::uuid(id),
+                            ],
+                            None,
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if !doc.runcmd.is_empty() {
+        if commands_ran {
+            changes.push("runcmd: already run for this instance".into());
+        } else {
+            match commands::run(tools, root, "runcmd", &doc.runcmd, &doc.instance_id) {
+                Ok(st) if st.success() => changes.push("runcmd".into()),
+                Ok(st) => changes.push(format!("runcmd: {st} (see {})", commands::LOG_FILE)),
+                Err(e) => changes.push(format!("runcmd: {e:#}")),
+            }
+        }
+    }
+    if let Some(m) = &doc.final_message {
+        let text = sysconf::final_message(m, root);
+        changes.push(format!("final-message: {text}"));
+    }
 }
 
 /// Log a security-relevant change as one structured `key=value` line on stderr.
@@ -205,40 +583,24 @@ pub fn log_event(event: &str, fields: &[(&str, &str)]) {
     eprintln!("{line}");
 }
 
-fn write_changed(
-    path: &Path,
-    data: &str,
-    mode: u32,
-    changes: &mut Vec<String>,
-    root: &Path,
-) -> Result<()> {
-    if let Some(d) = path.parent() {
-        mkdirs(d)?;
-    }
-    if fsutil::write_atomic(path, data.as_bytes(), mode, None)? {
-        let shown = path.strip_prefix(root).map(|p| format!("/{}", p.display()));
-        changes.push(format!(
-            "file {}",
-            shown.unwrap_or_else(|_| path.display().to_string())
-        ));
-    }
-    Ok(())
-}
-
-fn apply_hostname(doc: &ConfigDoc, ctx: &mut Ctx<'_>, changes: &mut Vec<String>) -> Result<()> {
+fn apply_hostname(doc: &ConfigDoc, run: &mut Run<'_, '_>) -> Result<()> {
     let Some(want) = doc.effective_hostname() else {
         return Ok(());
     };
     let name = xenplug_channel::config::truncate_hostname(&want, HOST_NAME_MAX);
-    if ctx.host.hostname().ok().as_deref() != Some(name.as_str()) {
-        ctx.host.set_hostname(&name)?;
-        changes.push("hostname".into());
+    let now = run.host.hostname().ok();
+    if now.as_deref() != Some(name.as_str()) {
+        run.host.set_hostname(&name)?;
+        if run.old_hostname.is_none() {
+            run.old_hostname = now;
+        }
+        run.changes.push("hostname".into());
         log_event("hostname", &[("name", &name)]);
     }
-    let hn = under(ctx.root, "/etc/hostname");
-    write_changed(&hn, &format!("{name}\n"), 0o644, changes, ctx.root)?;
+    let hn = under(run.root, "/etc/hostname");
+    run.write_changed(&hn, &format!("{name}\n"), 0o644)?;
     if doc.manage_etc_hosts != Some(false) {
-        let hosts = under(ctx.root, "/etc/hosts");
+        let hosts = under(run.root, "/etc/hosts");
         let old = fs::read_to_string(&hosts).unwrap_or_default();
         let short = name.split('.').next().unwrap_or(&name).to_string();
         let mut names = Vec::new();
@@ -250,449 +612,39 @@ fn apply_hostname(doc: &ConfigDoc, ctx: &mut Ctx<'_>, changes: &mut Vec<String>)
                 names.push(n.clone());
             }
         }
-        let line = format!("127.0.1.1\t{}", names.join(" "));
+        let line = render_hosts_line(&names)?;
         let new = fsutil::replace_block(&old, HOSTS_BEGIN, HOSTS_END, &[line]);
         let mode = fsutil::mode_owner(&hosts).map(|m| m.0).unwrap_or(0o644);
-        write_changed(&hosts, &new, mode, changes, ctx.root)?;
+        run.write_changed(&hosts, &new, mode)?;
     }
     Ok(())
 }
 
-fn apply_users(doc: &ConfigDoc, root: &Path, changes: &mut Vec<String>) -> Result<()> {
-    let mut shadow = Vec::new();
-    for u in &doc.users {
-        let pw = users::lookup(root, &u.name)?;
-        let keys = u.ssh_authorized_keys.clone();
-        let changed = users::edit_keys(root, &pw, |old| {
-            fsutil::replace_block(old, users::KEYS_BEGIN, users::KEYS_END, &keys)
-        })
-        .with_context(|| format!("authorized_keys of {}", u.name))?;
-        if changed {
-            changes.push(format!("ssh-keys {}", u.name));
-            log_event(
-                "ssh-keys",
-                &[("user", &u.name), ("managed-keys", &keys.len().to_string())],
-            );
-        }
-        if u.hashed_passwd.is_some() || u.lock_passwd.is_some() {
-            shadow.push(users::ShadowChange {
-                name: u.name.clone(),
-                hash: u.hashed_passwd.clone(),
-                lock: u.lock_passwd,
-            });
-        }
+/// The agent's `/etc/hosts` line. Every name is re-checked as a host name here, the last place
+/// before the file: a name with a space, a `#` or a line break would add names, comment the rest
+/// out or add a line.
+pub fn render_hosts_line(names: &[String]) -> Result<String> {
+    for n in names {
+        xenplug_channel::config::validate_hostname(n).map_err(|e| anyhow!("/etc/hosts: {e}"))?;
     }
-    for name in users::update_shadow(root, &shadow)? {
-        log_event("password", &[("user", &name)]);
-        changes.push(format!("password {name}"));
-    }
-    Ok(())
+    Ok(format!("127.0.1.1\t{}", names.join(" ")))
 }
 
-/// The networkd `.network` (and `.link` for `set-name`) files for one entry.
-pub fn render_networkd(id: &str, e: &Ethernet) -> (String, Option<String>) {
-    let mut s = String::from(
-        "# Written by xenplug-agent; replaced on every configuration change.\n[Match]\n",
-    );
-    let mac = e.match_.as_ref().and_then(|m| m.macaddress);
-    let name = match (&e.set_name, &e.match_) {
-        (Some(n), _) => Some(n.clone()),
-        (None, Some(m)) => m.name.clone(),
-        (None, None) => Some(id.to_string()),
-    };
-    if let Some(m) = mac {
-        let _ = writeln!(s, "MACAddress={m}");
-    }
-    if let Some(n) = &name {
-        let _ = writeln!(s, "Name={n}");
-    }
-    if let Some(mtu) = e.mtu {
-        let _ = writeln!(s, "\n[Link]\nMTUBytes={mtu}");
-    }
-    s.push_str("\n[Network]\n");
-    let dhcp = match (e.dhcp4 == Some(true), e.dhcp6 == Some(true)) {
-        (true, true) => "yes",
-        (true, false) => "ipv4",
-        (false, true) => "ipv6",
-        (false, false) => "no",
-    };
-    let _ = writeln!(s, "DHCP={dhcp}");
-    if e.dhcp6 != Some(true) {
-        // As netplan: no SLAAC/RA unless DHCPv6 is asked for.
-        s.push_str("IPv6AcceptRA=no\n");
-    }
-    for a in &e.addresses {
-        let _ = writeln!(s, "Address={a}");
-    }
-    if let Some(ns) = &e.nameservers {
-        for a in &ns.addresses {
-            let _ = writeln!(s, "DNS={a}");
+/// `/etc/resolv.conf` for these servers and search domains. Search domains are re-checked as
+/// DNS names: a space or line break would add domains or a `nameserver` line.
+pub fn render_resolv_conf(servers: &[IpAddr], search: &[String]) -> Result<String> {
+    let mut s = String::from("# Written by xenplug-agent.\n");
+    if !search.is_empty() {
+        for d in search {
+            xenplug_channel::config::validate_hostname(d)
+                .map_err(|e| anyhow!("/etc/resolv.conf: {e}"))?;
         }
-        if !ns.search.is_empty() {
-            let _ = writeln!(s, "Domains={}", ns.search.join(" "));
-        }
+        let _ = writeln!(s, "search {}", search.join(" "));
     }
-    for r in e.all_routes() {
-        s.push_str("\n[Route]\n");
-        match r.to {
-            RouteTo::Default => {}
-            RouteTo::Net(c) => {
-                let _ = writeln!(s, "Destination={c}");
-            }
-        }
-        let _ = writeln!(s, "Gateway={}", r.via);
-        if let Some(m) = r.metric {
-            let _ = writeln!(s, "Metric={m}");
-        }
+    for a in servers.iter().take(3) {
+        let _ = writeln!(s, "nameserver {a}");
     }
-    let link = match (&e.set_name, mac) {
-        (Some(n), Some(m)) => Some(format!(
-            "# Written by xenplug-agent.\n[Match]\nMACAddress={m}\n\n[Link]\nName={n}\n"
-        )),
-        (Some(n), None) => e.match_.as_ref().and_then(|m| m.name.as_ref()).map(|orig| {
-            format!(
-                "# Written by xenplug-agent.\n[Match]\nOriginalName={orig}\n\n[Link]\nName={n}\n"
-            )
-        }),
-        _ => None,
-    };
-    (s, link)
-}
-
-/// The ifupdown stanzas for the whole network (interfaces named by `resolved` id → kernel name).
-pub fn render_ifupdown(
-    n: &NetworkConfig,
-    names: &dyn Fn(&str, &Ethernet) -> Option<String>,
-) -> String {
-    let mut s =
-        String::from("# Written by xenplug-agent; replaced on every configuration change.\n");
-    for (id, e) in &n.ethernets {
-        let Some(ifname) = names(id, e) else {
-            let _ = writeln!(s, "# {id}: no interface matched when this was written");
-            continue;
-        };
-        let _ = writeln!(s, "\nauto {ifname}");
-        if e.dhcp4 == Some(true) {
-            let _ = writeln!(s, "iface {ifname} inet dhcp");
-        }
-        if e.dhcp6 == Some(true) {
-            let _ = writeln!(s, "iface {ifname} inet6 dhcp");
-        }
-        let routes = e.all_routes();
-        for (i, a) in e.addresses.iter().enumerate() {
-            let fam = if a.addr.is_ipv4() { "inet" } else { "inet6" };
-            let _ = writeln!(s, "iface {ifname} {fam} static\n    address {a}");
-            if let Some(m) = e.mtu {
-                let _ = writeln!(s, "    mtu {m}");
-            }
-            if i == 0 {
-                if let Some(ns) = &e.nameservers {
-                    if !ns.addresses.is_empty() {
-                        let list: Vec<String> =
-                            ns.addresses.iter().map(|a| a.to_string()).collect();
-                        let _ = writeln!(s, "    dns-nameservers {}", list.join(" "));
-                    }
-                    if !ns.search.is_empty() {
-                        let _ = writeln!(s, "    dns-search {}", ns.search.join(" "));
-                    }
-                }
-            }
-            for r in routes
-                .iter()
-                .filter(|r| r.via.is_ipv4() == a.addr.is_ipv4())
-            {
-                let metric = r.metric.map(|m| format!(" metric {m}")).unwrap_or_default();
-                let dst = match r.to {
-                    RouteTo::Default => "default".to_string(),
-                    RouteTo::Net(c) => c.to_string(),
-                };
-                let _ = writeln!(
-                    s,
-                    "    up ip route replace {dst} via {}{metric} dev {ifname}",
-                    r.via
-                );
-            }
-        }
-    }
-    s
-}
-
-fn uses_ifupdown(root: &Path) -> bool {
-    under(root, "/etc/network/interfaces").is_file()
-        && ["/sbin/ifup", "/usr/sbin/ifup"]
-            .iter()
-            .any(|p| under(root, p).exists())
-}
-
-/// Returns what is now configured live (the previous record when live changes are off).
-fn apply_network(
-    n: &NetworkConfig,
-    old_live: &[LiveRec],
-    ctx: &mut Ctx<'_>,
-    changes: &mut Vec<String>,
-) -> Result<Vec<LiveRec>> {
-    // Live first: learn which kernel interface each entry means (and rename it).
-    let mut resolved: Vec<(String, Option<String>)> = Vec::new();
-    let mut live = old_live.to_vec();
-    if let Some(net) = ctx.net.as_deref_mut() {
-        // Take back first: deleting an IPv4 primary address also deletes the secondaries of
-        // its subnet, which could include one about to be added.
-        let links = net.links()?;
-        let wanted: Vec<LiveRec> = n
-            .ethernets
-            .iter()
-            .filter_map(|(id, e)| {
-                let l = links
-                    .iter()
-                    .find(|l| !l.loopback && e.matches(id, &l.name, l.mac))?;
-                Some(LiveRec {
-                    name: l.name.clone(),
-                    mac: l.mac,
-                    addresses: e.addresses.clone(),
-                    routes: e.all_routes().iter().map(route_key).collect(),
-                })
-            })
-            .collect();
-        take_back(old_live, &wanted, net, changes)?;
-        live.clear();
-        for (id, e) in &n.ethernets {
-            let rec = apply_live(id, e, net, changes)
-                .with_context(|| format!("network.ethernets.{id}"))?;
-            resolved.push((id.clone(), rec.as_ref().map(|r| r.name.clone())));
-            live.extend(rec);
-        }
-    }
-    if n.ethernets.is_empty() && old_live.is_empty() {
-        // Nothing asked now or before: leave the guest's own network files alone.
-        let dir = under(ctx.root, "/etc/systemd/network");
-        if dir.is_dir() {
-            remove_stale(&dir, &[], changes, ctx.root)?;
-        }
-        return Ok(live);
-    }
-    // Persist for systemd-networkd (udev applies .link files even without networkd).
-    let dir = under(ctx.root, "/etc/systemd/network");
-    mkdirs(&dir)?;
-    let mut keep = Vec::new();
-    for (id, e) in &n.ethernets {
-        let safe: String = id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let (network, link) = render_networkd(id, e);
-        let np = dir.join(format!("{NETWORKD_PREFIX}{safe}.network"));
-        write_changed(&np, &network, 0o644, changes, ctx.root)?;
-        keep.push(np);
-        if let Some(l) = link {
-            let lp = dir.join(format!("{NETWORKD_PREFIX}{safe}.link"));
-            write_changed(&lp, &l, 0o644, changes, ctx.root)?;
-            keep.push(lp);
-        }
-    }
-    remove_stale(&dir, &keep, changes, ctx.root)?;
-    // ifupdown, when that is what the guest uses.
-    if uses_ifupdown(ctx.root) {
-        let names = |id: &str, e: &Ethernet| -> Option<String> {
-            if let Some(n) = &e.set_name {
-                return Some(n.clone());
-            }
-            if let Some((_, Some(n))) = resolved.iter().find(|(i, _)| i == id) {
-                return Some(n.clone());
-            }
-            match &e.match_ {
-                None => Some(id.to_string()),
-                Some(m) => m.name.clone().filter(|n| !n.contains(['*', '?'])),
-            }
-        };
-        let text = render_ifupdown(n, &names);
-        write_changed(
-            &under(ctx.root, IFUPDOWN_FILE),
-            &text,
-            0o644,
-            changes,
-            ctx.root,
-        )?;
-    }
-    // DNS for guests without resolved: a plain /etc/resolv.conf file (a symlink, e.g. to the
-    // resolved stub, is left alone: networkd's DNS= feeds resolved).
-    let resolv = under(ctx.root, "/etc/resolv.conf");
-    let is_plain = fs::symlink_metadata(&resolv)
-        .map(|m| m.file_type().is_file())
-        .unwrap_or(true);
-    let servers: Vec<IpAddr> = n
-        .ethernets
-        .values()
-        .filter_map(|e| e.nameservers.as_ref())
-        .flat_map(|ns| ns.addresses.iter().copied())
-        .collect();
-    let search: Vec<String> = n
-        .ethernets
-        .values()
-        .filter_map(|e| e.nameservers.as_ref())
-        .flat_map(|ns| ns.search.iter().cloned())
-        .collect();
-    if is_plain && (!servers.is_empty() || !search.is_empty()) {
-        let mut s = String::from("# Written by xenplug-agent.\n");
-        if !search.is_empty() {
-            let _ = writeln!(s, "search {}", search.join(" "));
-        }
-        for a in servers.iter().take(3) {
-            let _ = writeln!(s, "nameserver {a}");
-        }
-        write_changed(&resolv, &s, 0o644, changes, ctx.root)?;
-    }
-    Ok(live)
-}
-
-/// A route as (destination with `default` spelled out, gateway).
-fn route_key(r: &Route) -> (Cidr, IpAddr) {
-    let dst = match r.to {
-        RouteTo::Default => Cidr {
-            addr: if r.via.is_ipv4() {
-                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-            } else {
-                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-            },
-            prefix: 0,
-        },
-        RouteTo::Net(c) => c,
-    };
-    (dst, r.via)
-}
-
-/// Remove the addresses and routes a previous generation configured that the current one does
-/// not (on the same interface, found by MAC first, then by name). Gone is fine.
-fn take_back(
-    old: &[LiveRec],
-    now: &[LiveRec],
-    net: &mut dyn NetOps,
-    changes: &mut Vec<String>,
-) -> Result<()> {
-    if old.is_empty() {
-        return Ok(());
-    }
-    let links = net.links()?;
-    for o in old {
-        let Some(link) = links
-            .iter()
-            .find(|l| o.mac.is_some() && l.mac == o.mac)
-            .or_else(|| links.iter().find(|l| l.name == o.name))
-        else {
-            continue;
-        };
-        let cur = now
-            .iter()
-            .find(|n| n.name == link.name || (n.mac.is_some() && n.mac == link.mac));
-        for (dst, via) in &o.routes {
-            if !cur.is_some_and(|c| c.routes.contains(&(*dst, *via))) {
-                net.del_route(link.index, dst.addr, dst.prefix, Some(*via))?;
-                changes.push(format!("route {dst} via {via} removed from {}", link.name));
-            }
-        }
-        for a in &o.addresses {
-            if !cur.is_some_and(|c| c.addresses.contains(a)) {
-                net.del_address(link.index, a.addr, a.prefix)?;
-                changes.push(format!("address {a} removed from {}", link.name));
-            }
-        }
-    }
-    Ok(())
-}
-
-fn remove_stale(
-    dir: &Path,
-    keep: &[PathBuf],
-    changes: &mut Vec<String>,
-    root: &Path,
-) -> Result<()> {
-    for ent in fs::read_dir(dir).with_context(|| format!("list {}", dir.display()))? {
-        let p = ent?.path();
-        let name = p
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if name.starts_with(NETWORKD_PREFIX)
-            && (name.ends_with(".network") || name.ends_with(".link"))
-            && !keep.contains(&p)
-            && fsutil::remove_file(&p)?
-        {
-            let shown = p.strip_prefix(root).map(|p| format!("/{}", p.display()));
-            changes.push(format!("removed {}", shown.unwrap_or_default()));
-        }
-    }
-    Ok(())
-}
-
-/// Live changes for one entry; returns what was configured on which interface (None when no
-/// interface matches now; the persisted files still apply when it appears).
-fn apply_live(
-    id: &str,
-    e: &Ethernet,
-    net: &mut dyn NetOps,
-    changes: &mut Vec<String>,
-) -> Result<Option<LiveRec>> {
-    let links = net.links()?;
-    let Some(link) = links
-        .iter()
-        .find(|l| !l.loopback && e.matches(id, &l.name, l.mac))
-        .cloned()
-    else {
-        changes.push(format!("no interface matches {id} now (persisted only)"));
-        return Ok(None);
-    };
-    let mut name = link.name.clone();
-    if let Some(want) = &e.set_name {
-        if *want != link.name {
-            if links.iter().any(|l| l.name == *want) {
-                bail!("cannot rename {} to {want}: the name is taken", link.name);
-            }
-            if link.up {
-                net.set_up(link.index, false)?;
-            }
-            net.rename(link.index, want)?;
-            changes.push(format!("link {} renamed {want}", link.name));
-            name = want.clone();
-        }
-    }
-    if let Some(mtu) = e.mtu {
-        if link.mtu != mtu {
-            net.set_mtu(link.index, mtu)?;
-            changes.push(format!("link {name} mtu {mtu}"));
-        }
-    }
-    if !link.up || e.set_name.as_ref().is_some_and(|w| *w != link.name) {
-        net.set_up(link.index, true)?;
-        changes.push(format!("link {name} up"));
-    }
-    let have = net.addresses()?;
-    for a in &e.addresses {
-        if !have
-            .iter()
-            .any(|h| h.index == link.index && h.addr == a.addr && h.prefix == a.prefix)
-        {
-            net.add_address(link.index, a.addr, a.prefix)?;
-            changes.push(format!("address {a} on {name}"));
-        }
-    }
-    let mut rec_routes = Vec::new();
-    for r in e.all_routes() {
-        let (Cidr { addr: dst, prefix }, _) = route_key(&r);
-        net.replace_route(link.index, dst, prefix, Some(r.via), r.metric)?;
-        changes.push(format!("route {dst}/{prefix} via {} on {name}", r.via));
-        rec_routes.push(route_key(&r));
-    }
-    Ok(Some(LiveRec {
-        name,
-        mac: link.mac,
-        addresses: e.addresses.clone(),
-        routes: rec_routes,
-    }))
+    Ok(s)
 }
 
 #[cfg(test)]
@@ -700,37 +652,47 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    #[test]
-    fn networkd_rendering() {
-        let n: NetworkConfig = serde_json::from_value(json!({"version": 2, "ethernets": {
-            "lan": {"match": {"macaddress": "00:16:3e:00:00:01"}, "set-name": "eth0",
-                    "addresses": ["192.0.2.10/24", "2001:db8::10/64"], "mtu": 1400,
-                    "routes": [{"to": "default", "via": "192.0.2.1", "metric": 100}],
-                    "nameservers": {"addresses": ["192.0.2.53"], "search": ["example.org"]}}}}))
-        .unwrap();
-        let (net, link) = render_networkd("lan", &n.ethernets["lan"]);
-        assert!(
-            net.contains("[Match]\nMACAddress=00:16:3e:00:00:01\nName=eth0\n"),
-            "{net}"
-        );
-        assert!(net.contains("MTUBytes=1400"));
-        assert!(net.contains("DHCP=no\nIPv6AcceptRA=no\nAddress=192.0.2.10/24\nAddress=2001:db8::10/64\nDNS=192.0.2.53\nDomains=example.org\n"), "{net}");
-        assert!(net.contains("[Route]\nGateway=192.0.2.1\nMetric=100\n"));
-        assert_eq!(
-            link.unwrap(),
-            "# Written by xenplug-agent.\n[Match]\nMACAddress=00:16:3e:00:00:01\n\n[Link]\nName=eth0\n"
-        );
-        let ifu = render_ifupdown(&n, &|_, _| Some("eth0".into()));
-        assert!(ifu.contains("auto eth0\niface eth0 inet static\n    address 192.0.2.10/24\n    mtu 1400\n    dns-nameservers 192.0.2.53\n    dns-search example.org\n    up ip route replace default via 192.0.2.1 metric 100 dev eth0\n"), "{ifu}");
-        assert!(ifu.contains("iface eth0 inet6 static\n    address 2001:db8::10/64"));
-    }
+    /// A recording fake of the kernel: links, addresses, routes, and the operations in order.
+    /// It behaves as the kernel does where the agent relies on it: a link is renamed only
+    /// while down, and a link that goes down loses its routes. `fail_at` makes the n-th
+    /// changing operation (counted from 0) fail, to inject a failure part way.
+    /// (ifindex, destination, prefix, gateway, metric)
+    type FakeRoute = (u32, IpAddr, u8, Option<IpAddr>, Option<u32>);
 
-    /// A recording fake of the kernel: links, addresses, and the operations in order.
-    #[derive(Default)]
+    #[derive(Default, Clone)]
     struct FakeNet {
         links: Vec<crate::net::Link>,
         addrs: Vec<crate::net::Addr>,
+        routes: Vec<FakeRoute>,
         ops: Vec<String>,
+        fail_at: Option<usize>,
+        changes: usize,
+    }
+
+    impl FakeNet {
+        fn change(&mut self, what: String) -> Result<()> {
+            let n = self.changes;
+            self.changes += 1;
+            if self.fail_at == Some(n) {
+                bail!("injected failure of operation {n} ({what})");
+            }
+            self.ops.push(what);
+            Ok(())
+        }
+
+        /// What an `ip -j` comparison would see: links, sorted addresses and routes.
+        fn state(&self) -> String {
+            let mut a: Vec<String> = self.addrs.iter().map(|a| format!("{a:?}")).collect();
+            a.sort();
+            let mut r: Vec<String> = self.routes.iter().map(|r| format!("{r:?}")).collect();
+            r.sort();
+            let l: Vec<String> = self
+                .links
+                .iter()
+                .map(|l| format!("{} {} {} {}", l.index, l.name, l.mtu, l.up))
+                .collect();
+            format!("links {l:?}\naddrs {a:?}\nroutes {r:?}")
+        }
     }
 
     impl NetOps for FakeNet {
@@ -741,60 +703,81 @@ mod tests {
             Ok(self.addrs.clone())
         }
         fn rename(&mut self, index: u32, name: &str) -> Result<()> {
-            self.ops.push(format!("rename {index} {name}"));
+            self.change(format!("rename {index} {name}"))?;
             for l in &mut self.links {
                 if l.index == index {
+                    if l.up {
+                        bail!("rename {index}: device or resource busy");
+                    }
                     l.name = name.into();
                 }
             }
             Ok(())
         }
         fn set_up(&mut self, index: u32, up: bool) -> Result<()> {
-            self.ops.push(format!("up {index} {up}"));
+            self.change(format!("up {index} {up}"))?;
             for l in &mut self.links {
                 if l.index == index {
                     l.up = up;
                 }
             }
+            if !up {
+                self.routes.retain(|r| r.0 != index);
+            }
             Ok(())
         }
         fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
-            self.ops.push(format!("mtu {index} {mtu}"));
+            self.change(format!("mtu {index} {mtu}"))?;
+            for l in &mut self.links {
+                if l.index == index {
+                    l.mtu = mtu;
+                }
+            }
             Ok(())
         }
         fn add_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<()> {
-            self.ops.push(format!("add {addr}/{prefix}"));
-            self.addrs.push(crate::net::Addr {
+            self.change(format!("add {addr}/{prefix}"))?;
+            let a = crate::net::Addr {
                 index,
                 addr,
                 prefix,
-            });
+                secondary: false,
+            };
+            if !self.addrs.contains(&a) {
+                self.addrs.push(a);
+            }
             Ok(())
         }
-        fn del_address(&mut self, _: u32, addr: IpAddr, prefix: u8) -> Result<()> {
-            self.ops.push(format!("del {addr}/{prefix}"));
-            self.addrs.retain(|a| a.addr != addr);
+        fn del_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<()> {
+            self.change(format!("del {addr}/{prefix}"))?;
+            self.addrs
+                .retain(|a| !(a.index == index && a.addr == addr && a.prefix == prefix));
             Ok(())
         }
         fn del_route(
             &mut self,
-            _: u32,
+            index: u32,
             dst: IpAddr,
             prefix: u8,
             via: Option<IpAddr>,
         ) -> Result<()> {
-            self.ops.push(format!("delroute {dst}/{prefix} {via:?}"));
+            self.change(format!("delroute {dst}/{prefix} {via:?}"))?;
+            self.routes
+                .retain(|r| !(r.0 == index && r.1 == dst && r.2 == prefix && r.3 == via));
             Ok(())
         }
         fn replace_route(
             &mut self,
-            _: u32,
+            index: u32,
             dst: IpAddr,
             prefix: u8,
             via: Option<IpAddr>,
-            _: Option<u32>,
+            metric: Option<u32>,
         ) -> Result<()> {
-            self.ops.push(format!("route {dst}/{prefix} {via:?}"));
+            self.change(format!("route {dst}/{prefix} {via:?}"))?;
+            self.routes
+                .retain(|r| !(r.1 == dst && r.2 == prefix && r.4 == metric));
+            self.routes.push((index, dst, prefix, via, metric));
             Ok(())
         }
     }
@@ -823,6 +806,8 @@ mod tests {
                 root,
                 host,
                 net: Some(net),
+                tools: &mut crate::tools::RealTools,
+                opts: &ApplyOptions::default(),
             },
         )
     }
@@ -837,15 +822,25 @@ mod tests {
         )
         .unwrap();
         fs::write(root.path().join("etc/shadow"), "root:*:1:0:99999:7:::\n").unwrap();
+        // A guest with systemd-networkd.
+        fs::create_dir_all(root.path().join("lib/systemd")).unwrap();
+        fs::write(root.path().join("lib/systemd/systemd-networkd"), "").unwrap();
         let mut net = FakeNet {
             links: vec![crate::net::Link {
                 index: 2,
                 name: "eth7".into(),
-                mac: Some("00:16:3e:00:00:09".parse().unwrap()),
+                mac: Some(
+                    "00:16:3e:00:00:09"
+                        .parse::<xenplug_channel::config::MacAddr>()
+                        .unwrap()
+                        .0,
+                ),
                 up: false,
                 mtu: 1500,
                 loopback: false,
                 stats: None,
+                master: None,
+                kind: None,
             }],
             ..Default::default()
         };
@@ -900,5 +895,345 @@ mod tests {
         // An older generation is refused.
         doc.generation = 1;
         assert!(apply_fake(&doc, root.path(), &mut host, &mut net).is_err());
+    }
+
+    /// Every file under `root` (path, kind, content, mode), except the lock file the
+    /// password-database lock leaves, as `lckpwdf` does.
+    fn tree(root: &Path) -> Vec<String> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                if rel == "etc/.pwd.lock" {
+                    continue;
+                }
+                let m = fs::symlink_metadata(&p).unwrap();
+                if m.is_dir() {
+                    out.push(format!("{rel}/ {:o}", m.mode() & 0o7777));
+                    stack.push(p);
+                } else {
+                    out.push(format!(
+                        "{rel} {:o} {:?}",
+                        m.mode() & 0o7777,
+                        String::from_utf8_lossy(&fs::read(&p).unwrap())
+                    ));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// A syntactically valid ed25519 authorized_keys line.
+    fn key(comment: &str) -> String {
+        use base64::Engine as _;
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&11u32.to_be_bytes());
+        raw.extend_from_slice(b"ssh-ed25519");
+        raw.extend_from_slice(&32u32.to_be_bytes());
+        raw.extend((0..32u8).map(|i| i.wrapping_mul(7).wrapping_add(comment.len() as u8)));
+        format!(
+            "ssh-ed25519 {} {comment}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    }
+
+    fn generation(n: u64) -> ConfigDoc {
+        let k = key;
+        let v = if n == 1 {
+            json!({"instance-id": "i", "generation": 1, "hostname": "one",
+                "network": {"version": 2, "ethernets": {"lan": {
+                    "match": {"macaddress": "00:16:3e:00:00:09"}, "set-name": "eth0",
+                    "addresses": ["192.0.2.10/24"],
+                    "routes": [{"to": "default", "via": "192.0.2.1"}]}}},
+                "users": [{"name": "alice", "ssh_authorized_keys": [k("one")],
+                           "hashed_passwd": "$6$one$one", "lock_passwd": false}]})
+        } else {
+            json!({"instance-id": "i", "generation": n, "hostname": "two",
+                "fqdn": "two.example.org",
+                "network": {"version": 2, "ethernets": {
+                    "lan": {"match": {"macaddress": "00:16:3e:00:00:09"}, "set-name": "lan0",
+                        "mtu": 1400, "addresses": ["198.51.100.7/24", "2001:db8::7/64"],
+                        "routes": [{"to": "default", "via": "198.51.100.1"},
+                                   {"to": "203.0.113.0/24", "via": "198.51.100.254", "metric": 7}],
+                        "nameservers": {"addresses": ["198.51.100.53"], "search": ["example.org"]}},
+                    "eth1": {"dhcp4": true}}},
+                "users": [{"name": "alice", "ssh_authorized_keys": [k("two")],
+                           "hashed_passwd": "$6$two$two", "lock_passwd": true}]})
+        };
+        ConfigDoc::from_value(v).unwrap()
+    }
+
+    /// A guest with generation 1 applied: files under the returned root, the fake kernel, the
+    /// fake host name.
+    fn world() -> (tempfile::TempDir, FakeNet, FakeHost) {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for d in ["etc/network/interfaces.d", "home/alice", "sbin"] {
+            fs::create_dir_all(r.join(d)).unwrap();
+        }
+        fs::write(
+            r.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nalice:x:4242:4242::/home/alice:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(
+            r.join("etc/shadow"),
+            "root:*:1:0:99999:7:::\nalice:!:1:0:99999:7:::\n",
+        )
+        .unwrap();
+        fs::write(r.join("etc/hosts"), "127.0.0.1\tlocalhost\n").unwrap();
+        fs::write(r.join("etc/resolv.conf"), "nameserver 10.0.0.1\n").unwrap();
+        fs::write(
+            r.join("etc/network/interfaces"),
+            "source /etc/network/interfaces.d/*\n",
+        )
+        .unwrap();
+        fs::write(r.join("sbin/ifup"), "").unwrap();
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(r.join("home/alice"), Some(4242), Some(4242)).unwrap();
+        }
+        let link = |index, name: &str, mac: &str| crate::net::Link {
+            index,
+            name: name.into(),
+            mac: Some(mac.parse::<xenplug_channel::config::MacAddr>().unwrap().0),
+            up: false,
+            mtu: 1500,
+            loopback: false,
+            stats: None,
+            master: None,
+            kind: None,
+        };
+        let mut net = FakeNet {
+            links: vec![
+                link(2, "ens3", "00:16:3e:00:00:09"),
+                link(3, "eth1", "00:16:3e:00:00:0a"),
+            ],
+            ..Default::default()
+        };
+        // Something the agent did not configure, which must survive everything.
+        net.addrs.push(crate::net::Addr {
+            index: 2,
+            addr: "10.9.9.9".parse().unwrap(),
+            prefix: 32,
+            secondary: false,
+        });
+        let mut host = FakeHost("image".into());
+        apply_fake(&generation(1), r, &mut host, &mut net).unwrap();
+        (root, net, host)
+    }
+
+    /// Issue 12: an apply is all or nothing per generation. A failure injected at every
+    /// single step of generation 2 (each kernel operation, a file that cannot be written, the
+    /// host name) leaves generation 1 exactly as it was (files, links, addresses, routes,
+    /// host name, record), and the error tells the host so.
+    #[test]
+    fn a_failure_anywhere_leaves_the_previous_generation_whole() {
+        let mut k = 0;
+        loop {
+            let (root, mut net, mut host) = world();
+            let (files0, net0, host0) = (tree(root.path()), net.state(), host.0.clone());
+            net.fail_at = Some(net.changes + k);
+            match apply_fake(&generation(2), root.path(), &mut host, &mut net) {
+                Ok(r) => {
+                    assert!(r.applied);
+                    assert!(k > 5, "only {k} kernel operations?");
+                    eprintln!(
+                        "generation 2 takes {k} kernel operations; a failure at each was undone"
+                    );
+                    break;
+                }
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    assert!(e.contains("injected failure"), "{e}");
+                    assert!(
+                        e.contains("generation 2 of instance i was not applied")
+                            && e.contains("everything it changed was undone: generation 1 of instance i is in place"),
+                        "{e}"
+                    );
+                    assert_eq!(
+                        net.state(),
+                        net0,
+                        "kernel state after a failure at operation {k}: {e}"
+                    );
+                    assert_eq!(
+                        tree(root.path()),
+                        files0,
+                        "files after a failure at operation {k}"
+                    );
+                    assert_eq!(host.0, host0);
+                }
+            }
+            k += 1;
+        }
+        // A file that cannot be written (here: a directory stands where a networkd file goes),
+        // after the live network, the host name and some files were changed.
+        let (root, mut net, mut host) = world();
+        let (files0, net0) = (tree(root.path()), net.state());
+        fs::create_dir(
+            root.path()
+                .join("etc/systemd/network/10-xenplug-eth1.network"),
+        )
+        .unwrap();
+        let files0_with_dir = tree(root.path());
+        let e = format!(
+            "{:#}",
+            apply_fake(&generation(2), root.path(), &mut host, &mut net).unwrap_err()
+        );
+        assert!(e.contains("generation 1 of instance i is in place"), "{e}");
+        assert_eq!(net.state(), net0);
+        assert_eq!(host.0, "one");
+        assert_eq!(tree(root.path()), files0_with_dir);
+        assert_ne!(files0, files0_with_dir);
+        // A user that cannot be configured, after everything else.
+        let (root, mut net, mut host) = world();
+        let (files0, net0) = (tree(root.path()), net.state());
+        let mut bad = serde_json::to_value(generation(2)).unwrap();
+        bad["users"][0]["name"] = json!("nobody-here");
+        let bad = ConfigDoc::from_value(bad).unwrap();
+        let e = format!(
+            "{:#}",
+            apply_fake(&bad, root.path(), &mut host, &mut net).unwrap_err()
+        );
+        assert!(
+            e.contains("nobody-here") && e.contains("generation 1 of instance i is in place"),
+            "{e}"
+        );
+        assert_eq!(
+            (tree(root.path()), net.state(), host.0.as_str()),
+            (files0, net0, "one")
+        );
+        assert_eq!(applied_generation(root.path()).unwrap().generation, Some(1));
+    }
+
+    /// Records the programs it is asked to run and reports success.
+    #[derive(Default)]
+    struct RecordingTools(Vec<String>);
+
+    impl Tools for RecordingTools {
+        fn run(
+            &mut self,
+            program: &Path,
+            args: &[std::ffi::OsString],
+            stdin: Option<&[u8]>,
+        ) -> Result<std::process::Output> {
+            use std::os::unix::process::ExitStatusExt;
+            let a: Vec<String> = args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            self.0.push(format!(
+                "{} {} <<{}",
+                program.display(),
+                a.join(" "),
+                String::from_utf8_lossy(stdin.unwrap_or_default())
+            ));
+            Ok(std::process::Output {
+                status: std::process::ExitStatus::from_raw(0),
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            })
+        }
+    }
+
+    /// bootcmd/runcmd: refused before anything changes unless the agent's configuration allows
+    /// them; then bootcmd first, runcmd after the generation is in place, once per instance.
+    #[test]
+    fn commands_are_gated_ordered_and_run_once_per_instance() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for d in ["etc", "bin", "lib/systemd"] {
+            fs::create_dir_all(r.join(d)).unwrap();
+        }
+        fs::write(r.join("bin/sh"), "").unwrap();
+        fs::write(r.join("lib/systemd/systemd-networkd"), "").unwrap();
+        let doc = |g: u64| {
+            ConfigDoc::from_value(json!({"instance-id": "i", "generation": g, "hostname": "h",
+                "bootcmd": ["echo boot"], "runcmd": [["touch", "/x y"]]}))
+            .unwrap()
+        };
+        let before = tree(r);
+        let mut host = FakeHost("old".into());
+        let mut tools = RecordingTools::default();
+        let e = apply(
+            &doc(1),
+            &mut Ctx {
+                root: r,
+                host: &mut host,
+                net: None,
+                tools: &mut tools,
+                opts: &ApplyOptions::default(),
+            },
+        )
+        .unwrap_err();
+        assert!(
+            format!("{e:#}")
+                .starts_with("bootcmd: not run: the agent's configuration does not allow commands"),
+            "{e:#}"
+        );
+        assert!(format!("{e:#}").contains("nothing was changed"));
+        assert_eq!(
+            (tree(r), host.0.as_str(), tools.0.len()),
+            (before, "old", 0)
+        );
+        let opts = ApplyOptions {
+            run_commands: true,
+            ..Default::default()
+        };
+        let run = |g: u64, tools: &mut RecordingTools, host: &mut FakeHost| {
+            apply(
+                &doc(g),
+                &mut Ctx {
+                    root: r,
+                    host,
+                    net: None,
+                    tools,
+                    opts: &opts,
+                },
+            )
+            .unwrap()
+        };
+        let res = run(1, &mut tools, &mut host);
+        let sh = format!("/usr/sbin/chroot {} /bin/sh -s", r.display());
+        assert_eq!(
+            tools.0,
+            vec![
+                format!("{sh} <<#!/bin/sh\nexport INSTANCE_ID='i'\necho boot\n"),
+                format!("{sh} <<#!/bin/sh\n'touch' '/x y'\n"),
+            ]
+        );
+        let pos = |c: &str| res.changes.iter().position(|x| x == c).unwrap();
+        assert!(
+            pos("bootcmd") < pos("hostname") && pos("hostname") < pos("runcmd"),
+            "{:?}",
+            res.changes
+        );
+        // The same instance again (a new generation): the commands do not run again.
+        tools.0.clear();
+        let res = run(2, &mut tools, &mut host);
+        assert!(tools.0.is_empty(), "{:?}", tools.0);
+        assert!(res
+            .changes
+            .contains(&"runcmd: already run for this instance".to_string()));
+        // Once they ran, turning run-commands off does not refuse the instance's later
+        // generations (nothing would run).
+        let mut d3 = doc(3);
+        d3.hostname = Some("h3".into());
+        apply(
+            &d3,
+            &mut Ctx {
+                root: r,
+                host: &mut host,
+                net: None,
+                tools: &mut tools,
+                opts: &ApplyOptions::default(),
+            },
+        )
+        .unwrap();
+        assert!(tools.0.is_empty());
+        assert!(r.join("var/log/xenplug-agent-commands.log").exists());
     }
 }

@@ -1,15 +1,15 @@
 //! Atomic file writes (afterburn's discipline) and paths under an injected root.
 //!
-//! Every file another program reads is replaced, never rewritten in place: a temporary file in
-//! the same directory gets the content, mode and owner, is fsynced, renamed over the target, and
-//! the directory is fsynced. A crash at any point leaves either the old or the new file.
+//! Every file another program reads is replaced, never rewritten in place, with the workspace's
+//! one atomic write ([`xenplug_atomic_write::write`]: a temporary file in the same directory gets
+//! the content, mode and owner, is fsynced, renamed over the target, and the directory is
+//! fsynced). A crash at any point leaves either the old or the new file.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 /// `abs` (an absolute path such as `/etc/hostname`) under `root`.
 pub fn under(root: &Path, abs: &str) -> PathBuf {
@@ -40,54 +40,26 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32, owner: Option<Owner>) -
             }
         }
     }
-    let dir = path
-        .parent()
-        .with_context(|| format!("{} has no parent directory", path.display()))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.xenplug-"))
-        .tempfile_in(dir)
-        .with_context(|| format!("create a temporary file in {}", dir.display()))?;
-    tmp.write_all(data)
-        .with_context(|| format!("write {}", tmp.path().display()))?;
-    let f = tmp.as_file();
-    f.set_permissions(fs::Permissions::from_mode(mode))
-        .with_context(|| format!("chmod {:o} {}", mode, tmp.path().display()))?;
-    if let Some(o) = owner {
-        std::os::unix::fs::fchown(f, Some(o.uid), Some(o.gid))
-            .with_context(|| format!("chown {}:{} {}", o.uid, o.gid, tmp.path().display()))?;
-    }
-    f.sync_all()
-        .with_context(|| format!("fsync {}", tmp.path().display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("rename into {}", path.display()))?;
-    sync_dir(dir)?;
+    xenplug_atomic_write::write(
+        path,
+        data,
+        mode,
+        owner.map(|o| xenplug_atomic_write::Owner {
+            uid: o.uid,
+            gid: o.gid,
+        }),
+    )?;
     Ok(true)
 }
 
 /// fsync a directory (makes a rename or unlink in it durable).
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("fsync directory {}", dir.display()))
+    Ok(xenplug_atomic_write::sync_dir(dir)?)
 }
 
 /// Remove a file if it exists (and fsync its directory); true when something was removed.
 pub fn remove_file(path: &Path) -> Result<bool> {
-    match fs::remove_file(path) {
-        Ok(()) => {
-            if let Some(d) = path.parent() {
-                sync_dir(d)?;
-            }
-            Ok(true)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("remove {}", path.display())),
-    }
+    Ok(xenplug_atomic_write::remove(path)?)
 }
 
 /// Mode and owner of an existing file, to keep them when replacing it.

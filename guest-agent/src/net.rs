@@ -1,43 +1,20 @@
-//! Live network state through synchronous rtnetlink: a thin wrapper over the shared client
-//! ([`xenplug_netlink::Client`]).
+//! Live network state through synchronous rtnetlink: the agent's [`NetOps`], implemented on the
+//! shared client ([`xenplug_netlink::Client`]) with the workspace's one [`Link`]/[`Addr`] types.
 
 use std::net::IpAddr;
 
 use anyhow::{anyhow, bail, Result};
-use xenplug_channel::config::MacAddr;
 use xenplug_netlink::{Client, Create, RouteProtocol};
 
-/// A link as the kernel reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Link {
-    /// ifindex.
-    pub index: u32,
-    /// Name.
-    pub name: String,
-    /// MAC address, if 6 bytes long.
-    pub mac: Option<MacAddr>,
-    /// Administratively up.
-    pub up: bool,
-    /// MTU.
-    pub mtu: u32,
-    /// Loopback.
-    pub loopback: bool,
-    /// Counters: rx bytes, packets, errors, dropped; tx the same.
-    pub stats: Option<[u64; 8]>,
-}
+/// A link as the kernel reports it: the workspace's one link type.
+pub use xenplug_netlink::Link;
 
-/// An address on a link.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Addr {
-    /// ifindex.
-    pub index: u32,
-    /// Address.
-    pub addr: IpAddr,
-    /// Prefix length.
-    pub prefix: u8,
-}
+/// An address on a link: the workspace's one address type (`secondary` is set by the kernel for
+/// IPv4 secondaries; the agent does not use it).
+pub use xenplug_netlink::Address as Addr;
 
-/// The network operations the agent needs (the real one is [`Netlink`]).
+/// The network operations the agent needs, by interface index (the real one is the shared
+/// rtnetlink [`Netlink`] client itself; tests use recording fakes).
 pub trait NetOps {
     /// All links.
     fn links(&mut self) -> Result<Vec<Link>>;
@@ -67,19 +44,9 @@ pub trait NetOps {
     ) -> Result<()>;
 }
 
-/// A connected rtnetlink socket in the calling thread's network namespace.
-#[derive(Debug)]
-pub struct Netlink {
-    client: Client,
-}
-
-impl Netlink {
-    /// Open the socket.
-    pub fn open() -> Result<Self> {
-        let client = Client::open().map_err(|e| anyhow!("{e}"))?;
-        Ok(Netlink { client })
-    }
-}
+/// The shared rtnetlink client (a socket in the calling thread's network namespace):
+/// `Netlink::open()`.
+pub type Netlink = Client;
 
 /// A kernel error for one netlink request.
 #[derive(Debug, thiserror::Error)]
@@ -110,47 +77,22 @@ fn gone_ok(what: &str, r: Result<(), xenplug_netlink::Error>) -> Result<()> {
     }
 }
 
-fn to_link(l: xenplug_netlink::Link) -> Link {
-    Link {
-        index: l.index,
-        name: l.name,
-        mac: l.mac.map(MacAddr),
-        up: l.up,
-        mtu: l.mtu,
-        loopback: l.loopback,
-        stats: l.stats,
-    }
-}
-
 impl NetOps for Netlink {
     fn links(&mut self) -> Result<Vec<Link>> {
-        let links = self.client.links().map_err(|e| nl_error("list links", e))?;
-        Ok(links.into_iter().map(to_link).collect())
+        Client::links(self).map_err(|e| nl_error("list links", e))
     }
 
     fn addresses(&mut self) -> Result<Vec<Addr>> {
-        let addrs = self
-            .client
-            .addresses()
-            .map_err(|e| nl_error("list addresses", e))?;
-        Ok(addrs
-            .into_iter()
-            .map(|a| Addr {
-                index: a.index,
-                addr: a.addr,
-                prefix: a.prefix,
-            })
-            .collect())
+        Client::addresses(self).map_err(|e| nl_error("list addresses", e))
     }
 
     fn rename(&mut self, index: u32, name: &str) -> Result<()> {
-        self.client
-            .set_name(index, name)
+        self.set_name(index, name)
             .map_err(|e| nl_error(&format!("rename link {index} to {name}"), e))
     }
 
     fn set_up(&mut self, index: u32, up: bool) -> Result<()> {
-        self.client.set_up(index, up).map_err(|e| {
+        Client::set_up(self, index, up).map_err(|e| {
             nl_error(
                 &format!("set link {index} {}", if up { "up" } else { "down" }),
                 e,
@@ -159,20 +101,18 @@ impl NetOps for Netlink {
     }
 
     fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
-        self.client
-            .set_mtu(index, mtu)
+        Client::set_mtu(self, index, mtu)
             .map_err(|e| nl_error(&format!("set link {index} mtu {mtu}"), e))
     }
 
     fn add_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<()> {
         // Create::Replace: an address that is already there is refreshed, not an error.
-        self.client
-            .add_address(index, addr, prefix, Create::Replace)
+        Client::add_address(self, index, addr, prefix, Create::Replace)
             .map_err(|e| nl_error(&format!("add address {addr}/{prefix} to link {index}"), e))
     }
 
     fn del_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<()> {
-        let r = self.client.del_address(index, addr, prefix);
+        let r = Client::del_address(self, index, addr, prefix);
         gone_ok(
             &format!("delete address {addr}/{prefix} from link {index}"),
             r,
@@ -186,15 +126,18 @@ impl NetOps for Netlink {
         prefix: u8,
         via: Option<IpAddr>,
     ) -> Result<()> {
-        let r = self.client.del_route(&xenplug_netlink::Route {
-            oif: index,
-            dst,
-            prefix,
-            via,
-            src: None,
-            metric: None,
-            protocol: RouteProtocol::Unspec,
-        });
+        let r = Client::del_route(
+            self,
+            &xenplug_netlink::Route {
+                oif: index,
+                dst,
+                prefix,
+                via,
+                src: None,
+                metric: None,
+                protocol: RouteProtocol::Unspec,
+            },
+        );
         gone_ok(&format!("delete route {dst}/{prefix} dev {index}"), r)
     }
 
@@ -220,7 +163,7 @@ impl NetOps for Netlink {
             metric,
             protocol: RouteProtocol::Static,
         };
-        self.client.add_route(&route, Create::Replace).map_err(|e| {
+        Client::add_route(self, &route, Create::Replace).map_err(|e| {
             let what = match via {
                 Some(v) => format!("route {dst}/{prefix} via {v} dev {index}"),
                 None => format!("route {dst}/{prefix} dev {index}"),

@@ -13,11 +13,14 @@ use std::time::{Duration, Instant};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::termios;
+use std::sync::Arc;
+
 use xenplug_channel::frame::{Decoder, Event, Limits};
 use xenplug_channel::message::{ErrorBody, Message, RateLimiter, Response};
-use xenplug_channel::qga::Command;
+use xenplug_channel::qga;
 
 use crate::agent::{Agent, Outcome};
+use crate::publisher::{StateHub, Waker};
 
 /// Set by SIGTERM/SIGINT; every loop checks it at least every [`Options::poll_interval`].
 pub static STOP: AtomicBool = AtomicBool::new(false);
@@ -136,6 +139,11 @@ pub struct Session<'a> {
     decoder: Decoder,
     limiter: RateLimiter,
     started: Instant,
+    hub: Arc<StateHub>,
+    /// Set while dom0 subscribed to the guest state on this channel.
+    waker: Option<Arc<Waker>>,
+    /// The state sequence number last sent as an event.
+    sent_seq: u64,
     /// Replies sent (for logs and tests).
     pub replies: u64,
 }
@@ -151,14 +159,44 @@ impl std::fmt::Debug for Session<'_> {
 impl<'a> Session<'a> {
     /// A fresh session (fresh decoder: a re-opened device starts from idle).
     pub fn new(agent: &'a Mutex<Agent>, opts: Options) -> Self {
+        let hub = match agent.lock() {
+            Ok(a) => a.hub.clone(),
+            Err(p) => p.into_inner().hub.clone(),
+        };
         Session {
             agent,
             decoder: Decoder::new(opts.limits),
             limiter: RateLimiter::new(opts.garbage_burst, opts.garbage_refill_ms),
             opts,
             started: Instant::now(),
+            hub,
+            waker: None,
+            sent_seq: 0,
             replies: 0,
         }
+    }
+
+    /// True while dom0 is subscribed to guest-state events on this channel.
+    pub fn subscribed(&self) -> bool {
+        self.waker.is_some()
+    }
+
+    /// The `xenplug-guest-state` event to send, if subscribed and the state changed since the
+    /// last one sent.
+    pub fn pending_event(&mut self) -> Option<Vec<u8>> {
+        self.waker.as_ref()?.drain();
+        let (seq, st) = self.hub.latest()?;
+        if seq == self.sent_seq {
+            return None;
+        }
+        self.sent_seq = seq;
+        let mut v = serde_json::to_vec(&serde_json::json!({
+            "event": qga::GUEST_STATE_EVENT,
+            "data": st,
+        }))
+        .expect("guest state serializes");
+        v.push(b'\n');
+        Some(v)
     }
 
     /// The replies (bytes to write) for the events in `data`.
@@ -221,21 +259,32 @@ impl<'a> Session<'a> {
             Err(e) => return Some(Response::err(e.error, e.id).encode(false)),
         };
         let id = req.id.clone();
-        let cmd = match Command::from_request(&req) {
-            Ok(c) => c,
-            Err(e) => return Some(Response::err(e, id).encode(false)),
-        };
+        if req.execute == qga::GUEST_SYNC || req.execute == qga::GUEST_SYNC_DELIMITED {
+            // A new client: whatever an earlier one subscribed to ends here.
+            self.waker = None;
+        }
         let outcome = {
             let mut agent = match self.agent.lock() {
                 Ok(a) => a,
                 Err(p) => p.into_inner(),
             };
-            agent.handle(cmd)
+            agent.dispatch(&req)
         };
         match outcome {
             Ok(Outcome::Reply(v)) => Some(Response::ok(v, id).encode(false)),
             Ok(Outcome::DelimitedReply(v)) => Some(Response::ok(v, id).encode(true)),
             Ok(Outcome::NoReply) => None,
+            Ok(Outcome::Subscribe) => match self.hub.register() {
+                Ok(w) => {
+                    self.waker = Some(w);
+                    self.sent_seq = 0;
+                    Some(Response::ok(serde_json::json!({}), id).encode(false))
+                }
+                Err(e) => Some(
+                    Response::err(ErrorBody::generic(format!("cannot subscribe: {e}")), id)
+                        .encode(false),
+                ),
+            },
             Err(e) => Some(Response::err(e, id).encode(false)),
         }
     }
@@ -248,14 +297,37 @@ impl<'a> Session<'a> {
             if stopped() {
                 return End::Stopped;
             }
-            let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
-            let ready = match poll(&mut fds, PollTimeout::from(tick)) {
-                Ok(n) => n,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return End::Gone(format!("poll: {e}")),
+            let waker = self.waker.clone();
+            let (ready, revents, woken) = {
+                let mut fds = vec![PollFd::new(f.as_fd(), PollFlags::POLLIN)];
+                if let Some(w) = &waker {
+                    fds.push(PollFd::new(w.fd(), PollFlags::POLLIN));
+                }
+                let ready = match poll(&mut fds, PollTimeout::from(tick)) {
+                    Ok(n) => n,
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return End::Gone(format!("poll: {e}")),
+                };
+                let rev = |i: usize| {
+                    fds.get(i)
+                        .and_then(|p| p.revents())
+                        .unwrap_or(PollFlags::empty())
+                };
+                (ready, rev(0), rev(1).contains(PollFlags::POLLIN))
             };
-            let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-            if ready == 0 {
+            if woken || ready == 0 {
+                if let Some(ev) = self.pending_event() {
+                    match write_all_timeout(f, &ev, self.opts.write_timeout) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                            eprintln!("xenplug-agent: guest-state event dropped: {e}");
+                        }
+                        Err(e) => return End::Gone(format!("write: {e}")),
+                    }
+                }
+            }
+            // Nothing from the tty (a time-out or only the waker): check the device is still ours.
+            if revents.is_empty() {
                 if !still_there() {
                     return End::Gone("the device link was removed or re-pointed".into());
                 }
@@ -273,7 +345,10 @@ impl<'a> Session<'a> {
                     return End::Gone("end of file".into());
                 }
                 Ok(n) => {
-                    for reply in self.on_bytes(&buf[..n]) {
+                    let mut out = self.on_bytes(&buf[..n]);
+                    // A new subscription gets the current state right after its reply.
+                    out.extend(self.pending_event());
+                    for reply in out {
                         match write_all_timeout(f, &reply, self.opts.write_timeout) {
                             Ok(()) => self.replies += 1,
                             Err(e) if e.kind() == io::ErrorKind::TimedOut => {
@@ -375,11 +450,14 @@ pub fn run_channel(dir: &Path, name: &str, agent: &Mutex<Agent>, opts: &Options)
         };
         let opened = device_id(&path);
         eprintln!("xenplug-agent: serving {} (raw mode)", path.display());
+        lock(agent).channel_up();
         let still = || device_id(&path).is_some() && device_id(&path) == opened;
         let mut s = Session::new(agent, opts.clone());
         match s.run(&mut f, &still) {
             End::Stopped => return,
             End::Gone(why) => {
+                // Frozen filesystems are thawed if the channel does not come back in time.
+                lock(agent).channel_lost();
                 eprintln!("xenplug-agent: {}: {why}; re-opening", path.display());
                 drop(f);
                 if s.replies > 0 {
@@ -390,6 +468,10 @@ pub fn run_channel(dir: &Path, name: &str, agent: &Mutex<Agent>, opts: &Options)
             }
         }
     }
+}
+
+fn lock(agent: &Mutex<Agent>) -> std::sync::MutexGuard<'_, Agent> {
+    agent.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn sleep_unless_stopped(d: Duration) {
@@ -424,12 +506,9 @@ mod tests {
     }
 
     fn agent(root: &Path) -> Mutex<Agent> {
-        Mutex::new(Agent {
-            root: root.to_path_buf(),
-            host: Box::new(FakeHost("g1".into())),
-            power: Box::new(NoPower),
-            live_network: false,
-        })
+        let mut a = Agent::new(root, Box::new(FakeHost("g1".into())), Box::new(NoPower));
+        a.live_network = false;
+        Mutex::new(a)
     }
 
     fn text(r: &[Vec<u8>]) -> Vec<String> {

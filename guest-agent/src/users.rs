@@ -2,12 +2,16 @@
 //! user, and /etc/shadow updates under the shadow-utils lock.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::fsutil::{self, under, Owner};
+use crate::pwdlock;
+use crate::txn::Txn;
 
 /// A passwd entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +47,7 @@ pub fn lookup(root: &Path, name: &str) -> Result<Passwd> {
             });
         }
     }
-    bail!("user '{name}' does not exist (xenplug-agent does not create users)")
+    bail!("user '{name}' does not exist")
 }
 
 /// Runs `f` with the filesystem uid/gid of `user` (setfsuid/setfsgid: per thread, undone
@@ -73,7 +77,7 @@ fn ssh_paths(root: &Path, user: &Passwd) -> (PathBuf, PathBuf) {
     (ssh, keys)
 }
 
-fn ensure_ssh_dir(dir: &Path, user: &Passwd) -> Result<()> {
+fn ensure_ssh_dir(dir: &Path, user: &Passwd, txn: &mut Txn) -> Result<()> {
     match fs::symlink_metadata(dir) {
         Ok(m) if m.file_type().is_dir() => {
             if m.uid() != user.uid {
@@ -82,10 +86,7 @@ fn ensure_ssh_dir(dir: &Path, user: &Passwd) -> Result<()> {
             Ok(())
         }
         Ok(_) => bail!("{} exists and is not a directory", dir.display()),
-        Err(_) => fs::DirBuilder::new()
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("create {} as {}", dir.display(), user.name)),
+        Err(_) => txn.create_dir_as(user, dir, 0o700),
     }
 }
 
@@ -108,6 +109,19 @@ pub fn read_keys(root: &Path, user: &Passwd) -> Result<Vec<String>> {
 /// Rewrite the user's authorized_keys with `edit(old text) -> new text`, as the user,
 /// atomically, mode 0600, in a 0700 `.ssh`. Returns whether the file changed.
 pub fn edit_keys(root: &Path, user: &Passwd, edit: impl FnOnce(&str) -> String) -> Result<bool> {
+    let mut txn = Txn::new();
+    let r = edit_keys_in(&mut txn, root, user, edit);
+    txn.commit();
+    r
+}
+
+/// [`edit_keys`] as part of a generation's transaction.
+pub fn edit_keys_in(
+    txn: &mut Txn,
+    root: &Path,
+    user: &Passwd,
+    edit: impl FnOnce(&str) -> String,
+) -> Result<bool> {
     let (ssh, keys) = ssh_paths(root, user);
     let home = under(root, &user.home);
     if !home.is_dir() {
@@ -118,7 +132,7 @@ pub fn edit_keys(root: &Path, user: &Passwd, edit: impl FnOnce(&str) -> String) 
         );
     }
     as_user(user, || {
-        ensure_ssh_dir(&ssh, user)?;
+        ensure_ssh_dir(&ssh, user, txn)?;
         let old = match fs::read_to_string(&keys) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -130,7 +144,8 @@ pub fn edit_keys(root: &Path, user: &Passwd, edit: impl FnOnce(&str) -> String) 
         }
         // Files created with the fs uid/gid already belong to the user; chown is then a
         // no-op that an unprivileged fsuid is allowed to do.
-        fsutil::write_atomic(
+        txn.write_as(
+            user,
             &keys,
             new.as_bytes(),
             0o600,
@@ -142,17 +157,10 @@ pub fn edit_keys(root: &Path, user: &Passwd, edit: impl FnOnce(&str) -> String) 
     })
 }
 
-/// Take the shadow-utils lock (`/etc/.pwd.lock`, fcntl write lock) for the duration of `f`.
-fn with_pwd_lock<T>(root: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    let path = under(root, "/etc/.pwd.lock");
-    let file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .with_context(|| format!("open {}", path.display()))?;
-    let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| anyhow!("lock {}: {e}", path.display()))?;
+/// Hold the password-database lock (as `lckpwdf`: see [`crate::pwdlock`]) for the duration of
+/// `f`, waiting at most `limit` for it.
+pub fn with_pwd_lock<T>(root: &Path, limit: Duration, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let lock = pwdlock::acquire(root, limit)?;
     let r = f();
     drop(lock);
     r
@@ -165,24 +173,49 @@ pub struct ShadowChange {
     pub name: String,
     /// New hash, if any.
     pub hash: Option<String>,
-    /// Lock (`!` prefix) or unlock; None leaves the lock state.
+    /// Lock (`!` prefix) or unlock; None leaves the lock state (a new `hash` is unlocked, as
+    /// `chpasswd -e` leaves it).
     pub lock: Option<bool>,
 }
 
 /// Apply password changes to `<root>/etc/shadow` in one atomic replacement (mode and owner
 /// kept; last-change date set). Returns the users whose entry changed.
 pub fn update_shadow(root: &Path, changes: &[ShadowChange]) -> Result<Vec<String>> {
+    update_shadow_within(root, changes, pwdlock::LCKPWDF_TIMEOUT)
+}
+
+/// [`update_shadow`], waiting at most `limit` for the password-database lock.
+pub fn update_shadow_within(
+    root: &Path,
+    changes: &[ShadowChange],
+    limit: Duration,
+) -> Result<Vec<String>> {
+    let mut txn = Txn::new();
+    let r = update_shadow_in(&mut txn, root, changes, limit);
+    txn.commit();
+    r
+}
+
+/// [`update_shadow`] as part of a generation's transaction: the undo puts back the old entries
+/// of the changed users (under the lock again), leaving whatever else changed since alone.
+pub fn update_shadow_in(
+    txn: &mut Txn,
+    root: &Path,
+    changes: &[ShadowChange],
+    limit: Duration,
+) -> Result<Vec<String>> {
     if changes.is_empty() {
         return Ok(Vec::new());
     }
     let path = under(root, "/etc/shadow");
-    with_pwd_lock(root, || {
+    let (changed, old_lines) = with_pwd_lock(root, limit, || {
         let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
         let today = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() / 86400)
             .unwrap_or(0);
         let mut changed = Vec::new();
+        let mut old_lines = Vec::new();
         let mut found = std::collections::BTreeSet::new();
         let mut out = String::with_capacity(text.len() + 128);
         for line in text.split_inclusive('\n') {
@@ -194,7 +227,9 @@ pub fn update_shadow(root: &Path, changes: &[ShadowChange]) -> Result<Vec<String
             };
             found.insert(c.name.clone());
             let before = f.clone();
-            let locked = f[1].starts_with('!');
+            // A new hash replaces the whole field, lock included (as `chpasswd -e`); then
+            // the lock is applied (as `passwd -l`/`-u`).
+            let locked = f[1].starts_with('!') && c.hash.is_none();
             let mut pw = f[1].trim_start_matches('!').to_string();
             if let Some(h) = &c.hash {
                 pw = h.clone();
@@ -202,8 +237,16 @@ pub fn update_shadow(root: &Path, changes: &[ShadowChange]) -> Result<Vec<String
             let lock = c.lock.unwrap_or(locked);
             f[1] = if lock { format!("!{pw}") } else { pw };
             if f[1] != before[1] {
-                f[2] = today.to_string();
+                // A new password counts as a change (chpasswd); locking alone does not
+                // (passwd -l).
+                if c.hash
+                    .as_deref()
+                    .is_some_and(|h| h != before[1].trim_start_matches('!'))
+                {
+                    f[2] = today.to_string();
+                }
                 changed.push(c.name.clone());
+                old_lines.push((c.name.clone(), bare.to_string()));
             } else {
                 f = before;
             }
@@ -222,7 +265,112 @@ pub fn update_shadow(root: &Path, changes: &[ShadowChange]) -> Result<Vec<String
                 fsutil::mode_owner(&path).unwrap_or((0o640, Owner { uid: 0, gid: 0 }));
             fsutil::write_atomic(&path, out.as_bytes(), mode, Some(owner))?;
         }
-        Ok(changed)
+        Ok((changed, old_lines))
+    })?;
+    if !old_lines.is_empty() {
+        let root = root.to_path_buf();
+        txn.on_rollback("/etc/shadow entries", move || {
+            restore_entries(&root, "/etc/shadow", &old_lines, limit)
+        });
+    }
+    Ok(changed)
+}
+
+/// Expire the passwords of `names` (`passwd --expire`: the last change set to 0, so the user
+/// must pick a new password at the next login), as part of a generation's transaction.
+pub fn expire_passwords_in(
+    txn: &mut Txn,
+    root: &Path,
+    names: &[String],
+    limit: Duration,
+) -> Result<Vec<String>> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let path = under(root, "/etc/shadow");
+    let (changed, old_lines) = with_pwd_lock(root, limit, || {
+        let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let mut changed = Vec::new();
+        let mut old_lines = Vec::new();
+        let mut out = String::with_capacity(text.len());
+        for line in text.split_inclusive('\n') {
+            let bare = line.trim_end_matches('\n');
+            let mut f: Vec<&str> = bare.split(':').collect();
+            if f.len() >= 3 && names.iter().any(|n| n == f[0]) && f[2] != "0" {
+                old_lines.push((f[0].to_string(), bare.to_string()));
+                changed.push(f[0].to_string());
+                f[2] = "0";
+                out.push_str(&f.join(":"));
+                if line.ends_with('\n') {
+                    out.push('\n');
+                }
+            } else {
+                out.push_str(line);
+            }
+        }
+        for n in names {
+            if !text
+                .lines()
+                .any(|l| l.split(':').next() == Some(n.as_str()))
+            {
+                bail!("user '{n}' has no entry in {}", path.display());
+            }
+        }
+        if !changed.is_empty() {
+            let (mode, owner) =
+                fsutil::mode_owner(&path).unwrap_or((0o640, Owner { uid: 0, gid: 0 }));
+            fsutil::write_atomic(&path, out.as_bytes(), mode, Some(owner))?;
+        }
+        Ok((changed, old_lines))
+    })?;
+    if !old_lines.is_empty() {
+        let root = root.to_path_buf();
+        txn.on_rollback("/etc/shadow expiry", move || {
+            restore_entries(&root, "/etc/shadow", &old_lines, limit)
+        });
+    }
+    Ok(changed)
+}
+
+/// Put back the lines of the named entries in a password-database file (passwd, group,
+/// shadow, gshadow), under the lock: each `(name, line)` replaces the entry of that name, or is
+/// appended if the entry is gone; `(name, "")` removes the entry. Other entries are kept as
+/// they are now.
+pub fn restore_entries(
+    root: &Path,
+    file: &str,
+    entries: &[(String, String)],
+    limit: Duration,
+) -> Result<()> {
+    let path = under(root, file);
+    with_pwd_lock(root, limit, || {
+        let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        let mut done = std::collections::BTreeSet::new();
+        let mut out = String::with_capacity(text.len());
+        for line in text.split_inclusive('\n') {
+            let name = line.split(':').next().unwrap_or("");
+            match entries.iter().find(|(n, _)| n == name) {
+                Some((n, old)) => {
+                    done.insert(n.clone());
+                    if !old.is_empty() {
+                        out.push_str(old);
+                        out.push('\n');
+                    }
+                }
+                None => out.push_str(line),
+            }
+        }
+        for (n, old) in entries {
+            if !done.contains(n) && !old.is_empty() {
+                if !out.is_empty() && !out.ends_with('\n') {
+                    out.push('\n');
+                }
+                out.push_str(old);
+                out.push('\n');
+            }
+        }
+        let (mode, owner) = fsutil::mode_owner(&path).unwrap_or((0o640, Owner { uid: 0, gid: 0 }));
+        fsutil::write_atomic(&path, out.as_bytes(), mode, Some(owner)).map(drop)
     })
 }
 

@@ -183,18 +183,11 @@ fn apply_in_private_namespaces() {
     let rd = |p: &str| std::fs::read_to_string(r.join(p)).unwrap();
     assert_eq!(rd("etc/hostname"), "guest-one\n");
     assert!(rd("etc/hosts").starts_with("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n# BEGIN xenplug-agent\n127.0.1.1\tguest-one.example.org guest-one\n# END xenplug-agent\n"), "{}", rd("etc/hosts"));
-    let net = rd("etc/systemd/network/10-xenplug-lan.network");
-    assert!(
-        net.contains("MACAddress=00:16:3e:aa:bb:01\nName=lan0\n"),
-        "{net}"
-    );
-    assert!(
-        net.contains("Address=192.0.2.10/24\n")
-            && net.contains("DNS=192.0.2.53\n")
-            && net.contains("Domains=example.org\n")
-    );
+    // The guest uses ifupdown: its fragment (and the rename for udev), no networkd files.
     assert!(rd("etc/systemd/network/10-xenplug-lan.link").contains("[Link]\nName=lan0\n"));
-    assert!(rd("etc/systemd/network/10-xenplug-nic1.network").contains("DHCP=ipv4\n"));
+    assert!(!r
+        .join("etc/systemd/network/10-xenplug-lan.network")
+        .exists());
     let ifu = rd("etc/network/interfaces.d/xenplug-agent");
     assert!(
         ifu.contains("auto lan0\niface lan0 inet static\n    address 192.0.2.10/24\n"),
@@ -208,7 +201,7 @@ fn apply_in_private_namespaces() {
     for p in [
         "etc/hostname",
         "etc/hosts",
-        "etc/systemd/network/10-xenplug-lan.network",
+        "etc/network/interfaces.d/xenplug-agent",
     ] {
         assert_eq!(
             std::fs::metadata(r.join(p)).unwrap().mode() & 0o777,
@@ -294,6 +287,177 @@ fn apply_in_private_namespaces() {
             .any(|r| r["dst"] == "default" && r["gateway"] == "192.0.2.1"),
         "{routes}"
     );
-    assert!(rd("etc/systemd/network/10-xenplug-lan.network").contains("Address=192.0.2.11/24\n"));
+    assert!(rd("etc/network/interfaces.d/xenplug-agent").contains("address 192.0.2.11/24\n"));
+    drop(agent);
+}
+
+/// Every file under `root` with its mode and content (the lock file `lckpwdf` leaves aside).
+fn tree(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            if rel == "etc/.pwd.lock" || rel == "shutdown.log" {
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                out.push(format!("{rel}/ {:o}", m.mode() & 0o7777));
+                stack.push(p);
+            } else {
+                out.push(format!(
+                    "{rel} {:o} {}:{} {:?}",
+                    m.mode() & 0o7777,
+                    m.uid(),
+                    m.gid(),
+                    String::from_utf8_lossy(&std::fs::read(&p).unwrap())
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The kernel's view of one link: name, MTU, flags, addresses, and the main table's routes.
+fn kernel_state(ns: &NetNs, mac: &str) -> String {
+    let links = ipj(ns, &["link", "show"]);
+    let link = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["address"] == mac)
+        .unwrap()
+        .clone();
+    let name = link["ifname"].as_str().unwrap().to_string();
+    let mut addrs = addresses(ns, &name);
+    addrs.sort();
+    let mut routes: Vec<String> = ipj(ns, &["route", "show", "table", "main"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} via {} dev {} metric {}",
+                r["dst"], r["gateway"], r["dev"], r["metric"]
+            )
+        })
+        .collect();
+    routes.sort();
+    // Administrative state only: carrier flags follow the kernel's link watch, asynchronously.
+    let up = link["flags"].as_array().unwrap().contains(&json!("UP"));
+    format!(
+        "link {name} mtu {} up {up}\naddrs {addrs:?}\nroutes {routes:?}",
+        link["mtu"]
+    )
+}
+
+/// Issue 12: a generation that fails part way (here the kernel refuses a route whose gateway
+/// is on no subnet, after the agent already took back the old address and route, renamed the
+/// link, changed its MTU, added the new address and a default route, and before the host name
+/// and the keys) leaves the previous generation exactly in place, and the host is told so.
+#[test]
+fn a_generation_that_fails_part_way_is_rolled_back() {
+    if !xenplug_testkit::require_root()
+        || !xenplug_testkit::require_program("unshare")
+        || !xenplug_testkit::require_program("nsenter")
+        || !xenplug_testkit::require_program("ip")
+    {
+        return;
+    }
+    let mac = "00:16:3e:aa:bc:01";
+    let ns = NetNs::new("chanrb").unwrap();
+    ns.ip(&[
+        "link", "add", "nic0", "address", mac, "type", "veth", "peer", "name", "peer0",
+    ])
+    .unwrap();
+    let root = guest_root();
+    let r = root.path().to_path_buf();
+    std::fs::create_dir_all(r.join("etc/network/interfaces.d")).unwrap();
+    std::fs::write(
+        r.join("etc/network/interfaces"),
+        "source /etc/network/interfaces.d/*\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(r.join("sbin")).unwrap();
+    std::fs::write(r.join("sbin/ifup"), "").unwrap();
+    std::fs::write(r.join("etc/resolv.conf"), "nameserver 10.255.255.1\n").unwrap();
+    let pty = Pty::new();
+    let dev = pty.slave_path.to_str().unwrap().to_string();
+    let prefix = [
+        "ip",
+        "netns",
+        "exec",
+        ns.name(),
+        "unshare",
+        "--uts",
+        "--mount",
+        "--",
+    ];
+    let agent = AgentProc::spawn_in(&prefix, &["--device", &dev], root);
+    let mut host = Host::new(pty);
+    host.handshake(Duration::from_secs(15));
+    let hostname = || {
+        let out = Command::new("nsenter")
+            .args(["-t", &agent.pid().to_string(), "-u", "hostname"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+
+    let one = json!({
+        "instance-id": "iid-rb", "generation": 1, "hostname": "one",
+        "network": {"version": 2, "ethernets": {"lan": {
+            "match": {"macaddress": mac}, "set-name": "lan0",
+            "addresses": ["192.0.2.10/24"],
+            "routes": [{"to": "default", "via": "192.0.2.1"}],
+            "nameservers": {"addresses": ["192.0.2.53"]}}}},
+        "users": [{"name": "alice", "ssh_authorized_keys": [KEY], "lock_passwd": true}]
+    });
+    assert_eq!(
+        host.ok("xenplug-apply-config", Some(json!({"config": one})))["applied"],
+        json!(true)
+    );
+    let (kernel1, files1, host1) = (kernel_state(&ns, mac), tree(&r), hostname());
+    assert!(
+        kernel1.starts_with("link lan0 mtu 1500 up true"),
+        "{kernel1}"
+    );
+    assert!(kernel1.contains("192.0.2.10/24"), "{kernel1}");
+    assert_eq!(host1, "one");
+
+    let two = json!({
+        "instance-id": "iid-rb", "generation": 2, "hostname": "two",
+        "network": {"version": 2, "ethernets": {"lan": {
+            "match": {"macaddress": mac}, "set-name": "lan1", "mtu": 1400,
+            "addresses": ["198.51.100.7/24"],
+            "routes": [{"to": "default", "via": "198.51.100.1"},
+                       {"to": "203.0.113.0/24", "via": "10.200.0.1"}],
+            "nameservers": {"addresses": ["198.51.100.53"]}}}},
+        "users": [{"name": "alice", "ssh_authorized_keys": [], "lock_passwd": false,
+                   "hashed_passwd": "$6$two$two"}]
+    });
+    let err = match host.call("xenplug-apply-config", Some(json!({"config": two}))) {
+        xenplug_channel::Response::Error { error, .. } => error.desc,
+        other => panic!("generation 2 was applied: {other:?}"),
+    };
+    assert!(
+        err.contains("generation 2 of instance iid-rb was not applied")
+            && err.contains("generation 1 of instance iid-rb is in place"),
+        "{err}"
+    );
+    assert_eq!(
+        kernel_state(&ns, mac),
+        kernel1,
+        "the kernel after the failed generation"
+    );
+    assert_eq!(tree(&r), files1, "the files after the failed generation");
+    assert_eq!(hostname(), "one");
+    assert_eq!(
+        host.ok("xenplug-get-config-generation", None),
+        json!({"instance-id": "iid-rb", "generation": 1})
+    );
     drop(agent);
 }

@@ -7,10 +7,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{guest_root, require_dep, wait_until, AgentProc};
+use common::{guest_root, require_dep, wait_until, AgentProc, Killed};
 use serde_json::{json, Value};
 
 const CLIENT: &str = r#"
@@ -25,14 +25,6 @@ out = [q.cmd_obj(c) for c in json.loads(sys.argv[2])]
 q.close()
 print(json.dumps(out))
 "#;
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn client(py: &Path, dir: &Path, sock: &Path, cmds: &Value) -> Vec<Value> {
     let script = dir.join("client.py");

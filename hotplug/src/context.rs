@@ -13,12 +13,14 @@ use xenplug_xenstore::{
     transact, Perm, Transaction, WatchEvent, XenStore, XsError, XsOps, DEFAULT_TRANSACTION_ATTEMPTS,
 };
 
+use crate::backend::BackendPath;
 use crate::command::command_in;
 use crate::config::Config;
-use crate::failure::{describe_xs_error, one_line, Failure, Outcome};
+use crate::failure::{describe_xs_error, one_line, Failure};
 use crate::invocation::{Action, Invocation, Raw};
 use crate::lock::{LockGuard, Locks};
 use crate::log::Log;
+use crate::outcome::{Device, Outcome};
 
 /// The reason of a failed operation whose path the caller already names: the daemon's errno
 /// (`EACCES`), else the connection problem.
@@ -41,6 +43,8 @@ pub struct Context<'a> {
     pub locks: Locks,
     /// The configuration.
     pub config: Config,
+    /// `XENBUS_PATH` taken apart, when it has the form `…/<kind>/<domid>/<devid>`.
+    backend_path: Option<BackendPath>,
 }
 
 impl std::fmt::Debug for Context<'_> {
@@ -58,12 +62,14 @@ impl<'a> Context<'a> {
     /// Assemble a context (what [`run_with`] does after connecting; also for tests).
     pub fn new(inv: Invocation, xs: &'a dyn XenStore, log: Log, config: Config) -> Context<'a> {
         let locks = Locks::new(config.lock_dir.clone(), config.lock_timeout);
+        let backend_path = BackendPath::parse(&inv.env.xenbus_path);
         Context {
             inv,
             xs,
             log,
             locks,
             config,
+            backend_path,
         }
     }
 
@@ -76,6 +82,28 @@ impl<'a> Context<'a> {
     /// this domain's home path).
     pub fn backend(&self) -> &str {
         &self.inv.env.xenbus_path
+    }
+
+    /// `XENBUS_PATH` taken apart (kind, frontend domid, devid); `None` when it does not have the
+    /// form `…/<kind>/<domid>/<devid>` (libxl's is always `backend/<kind>/<domid>/<devid>`).
+    pub fn backend_path(&self) -> Option<&BackendPath> {
+        self.backend_path.as_ref()
+    }
+
+    /// The directory holding every backend of this script's kind in this domain, as the
+    /// reference scripts name it: `$XENBUS_BASE_PATH/$XENBUS_TYPE` (`backend/vbd`). Without those
+    /// variables: `backend/<kind of XENBUS_PATH>` (`vbd` when XENBUS_PATH has none).
+    pub fn kind_dir(&self) -> String {
+        let env = &self.inv.env;
+        let base = match env.xenbus_base_path.as_str() {
+            "" => "backend",
+            b => b,
+        };
+        let kind = match env.xenbus_type.as_str() {
+            "" => self.backend_path().map_or("vbd", |b| b.kind.as_str()),
+            t => t,
+        };
+        format!("{base}/{kind}")
     }
 
     /// The xenstore path of `key`: `key` itself when absolute (starts with `/`), else
@@ -241,6 +269,43 @@ impl<'a> Context<'a> {
     }
 }
 
+impl Context<'_> {
+    /// Report a body's result, as [`run_with`] does after the body (tests call it to play the
+    /// runtime): [`Outcome::Published`] writes the device's nodes and `hotplug-status=connected`
+    /// in one transaction, then releases the device's locks (if the write fails, the device's
+    /// undo runs first, under those locks); [`Outcome::Connected`] writes
+    /// `hotplug-status=connected`; [`Outcome::Done`] writes nothing. Returns `Connected` or
+    /// `Done`, or the failure to report.
+    pub fn finish(
+        &self,
+        result: Result<Outcome<'_>, Failure>,
+    ) -> Result<Outcome<'static>, Failure> {
+        match result? {
+            Outcome::Done => Ok(Outcome::Done),
+            Outcome::Connected => self.publish(Device::new()),
+            Outcome::Published(device) => self.publish(device),
+        }
+    }
+
+    /// The one place that writes `hotplug-status=connected`.
+    fn publish(&self, device: Device<'_>) -> Result<Outcome<'static>, Failure> {
+        let Device { nodes, held, undo } = device;
+        let mut pairs: Vec<(&str, &str)> = nodes
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        pairs.push(("hotplug-status", "connected"));
+        let result = self.write_all(&pairs);
+        if result.is_err() {
+            if let Some(undo) = undo {
+                undo(self);
+            }
+        }
+        drop(held);
+        result.map(|()| Outcome::Connected)
+    }
+}
+
 /// Write `hotplug-error` and `hotplug-status` (one transaction), log `err`. Returns FAILURE.
 fn report(xs: &dyn XenStore, backend: &str, log: &Log, f: &Failure) -> ExitCode {
     let msg = f.message();
@@ -315,11 +380,11 @@ fn install_panic_hook() {
 
 /// The whole life of a hotplug script, with the default xenstore connection
 /// (`XsClient::open()`, which honours `XENSTORED_PATH`). See [`run_with`].
-pub fn run(
+pub fn run<'b>(
     program: &str,
     raw: Raw,
     accepted: &[Action],
-    body: impl FnOnce(&Context) -> Result<Outcome, Failure>,
+    body: impl FnOnce(&Context) -> Result<Outcome<'b>, Failure>,
 ) -> ExitCode {
     run_with(program, raw, accepted, crate::default_connect, body)
 }
@@ -334,17 +399,20 @@ pub fn run(
 /// 4. A configuration error is now reported like a body failure.
 /// 5. Run `body`. A panic is caught and becomes the failure `internal error: <msg> at <file:line>`
 ///    (no panic report or backtrace reaches the user).
-/// 6. `Ok(Outcome::Connected)`: write `hotplug-status=connected` (a write failure is a failure);
-///    `Ok(Outcome::Done)`: write nothing. Exit 0.
+/// 6. `Ok(Outcome::Published(device))`: write the device's nodes and
+///    `hotplug-status=connected` in one transaction, then release the device's locks (a write
+///    failure is a failure, after the device's undo ran); `Ok(Outcome::Connected)`: write
+///    `hotplug-status=connected`; `Ok(Outcome::Done)`: write nothing. Exit 0. (See
+///    [`Context::finish`]: no script writes `hotplug-status` itself.)
 /// 7. `Err(failure)`: write `<XENBUS_PATH>/hotplug-error=<msg>` and
 ///    `<XENBUS_PATH>/hotplug-status=error` (`busy` for [`Failure::Busy`]) in one transaction
 ///    (if that fails, log why and still exit 1), log `err <msg>`, exit 1.
-pub fn run_with<'x>(
+pub fn run_with<'x, 'b>(
     program: &str,
     raw: Raw,
     accepted: &[Action],
     connect: impl FnOnce(&BTreeMap<String, String>) -> Result<Box<dyn XenStore + 'x>, XsError>,
-    body: impl FnOnce(&Context) -> Result<Outcome, Failure>,
+    body: impl FnOnce(&Context) -> Result<Outcome<'b>, Failure>,
 ) -> ExitCode {
     let tag = raw
         .argv
@@ -414,13 +482,7 @@ pub fn run_with<'x>(
         Err(Failure::error(format!("internal error: {msg}")))
     });
 
-    let result = match result {
-        Ok(Outcome::Connected) => ctx
-            .write("hotplug-status", "connected")
-            .map(|()| Outcome::Connected),
-        other => other,
-    };
-    match result {
+    match ctx.finish(result) {
         Ok(outcome) => {
             ctx.log
                 .debug(format!("{} {} done ({outcome:?})", ctx.inv.action, backend));

@@ -43,19 +43,6 @@ pub(crate) fn one_line(s: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::one_line;
-
-    #[test]
-    fn one_line_joins_sensibly() {
-        assert_eq!(one_line("domain,\nand so"), "domain, and so");
-        assert_eq!(one_line("first\nsecond\r\n\nthird"), "first; second; third");
-        assert_eq!(one_line("  tab\there\n"), "tab here");
-        assert_eq!(one_line("ends.\n  next"), "ends. next");
-    }
-}
-
 impl Failure {
     /// A fatal error with this message.
     pub fn error(msg: impl fmt::Display) -> Failure {
@@ -137,11 +124,15 @@ impl<T, E: fmt::Display> OrFail<T> for Result<T, E> {
     }
 }
 
-/// What a successful body asks [`crate::run`] to report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Write `hotplug-status=connected` (`success` in xen-hotplug-common.sh).
-    Connected,
-    /// Write nothing (remove, offline, "already done", no-op runs).
-    Done,
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn one_line_joins_sensibly() {
+        assert_eq!(one_line("domain,\nand so"), "domain, and so");
+        assert_eq!(one_line("first\nsecond\r\n\nthird"), "first; second; third");
+        assert_eq!(one_line("  tab\there\n"), "tab here");
+        assert_eq!(one_line("ends.\n  next"), "ends. next");
+    }
 }

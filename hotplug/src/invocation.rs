@@ -1,7 +1,7 @@
 //! What libxl hands a hotplug script: argv and environment, parsed.
 //!
 //! libxl (`libxl_linux.c`) runs `execvp(script, [script, action, k=v…])` with a few variables set on
-//! top of its own environment (reference §5.2):
+//! top of its own environment (docs/hotplug-contract.md, "Argv and environment"):
 //!
 //! | device | argv after the script path | environment |
 //! |---|---|---|
@@ -125,7 +125,8 @@ impl FromStr for Action {
     }
 }
 
-/// The environment variables libxl sets for a hotplug script (reference §5.2). Empty when unset.
+/// The environment variables libxl sets for a hotplug script (docs/hotplug-contract.md,
+/// "Argv and environment"). Empty when unset.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HotplugEnv {
     /// `script`: the script path libxl read from `<backend>/script`.

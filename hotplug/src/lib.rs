@@ -5,16 +5,17 @@
 //!
 //! ```no_run
 //! use std::process::ExitCode;
-//! use xenplug_hotplug::{run, Action, Context, Failure, Outcome, Raw};
+//! use xenplug_hotplug::{run, Action, Context, Device, Failure, Outcome, Raw};
 //!
-//! fn body(ctx: &Context) -> Result<Outcome, Failure> {
+//! fn body(ctx: &Context) -> Result<Outcome<'static>, Failure> {
 //!     match ctx.action() {
 //!         Action::Add => {
 //!             let params = ctx.read_required("params")?; // "xenstore-read <path> failed."
-//!             let _lock = ctx.claim_lock(xenplug_hotplug::lock::names::BLOCK)?;
-//!             ctx.write("physical-device", "8:1")?;
+//!             let lock = ctx.claim_lock(xenplug_hotplug::lock::names::BLOCK)?;
 //!             ctx.log.info(format!("attached {params}"));
-//!             Ok(Outcome::Connected) // run() writes hotplug-status=connected
+//!             // run() writes physical-device and hotplug-status=connected in one
+//!             // transaction, then releases the lock.
+//!             Ok(Outcome::Published(Device::new().node("physical-device", "8:1").hold(lock)))
 //!         }
 //!         _ => Ok(Outcome::Done), // writes nothing
 //!     }
@@ -33,14 +34,20 @@
 //!   `INTERFACE`). [`Invocation::var`]: argument, else environment variable. Which actions a
 //!   script accepts is the `accepted` slice it gives to [`run`] ([`Action::BLOCK`],
 //!   [`Action::VIF`]); any other is `Invalid command: <word>`.
-//! * [`Failure`] (`Error`/`Busy`, one-line message) and [`Outcome`] (`Connected`/`Done`): the
-//!   body's result. `From<XsError>` and [`OrFail::or_fail`] turn other errors into one-line
-//!   failures.
-//! * [`run`] / [`run_with`] — the error contract, in one place (see [`run_with`] for the steps).
+//! * [`Failure`] (`Error`/`Busy`, one-line message) and [`Outcome`] (`Connected`, `Published`
+//!   with a [`Device`], `Done`): the body's result. `From<XsError>` and [`OrFail::or_fail`] turn
+//!   other errors into one-line failures. A block script returns the nodes of the device it
+//!   attached ([`Device`]: `node`, `physical-device`, `physical-device-path`, the locks to hold
+//!   until they are written, the undo if they cannot be); the runtime writes them with
+//!   `hotplug-status=connected` in one transaction. No script writes `hotplug-status`.
+//! * [`run`] / [`run_with`] — the hotplug-status/hotplug-error contract, in one place (see
+//!   [`run_with`] for the steps; [`Context::finish`] is its success half).
 //!   On failure: `<XENBUS_PATH>/hotplug-error=<msg>` and `hotplug-status=error|busy` in one
 //!   transaction, `err` logged, exit 1. A bad invocation or unreachable xenstored: one `err`
 //!   line, exit 1, nothing written. Panics in the body become `internal error: …` failures.
-//! * [`Context`] — `inv`, `xs`, `log`, `locks`, `config`, plus `backend()`, `path()`,
+//! * [`Context`] — `inv`, `xs`, `log`, `locks`, `config`, plus `backend()` (XENBUS_PATH),
+//!   `backend_path()` (XENBUS_PATH taken apart once: [`BackendPath`] — kind, frontend domid,
+//!   devid, frontend directory), `kind_dir()` (`$XENBUS_BASE_PATH/$XENBUS_TYPE`), `path()`,
 //!   `read()`, `read_required()`, `read_default()`, `exists()`, `directory()`, `write()`,
 //!   `write_all()` (one transaction), `rm()`, `claim_lock()`, `state_dir()`, `command()`,
 //!   `run_checked()` (`do_or_die`). A key starting with `/` is absolute; any other is relative
@@ -81,6 +88,7 @@
 //! caught: the panic hook then prints one `<script>: error: internal error: …` line to stderr
 //! and the process aborts, so no `hotplug-error` is written.
 
+mod backend;
 pub mod command;
 pub mod config;
 mod context;
@@ -89,15 +97,18 @@ pub mod hooks;
 mod invocation;
 pub mod lock;
 pub mod log;
+mod outcome;
 
+pub use backend::BackendPath;
 pub use command::command;
 pub use config::Config;
 pub use context::{run, run_with, BorrowedXs, Context};
-pub use failure::{describe_xs_error, Failure, OrFail, Outcome};
+pub use failure::{describe_xs_error, Failure, OrFail};
 pub use hooks::{run_hooks, run_hooks_with};
 pub use invocation::{Action, HotplugEnv, Invocation, Raw, ScriptMain};
 pub use lock::{LockGuard, Locks};
 pub use log::{Level, Log};
+pub use outcome::{Device, Outcome};
 
 use std::collections::BTreeMap;
 use xenplug_xenstore::{XenStore, XsError};

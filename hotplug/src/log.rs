@@ -1,4 +1,4 @@
-//! Logging where operators look (reference §1.2, §1.4):
+//! Logging where operators look (docs/hotplug-contract.md, "Logging"):
 //!
 //! * **stderr**: `<tag>: <msg>` (`<tag>: error: <msg>`, `<tag>: warning: <msg>`), no colours or
 //!   timestamps; libxl passes it on. Default threshold `info`.

@@ -6,7 +6,7 @@ mod common;
 use std::process::ExitCode;
 
 use common::{raw, FakeXs, Scratch};
-use xenplug_hotplug::{run_with, Action, BorrowedXs, Context, Failure, Outcome};
+use xenplug_hotplug::{run_with, Action, BorrowedXs, Context, Device, Failure, Outcome};
 use xenplug_xenstore::{XenStore, XsError};
 
 const BE: &str = "backend/vbd/5/51712";
@@ -21,12 +21,12 @@ fn connect(
     move |_| Ok(Box::new(xs))
 }
 
-fn go(
+fn go<'b>(
     xs: &FakeXs,
     s: &Scratch,
     argv: &[&str],
     with_path: bool,
-    body: impl FnOnce(&Context) -> Result<Outcome, Failure>,
+    body: impl FnOnce(&Context) -> Result<Outcome<'b>, Failure>,
 ) -> ExitCode {
     let env = s.env(with_path.then_some(BE));
     run_with("block", raw(argv, &env), Action::BLOCK, connect(xs), body)
@@ -198,7 +198,7 @@ fn unreachable_xenstore_writes_nothing_and_fails() {
                 "/nonexistent/socket: No such file or directory",
             )))
         },
-        |_| -> Result<Outcome, Failure> { panic!("body must not run") },
+        |_| -> Result<Outcome<'static>, Failure> { panic!("body must not run") },
     );
     assert_eq!(code, ExitCode::FAILURE);
     let log = s.log_text();
@@ -302,7 +302,7 @@ fn config_error_is_reported_through_xenstore() {
         raw(&["block", "add"], &env),
         Action::BLOCK,
         connect(&xs),
-        |_| -> Result<Outcome, Failure> { panic!("body must not run") },
+        |_| -> Result<Outcome<'static>, Failure> { panic!("body must not run") },
     );
     assert_eq!(code, ExitCode::FAILURE);
     let msg = xs.get(&format!("{BE}/hotplug-error")).unwrap();
@@ -335,4 +335,74 @@ fn run_checked_reports_command_failures() {
         xs.get(&format!("{BE}/hotplug-error")).as_deref(),
         Some("sh -c echo first >&2; echo 'no such device' >&2; exit 3 failed (exit status: 3): no such device")
     );
+}
+
+#[test]
+fn published_device_nodes_and_status_are_one_transaction_written_under_the_lock() {
+    let (xs, s) = (FakeXs::new(), Scratch::new());
+    let lock_file = s.lock_dir().join("block");
+    let code = go(&xs, &s, &["block", "add"], true, |ctx| {
+        let lock = ctx.claim_lock("block")?;
+        Ok(Outcome::Published(
+            Device::new()
+                .node("node", "/dev/loop3")
+                .node("physical-device", "7:3")
+                .node("physical-device-path", "/dev/loop3")
+                .hold(lock),
+        ))
+    });
+    assert_eq!(code, ExitCode::SUCCESS);
+    assert_eq!(
+        xs.writes(),
+        [
+            ("node", "/dev/loop3"),
+            ("physical-device", "7:3"),
+            ("physical-device-path", "/dev/loop3"),
+            ("hotplug-status", "connected"),
+        ]
+        .map(|(k, v)| (format!("{ABS_BE}/{k}"), v.to_string()))
+    );
+    assert_eq!(xs.commits(), 1, "one transaction");
+    assert!(!lock_file.exists(), "the lock is released after the write");
+}
+
+#[test]
+fn a_failed_publication_runs_the_undo_under_the_lock_and_reports() {
+    let (xs, s) = (FakeXs::new(), Scratch::new());
+    let lock_file = s.lock_dir().join("block");
+    let undone = std::cell::Cell::new(false);
+    let code = go(&xs, &s, &["block", "add"], true, |ctx| {
+        let lock = ctx.claim_lock("block")?;
+        xs.fail_writes(true);
+        Ok(Outcome::Published(
+            Device::new()
+                .node("physical-device", "7:3")
+                .hold(lock)
+                .undo_on_failure(|_| {
+                    assert!(lock_file.exists(), "still locked while undoing");
+                    undone.set(true);
+                }),
+        ))
+    });
+    assert_eq!(code, ExitCode::FAILURE);
+    assert!(undone.get());
+    assert!(!lock_file.exists());
+    assert!(xs.writes().is_empty());
+    let log = s.log_text();
+    assert!(
+        log.contains("err: Writing backend/vbd/5/51712/physical-device 7:3 backend/vbd/5/51712/hotplug-status connected to xenstore failed: EACCES"),
+        "{log}"
+    );
+}
+
+#[test]
+fn the_backend_path_is_parsed_once_into_the_context() {
+    let (xs, s) = (FakeXs::new(), Scratch::new());
+    let code = go(&xs, &s, &["block", "remove"], true, |ctx| {
+        let b = ctx.backend_path().expect("parsed");
+        assert_eq!((b.kind.as_str(), b.domid, b.devid), ("vbd", 5, 51712));
+        assert_eq!(ctx.kind_dir(), "backend/vbd");
+        Ok(Outcome::Done)
+    });
+    assert_eq!(code, ExitCode::SUCCESS);
 }

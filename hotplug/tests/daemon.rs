@@ -166,7 +166,7 @@ fn go(
     d: &TestDaemon,
     s: &Scratch,
     argv: &[&str],
-    body: impl FnOnce(&xenplug_hotplug::Context) -> Result<Outcome, Failure>,
+    body: impl FnOnce(&xenplug_hotplug::Context) -> Result<Outcome<'static>, Failure>,
 ) -> ExitCode {
     let mut env = s.env(Some(BE));
     env.push(("XENSTORED_PATH".into(), d.socket().display().to_string()));
@@ -220,7 +220,7 @@ fn run_in_process_bad_invocation_writes_nothing() {
         &["block", "bogus"],
         &["block", "add", "=x"],
     ] {
-        let code = go(&d, &s, argv, |_| -> Result<Outcome, Failure> {
+        let code = go(&d, &s, argv, |_| -> Result<Outcome<'static>, Failure> {
             panic!("body must not run")
         });
         assert_eq!(code, ExitCode::FAILURE, "{argv:?}");

@@ -1,5 +1,12 @@
-//! One synchronous rtnetlink client, shared by the vif scripts (behind their `Links` trait) and
-//! the guest agent (behind its `NetOps` trait).
+//! One synchronous rtnetlink client and one set of link/address types, shared by the vif scripts
+//! and the guest agent.
+//!
+//! * [`Client`]: requests by interface index, answers as [`Link`], [`Address`]; the guest agent's
+//!   `NetOps` is implemented directly on it.
+//! * [`links`]: the name-based [`links::Links`] trait with its [`links::LinkChange`] vocabulary,
+//!   implemented by [`links::KernelLinks`] (names resolved to indexes, links remembered) and, with
+//!   the `fake` feature, by [`fake::RecordingLinks`], an in-memory model for tests. The vif
+//!   scripts plan and apply against it.
 //!
 //! Messages are built and parsed with `netlink-packet-route` and sent over a blocking
 //! `netlink-sys` socket. The async `rtnetlink` crate is built on the same two crates; for a
@@ -33,6 +40,9 @@ use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 pub use netlink_packet_route::route::RouteProtocol;
 pub use tc::IngressPolice;
 
+#[cfg(feature = "fake")]
+pub mod fake;
+pub mod links;
 pub mod tc;
 
 /// Where a socket-level failure happened.
@@ -127,6 +137,13 @@ pub struct Link {
     pub kind: Option<String>,
     /// Counters: rx bytes, packets, errors, dropped; tx the same.
     pub stats: Option<[u64; 8]>,
+}
+
+impl Link {
+    /// True for a Linux bridge.
+    pub fn is_bridge(&self) -> bool {
+        self.kind.as_deref() == Some("bridge")
+    }
 }
 
 /// An address on a link.

@@ -6,9 +6,13 @@
 //! Either way, when `XENPLUG_SKIP_LOG` names a file, a line naming the test and the reason is
 //! appended to it, so the test command can list every skip at the end (the test harness keeps a
 //! passing test's stderr to itself).
+//!
+//! [`golden`] compares planners' outputs with golden files kept in the repository.
 
 use std::path::Path;
 use std::process::Command;
+
+pub mod golden;
 
 /// True when running under CI (`CI` set to anything but empty, `0` or `false`).
 pub fn in_ci() -> bool {

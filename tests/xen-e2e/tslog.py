@@ -5,7 +5,7 @@ import sys
 import time
 
 t0 = float(sys.argv[1])
-show = re.compile(r"^(PASS |FAIL |SKIP |E2E: )")
+show = re.compile(r"^(PASS |FAIL |SKIP |E2E: |BENCH)")
 with open(sys.argv[2], "w", encoding="utf-8", buffering=1) as log:
     buf = b""
     stdin = sys.stdin.buffer.raw

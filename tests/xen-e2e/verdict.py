@@ -37,7 +37,7 @@ class Manifest:
             if len(words) < 2:
                 sys.exit(f"{path}:{n}: expected SCENARIO CHECK [FLAG…]")
             scenario, check, flags = words[0], words[1], set(words[2:])
-            bad = flags - {"xenplug", "reference", "known-bug"}
+            bad = flags - {"xenplug", "reference", "known-bug", "package"}
             if bad:
                 sys.exit(f"{path}:{n}: unknown flag {sorted(bad)[0]}")
             if scenario not in self.checks:
@@ -47,6 +47,8 @@ class Manifest:
         for s in self.reference_scenarios:
             if s not in self.checks:
                 sys.exit(f"{path}: @reference-scenarios names {s}, which declares no checks")
+
+    package = False  # set when xenplug was installed from its Debian package
 
     def selected(self, mode, scenarios):
         """The scenarios a run covers: `install` always, then LIST or the mode's default."""
@@ -69,6 +71,8 @@ class Manifest:
                 if "xenplug" in flags and mode == "reference":
                     continue
                 if "reference" in flags and mode != "reference":
+                    continue
+                if "package" in flags and not self.package:
                     continue
                 want[check] = "known-bug" in flags
         return want
@@ -166,8 +170,11 @@ def main():
     ap.add_argument("--mode", choices=MODES, default="xenplug")
     ap.add_argument("--scenarios", default="")
     ap.add_argument("--self-test")
+    ap.add_argument("--package", action="store_true",
+                    help="xenplug was installed from its Debian package")
     a = ap.parse_args()
     m = Manifest(a.manifest)
+    m.package = a.package
     if a.what == "scenarios":
         if a.mode == "self-test":
             names = sorted({s for _, ss, _ in read_variants(a.self_test) for s in ss})

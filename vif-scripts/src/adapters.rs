@@ -1,18 +1,87 @@
-//! Real adapters of the applier's traits: /proc/sys, xenstore through the hotplug context,
-//! `ovs-vsctl`, and dnsmasq's dhcp-hosts file.
+//! Real adapters of the applier's traits: `nft`, /proc/sys, xenstore through the hotplug
+//! context, `ovs-vsctl`, and dnsmasq's dhcp-hosts file.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use xenplug_hotplug::Context;
 
-use crate::plan::{Dhcp, Ovs, StepError, Sysctl, XsWrite, RM_MARKER};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::apply::{Dhcp, Firewall, Ovs, Sysctl, XsWrite};
+use crate::types::{NftBatch, StepError};
 
 fn err(message: impl Into<String>) -> StepError {
     StepError {
         message: message.into(),
         gone: false,
         ..Default::default()
+    }
+}
+
+/// The real firewall: runs `nft -j -f -` with the batch on stdin.
+#[derive(Debug, Clone)]
+pub struct NftCli {
+    /// The `nft` program.
+    pub program: std::path::PathBuf,
+}
+
+impl Default for NftCli {
+    fn default() -> Self {
+        NftCli {
+            program: "nft".into(),
+        }
+    }
+}
+
+impl Firewall for NftCli {
+    fn apply(&mut self, batch: &NftBatch) -> Result<(), StepError> {
+        let fail = |message: String| StepError {
+            message,
+            gone: false,
+            ..Default::default()
+        };
+        let mut child = Command::new(&self.program)
+            .args(["-j", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| StepError {
+                // No nft at all: no rule of ours can exist, so a removal is done.
+                gone: batch.removal && e.kind() == std::io::ErrorKind::NotFound,
+                ..fail(format!(
+                    "cannot run {} (antispoofing and masquerading need nftables; \
+                     antispoof=off disables antispoofing): {e}",
+                    self.program.display()
+                ))
+            })?;
+        let text = batch.json.to_string();
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(text.as_bytes())
+                .map_err(|e| fail(format!("writing to nft: {e}")))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| fail(format!("waiting for nft: {e}")))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first = match err
+            .lines()
+            .find(|l| l.starts_with("Error"))
+            .unwrap_or(err.trim())
+        {
+            "" => format!("exited with {}", out.status),
+            line => line.to_string(),
+        };
+        Err(StepError {
+            gone: batch.removal && err.contains("No such file or directory"),
+            message: format!("nft ({}): {first}", batch.what),
+            ..Default::default()
+        })
     }
 }
 
@@ -70,9 +139,6 @@ impl XsWrite for CtxXs<'_, '_> {
             .map_err(|e| err(format!("xenstore-read {path} failed: {e}")))
     }
     fn write(&mut self, path: &str, value: &str) -> Result<(), StepError> {
-        if value == RM_MARKER {
-            return self.rm(path);
-        }
         self.ctx
             .xs
             .write(path, value)
@@ -170,30 +236,6 @@ impl DnsmasqHosts {
     }
 }
 
-/// Write `text` to `path` atomically: temporary file in the same directory, fsync, rename,
-/// fsync of the directory.
-pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
-}
-
 impl Dhcp for DnsmasqHosts {
     fn set_host(&mut self, key: &str, line: Option<&str>) -> Result<(), StepError> {
         let old = self.lines()?;
@@ -212,7 +254,10 @@ impl Dhcp for DnsmasqHosts {
         if !text.is_empty() {
             text.push('\n');
         }
-        write_atomic(&self.file, &text)
+        // dnsmasq reads the file after dropping root: world-readable, as before.
+        let dir = self.file.parent().filter(|d| !d.as_os_str().is_empty());
+        dir.map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| xenplug_atomic_write::write(&self.file, text.as_bytes(), 0o644, None))
             .map_err(|e| err(format!("write {}: {e}", self.file.display())))?;
         self.reload()
     }

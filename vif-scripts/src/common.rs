@@ -3,70 +3,11 @@
 
 use std::net::IpAddr;
 
-use xenplug_hotplug::{Action, Failure};
+use xenplug_hotplug::{Action, BackendPath, Failure};
 
-use crate::firewall::Mode;
-use crate::links::{IfAddr, Link};
 use crate::rate::Rate;
-
-/// `type_if`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TypeIf {
-    /// A netback interface (`vif<d>.<n>`), actions online/offline.
-    Vif,
-    /// QEMU's emulated NIC (`vif<d>.<n>-emu`), actions add/remove.
-    Tap,
-}
-
-/// An entry of the `ip` list: an address or a network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Net {
-    /// Address.
-    pub addr: IpAddr,
-    /// Prefix length (32/128 for a plain address).
-    pub prefix: u8,
-}
-
-impl Net {
-    /// Parse `a.b.c.d`, `a.b.c.d/nn`, `x::y` or `x::y/nn`.
-    pub fn parse(s: &str) -> Option<Net> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = a.parse().ok()?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max)?,
-            None => max,
-        };
-        Some(Net { addr, prefix })
-    }
-
-    /// True for a single host (/32 or /128).
-    pub fn is_host(&self) -> bool {
-        self.prefix == if self.addr.is_ipv4() { 32 } else { 128 }
-    }
-}
-
-impl std::fmt::Display for Net {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.is_host() {
-            write!(f, "{}", self.addr)
-        } else {
-            write!(f, "{}/{}", self.addr, self.prefix)
-        }
-    }
-}
-
-/// Parse the space-separated `ip` list.
-pub fn parse_ip_list(s: &str, path: &str) -> Result<Vec<Net>, Failure> {
-    s.split_whitespace()
-        .map(|w| {
-            Net::parse(w).ok_or_else(|| Failure::error(format!("invalid address '{w}' in {path}")))
-        })
-        .collect()
-}
+use crate::types::{parse_ip_list, Mode, Net, TypeIf};
+use xenplug_netlink::{Address, Link};
 
 /// The facts common to every vif script.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,14 +52,6 @@ pub fn parse_vif_name(name: &str) -> Option<(u32, u32)> {
     let rest = rest.strip_suffix("-emu").unwrap_or(rest);
     let (d, n) = rest.split_once('.')?;
     Some((d.parse().ok()?, n.parse().ok()?))
-}
-
-/// The (domid, devid) of a backend path `…/backend/vif/<domid>/<devid>`.
-pub fn parse_backend_path(path: &str) -> Option<(u32, u32)> {
-    let mut it = path.trim_end_matches('/').rsplit('/');
-    let devid = it.next()?.parse().ok()?;
-    let domid = it.next()?.parse().ok()?;
-    (it.next()? == "vif").then_some((domid, devid))
 }
 
 /// What [`resolve`] needs besides xenstore.
@@ -172,7 +105,7 @@ pub fn resolve(
             })?;
             // Relative: xenstored resolves it under this (backend) domain, as
             // /local/domain/0/backend/vif/<d>/<n> in dom0, and correctly in a driver domain.
-            (inp.interface.clone(), format!("backend/vif/{d}/{n}"))
+            (inp.interface.clone(), BackendPath::vif(d, n).path)
         }
     };
     let node = |k: &str| format!("{}/{k}", backend.trim_end_matches('/'));
@@ -189,8 +122,9 @@ pub fn resolve(
     if !valid_ifname(&name) {
         return Err(Failure::error(format!("invalid interface name '{name}'")));
     }
-    let frontend =
-        parse_backend_path(&backend).map(|(d, n)| format!("/local/domain/{d}/device/vif/{n}"));
+    let frontend = BackendPath::parse(&backend)
+        .filter(|b| b.kind == "vif")
+        .map(|b| b.frontend());
     let ip_text = match read(&node("ip"))? {
         Some(v) => v,
         None => inp.ip_var.clone().unwrap_or_default(),
@@ -235,7 +169,7 @@ pub struct Observed {
     /// Every link.
     pub links: Vec<Link>,
     /// Addresses (of the links the script cares about).
-    pub addrs: Vec<IfAddr>,
+    pub addrs: Vec<Address>,
 }
 
 impl Observed {
@@ -382,10 +316,14 @@ mod tests {
     #[test]
     fn paths() {
         assert_eq!(parse_vif_name("vif12.3-emu"), Some((12, 3)));
-        assert_eq!(
-            parse_backend_path("/local/domain/0/backend/vif/7/1"),
-            Some((7, 1))
-        );
-        assert_eq!(parse_backend_path("backend/vbd/7/1"), None);
+        // The frontend comes from XENBUS_PATH (taken apart by the runtime's BackendPath), and
+        // only for a vif backend.
+        let mut inp = inputs("vif");
+        inp.xenbus_path = "/local/domain/0/backend/vif/7/1".into();
+        let c = run(Action::Online, &inp, &[]).unwrap().unwrap();
+        assert_eq!(c.frontend.as_deref(), Some("/local/domain/7/device/vif/1"));
+        inp.xenbus_path = "backend/vbd/7/1".into();
+        let c = run(Action::Online, &inp, &[]).unwrap().unwrap();
+        assert_eq!(c.frontend, None);
     }
 }

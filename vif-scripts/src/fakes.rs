@@ -1,11 +1,11 @@
-//! Recording fakes of the applier's traits other than [`crate::links::Links`] (whose fake is
-//! [`crate::links::RecordingLinks`]), for tests of ordering and error paths.
+//! Recording fakes of the applier's traits other than [`xenplug_netlink::links::Links`] (whose fake
+//! is `xenplug_netlink::fake::RecordingLinks`), for tests of ordering and error paths.
 
 use std::collections::BTreeMap;
 
-use crate::firewall::{Firewall, NftBatch};
-use crate::links::Links;
-use crate::plan::{Dhcp, Ovs, StepError, Sysctl, System, XsWrite, RM_MARKER};
+use crate::apply::{Dhcp, Firewall, Ovs, Sysctl, System, XsWrite};
+use crate::types::{NftBatch, StepError};
+use xenplug_netlink::links::Links;
 
 /// In-memory sysctls; a missing key reads as "0".
 #[derive(Debug, Default, Clone)]
@@ -88,9 +88,6 @@ impl XsWrite for FakeXs {
         Ok(self.nodes.get(path).cloned())
     }
     fn write(&mut self, path: &str, value: &str) -> Result<(), StepError> {
-        if value == RM_MARKER {
-            return self.rm(path);
-        }
         self.nodes.insert(path.into(), value.into());
         self.writes.push((path.into(), Some(value.into())));
         Ok(())
@@ -175,11 +172,6 @@ impl MemXs {
         } else {
             format!("/local/domain/0/{}", path.trim_end_matches('/'))
         }
-    }
-
-    /// Every node, absolute paths.
-    pub fn dump(&self) -> BTreeMap<String, String> {
-        self.nodes.lock().expect("lock").clone()
     }
 
     /// Set a node (test setup).

@@ -1,4 +1,5 @@
-//! Antispoofing with nftables (a tap's `rate` is tc's job: [`crate::rate`]).
+//! Antispoofing with nftables: the pure builders of the batches (a tap's `rate` is tc's job:
+//! [`crate::rate`]; `nft` itself is run by [`crate::adapters::NftCli`]).
 //!
 //! Every vif that needs rules gets one base chain, named after the interface, in our own table
 //! `netdev xenplug`, hooked at **ingress of the vif itself**. Traffic a guest sends enters dom0
@@ -19,62 +20,12 @@
 //!
 //! Rules exist only when the backend `ip` node lists addresses.
 
-use std::fmt;
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use serde_json::{json, Value};
 
-use crate::common::Net;
-use crate::plan::StepError;
+use crate::types::{Mode, Net, NftBatch};
 
 /// Our nftables table (family `netdev`).
 pub const TABLE: &str = "xenplug";
-
-/// Antispoofing mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// No rules.
-    Off,
-    /// Accept-only rules, as the reference.
-    Compat,
-    /// Accept listed sources, drop everything else.
-    #[default]
-    Enforce,
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "off" | "no" | "0" => Ok(Mode::Off),
-            "compat" => Ok(Mode::Compat),
-            "enforce" | "on" | "yes" | "1" => Ok(Mode::Enforce),
-            other => Err(format!(
-                "invalid antispoof mode '{other}' (expected off, compat or enforce)"
-            )),
-        }
-    }
-}
-
-/// One nftables JSON batch and what undoes it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NftBatch {
-    /// Short description for logs.
-    pub what: String,
-    /// The document given to `nft -j -f -`.
-    pub json: Value,
-    /// The batch that undoes this one (for rollback).
-    pub undo: Option<Box<NftBatch>>,
-    /// A failure meaning "no such object" counts as "already gone".
-    pub removal: bool,
-}
-
-/// Applies nftables batches.
-pub trait Firewall {
-    /// Apply a batch atomically.
-    fn apply(&mut self, batch: &NftBatch) -> Result<(), StepError>;
-}
 
 fn chain_ref(dev: &str) -> Value {
     json!({"family": "netdev", "table": TABLE, "name": dev})
@@ -212,100 +163,6 @@ pub fn vif_batch(dev: &str, addrs: &[Net], mode: Mode) -> Option<NftBatch> {
         undo: Some(Box::new(remove_batch(dev))),
         removal: false,
     })
-}
-
-/// The real firewall: runs `nft -j -f -` with the batch on stdin.
-#[derive(Debug, Clone)]
-pub struct NftCli {
-    /// The `nft` program.
-    pub program: std::path::PathBuf,
-}
-
-impl Default for NftCli {
-    fn default() -> Self {
-        NftCli {
-            program: "nft".into(),
-        }
-    }
-}
-
-impl Firewall for NftCli {
-    fn apply(&mut self, batch: &NftBatch) -> Result<(), StepError> {
-        let fail = |message: String| StepError {
-            message,
-            gone: false,
-            ..Default::default()
-        };
-        let mut child = Command::new(&self.program)
-            .args(["-j", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| StepError {
-                // No nft at all: no rule of ours can exist, so a removal is done.
-                gone: batch.removal && e.kind() == std::io::ErrorKind::NotFound,
-                ..fail(format!(
-                    "cannot run {} (antispoofing and masquerading need nftables; \
-                     antispoof=off disables antispoofing): {e}",
-                    self.program.display()
-                ))
-            })?;
-        let text = batch.json.to_string();
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin
-                .write_all(text.as_bytes())
-                .map_err(|e| fail(format!("writing to nft: {e}")))?;
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| fail(format!("waiting for nft: {e}")))?;
-        if out.status.success() {
-            return Ok(());
-        }
-        let err = String::from_utf8_lossy(&out.stderr);
-        let first = match err
-            .lines()
-            .find(|l| l.starts_with("Error"))
-            .unwrap_or(err.trim())
-        {
-            "" => format!("exited with {}", out.status),
-            line => line.to_string(),
-        };
-        Err(StepError {
-            gone: batch.removal && err.contains("No such file or directory"),
-            message: format!("nft ({}): {first}", batch.what),
-            ..Default::default()
-        })
-    }
-}
-
-impl NftBatch {
-    /// The commands of the batch (the `nftables` array).
-    pub fn commands(&self) -> Vec<Value> {
-        self.json["nftables"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-    }
-
-    /// One batch doing `self`'s commands then `other`'s, atomically; `undo` undoes both.
-    pub fn then(self, other: NftBatch, undo: Option<NftBatch>) -> NftBatch {
-        let mut cmds = self.commands();
-        cmds.extend(other.commands());
-        NftBatch {
-            what: format!("{}; {}", self.what, other.what),
-            json: json!({ "nftables": cmds }),
-            undo: undo.map(Box::new),
-            removal: self.removal && other.removal,
-        }
-    }
-}
-
-impl fmt::Display for NftBatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.json.to_string())
-    }
 }
 
 #[cfg(test)]

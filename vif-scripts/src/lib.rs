@@ -9,21 +9,26 @@
 //! runtime, `hotplug-status=connected` after a successful `online` of a vif, or
 //! `hotplug-error`/`hotplug-status=error` on failure (exit 1).
 //!
-//! Layers: [`links`] (the `Links` trait and a recording fake) and [`netlink`] (the synchronous
-//! rtnetlink adapter, including a tap's tc ingress policing); [`firewall`] (nftables JSON
-//! batches); [`rate`] (the `rate` node, policed for taps); [`common`] (vif-common.sh);
-//! [`scripts`] (pure planners + wiring); [`plan`] (the applier: rollback on failed set-up,
-//! keep-going teardown); [`adapters`] (/proc/sys, xenstore, ovs-vsctl, dnsmasq).
+//! Modules, leaf first: [`types`] (the shared vocabulary: `Net`, `TypeIf`, the antispoofing
+//! `Mode`, `Plan`/`Step`/`OnError`, `NftBatch`, `StepError`; it imports no other module);
+//! [`rate`] (the `rate` node); [`firewall`] (the nftables batches, pure); [`common`]
+//! (vif-common.sh: the facts every script gathers first); [`scripts`] (one module per script
+//! with its facts, gather and pure planner, and the one runner); [`apply`] (the applier:
+//! rollback on failed set-up, keep-going teardown, through narrow traits); [`adapters`] (the
+//! real `nft`, /proc/sys, xenstore, `ovs-vsctl`, dnsmasq). Links go through
+//! `xenplug_netlink::links` (the `Links` trait, `KernelLinks`; the recording fake is
+//! `xenplug_netlink::fake`). The protocol facts are in docs/hotplug-contract.md and
+//! docs/hotplug-scripts.md.
 
 pub mod adapters;
+pub mod apply;
 pub mod common;
-pub mod fakes;
+#[cfg(test)]
+mod fakes;
 pub mod firewall;
-pub mod links;
-pub mod netlink;
-pub mod plan;
 pub mod rate;
 pub mod scripts;
+pub mod types;
 
 use std::process::ExitCode;
 

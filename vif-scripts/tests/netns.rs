@@ -551,10 +551,10 @@ fn netlink_adapter_matches_ip() {
     let (host, _guest) = setup("nl");
     let path = host.path();
     let seen = std::thread::spawn(move || {
-        use xenplug_vif::links::{LinkChange, Links};
+        use xenplug_netlink::links::{LinkChange, Links};
         let f = std::fs::File::open(&path).unwrap();
         nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let mut nl = xenplug_vif::netlink::Netlink::open().unwrap();
+        let mut nl = xenplug_netlink::links::KernelLinks::open().unwrap();
         nl.change(&LinkChange::SetMtu {
             dev: "vif5.0".into(),
             mtu: 1280,

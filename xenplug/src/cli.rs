@@ -6,10 +6,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
+use crate::doctor;
 use crate::install;
 use crate::scripts;
+
+/// The clap definition of `xenplug <command>`, for man pages and completions.
+pub fn command() -> clap::Command {
+    Cli::command()
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -66,6 +72,36 @@ enum Command {
     },
     /// List the script names this binary provides.
     List,
+    /// Check what breaks hotplug on this host, and say how to fix it.
+    ///
+    /// The checks: script links, diversions, xenstored, xl.conf, bridges, nft, loop devices,
+    /// kernel modules, log/lock/state directories, syslog, leftovers of earlier runs, the peer
+    /// daemon.
+    ///
+    /// Exit status: 0 when every check passed, 1 when one failed, 3 when there are warnings only.
+    Doctor(DoctorArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct DoctorArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Xen's script directory (XEN_SCRIPT_DIR).
+    #[arg(long, default_value = "/etc/xen/scripts")]
+    scripts_dir: PathBuf,
+    /// The hotplug configuration file [default: $XENPLUG_CONFIG, else /etc/xen/xenplug.toml].
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// xl's global configuration file.
+    #[arg(long, default_value = "/etc/xen/xl.conf")]
+    xl_conf: PathBuf,
+    /// The dom0 peer daemon's control socket.
+    #[arg(long, default_value = "/run/xenplug-peer/control.sock")]
+    peer_control: PathBuf,
+    /// The xenplug binary the script names should run [default: this one].
+    #[arg(long)]
+    binary: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -183,6 +219,25 @@ fn dispatch(cmd: Command) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Doctor(a) => {
+            let mut paths = doctor::Paths::system();
+            paths.scripts_dir = a.scripts_dir;
+            if let Some(c) = a.config {
+                paths.config_file = c;
+            }
+            paths.xl_conf = a.xl_conf;
+            paths.peer_control = a.peer_control;
+            if let Some(b) = a.binary {
+                paths.binary = b;
+            }
+            let report = doctor::run(&paths);
+            if a.json {
+                println!("{:#}", report.to_json());
+            } else {
+                print!("{}", report.to_text());
+            }
+            Ok(ExitCode::from(report.exit_code()))
+        }
     }
 }
 
@@ -195,14 +250,14 @@ fn run_xenstored(socket: &Path, extra: Vec<(u32, PathBuf)>) -> Result<()> {
 }
 
 /// The embedded xenstored on a thread of its own, stopped (and its socket removed) on drop.
-struct Daemon {
+pub(crate) struct Daemon {
     shutdown: xenplug_xenstored::Shutdown,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     opts: xenplug_xenstored::Options,
 }
 
 impl Daemon {
-    fn start(socket: &Path) -> Result<Daemon> {
+    pub(crate) fn start(socket: &Path) -> Result<Daemon> {
         let opts = xenplug_xenstored::Options::new(socket);
         // Bound here, so that clients can connect as soon as this returns.
         let listeners = xenplug_xenstored::daemon::bind_all(&opts)?;

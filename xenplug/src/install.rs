@@ -6,7 +6,9 @@
 //! then a new symlink is renamed over it, so a toolstack that runs a script at that moment finds
 //! either the old script or ours, never nothing. Backups live in `DIR/.xenplug-backup/`, with a
 //! manifest of what was installed; an existing backup is never overwritten (a second install
-//! keeps the original, not our own link).
+//! keeps the original, not our own link). Every rename and link is made durable (fsync of the
+//! directory) and the manifest is replaced with the workspace's one atomic write
+//! (`xenplug_atomic_write`).
 
 use std::fs;
 use std::io;
@@ -77,11 +79,13 @@ pub fn install(dir: &Path, binary: &Path, names: &[&str]) -> io::Result<Vec<Step
         let had = exists_no_follow(&target);
         if had && !exists_no_follow(&saved) {
             fs::hard_link(&target, &saved).map_err(|e| ctx(e, "backing up", &target))?;
+            xenplug_atomic_write::sync_dir(&backup)?;
         }
         let tmp = dir.join(format!(".{name}.xenplug-new"));
         let _ = fs::remove_file(&tmp);
         symlink(&binary, &tmp).map_err(|e| ctx(e, "creating", &tmp))?;
         fs::rename(&tmp, &target).map_err(|e| ctx(e, "replacing", &target))?;
+        xenplug_atomic_write::sync_dir(dir)?;
         if !manifest.iter().any(|n| n == name) {
             manifest.push(name.into());
         }
@@ -125,6 +129,7 @@ pub fn uninstall(dir: &Path, binary: &Path, names: &[&str]) -> io::Result<Vec<St
         }
         if exists_no_follow(&saved) {
             fs::rename(&saved, &target).map_err(|e| ctx(e, "restoring", &target))?;
+            xenplug_atomic_write::sync_dir(dir)?;
             steps.push(Step::Restored(name.clone()));
         } else {
             fs::remove_file(&target).map_err(|e| ctx(e, "removing", &target))?;
@@ -165,7 +170,6 @@ fn write_manifest(dir: &Path, names: &[String]) -> io::Result<()> {
     let backup = dir.join(BACKUP_DIR);
     fs::create_dir_all(&backup).map_err(|e| ctx(e, "creating", &backup))?;
     let p = backup.join(MANIFEST);
-    let tmp = backup.join(".MANIFEST.new");
     let mut text = String::from(
         "# names installed by `xenplug install`; backups of replaced files are beside this file\n",
     );
@@ -173,8 +177,7 @@ fn write_manifest(dir: &Path, names: &[String]) -> io::Result<()> {
         text.push_str(n);
         text.push('\n');
     }
-    fs::write(&tmp, text).map_err(|e| ctx(e, "writing", &tmp))?;
-    fs::rename(&tmp, &p).map_err(|e| ctx(e, "writing", &p))
+    xenplug_atomic_write::write(&p, text.as_bytes(), 0o644, None).map_err(|e| ctx(e, "writing", &p))
 }
 
 /// The default binary to link to: this executable.

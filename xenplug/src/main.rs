@@ -15,13 +15,10 @@
 //!     scripts (see `xenplug-sim`); `xenplug demo`: the README's demonstration.
 //!   - `xenplug run SCRIPT ARGS…`: run a script by name without a link.
 //!   - `xenplug list`: the script names.
+//!   - `xenplug doctor [--json]`: check the host (see `doctor`); exit 0 healthy, 1 a check
+//!     failed, 3 warnings only.
 //!
 //!   Exit 0 on success, 1 on failure (one line on stderr), 2 on a usage error.
-
-mod cli;
-mod demo_channel;
-mod install;
-mod scripts;
 
 use std::process::ExitCode;
 
@@ -36,8 +33,8 @@ fn main() -> ExitCode {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    if let Some(script) = scripts::lookup(&name) {
+    if let Some(script) = xenplug::scripts::lookup(&name) {
         return script(xenplug_hotplug::Raw::from_process());
     }
-    cli::main()
+    xenplug::cli::main()
 }

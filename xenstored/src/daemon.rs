@@ -113,6 +113,13 @@ impl Shutdown {
 /// Bind a listening socket at `path`, replacing a stale socket file (never another kind of
 /// file).
 pub fn bind(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    clear_stale(path)?;
+    std::os::unix::net::UnixListener::bind(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", path.display())))
+}
+
+/// Refuse a socket a running daemon answers on; remove a stale one.
+fn clear_stale(path: &Path) -> io::Result<()> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if meta.file_type().is_socket() {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -124,8 +131,32 @@ pub fn bind(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
             std::fs::remove_file(path)?;
         }
     }
-    std::os::unix::net::UnixListener::bind(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", path.display())))
+    Ok(())
+}
+
+/// [`bind`], with the socket file given `mode` before it appears at `path`: it is bound under a
+/// temporary name in the same directory, its mode set, then renamed into place, so nobody can
+/// ever find it at `path` with the default (umask) permissions.
+pub fn bind_with_mode(path: &Path, mode: u32) -> io::Result<std::os::unix::net::UnixListener> {
+    clear_stale(path)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let l = std::os::unix::net::UnixListener::bind(&tmp)
+        .map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", tmp.display())))?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io::Error::new(
+            e.kind(),
+            format!("place {}: {e}", path.display()),
+        ));
+    }
+    Ok(l)
 }
 
 /// Bind the sockets of `opts`, serve a fresh engine until `shutdown`, then remove the socket
@@ -144,16 +175,7 @@ pub fn serve_engine(opts: &Options, engine: Arc<Engine>, shutdown: Shutdown) -> 
 
 /// Bind the main socket (domid 0) and every domain socket, with [`Options::socket_mode`].
 pub fn bind_all(opts: &Options) -> io::Result<Vec<(u32, std::os::unix::net::UnixListener)>> {
-    let bind_mode = |path: &Path| -> io::Result<std::os::unix::net::UnixListener> {
-        let l = bind(path)?;
-        if let Err(e) =
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(opts.socket_mode))
-        {
-            let _ = std::fs::remove_file(path);
-            return Err(e);
-        }
-        Ok(l)
-    };
+    let bind_mode = |path: &Path| bind_with_mode(path, opts.socket_mode);
     let mut out = vec![(0, bind_mode(&opts.socket)?)];
     let mut bound = vec![opts.socket.as_path()];
     for (domid, path) in &opts.domain_sockets {

@@ -15,7 +15,7 @@ use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 use xenplug_peer::daemon::{self, Config, XenstoreTarget};
 use xenplug_peer::log::{Level, Logger};
-use xenplug_peer::simguest::{self, GuestOptions, GuestState};
+use xenplug_simguest::{self as simguest, GuestOptions, GuestState};
 use xenplug_xenstore::XsOps;
 use xenplug_xenstored::testing::TestDaemon;
 

@@ -20,33 +20,13 @@
 //!
 //! **Exit codes:** 0 done (or nothing to do), 1 failure (reason on stderr), 2 usage error.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use xenplug_guest_agent::cli::ChannelSetupArgs as Args;
 use xenplug_guest_agent::setup::{self, Done, UdevEvent};
 use xenplug_xenstore::client::XsClient;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "xen-channel-setup",
-    about = "Create /dev/xen-channel/<name> for a Xen PV channel"
-)]
-struct Args {
-    /// udev ACTION.
-    #[arg(long, env = "ACTION")]
-    action: String,
-    /// udev DEVPATH (e.g. /devices/console-1).
-    #[arg(long, env = "DEVPATH")]
-    devpath: String,
-    /// sysfs mount point.
-    #[arg(long, default_value = "/sys")]
-    sysfs: PathBuf,
-    /// Device directory.
-    #[arg(long, default_value = "/dev")]
-    dev: PathBuf,
-}
 
 fn run(args: &Args) -> Result<Done> {
     let ev = UdevEvent {

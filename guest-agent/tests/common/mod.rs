@@ -11,7 +11,20 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde_json::{json, Value};
-use xenplug_channel::{ClientEvent, ClientSession, Limits, Request, Response};
+use xenplug_channel::host::{HostEvent, HostSession, Nonces};
+use xenplug_channel::{Limits, Response};
+
+pub mod minroot;
+
+/// A child process killed (and reaped) on drop.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 /// A pty pair. `master` is the dom0 side; `slave_path` is what the agent opens. The slave fd is
 /// kept open, as the hvc ring keeps its state (and a closed pty slave would make master reads fail).
@@ -107,6 +120,16 @@ impl AgentProc {
     /// Run the agent under `prefix` (e.g. `ip netns exec NS unshare --uts --mount --`); every
     /// prefix program must exec (not fork) so the child's pid is the agent's.
     pub fn spawn_in(prefix: &[&str], args: &[&str], root: tempfile::TempDir) -> AgentProc {
+        Self::spawn_env(prefix, args, &[], root)
+    }
+
+    /// `spawn_in` with environment variables.
+    pub fn spawn_env(
+        prefix: &[&str],
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        root: tempfile::TempDir,
+    ) -> AgentProc {
         let agent = env!("CARGO_BIN_EXE_xenplug-agent");
         let mut cmd = match prefix.split_first() {
             Some((p, rest)) => {
@@ -116,6 +139,13 @@ impl AgentProc {
             }
             None => Command::new(agent),
         };
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        // Never publish into whatever xenstore the test machine has, unless asked to.
+        if !args.contains(&"--guest-state") {
+            cmd.arg("--no-guest-state");
+        }
         let child = cmd
             .args(args)
             .arg("--root")
@@ -124,6 +154,8 @@ impl AgentProc {
             .arg(root.path().join("etc/xenplug/agent.toml"))
             .arg("--shutdown-program")
             .arg(root.path().join("fake-shutdown"))
+            .arg("--statedir")
+            .arg(root.path().join("run/xenplug-agent"))
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn xenplug-agent");
@@ -159,7 +191,7 @@ pub fn guest_root() -> tempfile::TempDir {
         .tempdir()
         .unwrap();
     let r = d.path();
-    for sub in ["etc", "home/alice", "root", "var/lib"] {
+    for sub in ["etc", "home/alice", "root", "var/lib", "lib/systemd"] {
         std::fs::create_dir_all(r.join(sub)).unwrap();
     }
     std::fs::write(
@@ -178,6 +210,8 @@ pub fn guest_root() -> tempfile::TempDir {
     )
     .unwrap();
     std::fs::write(r.join("etc/hosts"), "127.0.0.1\tlocalhost\n").unwrap();
+    // systemd-networkd is installed (what the agent detects when nothing else is).
+    std::fs::write(r.join("lib/systemd/systemd-networkd"), "").unwrap();
     if nix::unistd::geteuid().is_root() {
         std::os::unix::fs::chown(r.join("home/alice"), Some(4242), Some(4242)).unwrap();
     }
@@ -204,31 +238,29 @@ pub fn wait_until(what: &str, wait: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
-/// Host side of a session over a pty.
+/// Host side of a session over a pty, through the shared host session (the dom0 peer's
+/// handshake and reply matching).
 pub struct Host {
     pub pty: Pty,
-    pub session: ClientSession,
-    pub nonce: i64,
+    pub session: HostSession,
     /// Every byte received (for assertions on the raw stream).
     pub raw: Vec<u8>,
+    /// Every guest event received, in order.
+    pub events: Vec<(String, Value)>,
 }
 
 impl Host {
     pub fn new(pty: Pty) -> Host {
         Host {
             pty,
-            session: ClientSession::new(Limits::default()),
-            nonce: 1000,
+            session: HostSession::new(Limits::default(), Nonces::seeded(0)),
             raw: Vec::new(),
+            events: Vec::new(),
         }
     }
 
     /// Read for up to `wait`, feeding the session, until `stop` accepts the events so far.
-    pub fn recv(
-        &mut self,
-        wait: Duration,
-        stop: &dyn Fn(&[ClientEvent]) -> bool,
-    ) -> Vec<ClientEvent> {
+    pub fn recv(&mut self, wait: Duration, stop: &dyn Fn(&[HostEvent]) -> bool) -> Vec<HostEvent> {
         let deadline = Instant::now() + wait;
         let mut evs = Vec::new();
         let mut buf = [0u8; 65536];
@@ -245,7 +277,12 @@ impl Host {
             match self.pty.master.read(&mut buf) {
                 Ok(n) => {
                     self.raw.extend_from_slice(&buf[..n]);
-                    evs.extend(self.session.feed(&buf[..n]));
+                    for e in self.session.feed(&buf[..n]) {
+                        if let HostEvent::GuestEvent { name, data } = &e {
+                            self.events.push((name.clone(), data.clone()));
+                        }
+                        evs.push(e);
+                    }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(e) => panic!("pty read: {e}"),
@@ -264,32 +301,38 @@ impl Host {
                 Instant::now() < deadline,
                 "no handshake after {tries} tries"
             );
-            self.nonce += 1;
             tries += 1;
-            let bytes = self.session.begin_sync(self.nonce);
+            let bytes = self.session.begin_sync();
             self.pty.send(&bytes);
             let evs = self.recv(Duration::from_millis(300), &|e| {
-                e.contains(&ClientEvent::Synced)
+                e.contains(&HostEvent::Synced)
             });
-            if evs.contains(&ClientEvent::Synced) {
+            if evs.contains(&HostEvent::Synced) {
                 return tries;
             }
         }
     }
 
-    /// Send a request (after a handshake) and wait for its reply.
+    /// Send a request (after a handshake) and wait for its reply; the reply's `id` is the
+    /// request's (the session matched it).
     pub fn call(&mut self, execute: &str, args: Option<Value>) -> Response {
-        let mut r = Request::new(execute).with_id(json!(execute));
-        if let Some(a) = args {
-            r = r.with_arguments(a);
-        }
-        self.pty.send(&r.encode());
-        let evs = self.recv(Duration::from_secs(10), &|e| {
-            e.iter().any(|e| matches!(e, ClientEvent::Reply(_)))
+        self.call_for(execute, args, Duration::from_secs(10))
+    }
+
+    /// `call` with a deadline of its own.
+    pub fn call_for(&mut self, execute: &str, args: Option<Value>, wait: Duration) -> Response {
+        let (id, bytes) = self.session.request(execute, args.as_ref());
+        self.pty.send(&bytes);
+        let evs = self.recv(wait, &|e| {
+            e.iter().any(|e| matches!(e, HostEvent::Reply { .. }))
         });
         for e in evs {
-            if let ClientEvent::Reply(r) = e {
-                return r;
+            if let HostEvent::Reply { id: rid, result } = e {
+                assert_eq!(rid, id);
+                return match result {
+                    Ok(value) => Response::ok(value, Some(json!(id))),
+                    Err(error) => Response::err(error, Some(json!(id))),
+                };
             }
         }
         panic!("no reply to {execute}");

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use xenplug_hotplug::{run, run_hooks, Action, Context, Failure, Outcome, Raw};
 
-fn body(ctx: &Context) -> Result<Outcome, Failure> {
+fn body(ctx: &Context) -> Result<Outcome<'static>, Failure> {
     match ctx.action() {
         Action::Add => {
             let params = ctx.read_required("params")?;
