@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use xenplug_xenstore::{XsError, XsOps};
+use xenplug_xenstore::{Errno, XsError, XsOps};
 
 /// Where the host's kernel interfaces live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,15 +360,31 @@ fn directory_soft(xs: &dyn XsOps, path: &str) -> Result<Vec<String>, XsError> {
     }
 }
 
-/// The identity of domain `domid` for `same_vm`.
+/// [`read_soft`] that also says whether xenstored refused the read (`EACCES`/`EPERM`: the node
+/// is there for other domains only, as another domain's `vm` is for a driver domain).
+fn read_reach(xs: &dyn XsOps, path: &str) -> Result<(Option<String>, bool), XsError> {
+    match xs.read(path) {
+        Ok(v) => Ok((v, false)),
+        Err(XsError::Daemon { errno, .. }) => {
+            Ok((None, matches!(errno, Errno::EACCES | Errno::EPERM)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The identity of domain `domid` for `same_vm` (`hidden` when xenstored refused to show it).
 pub fn domain_identity(xs: &dyn XsOps, domid: &str) -> Result<DomainIdentity, XsError> {
-    let vm = read_soft(xs, &format!("/local/domain/{domid}/vm"))?;
-    let target = read_soft(xs, &format!("/local/domain/{domid}/target"))?;
-    let target_vm = match target.filter(|t| !t.is_empty()) {
-        Some(t) => read_soft(xs, &format!("/local/domain/{t}/vm"))?,
-        None => None,
+    let (vm, hidden_vm) = read_reach(xs, &format!("/local/domain/{domid}/vm"))?;
+    let (target, hidden_target) = read_reach(xs, &format!("/local/domain/{domid}/target"))?;
+    let (target_vm, hidden_target_vm) = match target.filter(|t| !t.is_empty()) {
+        Some(t) => read_reach(xs, &format!("/local/domain/{t}/vm"))?,
+        None => (None, false),
     };
-    Ok(DomainIdentity { vm, target_vm })
+    Ok(DomainIdentity {
+        vm,
+        target_vm,
+        hidden: hidden_vm || hidden_target || hidden_target_vm,
+    })
 }
 
 /// The frontend's identity: `FRONTEND_UUID` (default `unknown`) and its target's vm.
@@ -377,6 +393,7 @@ pub fn frontend_identity(xs: &dyn XsOps, frontend_id: &str) -> Result<Frontend, 
     Ok(Frontend {
         uuid: id.vm.unwrap_or_else(|| "unknown".into()),
         target_vm: id.target_vm,
+        hidden: id.hidden,
     })
 }
 

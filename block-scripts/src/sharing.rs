@@ -24,6 +24,12 @@
 //! * "Different VM" is `same_vm` as fixed in Xen 4.19 / 4.17.5 (a device-model stubdom and its
 //!   target are the same VM); additionally an empty string never equals anything, so two domains
 //!   that both lack a value are not taken for the same VM.
+//! * In a driver domain the `vm` nodes are out of reach (libxl 4.17 gives `/local/domain/<d>/vm`
+//!   to dom0 and the domain only). An identity that could not be read is unknown, and an unknown
+//!   identity is never the same VM: a device in read-write use by another domain is refused
+//!   there even when both domains belong to one VM (what a driver domain loses: same-VM
+//!   sharing). The reference defaults both sides to `unknown`, takes `unknown` = `unknown` for
+//!   the same VM, and so lets any two guests of a driver domain share a device read-write.
 
 use crate::devnum::DevNum;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -156,6 +162,8 @@ pub struct DomainIdentity {
     pub vm: Option<String>,
     /// `/local/domain/<target>/vm` where `target = /local/domain/<d>/target`, if both present.
     pub target_vm: Option<String>,
+    /// xenstored refused to show one of those (`EACCES`: a driver domain): identity unknown.
+    pub hidden: bool,
 }
 
 /// The frontend's identity (`FRONTEND_UUID` and its target's vm).
@@ -165,6 +173,8 @@ pub struct Frontend {
     pub uuid: String,
     /// The vm path of the frontend's device-model target, if it has one.
     pub target_vm: Option<String>,
+    /// xenstored refused to show the frontend's identity (`EACCES`: a driver domain).
+    pub hidden: bool,
 }
 
 /// Another backend of the same kind.
@@ -227,7 +237,11 @@ fn eq_nonempty(a: &str, b: &str) -> bool {
 
 /// `same_vm` (block-common.sh, post-e8f1bb803f): is `other` the same VM as the frontend?
 /// A missing `vm` of the other domain counts as the frontend's own (the domain is going away).
+/// An identity out of reach (either side) is never the same VM.
 pub fn same_vm(frontend: &Frontend, other: &DomainIdentity) -> bool {
+    if frontend.hidden || other.hidden {
+        return false;
+    }
     let othervm = other.vm.as_deref().unwrap_or(&frontend.uuid);
     let targetvm = frontend.target_vm.as_deref().unwrap_or("No Target");
     let otvm = other.target_vm.as_deref().unwrap_or("No Other Target");
@@ -355,6 +369,7 @@ mod tests {
         DomainIdentity {
             vm: Some(v.into()),
             target_vm: None,
+            hidden: false,
         }
     }
 
@@ -369,6 +384,7 @@ mod tests {
             frontend: Frontend {
                 uuid: "/vm/aaaa".into(),
                 target_vm: None,
+                hidden: false,
             },
             domains: BTreeMap::new(),
         }
@@ -534,10 +550,44 @@ mod tests {
     }
 
     #[test]
+    fn identities_out_of_reach_are_never_the_same_vm() {
+        // A driver domain: neither the frontend's vm nor the other domain's can be read.
+        let mut f = facts(Mode::Write, device(LOOP0));
+        f.frontend = Frontend {
+            uuid: "unknown".into(),
+            target_vm: None,
+            hidden: true,
+        };
+        f.backends.push(backend("5", LOOP0, "w"));
+        let hidden = DomainIdentity {
+            hidden: true,
+            ..Default::default()
+        };
+        f.domains.insert("5".into(), hidden.clone());
+        assert_eq!(decide(&f), Verdict::Guest(LOOP0));
+        // The reference's defaults ("unknown" on both sides) would have called them the same.
+        assert!(!same_vm(&f.frontend, &DomainIdentity::default()));
+        // Only the other side out of reach: still unknown, still refused.
+        f.frontend.hidden = false;
+        f.frontend.uuid = "/vm/aaaa".into();
+        assert_eq!(decide(&f), Verdict::Guest(LOOP0));
+        // Read-only shares with read-only users whatever the identities…
+        let mut f = facts(Mode::Read, device(LOOP0));
+        f.frontend.hidden = true;
+        f.backends.push(backend("5", LOOP0, "r"));
+        f.domains.insert("5".into(), hidden);
+        assert_eq!(decide(&f), Verdict::Ok);
+        // …and not with a read-write one.
+        f.backends[0].mode = Some("w".into());
+        assert_eq!(decide(&f), Verdict::Guest(LOOP0));
+    }
+
+    #[test]
     fn same_vm_stubdom_and_target() {
         let fe = Frontend {
             uuid: "/vm/stub".into(),
             target_vm: Some("/vm/guest".into()),
+            hidden: false,
         };
         // Frontend is a stubdom; other is its target.
         assert!(same_vm(&fe, &vm("/vm/guest")));
@@ -545,10 +595,12 @@ mod tests {
         let fe2 = Frontend {
             uuid: "/vm/guest".into(),
             target_vm: None,
+            hidden: false,
         };
         let stub = DomainIdentity {
             vm: Some("/vm/stub".into()),
             target_vm: Some("/vm/guest".into()),
+            hidden: false,
         };
         assert!(same_vm(&fe2, &stub));
         // Two unrelated domains without targets are different (the pre-2024 bug said same).
@@ -559,16 +611,19 @@ mod tests {
         let empty_fe = Frontend {
             uuid: String::new(),
             target_vm: Some(String::new()),
+            hidden: false,
         };
         let empty_other = DomainIdentity {
             vm: Some(String::new()),
             target_vm: Some(String::new()),
+            hidden: false,
         };
         assert!(!same_vm(&empty_fe, &empty_other));
         // FRONTEND_UUID's "-1" suffix is stripped, as block-common.sh does.
         let fe3 = Frontend {
             uuid: "/vm/x-1".into(),
             target_vm: None,
+            hidden: false,
         };
         assert!(same_vm(&fe3, &vm("/vm/x")));
     }

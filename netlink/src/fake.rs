@@ -29,6 +29,11 @@ pub struct RecordingLinks {
     pub log: Vec<LinkChange>,
     /// Changes for which `fail(change)` returns an errno fail with it.
     pub fail: Option<fn(&LinkChange) -> Option<i32>>,
+    /// Links not there yet: each appears (joins `links`) when [`Links::wait_for_link`] waits
+    /// for it, as netback's vif appears while a script waits (see [`RecordingLinks::add_late`]).
+    pub late: Vec<Link>,
+    /// The names [`Links::wait_for_link`] was asked for, with the timeout, in order.
+    pub waits: Vec<(String, std::time::Duration)>,
 }
 
 impl RecordingLinks {
@@ -47,6 +52,14 @@ impl RecordingLinks {
             stats: None,
             alias: None,
         });
+        self
+    }
+
+    /// Like [`RecordingLinks::add`], but the link only appears once waited for.
+    pub fn add_late(&mut self, name: &str, kind: Option<&str>) -> &mut Self {
+        self.add(name, kind);
+        let l = self.links.pop().expect("just added");
+        self.late.push(l);
         self
     }
 
@@ -83,6 +96,19 @@ impl RecordingLinks {
 impl Links for RecordingLinks {
     fn link(&mut self, name: &str) -> Result<Option<Link>, LinkError> {
         Ok(self.links.iter().find(|l| l.name == name).cloned())
+    }
+
+    fn wait_for_link(
+        &mut self,
+        name: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Option<Link>, LinkError> {
+        self.waits.push((name.to_string(), timeout));
+        if let Some(i) = self.late.iter().position(|l| l.name == name) {
+            let l = self.late.remove(i);
+            self.links.push(l);
+        }
+        self.link(name)
     }
 
     fn links(&mut self) -> Result<Vec<Link>, LinkError> {

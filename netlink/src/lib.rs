@@ -45,6 +45,75 @@ pub mod fake;
 pub mod links;
 pub mod tc;
 
+/// Link notifications: a `NETLINK_ROUTE` socket in the calling thread's network namespace,
+/// subscribed to `RTNLGRP_LINK`. [`LinkEvents::wait`] returns once a notification arrived (any
+/// link created, renamed, changed or deleted: they are not decoded, the caller looks its link up
+/// again) or at the deadline. Subscribe before looking the link up, so that one created in
+/// between is not missed.
+#[derive(Debug)]
+pub struct LinkEvents {
+    sock: Socket,
+}
+
+impl LinkEvents {
+    /// Open, bind and subscribe the socket.
+    pub fn open() -> Result<Self, Error> {
+        let io = |stage| move |source| Error::Io { stage, source };
+        let mut sock = Socket::new(NETLINK_ROUTE).map_err(io(Stage::Open))?;
+        sock.bind_auto().map_err(io(Stage::Bind))?;
+        sock.add_membership(libc::RTNLGRP_LINK)
+            .map_err(io(Stage::Bind))?;
+        sock.set_non_blocking(true).map_err(io(Stage::Bind))?;
+        Ok(LinkEvents { sock })
+    }
+
+    /// Wait for link notifications until `deadline`: `true` when some arrived (all queued ones
+    /// are consumed), `false` at the deadline.
+    pub fn wait(&mut self, deadline: std::time::Instant) -> Result<bool, Error> {
+        use std::os::fd::AsRawFd;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            // Round up so that a sub-millisecond remainder still waits.
+            let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            let mut fds = [libc::pollfd {
+                fd: self.sock.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            // SAFETY: `fds` is a valid array of one pollfd for the duration of the call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, ms) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(Error::Io {
+                    stage: Stage::Receive,
+                    source: e,
+                });
+            }
+            if n == 0 {
+                return Ok(false);
+            }
+            loop {
+                match self.sock.recv_from_full() {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    // ENOBUFS: notifications were dropped; something happened anyway.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(true),
+                    Err(source) => {
+                        return Err(Error::Io {
+                            stage: Stage::Receive,
+                            source,
+                        })
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Where a socket-level failure happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {

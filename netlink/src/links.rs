@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use crate::{Address, Client, Create, Link, RouteProtocol};
 
@@ -194,6 +195,9 @@ pub trait Links {
     fn addresses(&mut self, index: Option<u32>) -> Result<Vec<Address>, LinkError>;
     /// Apply one change.
     fn change(&mut self, change: &LinkChange) -> Result<(), LinkError>;
+    /// The link called `name`, waiting for it to appear for at most `timeout`; `None` when it
+    /// has not by then.
+    fn wait_for_link(&mut self, name: &str, timeout: Duration) -> Result<Option<Link>, LinkError>;
 }
 
 /// A connected rtnetlink socket.
@@ -392,6 +396,26 @@ impl KernelLinks {
 }
 
 impl Links for KernelLinks {
+    /// Subscribes to link notifications first, then looks the link up, then again after each
+    /// notification until the deadline: no polling interval, and no window in which a link
+    /// created between the lookup and the subscription would be missed.
+    fn wait_for_link(&mut self, name: &str, timeout: Duration) -> Result<Option<Link>, LinkError> {
+        let deadline = Instant::now() + timeout;
+        let mut events = crate::LinkEvents::open()
+            .map_err(|e| link_error("subscribe to link notifications".into(), e))?;
+        loop {
+            if let Some(l) = self.link(name)? {
+                return Ok(Some(l));
+            }
+            let more = events
+                .wait(deadline)
+                .map_err(|e| link_error(format!("wait for link {name}"), e))?;
+            if !more {
+                return self.link(name);
+            }
+        }
+    }
+
     fn link(&mut self, name: &str) -> Result<Option<Link>, LinkError> {
         if let Some(l) = self.seen.get(name) {
             return Ok(Some(l.clone()));

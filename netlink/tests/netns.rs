@@ -288,3 +288,62 @@ fn addresses_of_one_link_are_filtered_by_the_kernel() {
     });
     assert!(again.iter().any(|a| a.index == p0) && again.iter().any(|a| a.index == d0));
 }
+
+/// The system call a thread is blocked in (`/proc/self/task/<tid>/syscall`, first field).
+fn blocked_in(tid: i32) -> Option<i64> {
+    let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+#[test]
+fn wait_for_link_sees_a_link_created_while_it_waits() {
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+    use xenplug_netlink::links::{KernelLinks, Links};
+    let Some(ns) = veth_ns("nl-wait") else {
+        return;
+    };
+    // Already there: returned at once.
+    let d0 = ns.run(|| {
+        let mut l = KernelLinks::open().unwrap();
+        l.wait_for_link("d0", Duration::from_secs(30)).unwrap()
+    });
+    assert_eq!(d0.map(|l| l.name).as_deref(), Some("d0"));
+    // Never there: None at the deadline, not before.
+    let t = Instant::now();
+    let none = ns.run(|| {
+        let mut l = KernelLinks::open().unwrap();
+        l.wait_for_link("nosuch", Duration::from_millis(300))
+            .unwrap()
+    });
+    assert!(none.is_none());
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    // Created while the waiter is blocked in poll(2) (after its first lookup): the link
+    // notification wakes it. The link is created only once the waiting thread is seen in the
+    // system call, so this exercises the notification, not the first lookup.
+    let (tx, rx) = mpsc::channel();
+    let path = ns.path();
+    let waiter = std::thread::spawn(move || {
+        use std::os::fd::AsFd;
+        let f = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        tx.send(nix::unistd::gettid().as_raw()).unwrap();
+        let mut l = KernelLinks::open().unwrap();
+        let t = Instant::now();
+        let got = l.wait_for_link("late0", Duration::from_secs(30)).unwrap();
+        (got, t.elapsed())
+    });
+    let tid = rx.recv().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while blocked_in(tid) != Some(libc::SYS_poll) {
+        assert!(
+            Instant::now() < deadline,
+            "the waiter never blocked in poll(2)"
+        );
+        std::thread::yield_now();
+    }
+    ns.ip(&["link", "add", "late0", "type", "bridge"]).unwrap();
+    let (got, took) = waiter.join().unwrap();
+    assert_eq!(got.map(|l| l.name).as_deref(), Some("late0"));
+    assert!(took < Duration::from_secs(30), "woken by the notification");
+}

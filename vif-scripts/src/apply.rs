@@ -156,10 +156,8 @@ pub fn apply(plan: &Plan, sys: &mut System<'_>, teardown: bool) -> Result<Report
 fn on_error(step: &Step) -> OnError {
     match step {
         Step::Link(_, o) | Step::Nft(_, o) => *o,
-        Step::Sysctl { on_error, .. } => *on_error,
-        Step::XsWrite { .. } | Step::XsRm { .. } | Step::Ovs { .. } | Step::Dhcp { .. } => {
-            OnError::Fatal
-        }
+        Step::Sysctl { on_error, .. } | Step::XsWrite { on_error, .. } => *on_error,
+        Step::XsRm { .. } | Step::Ovs { .. } | Step::Dhcp { .. } => OnError::Fatal,
     }
 }
 
@@ -168,7 +166,7 @@ fn run(step: &Step, sys: &mut System<'_>) -> Result<(), StepError> {
         Step::Link(c, _) => sys.links.change(c).map_err(StepError::from),
         Step::Sysctl { key, value, .. } => sys.sysctl.write(key, value),
         Step::Nft(b, _) => sys.firewall.apply(b),
-        Step::XsWrite { path, value } => sys.xs.write(path, value),
+        Step::XsWrite { path, value, .. } => sys.xs.write(path, value),
         Step::XsRm { path } => sys.xs.rm(path),
         Step::Ovs { args, .. } => sys.ovs.vsctl(args),
         Step::Dhcp { key, line } => sys.dhcp.set_host(key, line.as_deref()),
@@ -271,6 +269,7 @@ fn inverse_of(step: &Step, sys: &mut System<'_>) -> Option<Step> {
             Ok(Some(old)) => Some(Step::XsWrite {
                 path: path.clone(),
                 value: old,
+                on_error: OnError::Ignore,
             }),
             // The node did not exist: undo removes it.
             Ok(None) => Some(Step::XsRm { path: path.clone() }),
@@ -280,6 +279,7 @@ fn inverse_of(step: &Step, sys: &mut System<'_>) -> Option<Step> {
             Ok(Some(old)) => Some(Step::XsWrite {
                 path: path.clone(),
                 value: old,
+                on_error: OnError::Ignore,
             }),
             _ => None,
         },
@@ -316,6 +316,7 @@ mod tests {
         .push(Step::XsWrite {
             path: "/fe/mtu".into(),
             value: "1400".into(),
+            on_error: OnError::Fatal,
         })
         .link(LinkChange::SetMaster {
             dev: "vif1.0".into(),

@@ -380,7 +380,11 @@ pub enum Step {
     /// Apply an nftables batch (one `nft -f -` run).
     Nft(NftBatch, OnError),
     /// Write a xenstore node.
-    XsWrite { path: String, value: String },
+    XsWrite {
+        path: String,
+        value: String,
+        on_error: OnError,
+    },
     /// Remove a xenstore node (the undo of writing one that did not exist).
     XsRm { path: String },
     /// One `ovs-vsctl` run (argv after the program name); `undo` is run on rollback.
@@ -398,7 +402,7 @@ impl fmt::Display for Step {
             Step::Link(c, _) => write!(f, "{c}"),
             Step::Sysctl { key, value, .. } => write!(f, "sysctl {key}={value}"),
             Step::Nft(b, _) => write!(f, "nft batch ({})", b.what),
-            Step::XsWrite { path, value } => write!(f, "xenstore write {path}={value}"),
+            Step::XsWrite { path, value, .. } => write!(f, "xenstore write {path}={value}"),
             Step::XsRm { path } => write!(f, "xenstore rm {path}"),
             Step::Ovs { args, .. } => write!(f, "ovs-vsctl {}", args.join(" ")),
             Step::Dhcp { key, line: Some(l) } => write!(f, "dhcp-hosts {key}: {l}"),

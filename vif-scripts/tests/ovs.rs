@@ -236,3 +236,104 @@ fn openvswitch_teardown_deletes_only_this_backend_s_port() {
     let ports = ovs.vsctl(&["list-ports", "ovsbr"]);
     assert!(!ports.contains("web0") && ports.contains("eth9"), "{ports}");
 }
+
+/// In a driver domain (our xenstored's domain socket for domain 7, guest 5's nodes with libxl
+/// 4.17's permissions) the VM's `vm` node and `/vm/<uuid>` are out of reach: the port gets
+/// `attached-mac` but no VM name or uuid, and the script succeeds without leaving an error.
+#[test]
+fn openvswitch_online_in_a_driver_domain() {
+    use xenplug_xenstore::XsOps;
+    use xenplug_xenstored::testing::{libxl, spawn_daemon_with_domains};
+    if !(require_root()
+        && require_program("ovs-vsctl")
+        && require_program("ovs-vswitchd")
+        && require_program("ovsdb-tool"))
+    {
+        return;
+    }
+    let ns = NetNs::new("ovdd").unwrap();
+    let ovs = Ovs::start(&ns).unwrap();
+    ovs.vsctl(&[
+        "add-br",
+        "ovsbr",
+        "--",
+        "set",
+        "bridge",
+        "ovsbr",
+        "datapath_type=netdev",
+    ]);
+    ns.ip(&[
+        "link", "add", "vif5.0", "type", "veth", "peer", "name", "g5",
+    ])
+    .unwrap();
+    let d = spawn_daemon_with_domains(&[7]);
+    let xs = d.client();
+    libxl::domain(&xs, 7, "e2e-dd", "7d7d7d7d-0000-4000-8000-000000000007").unwrap();
+    libxl::domain(&xs, 5, "web server", "0b5e7a3c-1111-2222-3333-444455556666").unwrap();
+    let be = libxl::device(
+        &xs,
+        libxl::Dev {
+            kind: "vif",
+            guest: 5,
+            devid: 0,
+            backend: 7,
+        },
+        &[
+            ("frontend-id", "5"),
+            ("online", "1"),
+            ("state", "2"),
+            ("bridge", "ovsbr.7"),
+            ("mac", "00:16:3e:00:05:00"),
+            ("script", "/etc/xen/scripts/vif-openvswitch"),
+        ],
+        &[("backend-id", "7"), ("state", "1")],
+        &[("mtu", "1500")],
+    )
+    .unwrap();
+    let rundir = ovs.rundir();
+    let rd = rundir.to_str().unwrap();
+    let env = [
+        ("vif", "vif5.0"),
+        ("XENBUS_PATH", "backend/vif/5/0"),
+        ("OVS_RUNDIR", rd),
+        ("OVS_DBDIR", rd),
+    ];
+    let socket = d.domain_socket(7).unwrap().to_str().unwrap().to_string();
+    let rc = common::run_in_with(
+        &ns,
+        Script::Ovs,
+        &["online", "type_if=vif"],
+        &env,
+        &socket,
+        None,
+    );
+    assert_eq!(
+        rc,
+        ExitCode::SUCCESS,
+        "{:?}",
+        xs.read(&format!("{be}/hotplug-error"))
+    );
+    assert_eq!(ovs.vsctl(&["port-to-br", "vif5.0"]).trim(), "ovsbr");
+    assert_eq!(ovs.vsctl(&["get", "port", "vif5.0", "tag"]).trim(), "7");
+    let ids = ovs.vsctl(&["get", "interface", "vif5.0", "external-ids"]);
+    assert!(ids.contains(r#"attached-mac="00:16:3e:00:05:00""#), "{ids}");
+    assert!(
+        !ids.contains("xen-vm-name") && !ids.contains("xen-vm-uuid"),
+        "{ids}"
+    );
+    assert_eq!(
+        xs.read(&format!("{be}/hotplug-status")).unwrap().as_deref(),
+        Some("connected")
+    );
+    assert_eq!(xs.read(&format!("{be}/hotplug-error")).unwrap(), None);
+    let rc = common::run_in_with(
+        &ns,
+        Script::Ovs,
+        &["offline", "type_if=vif"],
+        &env,
+        &socket,
+        None,
+    );
+    assert_eq!(rc, ExitCode::SUCCESS);
+    assert!(!ovs.vsctl(&["list-ports", "ovsbr"]).contains("vif5.0"));
+}

@@ -499,6 +499,17 @@ impl Endpoint {
             Endpoint::Device(f) => f.write_all(buf),
         }
     }
+    /// Send several encoded requests. On the socket, in one write. On the xenbus device, one
+    /// write each: Linux's xenbus_dev_frontend (`xenbus_file_write`) handles the first complete
+    /// message of a write and drops whatever follows it in the same write, so a batch written
+    /// at once gets one reply and the rest are never answered (a domU or driver domain would
+    /// wait for ever). The device queues the replies, so they still arrive in one pass.
+    fn write_requests(&mut self, requests: &[Vec<u8>]) -> io::Result<()> {
+        match self {
+            Endpoint::Socket(s) => s.write_all(&requests.concat()),
+            Endpoint::Device(f) => requests.iter().try_for_each(|r| f.write_all(r)),
+        }
+    }
 }
 
 struct Conn {
@@ -597,17 +608,18 @@ impl Conn {
         }
     }
 
-    /// Write one request per path in a single write, then collect the replies by request id
-    /// (watch events met on the way are queued). Errors the daemon names are per path; a
-    /// connection or protocol error fails the whole batch.
+    /// Send one request per path (in a single write on a socket, see
+    /// [`Endpoint::write_requests`]), then collect the replies by request id (watch events met
+    /// on the way are queued). Errors the daemon names are per path; a connection or protocol
+    /// error fails the whole batch.
     fn pipeline(&mut self, op: MsgType, paths: &[String]) -> Result<Vec<Result<Vec<u8>>>> {
         let first = self.next_req_id;
-        let mut bytes = Vec::new();
+        let mut requests = Vec::with_capacity(paths.len());
         for p in paths {
             let payload = wire::join_strings(&[p.as_bytes()]);
-            bytes.extend(self.encode_request(op, 0, payload, p)?.1);
+            requests.push(self.encode_request(op, 0, payload, p)?.1);
         }
-        self.io.write_all(&bytes)?;
+        self.io.write_requests(&requests)?;
         let mut out: Vec<Option<Result<Vec<u8>>>> = (0..paths.len()).map(|_| None).collect();
         let mut pending = paths.len();
         while pending > 0 {
@@ -766,6 +778,69 @@ mod tests {
         assert_eq!(parse_list(b"a\0bb\0"), vec!["a", "bb"]);
         assert_eq!(parse_list(b""), Vec::<String>::new());
         assert_eq!(parse_list(b"b0\0r5\0"), vec!["b0", "r5"]);
+    }
+
+    /// Plays Linux's /dev/xen/xenbus on a seqpacket socket (one record per `write()`): it
+    /// answers the first complete message of each write and drops the rest of that write, as
+    /// `xenbus_file_write` does. A READ of `p` is answered with the value `v:p`. It stops (and
+    /// closes, so a client still waiting fails instead of hanging) after 2 s without a request.
+    fn xenbus_device_stand_in() -> (File, std::thread::JoinHandle<usize>) {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (client, device) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let mut device = UnixStream::from(device);
+        let serve = std::thread::spawn(move || {
+            let mut answered = 0;
+            let mut buf = vec![0u8; 65536];
+            device
+                .set_read_timeout(Some(Duration::from_secs(2)))
+                .unwrap();
+            while let Ok(n) = device.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let (_, msg) = Decoder::new().feed(&buf[..n]).unwrap();
+                let msg = msg.expect("a write holds at least one complete message");
+                let path = String::from_utf8_lossy(wire::strip_nul(&msg.payload)).into_owned();
+                let reply = Message::new(MsgType::READ, msg.req_id, 0, format!("v:{path}").into());
+                device.write_all(&reply.encode().unwrap()).unwrap();
+                answered += 1;
+            }
+            answered
+        });
+        (File::from(client), serve)
+    }
+
+    #[test]
+    fn pipelined_reads_over_the_xenbus_device_write_one_message_per_write() {
+        let (file, serve) = xenbus_device_stand_in();
+        let mut conn = Conn::new(Endpoint::Device(file));
+        let paths: Vec<String> = [
+            "backend/vif/5/0/vifname",
+            "backend/vif/5/0/ip",
+            "backend/vif/5/0/rate",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Written at once, the stand-in would answer only the first read, then close after 2 s
+        // ("xenstored closed the connection").
+        let mut got = Vec::new();
+        let replies = conn.pipeline(MsgType::READ, &paths).unwrap();
+        for r in replies {
+            got.push(String::from_utf8(r.unwrap()).unwrap());
+        }
+        assert_eq!(
+            got,
+            paths.iter().map(|p| format!("v:{p}")).collect::<Vec<_>>()
+        );
+        drop(conn);
+        assert_eq!(serve.join().unwrap(), 3);
     }
 
     #[test]

@@ -172,3 +172,111 @@ pub fn shared_daemon_env() -> &'static TestDaemon {
         d
     })
 }
+
+/// Guests and their devices laid out in xenstore as libxl 4.17 writes them, permissions
+/// included, for tests that act as a driver domain (a daemon with a domain socket for it,
+/// [`spawn_daemon_with_domains`]): `libxl_create.c` `libxl__domain_make` and `libxl_device.c`
+/// `libxl__device_generic_add`.
+///
+/// * A domain's home `/local/domain/<d>` and `/vm/<uuid>` belong to dom0 and are readable by the
+///   domain only (so a driver domain cannot read a guest's `vm`, `name` or `/vm/<uuid>/…`, and
+///   only reads its own home); its `data` is its own.
+/// * A device's frontend directory belongs to the guest and is readable by the backend domain;
+///   the frontend nodes the guest must not change (`ro_fents`, e.g. a vif's `mtu`) belong to the
+///   backend domain and are readable by the guest; the backend directory belongs to the backend
+///   domain and is readable by the guest.
+pub mod libxl {
+    use xenplug_xenstore::{Access, Perm, Result, XsOps};
+
+    fn perms(owner: u32, reader: u32) -> [Perm; 2] {
+        [
+            Perm {
+                domid: owner,
+                access: Access::None,
+            },
+            Perm {
+                domid: reader,
+                access: Access::Read,
+            },
+        ]
+    }
+
+    /// `libxl__domain_make` for domain `domid` called `name` with `uuid`, through a dom0
+    /// connection `xs`: its home and `/vm/<uuid>` (dom0's, readable by the domain), `vm`,
+    /// `name`, `domid`, `device` (dom0's, readable by the domain) and `data` (the domain's).
+    pub fn domain(xs: &dyn XsOps, domid: u32, name: &str, uuid: &str) -> Result<()> {
+        let home = format!("/local/domain/{domid}");
+        let vm = format!("/vm/{uuid}");
+        for dir in [&home, &vm] {
+            xs.mkdir(dir)?;
+            xs.set_perms(dir, &perms(0, domid))?;
+        }
+        xs.write(&format!("{home}/vm"), &vm)?;
+        xs.write(&format!("{home}/name"), name)?;
+        xs.write(&format!("{home}/domid"), &domid.to_string())?;
+        xs.mkdir(&format!("{home}/device"))?;
+        xs.mkdir(&format!("{home}/data"))?;
+        xs.set_perms(
+            &format!("{home}/data"),
+            &[Perm {
+                domid,
+                access: Access::None,
+            }],
+        )?;
+        xs.write(&format!("{vm}/uuid"), uuid)?;
+        xs.write(&format!("{vm}/name"), name)?;
+        Ok(())
+    }
+
+    /// Which device: `devid` of kind `kind` (`vif`, `vbd`) of guest `guest`, served by domain
+    /// `backend`.
+    #[derive(Debug, Clone, Copy)]
+    pub struct Dev<'a> {
+        /// `vif`, `vbd`, …
+        pub kind: &'a str,
+        /// The frontend domain.
+        pub guest: u32,
+        /// The device id.
+        pub devid: u32,
+        /// The backend domain.
+        pub backend: u32,
+    }
+
+    /// `libxl__device_generic_add` for `dev` through a dom0 connection `xs`. The backend gets
+    /// `frontend` and `bents`, the frontend `backend` and `fents`, and `ro_fents` with the
+    /// backend domain's ownership. Returns the backend path.
+    pub fn device(
+        xs: &dyn XsOps,
+        dev: Dev<'_>,
+        bents: &[(&str, &str)],
+        fents: &[(&str, &str)],
+        ro_fents: &[(&str, &str)],
+    ) -> Result<String> {
+        let Dev {
+            kind,
+            guest,
+            devid,
+            backend,
+        } = dev;
+        let fe = format!("/local/domain/{guest}/device/{kind}/{devid}");
+        let be = format!("/local/domain/{backend}/backend/{kind}/{guest}/{devid}");
+        xs.mkdir(&fe)?;
+        xs.set_perms(&fe, &perms(guest, backend))?;
+        xs.write(&format!("{fe}/backend"), &be)?;
+        for (k, v) in fents {
+            xs.write(&format!("{fe}/{k}"), v)?;
+            xs.set_perms(&format!("{fe}/{k}"), &perms(guest, backend))?;
+        }
+        for (k, v) in ro_fents {
+            xs.write(&format!("{fe}/{k}"), v)?;
+            xs.set_perms(&format!("{fe}/{k}"), &perms(backend, guest))?;
+        }
+        xs.mkdir(&be)?;
+        xs.set_perms(&be, &perms(backend, guest))?;
+        xs.write(&format!("{be}/frontend"), &fe)?;
+        for (k, v) in bents {
+            xs.write(&format!("{be}/{k}"), v)?;
+        }
+        Ok(be)
+    }
+}

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use xenplug_block::loopdev::{KernelLoops, LoopOps};
 use xenplug_hotplug::{Failure, Raw};
 use xenplug_xenstore::XsOps;
-use xenplug_xenstored::testing::{spawn_daemon, TestDaemon};
+use xenplug_xenstored::testing::TestDaemon;
 
 pub const FRONTEND: u32 = 5;
 
@@ -37,6 +37,12 @@ pub fn rendered_error(msg: &str) -> String {
 
 impl Rig {
     pub fn new() -> Rig {
+        Rig::with_domains(&[])
+    }
+
+    /// A rig whose xenstored also has a socket acting as each of `domids` (to play a driver
+    /// domain).
+    pub fn with_domains(domids: &[u32]) -> Rig {
         let dir = tempfile::Builder::new()
             .prefix("xenplug-block-test-")
             .tempdir()
@@ -45,7 +51,7 @@ impl Rig {
             std::fs::create_dir(dir.path().join(d)).unwrap();
         }
         Rig {
-            daemon: spawn_daemon(),
+            daemon: xenplug_xenstored::testing::spawn_daemon_with_domains(domids),
             dir,
             cleanup_devices: std::sync::Mutex::new(Vec::new()),
         }

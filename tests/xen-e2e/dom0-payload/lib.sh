@@ -46,7 +46,8 @@ wait_for() {
     done
 }
 
-# write_cfg NAME FILE [LINES…]: a PV guest config with the suite's kernel and initramfs.
+# write_cfg NAME FILE [LINES…]: a PV guest config with the suite's kernel and initramfs (128 MiB
+# unless a line sets `memory`).
 write_cfg() {
     local name=$1 file=$2; shift 2
     {
@@ -54,7 +55,7 @@ write_cfg() {
         echo 'type = "pv"'
         echo "kernel = \"$E2E/vmlinux\""
         echo "ramdisk = \"$E2E/initrd.gz\""
-        echo 'memory = 128'
+        case "$*" in *'memory = '*) ;; *) echo 'memory = 128' ;; esac
         echo 'vcpus = 1'
         echo 'on_poweroff = "destroy"'
         echo 'on_crash = "preserve"'
@@ -68,10 +69,11 @@ write_cfg() {
 }
 
 # xl_create NAME CFG [xl args…]: runs xl create, output in /tmp/xl-NAME.log, rc in XL_RC.
+# XL_VERBOSE (default -v) is xl's verbosity (-vvv: libxl's debug lines too).
 xl_create() {
     local name=$1 cfg=$2; shift 2
     local t; t=$(uptime_s)
-    xl -v create "$@" "$cfg" > "/tmp/xl-$name.log" 2>&1
+    xl "${XL_VERBOSE:--v}" create "$@" "$cfg" > "/tmp/xl-$name.log" 2>&1
     XL_RC=$?
     echo "E2E: xl create $name rc=$XL_RC in $(awk -v a="$t" -v b="$(uptime_s)" 'BEGIN{printf "%.1f", b-a}')s"
     return 0

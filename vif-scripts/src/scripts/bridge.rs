@@ -14,7 +14,7 @@ use super::{
     plan_rate_down, plan_rate_up, Gather, Planned, VifScript,
 };
 use crate::common::{Common, Observed};
-use crate::types::{Plan, Step, TypeIf};
+use crate::types::{OnError, Plan, Step, TypeIf};
 
 /// `vif-bridge`.
 #[derive(Debug)]
@@ -107,11 +107,18 @@ pub fn plan_bridge(c: &Common, f: &BridgeFacts, obs: &Observed) -> Result<(Plan,
                 dev: dev.clone(),
                 mtu,
             });
+            // The frontend's `mtu` node, as the reference's set_mtu writes it. libxl (4.17)
+            // writes that node itself with the vif's configured MTU (1500 by default), owned by
+            // the backend domain and read-only for the guest, so dom0 and a driver domain may
+            // both rewrite it (with the bridge's MTU when no `mtu` was configured). A toolstack
+            // that leaves the node to the guest makes the write fail for a driver domain
+            // (EACCES): that is a warning, and the guest keeps the toolstack's MTU.
             if c.type_if == TypeIf::Vif {
                 if let Some(fe) = &c.frontend {
                     plan.push(Step::XsWrite {
                         path: format!("{fe}/mtu"),
                         value: mtu.to_string(),
+                        on_error: OnError::Ignore,
                     });
                 }
             }

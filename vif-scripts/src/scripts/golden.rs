@@ -20,7 +20,7 @@ fn render(title: &str, plan: &Plan) -> String {
     for s in &plan.steps {
         let on = match s {
             Step::Link(_, o) | Step::Nft(_, o) => *o,
-            Step::Sysctl { on_error, .. } => *on_error,
+            Step::Sysctl { on_error, .. } | Step::XsWrite { on_error, .. } => *on_error,
             _ => OnError::Fatal,
         };
         writeln!(out, "{s} [{on:?}]").unwrap();
@@ -165,8 +165,8 @@ fn golden_vif_nat() {
 fn golden_vif_openvswitch() {
     let f = OvsFacts {
         bridge: "ovsbr.7:20:30".into(),
-        vm_name: "web \"1\"".into(),
-        vm_uuid: "8c4b3a3e-0000-4000-8000-000000000005".into(),
+        vm_name: Some("web \"1\"".into()),
+        vm_uuid: Some("8c4b3a3e-0000-4000-8000-000000000005".into()),
         mac: "00:16:3e:00:00:05".into(),
         port: PortRow::NotRead,
     };
@@ -188,5 +188,20 @@ fn golden_vif_openvswitch() {
             &plan_ovs(&c, &f, &observed(&host())).unwrap(),
         );
     }
+    // In a driver domain, where the VM's vm node and /vm/<uuid> are out of reach.
+    let dd = OvsFacts {
+        vm_name: None,
+        vm_uuid: None,
+        ..f.clone()
+    };
+    text += &render(
+        "vif-openvswitch online type_if=vif in a driver domain (no VM name or uuid)",
+        &plan_ovs(
+            &common(Action::Online, "vif", &[IPS]),
+            &dd,
+            &observed(&host()),
+        )
+        .unwrap(),
+    );
     check("vif-openvswitch", &text);
 }

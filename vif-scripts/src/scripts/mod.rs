@@ -12,11 +12,13 @@
 //! [`Script`].
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use xenplug_hotplug::lock::names;
 use xenplug_hotplug::{run_hooks_with, Action, BackendPath, Context, Failure, Outcome};
 use xenplug_netlink::links::{KernelLinks, LinkChange, LinkError, Links};
 use xenplug_netlink::{Address, Link};
+use xenplug_xenstore::Errno;
 
 use crate::adapters::{CtxXs, DnsmasqHosts, NftCli, OvsCli, ProcSys};
 use crate::apply::{apply, Dhcp, Firewall, Ovs, Sysctl, System};
@@ -374,6 +376,15 @@ impl<'c, 'x> Nodes<'c, 'x> {
     }
 }
 
+/// A node read that this domain may not be allowed to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach<T> {
+    /// Read (`None`: no such node).
+    Read(T),
+    /// xenstored refused it (`EACCES`, `EPERM`): the node exists for others only.
+    Denied,
+}
+
 /// What a script's `gather` reads through: xenstore (the prefetched nodes first), the
 /// invocation's variables, and the links.
 #[allow(missing_debug_implementations)]
@@ -403,6 +414,27 @@ impl<'g> Gather<'g, '_> {
     /// `xenstore_read`: a missing or empty node is fatal.
     pub fn required(&self, path: &str) -> Result<String, Failure> {
         self.nodes.required(path)
+    }
+
+    /// `xenstore-read` of a node that may be out of this domain's reach: a driver domain may
+    /// not read the guest's `vm` node or `/vm/<uuid>/…` (libxl 4.17 gives them to dom0 and the
+    /// guest only). [`Reach::Denied`] when xenstored refuses it.
+    pub fn read_reach(&self, path: &str) -> Result<Reach<Option<String>>, Failure> {
+        match self.ctx.xs.read(path) {
+            Ok(v) => Ok(Reach::Read(v)),
+            Err(e) if matches!(e.errno(), Some(Errno::EACCES) | Some(Errno::EPERM)) => {
+                Ok(Reach::Denied)
+            }
+            Err(e) => Err(fail(format!(
+                "xenstore-read {path} failed: {}",
+                xenplug_hotplug::describe_xs_error(&e)
+            ))),
+        }
+    }
+
+    /// Log `msg` at `info` (what the script does differently, and why).
+    pub fn info(&self, msg: impl Into<String>) {
+        self.ctx.log.info(msg.into());
     }
 
     /// The link called `name`.
@@ -473,6 +505,9 @@ pub fn run<S: VifScript>(ctx: &Context<'_>, be: Backends<'_>) -> Result<Outcome<
         ));
         return Ok(Outcome::Done);
     };
+    if c.setup() && c.type_if == TypeIf::Vif {
+        wait_for_vif(ctx, &mut *be.links, &c, VIF_WAIT)?;
+    }
     let mut g = Gather {
         ctx,
         nodes,
@@ -553,6 +588,47 @@ pub fn run<S: VifScript>(ctx: &Context<'_>, be: Backends<'_>) -> Result<Outcome<
         (TypeIf::Vif, Action::Online) => Outcome::Connected,
         _ => Outcome::Done,
     })
+}
+
+/// How long set-up waits for netback's vif to appear: well under the 40 s after which libxl
+/// kills a script.
+pub const VIF_WAIT: Duration = Duration::from_secs(20);
+
+/// Netback creates `vif<domid>.<devid>` when it probes the backend, and libxl (or `xl devd`)
+/// runs the script when the backend reaches InitWait. In a driver domain the script has been
+/// seen to start before the vif exists (Qubes OS issue 4446), which made the scripts fail with
+/// "Cannot find interface". So set-up waits for it, at most `timeout`, woken by the kernel's link
+/// notifications (not polled); a vif that never comes is then reported by the planner as before.
+/// Nothing is waited for when the device, or the name it is to be renamed to, exists.
+fn wait_for_vif(
+    ctx: &Context<'_>,
+    links: &mut dyn Links,
+    c: &Common,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    if links.link(&c.dev).map_err(links_err)?.is_some()
+        || (c.name != c.dev && links.link(&c.name).map_err(links_err)?.is_some())
+    {
+        return Ok(());
+    }
+    ctx.log.info(format!(
+        "{} does not exist yet: waiting up to {} s for netback to create it",
+        c.dev,
+        timeout.as_secs()
+    ));
+    let t = Instant::now();
+    if links
+        .wait_for_link(&c.dev, timeout)
+        .map_err(links_err)?
+        .is_some()
+    {
+        ctx.log.info(format!(
+            "{} appeared after {:.1} s",
+            c.dev,
+            t.elapsed().as_secs_f64()
+        ));
+    }
+    Ok(())
 }
 
 /// Run `script` for the invocation in `ctx` against `be`.
@@ -871,6 +947,41 @@ mod tests {
         let before = b.links.log.len();
         let rc = b.bridge("add", &VIF5);
         assert_eq!((rc, b.links.log.len()), (ExitCode::SUCCESS, before));
+    }
+
+    #[test]
+    fn online_waits_for_a_vif_netback_has_not_created_yet() {
+        let mut b = Bench::new("xenbr0");
+        let i = b
+            .links
+            .links
+            .iter()
+            .position(|l| l.name == "vif5.0")
+            .unwrap();
+        let vif = b.links.links.remove(i);
+        b.links.late.push(vif);
+        assert_eq!(b.bridge("online", &VIF5), ExitCode::SUCCESS);
+        assert_eq!(b.links.waits, vec![("vif5.0".to_string(), VIF_WAIT)]);
+        assert_eq!(b.node("hotplug-status").as_deref(), Some("connected"));
+        assert_eq!(b.links.get("vif5.0").master, Some(2));
+        // There already: no wait. Teardown never waits.
+        assert_eq!(b.bridge("online", &VIF5), ExitCode::SUCCESS);
+        assert_eq!(b.bridge("offline", &VIF5), ExitCode::SUCCESS);
+        assert_eq!(b.links.waits.len(), 1);
+    }
+
+    #[test]
+    fn a_vif_that_never_appears_is_reported_after_the_wait() {
+        let mut b = Bench::new("xenbr0");
+        b.links.links.retain(|l| l.name != "vif5.0");
+        assert_eq!(b.bridge("online", &VIF5), ExitCode::FAILURE);
+        assert_eq!(b.links.waits, vec![("vif5.0".to_string(), VIF_WAIT)]);
+        assert_eq!(
+            b.node("hotplug-error").as_deref(),
+            Some("Cannot find interface vif5.0")
+        );
+        assert_eq!(b.bridge("offline", &VIF5), ExitCode::SUCCESS);
+        assert_eq!(b.links.waits.len(), 1);
     }
 
     #[test]

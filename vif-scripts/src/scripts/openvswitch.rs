@@ -6,13 +6,18 @@
 //! and `uuid` (through `/local/domain/<frontend-id>/vm`) and `mac`; the device's links. Plan:
 //! port set-up, antispoofing (vifs), ONE `ovs-vsctl` transaction, up; teardown: `del-port`,
 //! down, rules.
+//!
+//! In a driver domain the VM's `vm` node and `/vm/<uuid>` are out of reach (libxl gives them to
+//! dom0 and the guest only): the port then gets `attached-mac` but no `xen-vm-name` or
+//! `xen-vm-uuid` (the reference's script, failing to read them there, sets neither and leaves
+//! a `hotplug-error` behind). A missing node is still fatal, as in the reference.
 
 use xenplug_hotplug::Failure;
 use xenplug_netlink::links::LinkChange;
 
 use super::{
     backend_node, fail, own_device, plan_firewall_down, plan_firewall_up, plan_port_setup, Gather,
-    Planned, VifScript,
+    Planned, Reach, VifScript,
 };
 use crate::common::{Common, Observed};
 use crate::types::{Plan, Step, TypeIf};
@@ -36,9 +41,25 @@ impl VifScript for OpenVswitch {
         };
         if c.setup() {
             let fe = g.required(&backend_node(c, "frontend-id"))?;
-            let vm = g.required(&format!("/local/domain/{fe}/vm"))?;
-            f.vm_name = g.required(&format!("{vm}/name"))?;
-            f.vm_uuid = g.required(&format!("{vm}/uuid"))?;
+            // A node out of reach is `None`; a missing or empty one is fatal (xenstore_read).
+            let reach = |p: &str| -> Result<Option<String>, Failure> {
+                match g.read_reach(p)? {
+                    Reach::Read(Some(v)) if !v.is_empty() => Ok(Some(v)),
+                    Reach::Read(_) => Err(fail(format!("xenstore-read {p} failed."))),
+                    Reach::Denied => Ok(None),
+                }
+            };
+            if let Some(vm) = reach(&format!("/local/domain/{fe}/vm"))? {
+                f.vm_name = reach(&format!("{vm}/name"))?;
+                f.vm_uuid = reach(&format!("{vm}/uuid"))?;
+            }
+            if f.vm_name.is_none() || f.vm_uuid.is_none() {
+                g.info(format!(
+                    "the VM's name and uuid of domain {fe} are out of this domain's reach (a \
+                     driver domain): {} gets no xen-vm-name/xen-vm-uuid external-ids",
+                    c.name
+                ));
+            }
             f.mac = g.required(&backend_node(c, "mac"))?;
         } else {
             f.port = match g.ovs_external_ids(&c.name) {
@@ -127,10 +148,10 @@ pub enum PortRow {
 pub struct OvsFacts {
     /// `bridge` node, else variable.
     pub bridge: String,
-    /// `<vm>/name`.
-    pub vm_name: String,
-    /// `<vm>/uuid`.
-    pub vm_uuid: String,
+    /// `<vm>/name` (`None`: out of this domain's reach).
+    pub vm_name: Option<String>,
+    /// `<vm>/uuid` (`None`: out of this domain's reach).
+    pub vm_uuid: Option<String>,
     /// `mac`.
     pub mac: String,
     /// The port's row, for teardown.
@@ -206,11 +227,14 @@ pub fn plan_ovs(c: &Common, f: &OvsFacts, obs: &Observed) -> Result<Plan, Failur
             ));
         }
         for (k, v) in [
-            ("xen-vm-name", &f.vm_name),
-            ("xen-vm-uuid", &f.vm_uuid),
-            ("attached-mac", &f.mac),
-            (BACKEND_ID, &c.backend),
-        ] {
+            ("xen-vm-name", f.vm_name.as_ref()),
+            ("xen-vm-uuid", f.vm_uuid.as_ref()),
+            ("attached-mac", Some(&f.mac)),
+            (BACKEND_ID, Some(&c.backend)),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        {
             args.extend([
                 "--".into(),
                 "set".into(),
@@ -282,8 +306,8 @@ mod tests {
         let c = common(Action::Online, "vif", &[]);
         let f = OvsFacts {
             bridge: "ovsbr.7".into(),
-            vm_name: "my \"vm\"".into(),
-            vm_uuid: "u-1".into(),
+            vm_name: Some("my \"vm\"".into()),
+            vm_uuid: Some("u-1".into()),
             mac: "00:16:3e:00:00:01".into(),
             port: PortRow::NotRead,
         };

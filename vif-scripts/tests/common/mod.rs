@@ -59,7 +59,24 @@ pub fn run_in(
     env: &[(&str, &str)],
     xs: &Xs,
 ) -> ExitCode {
+    run_in_with(ns, script, args, env, &xs.socket(), None)
+}
+
+/// [`run_in`] against the xenstored socket `socket` (a domain socket: the script then acts as
+/// that domain, e.g. a driver domain), logging to `log` if given.
+pub fn run_in_with(
+    ns: &NetNs,
+    script: Script,
+    args: &[&str],
+    env: &[(&str, &str)],
+    socket: &str,
+    log: Option<&std::path::Path>,
+) -> ExitCode {
     let path = ns.path();
+    let socket = socket.to_string();
+    let log = log
+        .map(|l| l.to_str().unwrap().to_string())
+        .unwrap_or_default();
     let main = SCRIPTS
         .iter()
         .find(|(n, _)| *n == script.name())
@@ -72,7 +89,7 @@ pub fn run_in(
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    env.push(("XENSTORED_PATH".into(), xs.socket()));
+    env.push(("XENSTORED_PATH".into(), socket));
     std::thread::spawn(move || {
         let f = std::fs::File::open(&path).expect("open netns");
         nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
@@ -82,7 +99,7 @@ pub fn run_in(
         let d = dir.path().to_str().unwrap().to_string();
         let mut env = env;
         for (k, v) in [
-            ("XENPLUG_LOG_FILE", String::new()),
+            ("XENPLUG_LOG_FILE", log),
             ("XENPLUG_SYSLOG", "false".into()),
             ("XENPLUG_CONFIG", cfg.to_str().unwrap().into()),
             ("XENPLUG_LOCK_DIR", d.clone()),
