@@ -1485,7 +1485,10 @@ impl State {
     fn control(&mut self, conn: ConnId, args: &[String]) -> OpResult {
         let text = match args[0].as_str() {
             "help" => format!("check\nprint\nhelp\n{CONTROL_SET_DOMID}\n"),
-            "check" => "OK".to_string(),
+            "check" => match self.check() {
+                Ok(()) => "OK".to_string(),
+                Err(problem) => problem,
+            },
             "print" => {
                 eprintln!("xenstored: {}", args[1..].join(" "));
                 "OK".to_string()
