@@ -23,6 +23,12 @@
 //! domain socket accepts at most [`Options::max_domain_connections`] connections at a time
 //! (more are closed at once), so connections cannot multiply the per-connection limits.
 //!
+//! dom0 first: the engine is one store behind one lock, as C xenstored is one thread. C
+//! xenstored serves its connections round-robin, one request each; here a domain's connection
+//! yields to the scheduler before each request and waits while dom0 has a request waiting for
+//! the engine, so a guest that pipelines thousands of requests cannot keep dom0 waiting for more
+//! than the one request it is in.
+//!
 //! ```no_run
 //! use xenplug_xenstored::daemon::{serve, Options, Shutdown};
 //! let shutdown = Shutdown::new();
@@ -273,6 +279,8 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> io::Result<()> {
     let mut accepters = tokio::task::JoinSet::new();
+    // dom0 requests waiting for the engine (guests hold back while there are any).
+    let dom0_waiting = Arc::new(AtomicUsize::new(0));
     // One budget of requests in flight per domain, shared by all its sockets and connections.
     let outstanding = engine.quota().outstanding.min(Semaphore::MAX_PERMITS);
     let mut budgets: std::collections::HashMap<u32, Arc<Semaphore>> = Default::default();
@@ -285,8 +293,9 @@ pub async fn run(
                 .or_insert_with(|| Arc::new(Semaphore::new(outstanding)))
                 .clone()
         });
+        let gate = dom0_waiting.clone();
         accepters.spawn(accept_loop(
-            engine, listener, domid, budget, limits, shutdown,
+            engine, listener, domid, budget, gate, limits, shutdown,
         ));
     }
     shutdown.wait().await;
@@ -300,6 +309,7 @@ async fn accept_loop(
     listener: UnixListener,
     domid: u32,
     budget: Option<Arc<Semaphore>>,
+    dom0_waiting: Arc<AtomicUsize>,
     limits: Limits,
     shutdown: Shutdown,
 ) {
@@ -323,6 +333,7 @@ async fn accept_loop(
                         stream,
                         domid,
                         budget.clone(),
+                        dom0_waiting.clone(),
                         limits,
                         shutdown.clone(),
                     ));
@@ -417,6 +428,7 @@ async fn serve_connection(
     stream: UnixStream,
     domid: u32,
     budget: Option<Arc<Semaphore>>,
+    dom0_waiting: Arc<AtomicUsize>,
     limits: Limits,
     shutdown: Shutdown,
 ) {
@@ -511,7 +523,19 @@ async fn serve_connection(
                             },
                             None => None,
                         };
-                        let resp = guard.engine.handle_message(guard.conn, &msg);
+                        let resp = if domid == 0 {
+                            dom0_waiting.fetch_add(1, Ordering::SeqCst);
+                            let r = guard.engine.handle_message(guard.conn, &msg);
+                            dom0_waiting.fetch_sub(1, Ordering::SeqCst);
+                            r
+                        } else {
+                            // One request at a time, after anything dom0 is waiting with.
+                            tokio::task::yield_now().await;
+                            while dom0_waiting.load(Ordering::SeqCst) > 0 {
+                                tokio::task::yield_now().await;
+                            }
+                            guard.engine.handle_message(guard.conn, &msg)
+                        };
                         outbox.push_reply(&resp.reply, permit);
                         if let Some(ev) = resp.initial_event {
                             outbox.watch_event(&ev.path, &ev.token);

@@ -1427,10 +1427,12 @@ impl State {
         if !caller.privileged() {
             let now = self.owners.get(&caller.domid).copied().unwrap_or(0) as isize;
             let added = tx.owners.get(&caller.domid).copied().unwrap_or(0);
-            if added > 0 && now + added > self.quota.nodes as isize {
+            // (In usize: an unlimited quota is usize::MAX, which does not fit an isize.)
+            if added > 0 && (now + added).max(0) as usize > self.quota.nodes {
                 return Err(Errno::ENOSPC);
             }
         }
+        self.tree.reserve(tx.overlay.len());
         for path in &tx.modified {
             match tx.overlay.remove(&**path) {
                 Some(Some(mut node)) => {
