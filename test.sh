@@ -63,6 +63,9 @@ phase clippy cargo clippy --workspace --all-targets -- -D warnings
 # One test at a time per binary would be slow; tests isolate themselves (own namespaces, own
 # xenstore subtrees, own loop devices), so the default parallelism is kept.
 phase cargo-test cargo test --workspace --no-fail-fast
+# Every fuzz target for a few seconds from its committed corpus (fuzz/README.md): each input in
+# the corpus is replayed first, so a regression on a past finding fails here.
+phase fuzz-smoke fuzz/run.sh smoke 3
 # The Debian packages (tools/build-deb.sh): lintian, then installed, upgraded around and removed
 # in a fresh Debian 12 root, and the peer's sandboxed unit under systemd in systemd-nspawn
 # (packaging/test-packages.sh; about 2 minutes with its base root cached in
