@@ -67,6 +67,9 @@ phase cargo-test cargo test --workspace --no-fail-fast
 # instants, then what libxl runs next, then every leak class audited; 20 rounds each here (the
 # README's figures: 1000). The agent's torn applies are reported, not failed (issue 12's apply).
 phase chaos tools/chaos.sh --debug --rounds 20 --reference --report-only agent all
+# Every fuzz target for a few seconds from its committed corpus (fuzz/README.md): each input in
+# the corpus is replayed first, so a regression on a past finding fails here.
+phase fuzz-smoke fuzz/run.sh smoke 3
 # The Debian packages (tools/build-deb.sh): lintian, then installed, upgraded around and removed
 # in a fresh Debian 12 root, and the peer's sandboxed unit under systemd in systemd-nspawn
 # (packaging/test-packages.sh; about 2 minutes with its base root cached in

@@ -22,6 +22,7 @@ packages=(
   socat                 # channel tests
   iputils-ping          # antispoofing tests send real packets between namespaces
   hyperfine             # benchmarks
+  g++                   # libFuzzer, compiled by libfuzzer-sys for the fuzz targets (fuzz/run.sh)
   python3-venv          # the channel tests' PyPI peers (tools/channel-deps.sh)
   # the real-Xen rig (tests/xen-e2e/run) and the kernel tests (tools/vm-test.sh)
   qemu-system-x86       # Xen and Debian's kernel under TCG

@@ -44,6 +44,10 @@ impl DevNum {
     /// Parse the decimal `major:minor` of sysfs `dev` files and mountinfo.
     pub fn parse_decimal(s: &str) -> Option<Self> {
         let (ma, mi) = s.trim().split_once(':')?;
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit());
+        if !digits(ma) || !digits(mi) {
+            return None;
+        }
         Some(DevNum {
             major: ma.parse().ok()?,
             minor: mi.parse().ok()?,
@@ -53,7 +57,9 @@ impl DevNum {
     /// Parse the hex `%x:%x` form used by xenstore's `physical-device` (upper or lower case).
     pub fn parse_hex(s: &str) -> Option<Self> {
         let (ma, mi) = s.trim().split_once(':')?;
-        if ma.is_empty() || mi.is_empty() {
+        // Digits only: from_str_radix also takes a leading sign.
+        let hex = |p: &str| !p.is_empty() && p.bytes().all(|c| c.is_ascii_hexdigit());
+        if !hex(ma) || !hex(mi) {
             return None;
         }
         Some(DevNum {
@@ -121,5 +127,18 @@ mod tests {
             assert_eq!(DevNum::from_kernel_encoded(kernel), DevNum::new(ma, mi));
             assert_eq!(DevNum::from_dev_t(user), DevNum::new(ma, mi));
         }
+    }
+
+    // Found by fuzzing (fuzz target block_params): a sign was accepted.
+    #[test]
+    fn signs_are_not_digits() {
+        assert_eq!(DevNum::parse_hex("+155:510"), None);
+        assert_eq!(DevNum::parse_hex("ca:-1"), None);
+        assert_eq!(DevNum::parse_decimal("+7:0"), None);
+        assert_eq!(DevNum::parse_decimal("7:+0"), None);
+        assert_eq!(
+            DevNum::parse_hex("CA:10").map(|d| d.decimal()),
+            Some("202:16".into())
+        );
     }
 }

@@ -140,7 +140,9 @@ pub fn parse_swaps(text: &str) -> Vec<SwapEntry> {
     text.lines()
         .skip(1)
         .filter_map(|l| {
-            let mut f = l.split_whitespace();
+            // Fields are separated by spaces and tabs only: the kernel escapes just those (and
+            // newline and backslash) in the path, so another blank (form feed, …) is part of it.
+            let mut f = l.split([' ', '\t']).filter(|f| !f.is_empty());
             let path = f.next()?;
             let kind = f.next()?;
             Some(SwapEntry {
@@ -747,5 +749,16 @@ garbage line
             domains: BTreeMap::new(),
         };
         assert_eq!(decide(&facts), Verdict::Local(DevNum::new(9, 0)));
+    }
+
+    // Found by fuzzing (fuzz target proc_swaps): a swap file whose name has a form feed (which
+    // the kernel does not escape) was cut at it.
+    #[test]
+    fn swaps_split_on_spaces_and_tabs_only() {
+        let text = "Filename\tType\tSize\tUsed\tPriority\n/swap\x0cfile\tfile\t10\t0\t-2\n";
+        let e = parse_swaps(text);
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].path, "/swap\x0cfile");
+        assert!(!e[0].partition);
     }
 }

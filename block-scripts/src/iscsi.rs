@@ -79,12 +79,19 @@ pub fn parse_params(params: &str) -> Result<IscsiTarget, String> {
     let (mut iqn, mut portal, mut multipath) = (String::new(), String::new(), "n".to_string());
     for item in params.split(',') {
         let item = item.trim();
+        let value = |v: &str| -> Result<String, String> {
+            let v = v.trim();
+            if v.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!("{item:?}: blanks or control characters in a value"));
+            }
+            Ok(v.to_string())
+        };
         if let Some(v) = item.strip_prefix("iqn=") {
-            iqn = v.to_string();
+            iqn = value(v)?;
         } else if let Some(v) = item.strip_prefix("portal=") {
-            portal = v.to_string();
+            portal = value(v)?;
         } else if let Some(v) = item.strip_prefix("multipath=") {
-            multipath = v.to_string();
+            multipath = value(v)?;
         }
     }
     if iqn.is_empty() || portal.is_empty() {
@@ -579,5 +586,22 @@ mod tests {
             Some(PathBuf::from("/dev/mapper/mpatha"))
         );
         assert_eq!(multipath_map(s, "sdc"), None);
+    }
+
+    // Found by fuzzing (fuzz target iscsi_params): `iqn=\n1` gave the iqn "\n1" (values were
+    // not trimmed) and blanks inside a value reached iscsiadm.
+    #[test]
+    fn values_are_trimmed_and_plain() {
+        assert_eq!(
+            parse_params("iqn= iqn.x:d ,portal=\t10.0.0.1").unwrap(),
+            IscsiTarget {
+                iqn: "iqn.x:d".into(),
+                portal: "10.0.0.1".into(),
+                multipath: false
+            }
+        );
+        assert!(parse_params("iqn=\n1,portal=y").is_ok_and(|t| t.iqn == "1"));
+        assert!(parse_params("iqn=a b,portal=p").is_err());
+        assert!(parse_params("iqn=a\u{7},portal=p").is_err());
     }
 }

@@ -95,6 +95,7 @@ fn percent_decode(s: &str) -> Result<String, String> {
         if b[i] == b'%' {
             let hex = s
                 .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| format!("bad percent escape in {s:?}"))?;
             out.push(hex);
@@ -108,22 +109,44 @@ fn percent_decode(s: &str) -> Result<String, String> {
 }
 
 fn parse_port(s: &str, whole: &str) -> Result<u16, String> {
-    s.parse::<u16>()
-        .ok()
+    Some(s)
+        .filter(|s| !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit()))
+        .and_then(|s| s.parse::<u16>().ok())
         .filter(|p| *p != 0)
         .ok_or_else(|| format!("invalid NBD port {s:?} in {whole:?}"))
 }
 
-/// Split `host[:port]` / `[v6]:port`. The host becomes an argument of `nbd-client`, so one
-/// starting with `-` (which `nbd-client` would take for an option: `-d` disconnects a device)
-/// is refused, as is one with a control character.
+/// A host name or IPv4 address (letters, digits, `.`, `-`, `_`), or inside brackets an IPv6
+/// address with an optional `%zone`. It becomes an argument of `nbd-client`, so it must never
+/// look like an option (`-…`) or carry anything but these characters.
+fn check_host(h: &str, bracketed: bool, whole: &str) -> Result<(), String> {
+    let ok = if bracketed {
+        let (addr, zone) = h.split_once('%').unwrap_or((h, ""));
+        addr.parse::<std::net::Ipv6Addr>().is_ok()
+            && (h.len() == addr.len() || !zone.is_empty())
+            && zone
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+    } else {
+        h.is_empty()
+            || (!h.starts_with('-')
+                && h.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c)))
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid NBD host {h:?} in {whole:?} (a host name or address: anything else would \
+             be an option of nbd-client or a stray argument)"
+        ))
+    }
+}
+
+/// Split `host[:port]` / `[v6]:port`.
 fn host_port(hp: &str, whole: &str) -> Result<(String, u16), String> {
     let (host, port) = split_host_port(hp, whole)?;
-    if host.starts_with('-') || host.chars().any(char::is_control) {
-        return Err(format!(
-            "invalid NBD host {host:?} in {whole:?} (it would be an option of nbd-client)"
-        ));
-    }
+    check_host(&host, hp.starts_with('['), whole)?;
     Ok((host, port))
 }
 
@@ -188,6 +211,9 @@ pub fn parse_target(params: &str) -> Result<NbdTarget, String> {
             return Err(format!("nbd URI without a host: {p:?}"));
         }
         let (host, port) = host_port(authority, p)?;
+        if host.is_empty() {
+            return Err(format!("nbd URI without a host: {p:?}"));
+        }
         let export = percent_decode(export_raw)?;
         return Ok(NbdTarget::Tcp {
             host,
@@ -735,5 +761,34 @@ mod tests {
         assert!(is_connected(t.path(), Path::new("/dev/nbd1")));
         assert!(!is_connected(t.path(), Path::new("/dev/nbd0")));
         assert!(!is_connected(t.path(), Path::new("/dev/loop1")));
+    }
+
+    // Found by fuzzing (fuzz target nbd_target): the host:port form took any characters but
+    // blanks and `/` for the host (NULs, `?`, and a leading `-` that nbd-client would read as an
+    // option); ports and percent escapes took a `+` sign.
+    #[test]
+    fn hosts_ports_and_escapes_are_strict() {
+        for bad in [
+            "wtK\0\0?s:10809",
+            "-c",
+            "-c:10809",
+            "nbd://-c/x",
+            "nbd://:10809/x",
+            "host:+80",
+            "nbd://h/%+f",
+            "[fd00::1%]:10",
+            "[nothex]:10",
+            "nbd://ho;st/x",
+        ] {
+            assert!(parse_target(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_target("[fe80::1%eth0]:10809").unwrap(),
+            tcp("fe80::1%eth0", 10809, None)
+        );
+        assert_eq!(
+            parse_target("nbd://nbd-1.example_x:10/e%2F").unwrap(),
+            tcp("nbd-1.example_x", 10, Some("e/"))
+        );
     }
 }

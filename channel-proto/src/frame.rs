@@ -487,4 +487,18 @@ mod tests {
             assert_eq!(evs.len(), msgs.len());
         }
     }
+
+    // Found by fuzzing (fuzz target qga_frame): without serde_json's float_roundtrip, a number
+    // such as 33333333333333333333333333333333 was parsed to a float 1 ulp off, so the frame
+    // re-encoded to a different value than it carried.
+    #[test]
+    fn numbers_round_trip_exactly() {
+        let mut d = Decoder::default();
+        let evs = d.feed(b"{\"b\":33333333333333333333333333333333}");
+        let Event::Frame(map) = &evs[0] else {
+            panic!("{evs:?}")
+        };
+        let again = Decoder::default().feed(&serde_json::to_vec(map).unwrap());
+        assert_eq!(again, evs);
+    }
 }

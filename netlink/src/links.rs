@@ -135,7 +135,8 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut parts = s.trim().split(':');
     for b in out.iter_mut() {
         let p = parts.next()?;
-        if p.len() != 2 {
+        // Two hex digits (from_str_radix alone also takes `+1`).
+        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
             return None;
         }
         *b = u8::from_str_radix(p, 16).ok()?;
@@ -496,5 +497,16 @@ mod tests {
         assert!(LinkError::from_errno("x", libc::ENODEV).is_gone());
         assert!(LinkError::from_errno("x", libc::ESRCH).is_gone());
         assert!(!LinkError::from_errno("x", libc::EPERM).is_gone());
+    }
+
+    // Found by fuzzing (fuzz target vif_mac): `00:16:3e:+1:02:ab` was accepted (and would have
+    // been written as such into dnsmasq's hosts file).
+    #[test]
+    fn mac_pairs_are_hex_digits() {
+        assert_eq!(parse_mac("00:16:3e:+1:02:ab"), None);
+        assert_eq!(
+            parse_mac(" 00:16:3E:01:02:ab\n"),
+            Some([0, 0x16, 0x3e, 1, 2, 0xab])
+        );
     }
 }

@@ -32,6 +32,11 @@ impl Rate {
     pub fn parse(s: &str) -> Result<Rate, String> {
         let bad = || format!("invalid rate '{s}' (expected <bytes>,<usecs>)");
         let (b, u) = s.trim().split_once(',').ok_or_else(bad)?;
+        // Digits only: `parse` also takes a leading `+`.
+        let digits = |f: &str| !f.is_empty() && f.bytes().all(|c| c.is_ascii_digit());
+        if !digits(b.trim()) || !digits(u.trim()) {
+            return Err(bad());
+        }
         let bytes: u64 = b.trim().parse().map_err(|_| bad())?;
         let usecs: u32 = u.trim().parse().map_err(|_| bad())?;
         if bytes == 0 || usecs == 0 {
@@ -83,5 +88,16 @@ mod tests {
         assert!(Rate::parse("a,b").is_err());
         assert!(Rate::parse("0,5").is_err());
         assert!(Rate::parse("1,-5").is_err());
+    }
+
+    // Found by fuzzing (fuzz target vif_rate): `391,+1` was accepted.
+    #[test]
+    fn signs_are_refused() {
+        assert!(Rate::parse("391,+1").is_err());
+        assert!(Rate::parse("+391,1").is_err());
+        assert_eq!(
+            Rate::parse(" 391 , 1 ").map(|r| (r.bytes, r.usecs)),
+            Ok((391, 1))
+        );
     }
 }

@@ -38,6 +38,8 @@ impl Net {
         let addr: IpAddr = a.parse().ok()?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match p {
+            // Digits only: `parse` also takes a leading `+`.
+            Some(p) if p.is_empty() || !p.bytes().all(|c| c.is_ascii_digit()) => return None,
             Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max)?,
             None => max,
         };
@@ -454,5 +456,23 @@ impl From<LinkError> for StepError {
             exists: e.errno == Some(libc::EEXIST),
             message: e.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Found by fuzzing (fuzz target vif_ip): `0::1/+14` was accepted.
+    #[test]
+    fn prefixes_are_plain_digits() {
+        assert_eq!(Net::parse("0::1/+14"), None);
+        assert_eq!(Net::parse("10.0.0.0/"), None);
+        assert_eq!(Net::parse("10.0.0.0/33"), None);
+        assert_eq!(
+            Net::parse("10.0.0.0/8").map(|n| n.to_string()),
+            Some("10.0.0.0/8".into())
+        );
+        assert_eq!(Net::parse("fe80::1").map(|n| n.prefix), Some(128));
     }
 }

@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 
 use xenstore_rs::Xs;
 
+use crate::reply::{
+    decode_reply, parse_list, parse_perms, parse_watch_event, DirectoryParts, PartStep,
+};
 use crate::wire::{self, Decoder, Message, MsgType};
 use crate::{Errno, Perm, Result, Transaction, WatchEvent, XenStore, XsError, XsOps};
 
@@ -208,47 +211,24 @@ fn op_directory(c: &XsClient, tx: u32, path: &str) -> Result<Vec<String>> {
     }
 }
 
-/// `DIRECTORY_PART` loop, restarting when the node's generation changes between chunks.
+/// `DIRECTORY_PART` loop, restarting when the node's generation changes between chunks
+/// (bounded: see [`DirectoryParts`]).
 fn op_directory_part(c: &XsClient, tx: u32, path: &str) -> Result<Vec<String>> {
-    'restart: loop {
-        let mut gen: Option<Vec<u8>> = None;
-        let mut data: Vec<u8> = Vec::new();
-        loop {
-            let payload = wire::join_strings(&[path, &data.len().to_string()]);
-            let reply = c.request(MsgType::DIRECTORY_PART, tx, payload, path)?;
-            let nul = reply.iter().position(|&b| b == 0).ok_or_else(|| {
-                XsError::Protocol("DIRECTORY_PART reply without generation".into())
-            })?;
-            let this_gen = &reply[..nul];
-            match &gen {
-                Some(g) if g.as_slice() != this_gen => continue 'restart,
-                Some(_) => {}
-                None => gen = Some(this_gen.to_vec()),
-            }
-            let chunk = &reply[nul + 1..];
-            data.extend_from_slice(chunk);
-            // The last chunk ends with an empty string: the list ends in two NULs.
-            if chunk.is_empty() || data.ends_with(&[0, 0]) || data == [0] {
-                let list = if data.ends_with(&[0]) {
-                    &data[..data.len() - 1]
-                } else {
-                    &data[..]
-                };
-                return Ok(parse_list(list));
-            }
+    let mut parts = DirectoryParts::new();
+    let mut offset = 0;
+    loop {
+        let payload = wire::join_strings(&[path, &offset.to_string()]);
+        let reply = c.request(MsgType::DIRECTORY_PART, tx, payload, path)?;
+        match parts.push(&reply, path)? {
+            PartStep::Next(next) => offset = next,
+            PartStep::Done(list) => return Ok(list),
         }
     }
 }
 
 fn op_get_perms(c: &XsClient, tx: u32, path: &str) -> Result<Vec<Perm>> {
     let reply = c.request(MsgType::GET_PERMS, tx, wire::join_strings(&[path]), path)?;
-    parse_list(&reply)
-        .iter()
-        .map(|s| {
-            Perm::from_wire(s)
-                .ok_or_else(|| XsError::Protocol(format!("bad permission {s:?} on {path}")))
-        })
-        .collect()
+    parse_perms(&reply, path)
 }
 
 fn op_set_perms(c: &XsClient, tx: u32, path: &str, perms: &[Perm]) -> Result<()> {
@@ -256,16 +236,6 @@ fn op_set_perms(c: &XsClient, tx: u32, path: &str, perms: &[Perm]) -> Result<()>
     parts.extend(perms.iter().map(|p| p.to_wire()));
     c.request(MsgType::SET_PERMS, tx, wire::join_strings(&parts), path)
         .map(drop)
-}
-
-fn parse_list(payload: &[u8]) -> Vec<String> {
-    let (parts, tail) = wire::split_strings(payload);
-    parts
-        .into_iter()
-        .chain((!tail.is_empty()).then_some(tail))
-        .filter(|s| !s.is_empty())
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .collect()
 }
 
 impl XsOps for XsClient {
@@ -635,14 +605,7 @@ impl Conn {
     }
 
     fn queue_event(&mut self, msg: &Message) -> Result<()> {
-        let (parts, _) = wire::split_strings(&msg.payload);
-        if parts.len() < 2 {
-            return Err(XsError::Protocol("malformed WATCH_EVENT".into()));
-        }
-        self.events.push_back(WatchEvent {
-            path: String::from_utf8_lossy(parts[0]).into_owned(),
-            token: String::from_utf8_lossy(parts[1]).into_owned(),
-        });
+        self.events.push_back(parse_watch_event(msg)?);
         Ok(())
     }
 
@@ -727,28 +690,6 @@ impl Conn {
             }
         }
     }
-}
-
-/// Decode the reply to a request `op` on `path`: its payload, or the error the daemon named for
-/// the path (inner `Err`); a reply that is neither is a protocol error (outer `Err`).
-fn decode_reply(reply: Message, op: MsgType, path: &str) -> Result<Result<Vec<u8>>> {
-    if reply.msg_type == MsgType::ERROR.to_u32() {
-        let name = String::from_utf8_lossy(wire::strip_nul(&reply.payload)).into_owned();
-        let errno = Errno::from_name(&name)
-            .ok_or_else(|| XsError::Protocol(format!("unknown error {name:?}")))?;
-        return Ok(Err(XsError::Daemon {
-            errno,
-            op: op.name(),
-            path: path.to_string(),
-        }));
-    }
-    if reply.msg_type != op.to_u32() {
-        return Err(XsError::Protocol(format!(
-            "reply of type {} to {}",
-            reply.msg_type, op
-        )));
-    }
-    Ok(Ok(reply.payload))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod error;
+pub mod reply;
 pub mod wire;
 
 pub use client::XsClient;

@@ -16,6 +16,19 @@
 //! [`Options::max_queued_bytes`] of unsent output — a client that stops reading replies and
 //! events is disconnected when it exceeds that.
 //!
+//! A hostile domain: the engine's per-domain quotas ([`crate::engine::Quota`]) apply over all
+//! of a domain's connections; its requests in flight (read, and whose reply has not yet been
+//! written to its socket) are limited to the `outstanding` quota (20), after which the daemon
+//! stops reading from that domain until replies go out, as C xenstored does with a ring; and a
+//! domain socket accepts at most [`Options::max_domain_connections`] connections at a time
+//! (more are closed at once), so connections cannot multiply the per-connection limits.
+//!
+//! dom0 first: the engine is one store behind one lock, as C xenstored is one thread. C
+//! xenstored serves its connections round-robin, one request each; here a domain's connection
+//! yields to the scheduler before each request and waits while dom0 has a request waiting for
+//! the engine, so a guest that pipelines thousands of requests cannot keep dom0 waiting for more
+//! than the one request it is in.
+//!
 //! ```no_run
 //! use xenplug_xenstored::daemon::{serve, Options, Shutdown};
 //! let shutdown = Shutdown::new();
@@ -32,7 +45,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 use xenplug_xenstore::wire::{self, Decoder, Message, MsgType, HEADER_LEN, PAYLOAD_MAX};
 use xenplug_xenstore::Errno;
@@ -41,6 +54,9 @@ use crate::engine::{ConnId, Engine, EventSink};
 
 /// Default bound on a connection's unsent output.
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 8 << 20;
+
+/// Default bound on simultaneous connections to one domain socket.
+pub const DEFAULT_MAX_DOMAIN_CONNECTIONS: usize = 8;
 
 /// How the daemon runs.
 #[derive(Debug, Clone)]
@@ -51,6 +67,8 @@ pub struct Options {
     pub domain_sockets: Vec<(u32, PathBuf)>,
     /// Disconnect a client whose unsent replies and events exceed this many bytes.
     pub max_queued_bytes: usize,
+    /// Connections one domain socket accepts at a time (a domain has one ring in real Xen).
+    pub max_domain_connections: usize,
     /// Log protocol violations and connection errors to stderr.
     pub verbose: bool,
     /// File mode of the sockets. Anyone who can connect to the main socket acts as dom0, so the
@@ -65,6 +83,7 @@ impl Options {
             socket: socket.into(),
             domain_sockets: Vec::new(),
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            max_domain_connections: DEFAULT_MAX_DOMAIN_CONNECTIONS,
             verbose: false,
             socket_mode: 0o600,
         }
@@ -217,6 +236,7 @@ pub fn serve_listeners(
         .build()?;
     let limits = Limits {
         max_queued_bytes: opts.max_queued_bytes,
+        max_domain_connections: opts.max_domain_connections,
         verbose: opts.verbose,
     };
     rt.block_on(async move {
@@ -234,6 +254,8 @@ pub fn serve_listeners(
 pub struct Limits {
     /// See [`Options::max_queued_bytes`].
     pub max_queued_bytes: usize,
+    /// See [`Options::max_domain_connections`].
+    pub max_domain_connections: usize,
     /// See [`Options::verbose`].
     pub verbose: bool,
 }
@@ -242,6 +264,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            max_domain_connections: DEFAULT_MAX_DOMAIN_CONNECTIONS,
             verbose: false,
         }
     }
@@ -256,10 +279,24 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> io::Result<()> {
     let mut accepters = tokio::task::JoinSet::new();
+    // dom0 requests waiting for the engine (guests hold back while there are any).
+    let dom0_waiting = Arc::new(AtomicUsize::new(0));
+    // One budget of requests in flight per domain, shared by all its sockets and connections.
+    let outstanding = engine.quota().outstanding.min(Semaphore::MAX_PERMITS);
+    let mut budgets: std::collections::HashMap<u32, Arc<Semaphore>> = Default::default();
     for (domid, listener) in listeners {
         let engine = engine.clone();
         let shutdown = shutdown.clone();
-        accepters.spawn(accept_loop(engine, listener, domid, limits, shutdown));
+        let budget = (domid != 0).then(|| {
+            budgets
+                .entry(domid)
+                .or_insert_with(|| Arc::new(Semaphore::new(outstanding)))
+                .clone()
+        });
+        let gate = dom0_waiting.clone();
+        accepters.spawn(accept_loop(
+            engine, listener, domid, budget, gate, limits, shutdown,
+        ));
     }
     shutdown.wait().await;
     accepters.abort_all();
@@ -271,6 +308,8 @@ async fn accept_loop(
     engine: Arc<Engine>,
     listener: UnixListener,
     domid: u32,
+    budget: Option<Arc<Semaphore>>,
+    dom0_waiting: Arc<AtomicUsize>,
     limits: Limits,
     shutdown: Shutdown,
 ) {
@@ -279,7 +318,25 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    conns.spawn(serve_connection(engine.clone(), stream, domid, limits, shutdown.clone()));
+                    if domid != 0 && conns.len() >= limits.max_domain_connections {
+                        if limits.verbose {
+                            eprintln!(
+                                "xenstored: domain {domid} already has {} connections; closing a new one",
+                                conns.len()
+                            );
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                    conns.spawn(serve_connection(
+                        engine.clone(),
+                        stream,
+                        domid,
+                        budget.clone(),
+                        dom0_waiting.clone(),
+                        limits,
+                        shutdown.clone(),
+                    ));
                 }
                 Err(e) => {
                     if limits.verbose {
@@ -298,8 +355,12 @@ async fn accept_loop(
 }
 
 /// The outgoing queue of one connection; also its engine event sink.
+/// Bytes to write, with the in-flight permit of the request they answer (released once
+/// written).
+type Outgoing = (Vec<u8>, Option<OwnedSemaphorePermit>);
+
 struct Outbox {
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tx: mpsc::UnboundedSender<Outgoing>,
     queued: Arc<AtomicUsize>,
     limit: usize,
     overflowed: AtomicBool,
@@ -307,7 +368,7 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn push(&self, bytes: Vec<u8>) {
+    fn push_with(&self, bytes: Vec<u8>, permit: Option<OwnedSemaphorePermit>) {
         if self.overflowed.load(Ordering::Relaxed) {
             return;
         }
@@ -319,16 +380,20 @@ impl Outbox {
             return;
         }
         let len = bytes.len();
-        if self.tx.send(bytes).is_err() {
+        if self.tx.send((bytes, permit)).is_err() {
             self.queued.fetch_sub(len, Ordering::Relaxed);
         }
     }
 
     fn push_message(&self, msg: &Message) {
+        self.push_reply(msg, None);
+    }
+
+    fn push_reply(&self, msg: &Message, permit: Option<OwnedSemaphorePermit>) {
         // Replies are checked against the payload limit by the engine; an event that is too
         // long is not sent, as in xenstored.
         if let Ok(bytes) = msg.encode() {
-            self.push(bytes);
+            self.push_with(bytes, permit);
         }
     }
 }
@@ -362,11 +427,13 @@ async fn serve_connection(
     engine: Arc<Engine>,
     stream: UnixStream,
     domid: u32,
+    budget: Option<Arc<Semaphore>>,
+    dom0_waiting: Arc<AtomicUsize>,
     limits: Limits,
     shutdown: Shutdown,
 ) {
     let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
     let outbox = Arc::new(Outbox {
         tx,
         queued: Arc::new(AtomicUsize::new(0)),
@@ -383,12 +450,17 @@ async fn serve_connection(
         // Everything queued by the time the writer runs goes out in one write: a client that
         // pipelines hundreds of requests gets its replies in a few syscalls, not one each.
         let mut batch: Vec<u8> = Vec::new();
-        while let Some(first) = rx.recv().await {
+        let mut permits = Vec::new();
+        while let Some((first, permit)) = rx.recv().await {
             batch.clear();
             batch.extend_from_slice(&first);
+            permits.extend(permit);
             while batch.len() < WRITE_BATCH {
                 match rx.try_recv() {
-                    Ok(more) => batch.extend_from_slice(&more),
+                    Ok((more, permit)) => {
+                        batch.extend_from_slice(&more);
+                        permits.extend(permit);
+                    }
                     Err(_) => break,
                 }
             }
@@ -396,6 +468,8 @@ async fn serve_connection(
                 break;
             }
             written.fetch_sub(batch.len(), Ordering::Relaxed);
+            // These requests are answered: the domain may send more.
+            permits.clear();
         }
         let _ = wr.shutdown().await;
     });
@@ -433,8 +507,36 @@ async fn serve_connection(
                 Ok((used, msg)) => {
                     data = &data[used..];
                     if let Some(msg) = msg {
-                        let resp = guard.engine.handle_message(guard.conn, &msg);
-                        outbox.push_message(&resp.reply);
+                        // A domain's requests in flight are bounded: wait (without reading
+                        // more) until one of its replies has been written.
+                        let permit = match &budget {
+                            Some(b) => tokio::select! {
+                                p = b.clone().acquire_owned() => p.ok(),
+                                _ = outbox.overflow.notified() => {
+                                    clean = false;
+                                    break 'conn;
+                                }
+                                _ = shutdown.wait() => {
+                                    clean = false;
+                                    break 'conn;
+                                }
+                            },
+                            None => None,
+                        };
+                        let resp = if domid == 0 {
+                            dom0_waiting.fetch_add(1, Ordering::SeqCst);
+                            let r = guard.engine.handle_message(guard.conn, &msg);
+                            dom0_waiting.fetch_sub(1, Ordering::SeqCst);
+                            r
+                        } else {
+                            // One request at a time, after anything dom0 is waiting with.
+                            tokio::task::yield_now().await;
+                            while dom0_waiting.load(Ordering::SeqCst) > 0 {
+                                tokio::task::yield_now().await;
+                            }
+                            guard.engine.handle_message(guard.conn, &msg)
+                        };
+                        outbox.push_reply(&resp.reply, permit);
                         if let Some(ev) = resp.initial_event {
                             outbox.watch_event(&ev.path, &ev.token);
                         }

@@ -29,17 +29,31 @@
 //!   for syntax and ignored); `RELEASE` forgets it, drops the watches and transactions of every
 //!   connection acting as it (its sockets stay open), and fires `@releaseDomain`.
 //!   `SET_TARGET` lets a domain act for another on permission checks.
-//! * Quotas: unprivileged connections may hold 128 watches and 10 transactions (`ENOSPC`), as
-//!   xenstored's defaults; privileged ones 4096 and 256. There is no per-domain node quota.
+//! * Quotas ([`Quota`]): C xenstored's per-domain hard quotas with its defaults and error codes,
+//!   applied to every unprivileged domain over all its connections: nodes it owns (1000,
+//!   `ENOSPC`), the size of one node's record — value, children's names, permissions — as
+//!   xenstored counts it (2048 bytes, `ENOSPC`), watches (128, `E2BIG`), open transactions (10,
+//!   `ENOSPC`), permission entries per node (5, `ENOSPC`), nodes one transaction may look at
+//!   (1024, `ENOSPC`); outstanding requests (20) are enforced by the daemon, which stops reading
+//!   from the domain until its replies have gone out. A domain's nodes are those whose first
+//!   permission entry names it, wherever they are and whoever created them; a transaction's new
+//!   nodes count when it creates them and again when it commits (`ENOSPC` at commit when the
+//!   domain went over meanwhile). dom0 has no quota beyond 4096 watches and 256 transactions
+//!   per connection. xenstored's memory quota is not implemented (node, size and count quotas
+//!   bound a domain's memory already).
 //!
 //! Not implemented (answered with `ENOSYS`, as xenstore.txt allows for optional types):
 //! `GET_FEATURE`, `SET_FEATURE`, `GET_QUOTA`, `SET_QUOTA`; the `<depth>` argument of `WATCH`
 //! (`EINVAL`, as xenstored without the watch-depth feature). Permissions of the special `@` nodes
-//! are not transactional. Duplicate pending events are not merged (xenstore.txt allows
-//! spurious events).
+//! are not transactional.
+//!
+//! Cost: watches are indexed by path, so an event costs a lookup per ancestor of its path (and
+//! a range scan below a removed node), not a comparison with every watch; a transaction keeps
+//! one pending event per path and kind (a later change replaces the earlier one), in a map.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use xenplug_xenstore::wire::{self, Message, MsgType, ABS_PATH_MAX, PAYLOAD_MAX, REL_PATH_MAX};
@@ -47,14 +61,81 @@ use xenplug_xenstore::{Access, Errno, Perm};
 
 /// `DOMID_ANY`: a permission entry for this id applies to every domain.
 pub const DOMID_ANY: u32 = 0x7FF4;
-/// Watches an unprivileged connection may hold (xenstored's default quota).
+/// Watches an unprivileged domain may hold (xenstored's default quota).
 pub const UNPRIV_MAX_WATCHES: usize = 128;
-/// Open transactions an unprivileged connection may hold (xenstored's default quota).
+/// Open transactions an unprivileged domain may hold (xenstored's default quota).
 pub const UNPRIV_MAX_TRANSACTIONS: usize = 10;
-/// Open transactions any connection may hold.
+/// Open transactions a privileged connection may hold.
 pub const MAX_TRANSACTIONS: usize = 256;
-/// Watches any connection may hold.
+/// Watches a privileged connection may hold.
 pub const MAX_WATCHES: usize = 4096;
+
+/// C xenstored's per-domain hard quotas (`tools/xenstored`, `--quota`), applied to unprivileged
+/// domains; see the module docs for what each counts and its error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Nodes a domain owns (`nodes`, 1000): `ENOSPC`.
+    pub nodes: usize,
+    /// Size of one node's record (`node-size`, 2048): `ENOSPC` when a write makes it this
+    /// large or larger.
+    pub entry_bytes: usize,
+    /// Watches of a domain (`watches`, 128): `E2BIG`.
+    pub watches: usize,
+    /// Open transactions of a domain (`transactions`, 10): `ENOSPC`.
+    pub transactions: usize,
+    /// Permission entries of one node (`permissions`, 5): `ENOSPC`.
+    pub perms: usize,
+    /// Requests of a domain in flight (`outstanding`, 20): the daemon stops reading.
+    pub outstanding: usize,
+    /// Nodes one transaction may look at (`transaction-nodes`, 1024): `ENOSPC`.
+    pub transaction_nodes: usize,
+}
+
+impl Default for Quota {
+    fn default() -> Self {
+        Quota {
+            nodes: 1000,
+            entry_bytes: 2048,
+            watches: UNPRIV_MAX_WATCHES,
+            transactions: UNPRIV_MAX_TRANSACTIONS,
+            perms: 5,
+            outstanding: 20,
+            transaction_nodes: 1024,
+        }
+    }
+}
+
+impl Quota {
+    /// No limit at all (for benchmarks that measure the engine, not the quotas).
+    pub const UNLIMITED: Quota = Quota {
+        nodes: usize::MAX,
+        entry_bytes: usize::MAX,
+        watches: usize::MAX,
+        transactions: usize::MAX,
+        perms: usize::MAX,
+        outstanding: usize::MAX,
+        transaction_nodes: usize::MAX,
+    };
+}
+
+/// What a domain uses of its quotas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Nodes it owns in the committed tree.
+    pub nodes: usize,
+    /// Watches over all its connections.
+    pub watches: usize,
+    /// Open transactions over all its connections.
+    pub transactions: usize,
+}
+
+/// Size of a node's record as C xenstored counts it against `node-size`: a 24-byte header, 8
+/// bytes per permission entry, the value, and the children's names with their NULs.
+fn record_size(node: &Node) -> usize {
+    24 + 8 * node.perms.len()
+        + node.value.len()
+        + node.children.iter().map(|c| c.len() + 1).sum::<usize>()
+}
 
 /// The CONTROL command that changes the calling connection's domain id (see [`Request::Control`]).
 pub const CONTROL_SET_DOMID: &str = "xenplug-set-domid";
@@ -254,7 +335,7 @@ impl Caller {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum EventKind {
     /// Node written, created or its permissions changed: fires watches at or above it.
     Changed,
@@ -275,9 +356,10 @@ struct PendingEvent {
     removed: HashMap<String, Vec<Perm>>,
 }
 
-#[derive(Debug)]
-struct Watch {
-    node: String,
+/// A watch as the path index holds it.
+#[derive(Debug, Clone)]
+struct IndexedWatch {
+    conn: u64,
     token: Vec<u8>,
     prefix_len: usize,
 }
@@ -288,12 +370,39 @@ struct Tx {
     overlay: HashMap<Arc<str>, Option<Arc<Node>>>,
     accessed: HashMap<Arc<str>, Option<u64>>,
     modified: HashSet<Arc<str>>,
-    events: Vec<PendingEvent>,
+    /// Pending events in order; a later event for the same path and kind replaces the earlier
+    /// one (its slot becomes `None`), found through `event_slots`.
+    events: Vec<Option<PendingEvent>>,
+    event_slots: HashMap<(String, EventKind), usize>,
+    /// Nodes owned per domain that this transaction added (or removed, negative).
+    owners: HashMap<u32, isize>,
+}
+
+impl Tx {
+    fn new() -> Self {
+        Tx {
+            overlay: HashMap::new(),
+            accessed: HashMap::new(),
+            modified: HashSet::new(),
+            events: Vec::new(),
+            event_slots: HashMap::new(),
+            owners: HashMap::new(),
+        }
+    }
+
+    fn queue(&mut self, ev: PendingEvent) {
+        let key = (ev.path.clone(), ev.kind);
+        if let Some(old) = self.event_slots.insert(key, self.events.len()) {
+            self.events[old] = None;
+        }
+        self.events.push(Some(ev));
+    }
 }
 
 struct ConnState {
     domid: u32,
-    watches: Vec<Watch>,
+    /// `(node, token)` of every watch (the watches themselves are in `State::watch_index`).
+    watches: HashSet<(String, Vec<u8>)>,
     txs: HashMap<u32, Tx>,
     next_tx: u32,
     sink: Arc<dyn EventSink>,
@@ -307,6 +416,11 @@ struct State {
     introduced: BTreeSet<u32>,
     targets: HashMap<u32, u32>,
     special: HashMap<&'static str, Vec<Perm>>,
+    /// Every watch, by watched path.
+    watch_index: BTreeMap<String, Vec<IndexedWatch>>,
+    /// Nodes of the committed tree per owning domain (first permission entry).
+    owners: HashMap<u32, usize>,
+    quota: Quota,
 }
 
 /// The xenstore engine. Cheap to share (`Arc<Engine>`); all operations lock one mutex.
@@ -362,6 +476,12 @@ fn is_child(child: &str, parent: &str) -> bool {
 /// any of them changed meanwhile, so what commits is what the transaction saw.
 struct View<'a> {
     tree: &'a mut Tree,
+    /// Committed nodes per owner, and what this view changed (the transaction's running total,
+    /// or this operation's).
+    owners: &'a HashMap<u32, usize>,
+    owner_delta: &'a mut HashMap<u32, isize>,
+    /// The caller's quota (`None`: privileged).
+    quota: Option<Quota>,
     /// The transaction's own changes (`None`: removed), in a transaction.
     overlay: Option<&'a mut HashMap<Arc<str>, Option<Arc<Node>>>>,
     generation: &'a mut u64,
@@ -369,7 +489,31 @@ struct View<'a> {
     modified: Option<&'a mut HashSet<Arc<str>>>,
 }
 
+fn owner(node: &Node) -> Option<u32> {
+    node.perms.first().map(|p| p.domid)
+}
+
 impl View<'_> {
+    fn count_owner(&mut self, node: &Node, by: isize) {
+        if let Some(d) = owner(node) {
+            *self.owner_delta.entry(d).or_insert(0) += by;
+        }
+    }
+
+    /// Nodes `domid` owns as this view sees them.
+    fn owned(&self, domid: u32) -> usize {
+        let base = self.owners.get(&domid).copied().unwrap_or(0) as isize;
+        (base + self.owner_delta.get(&domid).copied().unwrap_or(0)).max(0) as usize
+    }
+
+    /// `ENOSPC` when the caller is held to a node-size quota and `node` reaches it.
+    fn check_size(&self, node: &Node) -> Result<(), Errno> {
+        match self.quota {
+            Some(q) if record_size(node) >= q.entry_bytes => Err(Errno::ENOSPC),
+            _ => Ok(()),
+        }
+    }
+
     /// The node as this view sees it, without recording the access.
     fn peek(&self, path: &str) -> Option<&Arc<Node>> {
         if let Some(ov) = self.overlay.as_deref() {
@@ -426,6 +570,10 @@ impl View<'_> {
     }
 
     fn insert(&mut self, path: &str, mut node: Node) {
+        if let Some(old) = self.peek(path).cloned() {
+            self.count_owner(&old, -1);
+        }
+        self.count_owner(&node, 1);
         self.mark_modified(path);
         *self.generation += 1;
         node.generation = *self.generation;
@@ -440,6 +588,9 @@ impl View<'_> {
     }
 
     fn remove(&mut self, path: &str) {
+        if let Some(old) = self.peek(path).cloned() {
+            self.count_owner(&old, -1);
+        }
         self.mark_modified(path);
         match self.overlay.as_deref_mut() {
             Some(ov) => {
@@ -449,6 +600,21 @@ impl View<'_> {
                 self.tree.remove(path);
             }
         }
+    }
+}
+
+impl View<'_> {
+    /// Replace a node's permissions (its owner's count moves with it).
+    fn set_perms(&mut self, path: &str, perms: Vec<Perm>) -> Result<(), Errno> {
+        let old = self.peek(path).cloned().ok_or(Errno::EIO)?;
+        self.count_owner(&old, -1);
+        let node = self.node_mut(path).ok_or(Errno::EIO)?;
+        node.perms = perms;
+        let new_owner = owner(node);
+        if let Some(d) = new_owner {
+            *self.owner_delta.entry(d).or_insert(0) += 1;
+        }
+        Ok(())
     }
 }
 
@@ -508,6 +674,8 @@ impl Engine {
             vec![perm(0, Access::None), perm(DOMID_ANY, Access::Read)],
         );
         special.insert(SPECIAL_INTRODUCE, vec![perm(0, Access::None)]);
+        let mut owners = HashMap::new();
+        owners.insert(0, tree.len());
         Arc::new(Engine {
             state: Mutex::new(State {
                 tree,
@@ -517,8 +685,33 @@ impl Engine {
                 introduced: BTreeSet::new(),
                 targets: HashMap::new(),
                 special,
+                watch_index: BTreeMap::new(),
+                owners,
+                quota: Quota::default(),
             }),
         })
+    }
+
+    /// The quotas applied to unprivileged domains.
+    pub fn quota(&self) -> Quota {
+        self.lock().quota
+    }
+
+    /// Change the quotas applied to unprivileged domains (from now on; nothing is taken away).
+    pub fn set_quota(&self, quota: Quota) {
+        self.lock().quota = quota;
+    }
+
+    /// What `domid` uses of its quotas.
+    pub fn domain_usage(&self, domid: u32) -> Usage {
+        self.lock().usage(domid)
+    }
+
+    /// Check the store's invariants (C xenstored's `CONTROL check`): every listed child exists
+    /// and every node but `/` is listed by its parent; the per-domain node counts match a recount;
+    /// the watch index matches the connections' watches. The first violation found, if any.
+    pub fn check(&self) -> Result<(), String> {
+        self.lock().check()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -536,7 +729,7 @@ impl Engine {
             id,
             ConnState {
                 domid,
-                watches: Vec::new(),
+                watches: HashSet::new(),
                 txs: HashMap::new(),
                 next_tx: 1,
                 sink,
@@ -547,7 +740,9 @@ impl Engine {
 
     /// Forget a connection: its watches go, its transactions are aborted.
     pub fn disconnect(&self, conn: ConnId) {
-        self.lock().conns.remove(&conn.0);
+        let mut st = self.lock();
+        st.clear_watches(conn.0);
+        st.conns.remove(&conn.0);
     }
 
     /// The domain a connection acts as.
@@ -917,8 +1112,8 @@ impl State {
                 )))
             }
             Request::ResetWatches => {
+                self.clear_watches(conn.0);
                 if let Some(c) = self.conns.get_mut(&conn.0) {
-                    c.watches.clear();
                     c.txs.clear();
                 }
                 return Ok(Done::reply(Reply::Ok));
@@ -946,28 +1141,42 @@ impl State {
             )?,
             _ => return Err(Errno::EINVAL),
         };
+        let quota = (!caller.privileged()).then_some(self.quota);
         let State {
             tree,
             generation,
             conns,
+            owners,
             ..
         } = self;
         let done = if tx_id == 0 {
+            let mut delta = HashMap::new();
             let mut view = View {
                 tree,
+                owners,
+                owner_delta: &mut delta,
+                quota,
                 overlay: None,
                 generation,
                 accessed: None,
                 modified: None,
             };
-            node_op(&mut view, caller, &name, req)?
+            let done = node_op(&mut view, caller, &name, req)?;
+            apply_owner_delta(owners, delta);
+            done
         } else {
             let tx = conns
                 .get_mut(&conn.0)
                 .and_then(|c| c.txs.get_mut(&tx_id))
                 .ok_or(Errno::ENOENT)?;
+            if quota.is_some_and(|q| tx.accessed.len() >= q.transaction_nodes) {
+                return Err(Errno::ENOSPC);
+            }
             let mut view = View {
                 tree,
+                owners,
+                owner_delta: &mut tx.owners,
+                quota,
                 overlay: Some(&mut tx.overlay),
                 generation,
                 accessed: Some(&mut tx.accessed),
@@ -975,14 +1184,117 @@ impl State {
             };
             let mut done = node_op(&mut view, caller, &name, req)?;
             for ev in done.events.drain(..) {
-                tx.events
-                    .retain(|e| !(e.path == ev.path && e.kind == ev.kind));
-                tx.events.push(ev);
+                tx.queue(ev);
             }
             done
         };
         self.fire(&done.events);
         Ok(done)
+    }
+
+    /// What `domid` uses of its quotas.
+    fn usage(&self, domid: u32) -> Usage {
+        let mine = self.conns.values().filter(|c| c.domid == domid);
+        let (watches, transactions) =
+            mine.fold((0, 0), |(w, t), c| (w + c.watches.len(), t + c.txs.len()));
+        Usage {
+            nodes: self.owners.get(&domid).copied().unwrap_or(0),
+            watches,
+            transactions,
+        }
+    }
+
+    fn add_watch(&mut self, conn: u64, node: String, token: Vec<u8>, prefix_len: usize) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.watches.insert((node.clone(), token.clone()));
+        }
+        self.watch_index
+            .entry(node)
+            .or_default()
+            .push(IndexedWatch {
+                conn,
+                token,
+                prefix_len,
+            });
+    }
+
+    fn remove_from_index(&mut self, conn: u64, node: &str, token: &[u8]) {
+        if let Some(list) = self.watch_index.get_mut(node) {
+            list.retain(|w| !(w.conn == conn && w.token == token));
+            if list.is_empty() {
+                self.watch_index.remove(node);
+            }
+        }
+    }
+
+    /// Drop every watch of `conn`.
+    fn clear_watches(&mut self, conn: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let watches = std::mem::take(&mut c.watches);
+        for (node, token) in watches {
+            self.remove_from_index(conn, &node, &token);
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let mut owners: HashMap<u32, usize> = HashMap::new();
+        for (path, node) in &self.tree {
+            if let Some(d) = owner(node) {
+                *owners.entry(d).or_default() += 1;
+            }
+            let mut seen = HashSet::new();
+            for child in &node.children {
+                if !seen.insert(child) {
+                    return Err(format!("{path} lists {child} twice"));
+                }
+                if !self.tree.contains_key(child_path(path, child).as_str()) {
+                    return Err(format!("{path} lists missing child {child}"));
+                }
+            }
+            if &**path != "/" {
+                let leaf = &path[path.rfind('/').map_or(0, |i| i + 1)..];
+                let listed = self
+                    .tree
+                    .get(parent_of(path))
+                    .is_some_and(|p| p.children.iter().any(|c| &**c == leaf));
+                if !listed {
+                    return Err(format!("{path} is not listed by its parent"));
+                }
+            }
+        }
+        let counted: HashMap<u32, usize> = self
+            .owners
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(d, n)| (*d, *n))
+            .collect();
+        if counted != owners {
+            return Err(format!(
+                "node accounting {counted:?} differs from a recount {owners:?}"
+            ));
+        }
+        let mut indexed = 0;
+        for (node, list) in &self.watch_index {
+            for w in list {
+                let known = self
+                    .conns
+                    .get(&w.conn)
+                    .is_some_and(|c| c.watches.contains(&(node.clone(), w.token.clone())));
+                if !known {
+                    return Err(format!(
+                        "indexed watch on {node} of a connection without it"
+                    ));
+                }
+                indexed += 1;
+            }
+        }
+        let held: usize = self.conns.values().map(|c| c.watches.len()).sum();
+        if held != indexed {
+            return Err(format!("{held} watches held, {indexed} indexed"));
+        }
+        Ok(())
     }
 
     fn special_perms(&mut self, caller: Caller, req: Request) -> OpResult {
@@ -1006,6 +1318,9 @@ impl State {
                 Ok(Done::reply(Reply::Perms(current)))
             }
             Some(perms) => {
+                if !caller.privileged() && perms.len() > self.quota.perms {
+                    return Err(Errno::ENOSPC);
+                }
                 if have & (PERM_WRITE | PERM_OWNER) != PERM_WRITE | PERM_OWNER {
                     return Err(Errno::EACCES);
                 }
@@ -1028,17 +1343,16 @@ impl State {
     fn watch(&mut self, conn: ConnId, caller: Caller, raw: &str, token: Vec<u8>) -> OpResult {
         let relative = !raw.starts_with('/') && !raw.starts_with('@');
         let node = self.canonicalize(caller, raw, true)?;
-        let c = self.conns.get_mut(&conn.0).ok_or(Errno::EIO)?;
-        if c.watches.iter().any(|w| w.node == node && w.token == token) {
+        let c = self.conns.get(&conn.0).ok_or(Errno::EIO)?;
+        if c.watches.contains(&(node.clone(), token.clone())) {
             return Err(Errno::EEXIST);
         }
-        let limit = if caller.privileged() {
-            MAX_WATCHES
-        } else {
-            UNPRIV_MAX_WATCHES
-        };
-        if c.watches.len() >= limit {
-            return Err(Errno::ENOSPC);
+        if caller.privileged() {
+            if c.watches.len() >= MAX_WATCHES {
+                return Err(Errno::E2BIG);
+            }
+        } else if self.usage(caller.domid).watches >= self.quota.watches {
+            return Err(Errno::E2BIG);
         }
         let prefix_len = if relative {
             format!("/local/domain/{}/", caller.domid).len()
@@ -1049,11 +1363,7 @@ impl State {
             path: node.as_bytes()[prefix_len..].to_vec(),
             token: token.clone(),
         };
-        c.watches.push(Watch {
-            node,
-            token,
-            prefix_len,
-        });
+        self.add_watch(conn.0, node, token, prefix_len);
         Ok(Done {
             reply: Reply::Ok,
             events: Vec::new(),
@@ -1064,12 +1374,10 @@ impl State {
     fn unwatch(&mut self, conn: ConnId, caller: Caller, raw: &str, token: &[u8]) -> OpResult {
         let node = self.canonicalize(caller, raw, true)?;
         let c = self.conns.get_mut(&conn.0).ok_or(Errno::EIO)?;
-        let pos = c
-            .watches
-            .iter()
-            .position(|w| w.node == node && w.token == token)
-            .ok_or(Errno::ENOENT)?;
-        c.watches.remove(pos);
+        if !c.watches.remove(&(node.clone(), token.to_vec())) {
+            return Err(Errno::ENOENT);
+        }
+        self.remove_from_index(conn.0, &node, token);
         Ok(Done::reply(Reply::Ok))
     }
 
@@ -1078,29 +1386,26 @@ impl State {
             // Nested transactions are not supported (the id was found by check_type).
             return Err(Errno::EBUSY);
         }
-        let c = self.conns.get_mut(&conn.0).ok_or(Errno::EIO)?;
+        let open = if caller.privileged() {
+            self.conns.get(&conn.0).ok_or(Errno::EIO)?.txs.len()
+        } else {
+            self.usage(caller.domid).transactions
+        };
         let limit = if caller.privileged() {
             MAX_TRANSACTIONS
         } else {
-            UNPRIV_MAX_TRANSACTIONS
+            self.quota.transactions
         };
-        if c.txs.len() >= limit {
+        if open >= limit {
             return Err(Errno::ENOSPC);
         }
+        let c = self.conns.get_mut(&conn.0).ok_or(Errno::EIO)?;
         let mut id = c.next_tx;
         while id == 0 || c.txs.contains_key(&id) {
             id = id.wrapping_add(1);
         }
         c.next_tx = id.wrapping_add(1);
-        c.txs.insert(
-            id,
-            Tx {
-                overlay: HashMap::new(),
-                accessed: HashMap::new(),
-                modified: HashSet::new(),
-                events: Vec::new(),
-            },
-        );
+        c.txs.insert(id, Tx::new());
         Ok(Done::reply(Reply::TxId(id)))
     }
 
@@ -1108,6 +1413,7 @@ impl State {
         if tx_id == 0 {
             return Err(Errno::ENOENT);
         }
+        let caller = self.caller(conn)?;
         let c = self.conns.get_mut(&conn.0).ok_or(Errno::EIO)?;
         let mut tx = c.txs.remove(&tx_id).ok_or(Errno::ENOENT)?;
         if !commit {
@@ -1118,6 +1424,15 @@ impl State {
                 return Err(Errno::EAGAIN);
             }
         }
+        if !caller.privileged() {
+            let now = self.owners.get(&caller.domid).copied().unwrap_or(0) as isize;
+            let added = tx.owners.get(&caller.domid).copied().unwrap_or(0);
+            // (In usize: an unlimited quota is usize::MAX, which does not fit an isize.)
+            if added > 0 && (now + added).max(0) as usize > self.quota.nodes {
+                return Err(Errno::ENOSPC);
+            }
+        }
+        self.tree.reserve(tx.overlay.len());
         for path in &tx.modified {
             match tx.overlay.remove(&**path) {
                 Some(Some(mut node)) => {
@@ -1132,7 +1447,9 @@ impl State {
                 None => {}
             }
         }
-        self.fire(&tx.events);
+        apply_owner_delta(&mut self.owners, std::mem::take(&mut tx.owners));
+        let events: Vec<PendingEvent> = tx.events.into_iter().flatten().collect();
+        self.fire(&events);
         Ok(Done::reply(Reply::Ok))
     }
 
@@ -1151,9 +1468,17 @@ impl State {
             return Err(Errno::ENOENT);
         }
         self.targets.remove(&domid);
-        for c in self.conns.values_mut().filter(|c| c.domid == domid) {
-            c.watches.clear();
-            c.txs.clear();
+        let conns: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.domid == domid)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in conns {
+            self.clear_watches(id);
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.txs.clear();
+            }
         }
         self.fire_special(SPECIAL_RELEASE, domid);
         Ok(Done::reply(Reply::Ok))
@@ -1162,7 +1487,10 @@ impl State {
     fn control(&mut self, conn: ConnId, args: &[String]) -> OpResult {
         let text = match args[0].as_str() {
             "help" => format!("check\nprint\nhelp\n{CONTROL_SET_DOMID}\n"),
-            "check" => "OK".to_string(),
+            "check" => match self.check() {
+                Ok(()) => "OK".to_string(),
+                Err(problem) => problem,
+            },
             "print" => {
                 eprintln!("xenstored: {}", args[1..].join(" "));
                 "OK".to_string()
@@ -1191,64 +1519,77 @@ impl State {
         self.fire(std::slice::from_ref(&ev));
     }
 
-    /// Deliver events to every matching watch whose connection may see them.
+    /// Deliver events to every matching watch whose connection may see them. Watches are
+    /// found through the path index: those on the event's path and its ancestors, and for a
+    /// removal those below it.
     fn fire(&self, events: &[PendingEvent]) {
-        if events.is_empty() {
-            return;
-        }
-        for c in self.conns.values() {
-            let watcher = Caller {
-                domid: c.domid,
-                target: self.targets.get(&c.domid).copied(),
-            };
-            let can_read = |lists: &[&[Perm]]| {
-                watcher.privileged() || lists.iter().any(|p| watcher.perm(p) & PERM_READ != 0)
-            };
-            for ev in events {
-                for w in &c.watches {
-                    let epath: &str = match ev.kind {
-                        EventKind::Special(domid) => {
-                            let with_dom = format!("{}/{domid}", ev.path);
-                            if w.node != ev.path && w.node != with_dom {
-                                continue;
-                            }
-                            let lists: Vec<&[Perm]> = ev.perms.iter().map(|p| &p[..]).collect();
-                            if !can_read(&lists) {
-                                continue;
-                            }
-                            &w.node
+        for ev in events {
+            match ev.kind {
+                EventKind::Special(domid) => {
+                    let with_dom = format!("{}/{domid}", ev.path);
+                    for key in [ev.path.as_str(), with_dom.as_str()] {
+                        for w in self.watch_index.get(key).into_iter().flatten() {
+                            self.deliver(ev, key, w, key);
                         }
-                        EventKind::Changed => {
-                            if !is_child(&ev.path, &w.node) {
-                                continue;
-                            }
-                            let lists: Vec<&[Perm]> = ev.perms.iter().map(|p| &p[..]).collect();
-                            if !can_read(&lists) {
-                                continue;
-                            }
-                            &ev.path
+                    }
+                }
+                EventKind::Changed | EventKind::Removed => {
+                    // Watches at or above the path (only the path itself for `@` names).
+                    let mut p = ev.path.as_str();
+                    loop {
+                        for w in self.watch_index.get(p).into_iter().flatten() {
+                            self.deliver(ev, p, w, &ev.path);
                         }
-                        EventKind::Removed => {
-                            if is_child(&ev.path, &w.node) {
-                                let lists: Vec<&[Perm]> = ev.perms.iter().map(|p| &p[..]).collect();
-                                if !can_read(&lists) {
-                                    continue;
-                                }
-                                &ev.path
-                            } else if is_child(&w.node, &ev.path) {
-                                if !watcher.privileged() && !removed_visible(ev, &w.node, watcher) {
-                                    continue;
-                                }
-                                &w.node
-                            } else {
-                                continue;
+                        if p == "/" || !p.starts_with('/') {
+                            break;
+                        }
+                        p = parent_of(p);
+                    }
+                    if ev.kind == EventKind::Removed && ev.path.starts_with('/') {
+                        let below = format!("{}/", ev.path.trim_end_matches('/'));
+                        let range = self
+                            .watch_index
+                            .range::<str, _>((Bound::Included(below.as_str()), Bound::Unbounded));
+                        for (node, list) in range.take_while(|(n, _)| n.starts_with(&below)) {
+                            for w in list {
+                                self.deliver(ev, node, w, node);
                             }
                         }
-                    };
-                    let shown = epath.get(w.prefix_len..).unwrap_or(epath);
-                    c.sink.watch_event(shown.as_bytes(), &w.token);
+                    }
                 }
             }
+        }
+    }
+
+    /// Send `ev` (naming `epath`) to watch `w` on `node`, if its connection may see it.
+    fn deliver(&self, ev: &PendingEvent, node: &str, w: &IndexedWatch, epath: &str) {
+        let Some(c) = self.conns.get(&w.conn) else {
+            return;
+        };
+        let watcher = Caller {
+            domid: c.domid,
+            target: self.targets.get(&c.domid).copied(),
+        };
+        let visible = watcher.privileged()
+            || if ev.kind == EventKind::Removed && node != ev.path && is_child(node, &ev.path) {
+                removed_visible(ev, node, watcher)
+            } else {
+                ev.perms.iter().any(|p| watcher.perm(p) & PERM_READ != 0)
+            };
+        if !visible {
+            return;
+        }
+        let shown = epath.get(w.prefix_len..).unwrap_or(epath);
+        c.sink.watch_event(shown.as_bytes(), &w.token);
+    }
+}
+
+fn apply_owner_delta(owners: &mut HashMap<u32, usize>, delta: HashMap<u32, isize>) {
+    for (d, n) in delta {
+        let v = owners.entry(d).or_insert(0);
+        *v = (*v as isize + n).max(0) as usize;
+        if *v == 0 {
+            owners.remove(&d);
         }
     }
 }
@@ -1352,6 +1693,24 @@ fn create(view: &mut View<'_>, caller: Caller, name: &str, value: Vec<u8>) -> Re
             }
         }
     };
+    // Quotas, before anything changes: the new nodes the caller will own, the existing
+    // parent's grown list of children, the new node's value.
+    if let Some(q) = view.quota {
+        if view.owned(caller.domid).saturating_add(missing.len()) > q.nodes {
+            return Err(Errno::ENOSPC);
+        }
+        let top = &missing[missing.len() - 1];
+        let leaf = &top[top.rfind('/').map_or(0, |i| i + 1)..];
+        let mut grown = (*parent_node).clone();
+        grown.children.push(Arc::from(leaf));
+        view.check_size(&grown)?;
+        view.check_size(&Node {
+            value: value.clone(),
+            children: Vec::new(),
+            perms: parent_node.perms.clone(),
+            generation: 0,
+        })?;
+    }
     while let Some(path) = missing.pop() {
         let leaf = &path[path.rfind('/').map_or(0, |i| i + 1)..];
         let mut perms = parent_node.perms.clone();
@@ -1403,7 +1762,11 @@ fn node_op(view: &mut View<'_>, caller: Caller, name: &str, req: Request) -> OpR
         }
         Request::Write(_, value) => {
             match get_checked(view, caller, name, PERM_WRITE) {
-                Ok(_) => {
+                Ok(node) => {
+                    view.check_size(&Node {
+                        value: value.clone(),
+                        ..(*node).clone()
+                    })?;
                     view.node_mut(name).ok_or(Errno::EIO)?.value = value;
                 }
                 Err(Errno::ENOENT) => create(view, caller, name, value)?,
@@ -1478,11 +1841,18 @@ fn node_op(view: &mut View<'_>, caller: Caller, name: &str, req: Request) -> OpR
             }
         },
         Request::SetPerms(_, perms) => {
+            if view.quota.is_some_and(|q| perms.len() > q.perms) {
+                return Err(Errno::ENOSPC);
+            }
             let node = get_checked(view, caller, name, PERM_WRITE | PERM_OWNER)?;
             if !caller.privileged() && perms[0].domid != node.perms[0].domid {
                 return Err(Errno::EPERM);
             }
-            view.node_mut(name).ok_or(Errno::EIO)?.perms = perms;
+            view.check_size(&Node {
+                perms: perms.clone(),
+                ..(*node).clone()
+            })?;
+            view.set_perms(name, perms)?;
             let ev = changed_event(view, name, Some(node.perms.clone()));
             Ok(Done {
                 reply: Reply::Ok,
