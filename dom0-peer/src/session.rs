@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -20,7 +20,8 @@ use crate::guest_state::GuestReport;
 use crate::log::Logger;
 use crate::machine::{Action, Counters, Desired, Input, Machine, Phase, Timing};
 use crate::policy::{Policy, Subject, Verdict};
-use crate::store::{Lookup, Store};
+use crate::status::Reporter;
+use crate::store::{Documents, Lookup};
 use crate::wire::{self, Limits};
 use xenplug_channel::host::{HostSession, Nonces};
 
@@ -79,6 +80,10 @@ pub struct VmStatus {
     pub applied_generation: Option<u64>,
     /// Generation the store wants.
     pub desired_generation: Option<u64>,
+    /// Instance id the agent reports applied.
+    pub applied_instance: Option<String>,
+    /// Instance id of the document the store has for the VM.
+    pub desired_instance: Option<String>,
     /// Last error.
     pub last_error: Option<String>,
     /// Guest requests denied by policy or rate limit.
@@ -103,6 +108,8 @@ impl VmStatus {
             last_handshake: None,
             applied_generation: None,
             desired_generation: None,
+            applied_instance: None,
+            desired_instance: None,
             last_error: Some(why),
             denied_requests: 0,
             counters: Counters::default(),
@@ -120,8 +127,8 @@ pub struct Shared {
     pub limits: Limits,
     /// Rate limits.
     pub rates: Rates,
-    /// The configuration store.
-    pub store: RwLock<Store>,
+    /// The configuration store (directory or etcd).
+    pub store: RwLock<Documents>,
     /// Bumped after every store reload that changed something.
     pub store_epoch: tokio::sync::watch::Sender<u64>,
     /// The policy for guest-originated requests.
@@ -130,6 +137,8 @@ pub struct Shared {
     pub status: Mutex<BTreeMap<ChannelKey, VmStatus>>,
     /// Logger.
     pub log: Logger,
+    /// With an etcd store: where status rows go.
+    pub reporter: OnceLock<Arc<Reporter>>,
 }
 
 impl Shared {
@@ -138,11 +147,11 @@ impl Shared {
         timing: Timing,
         limits: Limits,
         rates: Rates,
-        store: Store,
+        store: Documents,
         policy: Policy,
         log: Logger,
     ) -> Arc<Self> {
-        let (tx, _) = tokio::sync::watch::channel(store.epoch);
+        let (tx, _) = tokio::sync::watch::channel(store.epoch());
         Arc::new(Shared {
             timing,
             limits,
@@ -152,6 +161,7 @@ impl Shared {
             policy: RwLock::new(Arc::new(policy)),
             status: Mutex::new(BTreeMap::new()),
             log,
+            reporter: OnceLock::new(),
         })
     }
 
@@ -167,7 +177,7 @@ impl Shared {
                 "no document for this VM (uuid {}, name {}) in {}",
                 info.vm_uuid.as_deref().unwrap_or("-"),
                 info.vm_name.as_deref().unwrap_or("-"),
-                store.dir().display()
+                store.describe()
             )),
         }
     }
@@ -308,11 +318,16 @@ impl Driver {
             last_handshake: m.last_handshake.map(unix_secs),
             applied_generation: m.applied_generation,
             desired_generation: m.desired_generation(),
+            applied_instance: m.applied_instance.clone(),
+            desired_instance: m.desired_instance().map(str::to_string),
             last_error: m.last_error.clone(),
             denied_requests: self.denied + self.rate_limited,
             counters: m.counters(),
             guest: self.guest.clone(),
         };
+        if let Some(r) = self.shared.reporter.get() {
+            r.update(&row);
+        }
         if let Ok(mut s) = self.shared.status.lock() {
             s.insert(self.info.key(), row);
         }
