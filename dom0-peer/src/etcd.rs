@@ -984,28 +984,34 @@ async fn watch_once(
             });
         }
         let n = evs.len();
-        let changed = with_docs(shared, |d| {
-            evs.into_iter().filter(|e| d.apply(e.clone())).count()
+        let changed: Vec<String> = with_docs(shared, |d| {
+            evs.into_iter()
+                .filter(|e| d.apply(e.clone()))
+                .map(|e| match e {
+                    DocEvent::Put { key, .. } | DocEvent::Delete { key } => key,
+                })
+                .collect()
         })
-        .unwrap_or(0);
+        .unwrap_or_default();
         cur.vms = last;
         health.revision.store(last, Ordering::Relaxed);
         shared.log.debug(
             "store-events",
             &[
                 ("events", n.into()),
-                ("changed", changed.into()),
+                ("changed", changed.len().into()),
                 ("revision", last.into()),
             ],
         );
-        if changed > 0 {
-            bump(shared);
+        // Only the channels of the VMs concerned wake up, not every channel of the host.
+        for k in &changed {
+            shared.key_changed(k.strip_suffix(".meta").unwrap_or(k));
         }
     }
 }
 
 /// Keep the documents (and, unless a policy file is given, the policy) in step with etcd until
-/// `stop` is set. Never returns an error: etcd being away is a state, reported in `health` and
+/// the task is aborted. Never returns an error: etcd being away is a state, reported in `health` and
 /// the log, during which the documents already seen stay in force.
 pub async fn run_watcher(cfg: WatchConfig, shared: Arc<Shared>, health: Arc<Health>) {
     let mut cur = Cursor {

@@ -7,7 +7,7 @@
 //! pass a second token bucket before the policy, and every wait has a deadline.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -139,6 +139,37 @@ pub struct Shared {
     pub log: Logger,
     /// With an etcd store: where status rows go.
     pub reporter: OnceLock<Arc<Reporter>>,
+    /// Channels waiting for changes of one store key (an etcd store wakes only the channels
+    /// of the VM whose document changed; a re-list still bumps `store_epoch`).
+    pub key_waiters: Mutex<HashMap<String, Vec<(u64, Arc<tokio::sync::Notify>)>>>,
+}
+
+/// A channel's registration in [`Shared::key_waiters`], removed when dropped.
+#[derive(Debug)]
+pub struct KeyWatch {
+    shared: Arc<Shared>,
+    keys: Vec<String>,
+    id: u64,
+    /// Notified when one of the keys changed.
+    pub notify: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for KeyWatch {
+    fn drop(&mut self) {
+        let mut w = self
+            .shared
+            .key_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for k in &self.keys {
+            if let Some(v) = w.get_mut(k) {
+                v.retain(|(id, _)| *id != self.id);
+                if v.is_empty() {
+                    w.remove(k);
+                }
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -162,7 +193,40 @@ impl Shared {
             status: Mutex::new(BTreeMap::new()),
             log,
             reporter: OnceLock::new(),
+            key_waiters: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Wake the channels of the VM whose document (or metadata) is stored under `key`.
+    pub fn key_changed(&self, key: &str) {
+        let w = self.key_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, n) in w.get(key).into_iter().flatten() {
+            n.notify_one();
+        }
+    }
+
+    /// Register a channel for changes of its VM's keys (UUID and name).
+    pub fn watch_keys(self: &Arc<Self>, info: &ChannelInfo) -> KeyWatch {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let keys: Vec<String> = info
+            .vm_uuid
+            .iter()
+            .chain(info.vm_name.iter())
+            .cloned()
+            .collect();
+        let mut w = self.key_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for k in &keys {
+            w.entry(k.clone()).or_default().push((id, notify.clone()));
+        }
+        drop(w);
+        KeyWatch {
+            shared: self.clone(),
+            keys,
+            id,
+            notify,
+        }
     }
 
     /// What the store wants for this channel's VM.
@@ -526,6 +590,7 @@ pub async fn run_channel(info: ChannelInfo, shared: Arc<Shared>) {
         ("vm", json!(info.vm_name)),
     ]);
     let mut epoch = shared.store_epoch.subscribe();
+    let key_watch = shared.watch_keys(&info);
     let desired = shared.desired_for(&info);
     let now = Instant::now();
     let mut d = Driver {
@@ -589,6 +654,7 @@ pub async fn run_channel(info: ChannelInfo, shared: Arc<Shared>) {
                     }
                 } => Woke::Timer,
                 r = epoch.changed() => Woke::Store(r.is_ok()),
+                _ = key_watch.notify.notified() => Woke::Store(true),
             }
         };
         let input = match woke {

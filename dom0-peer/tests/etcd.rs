@@ -41,6 +41,13 @@ async fn wait_status(
     .await
 }
 
+async fn wait_connected(h: &Host) {
+    wait_for(T, "the daemon's watch established", || async {
+        (h.store_state().await["connected"] == true).then_some(())
+    })
+    .await;
+}
+
 /// Put with retries (a member may be down: the client moves to another).
 async fn put(c: &EtcdCluster, key: &str, value: &str) {
     wait_for(T, &format!("put {key}"), || async {
@@ -267,6 +274,7 @@ async fn compaction_while_disconnected_lists_again() {
     h.start(h.etcd_config(&relay.url(p), "xen-a"));
     wait_state(&h, 4, "configured", T).await;
     wait_state(&h, 5, "configured", T).await;
+    wait_connected(&h).await;
 
     relay.cut();
     wait_for(T, "the daemon sees etcd gone", || async {
@@ -458,6 +466,7 @@ async fn etcd_down_for_a_while_then_back() {
         v["state"] == "configured"
     })
     .await;
+    wait_connected(&h).await;
 
     c.kill_all();
     wait_for(T, "the daemon sees etcd gone", || async {
