@@ -141,8 +141,11 @@ pub struct Shared {
     pub reporter: OnceLock<Arc<Reporter>>,
     /// Channels waiting for changes of one store key (an etcd store wakes only the channels
     /// of the VM whose document changed; a re-list still bumps `store_epoch`).
-    pub key_waiters: Mutex<HashMap<String, Vec<(u64, Arc<tokio::sync::Notify>)>>>,
+    pub key_waiters: Mutex<HashMap<String, Vec<KeyWaiter>>>,
 }
+
+/// One channel waiting for a store key: its registration id and what to notify.
+pub type KeyWaiter = (u64, Arc<tokio::sync::Notify>);
 
 /// A channel's registration in [`Shared::key_waiters`], removed when dropped.
 #[derive(Debug)]
