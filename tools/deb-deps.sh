@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that building (tools/build-deb.sh) and testing
 # (packaging/test-packages.sh) xenplug's Debian packages need, if any is missing.
-#   tools/deb-deps.sh build   dpkg-dev, debhelper, man-db (man page check)
+#   tools/deb-deps.sh build   dpkg-dev, debhelper, man-db (man page check), protoc (etcd-client)
 #   tools/deb-deps.sh test    the above, and lintian, mmdebstrap, inotify-tools, systemd
 #                             (systemd-analyze), udev, systemd-container (systemd-nspawn)
 # Run as root on Debian 12. Idempotent; does nothing when everything is present.
 set -euo pipefail
 
-packages=(dpkg-dev debhelper man-db)
+packages=(dpkg-dev debhelper man-db protobuf-compiler libprotobuf-dev)  # protoc: the etcd-client crate's build
 case "${1:-build}" in
   build) ;;
   test) packages+=(lintian mmdebstrap inotify-tools systemd udev systemd-container) ;;

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::etcd::StoreSpec;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "xenplug-peer",
@@ -62,7 +64,18 @@ pub enum Cmd {
         t: Timeouts,
     },
     /// Serve every channel on this host.
-    Daemon(DaemonArgs),
+    Daemon(Box<DaemonArgs>),
+    /// Every VM of the fleet with its host and state, from an etcd store's status keys.
+    FleetStatus {
+        /// The fleet's store: etcd://HOST:PORT[,HOST:PORT…]/PREFIX (etcds:// for TLS).
+        #[arg(long, value_parser = parse_store_arg)]
+        store: StoreSpec,
+        #[command(flatten)]
+        etcd: EtcdArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show every channel the daemon knows.
     List {
         /// Control socket.
@@ -74,12 +87,71 @@ pub enum Cmd {
     },
 }
 
+fn parse_store_arg(s: &str) -> Result<StoreSpec, String> {
+    crate::etcd::parse_store(s)
+}
+
+/// How to reach an etcd store: the options (and environment variables) etcdctl users know.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct EtcdArgs {
+    /// etcd: CA bundle that signed the members' certificates (turns TLS on).
+    #[arg(long, env = "ETCDCTL_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// etcd: client certificate (with --key).
+    #[arg(long, env = "ETCDCTL_CERT", value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// etcd: client key.
+    #[arg(long, env = "ETCDCTL_KEY", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// etcd: user, NAME or NAME:PASSWORD.
+    #[arg(
+        long,
+        env = "ETCDCTL_USER",
+        value_name = "NAME[:PASSWORD]",
+        hide_env_values = true
+    )]
+    pub user: Option<String>,
+    /// etcd: password of --user (prefer ETCDCTL_PASSWORD in an environment file).
+    #[arg(long, env = "ETCDCTL_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// etcd: seconds to establish a connection.
+    #[arg(long, env = "ETCDCTL_DIAL_TIMEOUT", default_value_t = 2.0)]
+    pub dial_timeout: f64,
+}
+
+impl EtcdArgs {
+    /// Connection options for `url`, checked.
+    pub fn options(&self, url: crate::etcd::EtcdUrl) -> Result<crate::etcd::EtcdOptions, String> {
+        let mut o = crate::etcd::EtcdOptions::new(url);
+        o.cacert = self.cacert.clone();
+        o.cert = self.cert.clone();
+        o.key = self.key.clone();
+        o.user = self.user.clone();
+        o.password = self.password.clone();
+        o.dial_timeout = std::time::Duration::from_secs_f64(self.dial_timeout.clamp(0.1, 600.0));
+        o.check()?;
+        Ok(o)
+    }
+}
+
 /// `xenplug-peer daemon`'s options.
 #[derive(clap::Args, Debug)]
 pub struct DaemonArgs {
-    /// The configuration store directory.
-    #[arg(long)]
-    pub store: PathBuf,
+    /// The configuration store: a directory, or etcd://HOST:PORT[,HOST:PORT…]/PREFIX (etcds://
+    /// for TLS) for a fleet: documents at PREFIX/vms/<uuid>, status to PREFIX/status/<uuid>.
+    #[arg(long, value_parser = parse_store_arg)]
+    pub store: StoreSpec,
+    /// With an etcd store: this host's name in the VMs' status (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub host: Option<String>,
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+    /// With an etcd store: seconds a status outlives this daemon (its lease's TTL).
+    #[arg(long, default_value_t = 15)]
+    pub lease_ttl: u32,
+    /// With an etcd store: most VMs whose status waits to be written while etcd is away.
+    #[arg(long, default_value_t = 100_000)]
+    pub status_queue: usize,
     /// Channel name(s) to serve.
     #[arg(long = "channel-name", default_value = xenplug_channel::DEFAULT_CHANNEL_NAME)]
     pub channel_names: Vec<String>,

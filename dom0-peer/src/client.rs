@@ -84,6 +84,8 @@ pub mod exit {
     pub const BAD_DOCUMENT: u8 = 8;
     /// The daemon's control socket cannot be reached (`list`).
     pub const DAEMON_UNREACHABLE: u8 = 9;
+    /// The etcd store cannot be reached (`fleet-status`).
+    pub const STORE_UNREACHABLE: u8 = 10;
 }
 
 impl ClientError {

@@ -2,9 +2,14 @@
 //!
 //! [`run`] takes the bound control listener and a shutdown future (mini-redis style), so tests
 //! drive it in-process. The control protocol is one line in, one JSON document out:
-//! `list` (every known channel, see [`VmStatus`]), `summary` (counts per state) or `reload`
-//! (re-read the store and policy now; also done on SIGHUP by the binary and every
-//! `reload_interval`).
+//! `list` (every known channel, see [`VmStatus`]), `summary` (counts per state, and the
+//! store's state), `store` (the store's state: with etcd, whether it is reachable, the revision
+//! seen, queued status writes and request counts) or `reload` (re-read the store directory and
+//! the policy file now; also done on SIGHUP by the binary and every `reload_interval`).
+//!
+//! With an etcd store ([`Config::fleet`]) documents come from [`crate::etcd::run_watcher`] and
+//! every channel's status goes to etcd through a [`Reporter`]; the daemon waits a little for
+//! the first list before it serves, so that VMs get their documents from the start.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -20,11 +25,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::discovery::{self, Change, ChannelKey};
+use crate::etcd::{EtcdDocs, Health, WatchConfig};
 use crate::log::Logger;
 use crate::machine::Timing;
 use crate::policy::Policy;
 use crate::session::{self, Rates, Shared, VmStatus};
-use crate::store::Store;
+use crate::status::{Reporter, StatusConfig};
+use crate::store::{Documents, Store};
 use crate::wire::Limits;
 
 /// Where the xenstore connection goes.
@@ -60,6 +67,19 @@ pub struct Config {
     /// Extra xenstore connections used in parallel for full scans (0: scan on the watch
     /// connection).
     pub scan_connections: usize,
+    /// Documents from etcd and status back to it, instead of `store_dir`.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// The etcd store's settings.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// Documents and policy.
+    pub watch: WatchConfig,
+    /// Status.
+    pub status: StatusConfig,
+    /// How long to wait for the first list before serving anyway.
+    pub initial_list_wait: Duration,
 }
 
 impl Config {
@@ -76,6 +96,7 @@ impl Config {
             limits: xenplug_channel::host::default_limits(),
             rates: Rates::default(),
             scan_connections: 4,
+            fleet: None,
         }
     }
 }
@@ -104,7 +125,13 @@ fn open_xenstore(t: &XenstoreTarget) -> xenplug_xenstore::Result<xenplug_xenstor
 /// Re-read the store (and the policy, when given); log what changed.
 pub fn reload(shared: &Shared, policy_file: Option<&PathBuf>) {
     {
-        let mut store = shared.store.write().unwrap_or_else(|e| e.into_inner());
+        let mut docs = shared.store.write().unwrap_or_else(|e| e.into_inner());
+        // An etcd store follows its watch; only the policy file is re-read.
+        let Documents::Dir(store) = &mut *docs else {
+            drop(docs);
+            reload_policy(shared, policy_file);
+            return;
+        };
         match store.reload() {
             Ok(c) => {
                 if !c.is_empty() {
@@ -135,6 +162,10 @@ pub fn reload(shared: &Shared, policy_file: Option<&PathBuf>) {
             }
         }
     }
+    reload_policy(shared, policy_file);
+}
+
+fn reload_policy(shared: &Shared, policy_file: Option<&PathBuf>) {
     if let Some(p) = policy_file {
         match Policy::load(p) {
             Ok(new) => {
@@ -154,15 +185,33 @@ pub fn reload(shared: &Shared, policy_file: Option<&PathBuf>) {
     }
 }
 
-fn summary(rows: &BTreeMap<ChannelKey, VmStatus>) -> Value {
+fn summary(rows: &BTreeMap<ChannelKey, VmStatus>, store: Value) -> Value {
     let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
     for r in rows.values() {
         *by_state.entry(r.state).or_default() += 1;
     }
-    json!({ "channels": rows.len(), "states": by_state })
+    json!({ "channels": rows.len(), "states": by_state, "store": store })
 }
 
-async fn control(conn: UnixStream, shared: Arc<Shared>, policy_file: Option<PathBuf>) {
+/// The store's state for `summary` and `store`.
+fn store_state(shared: &Shared, health: Option<&Health>) -> Value {
+    let docs = shared.store.read().unwrap_or_else(|e| e.into_inner());
+    match health {
+        Some(h) => {
+            let mut v = h.json();
+            v["documents"] = docs.len().into();
+            v
+        }
+        None => json!({"kind": "dir", "dir": docs.describe(), "documents": docs.len()}),
+    }
+}
+
+async fn control(
+    conn: UnixStream,
+    shared: Arc<Shared>,
+    policy_file: Option<PathBuf>,
+    health: Option<Arc<Health>>,
+) {
     let (r, mut w) = conn.into_split();
     let mut line = String::new();
     let mut r = BufReader::new(r).take(256);
@@ -179,11 +228,15 @@ async fn control(conn: UnixStream, shared: Arc<Shared>, policy_file: Option<Path
                 .unwrap_or_default();
             serde_json::to_value(rows).unwrap_or(Value::Null)
         }
-        "summary" => shared
-            .status
-            .lock()
-            .map(|s| summary(&s))
-            .unwrap_or(Value::Null),
+        "summary" => {
+            let store = store_state(&shared, health.as_deref());
+            shared
+                .status
+                .lock()
+                .map(|s| summary(&s, store))
+                .unwrap_or(Value::Null)
+        }
+        "store" => store_state(&shared, health.as_deref()),
         "reload" => {
             let s = shared.clone();
             let p = policy_file.clone();
@@ -206,10 +259,22 @@ pub async fn run(
     listener: UnixListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
-    let mut store = Store::new(&cfg.store_dir);
-    store
-        .reload()
-        .map_err(|e| DaemonError::Store(cfg.store_dir.display().to_string(), e))?;
+    let documents = match &cfg.fleet {
+        None => {
+            let mut store = Store::new(&cfg.store_dir);
+            store
+                .reload()
+                .map_err(|e| DaemonError::Store(cfg.store_dir.display().to_string(), e))?;
+            for (file, error) in store.errors() {
+                log.warn(
+                    "store-invalid-document",
+                    &[("file", file.into()), ("error", error.into())],
+                );
+            }
+            Documents::Dir(store)
+        }
+        Some(f) => Documents::Etcd(EtcdDocs::new(f.watch.etcd.url.clone(), log.clone())),
+    };
     let policy = match &cfg.policy_file {
         Some(p) => Policy::load(p)?,
         None => Policy::deny_all(),
@@ -218,26 +283,55 @@ pub async fn run(
         "start",
         &[
             ("channels", json!(cfg.channel_names)),
-            ("store", cfg.store_dir.display().to_string().into()),
-            ("documents", store.len().into()),
+            ("store", documents.describe().into()),
+            ("documents", documents.len().into()),
             ("policy_rules", policy.len().into()),
             ("backend_root", cfg.backend_root.clone().into()),
+            (
+                "host",
+                json!(cfg.fleet.as_ref().map(|f| f.status.host.clone())),
+            ),
         ],
     );
-    for (file, error) in store.errors() {
-        log.warn(
-            "store-invalid-document",
-            &[("file", file.into()), ("error", error.into())],
-        );
-    }
     let shared = Shared::new(
         cfg.timing.clone(),
         cfg.limits,
         cfg.rates,
-        store,
+        documents,
         policy,
         log.clone(),
     );
+    let mut background: Vec<crate::etcd::AbortOnDrop> = Vec::new();
+    let mut health: Option<Arc<Health>> = None;
+    if let Some(f) = &cfg.fleet {
+        let h = Arc::new(Health::new(f.watch.etcd.url.display()));
+        let reporter = Reporter::new(f.status.clone(), h.clone(), log.clone());
+        let _ = shared.reporter.set(reporter.clone());
+        let mut first = shared.store_epoch.subscribe();
+        background.push(crate::etcd::AbortOnDrop(tokio::spawn(
+            crate::etcd::run_watcher(f.watch.clone(), shared.clone(), h.clone()),
+        )));
+        background.push(crate::etcd::AbortOnDrop(tokio::spawn(reporter.run())));
+        // Serve once the first list is in (or after a bounded wait: etcd may be away, and the
+        // VMs are served without documents until it answers).
+        if tokio::time::timeout(f.initial_list_wait, first.changed())
+            .await
+            .is_err()
+        {
+            log.warn(
+                "store-not-listed",
+                &[
+                    ("url", h.url.clone().into()),
+                    ("waited_secs", f.initial_list_wait.as_secs_f64().into()),
+                    (
+                        "error",
+                        json!(h.last_error.lock().ok().and_then(|e| e.clone())),
+                    ),
+                ],
+            );
+        }
+        health = Some(h);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let target = cfg.xenstore.clone();
@@ -288,6 +382,9 @@ pub async fn run(
                                 h.abort();
                                 let _ = h.await;
                             }
+                            if let Some(r) = shared.reporter.get() {
+                                r.gone(key);
+                            }
                             if let Ok(mut s) = shared.status.lock() {
                                 s.remove(&key);
                             }
@@ -301,6 +398,9 @@ pub async fn run(
                             if let Some(h) = tasks.remove(&key) {
                                 h.abort();
                             }
+                            if let Some(r) = shared.reporter.get() {
+                                r.gone(key);
+                            }
                             if let Ok(mut s) = shared.status.lock() {
                                 s.insert(key, VmStatus::rejected(key, why));
                             }
@@ -310,7 +410,7 @@ pub async fn run(
             }
             conn = listener.accept() => {
                 if let Ok((conn, _)) = conn {
-                    tokio::spawn(control(conn, shared.clone(), cfg.policy_file.clone()));
+                    tokio::spawn(control(conn, shared.clone(), cfg.policy_file.clone(), health.clone()));
                 }
             }
             _ = tick.tick() => {
@@ -336,6 +436,7 @@ pub async fn run(
     for (_, h) in tasks.drain() {
         h.abort();
     }
+    drop(background);
     drop(rx);
     let _ = tokio::task::spawn_blocking(move || watcher.join()).await;
     Ok(())

@@ -99,6 +99,28 @@ pub fn parse_nocloud_dir(dir: &Path) -> Result<Document, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Largest document accepted from a store entry (etcd's own default request limit is 1.5 MiB).
+pub const MAX_DOCUMENT: usize = 1 << 20;
+
+/// Parse a store entry holding either the canonical JSON document or a NoCloud seed as a JSON
+/// object of the three files (`{"meta-data": …, "user-data": …, "network-config": …,
+/// "generation": N}`; an object with a `meta-data` member is a seed). This is what an etcd
+/// store holds at `PREFIX/vms/<uuid>`.
+pub fn parse_json_or_nocloud(bytes: &[u8]) -> Result<Document, String> {
+    if bytes.len() > MAX_DOCUMENT {
+        return Err(format!("larger than {MAX_DOCUMENT} bytes"));
+    }
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    if v.get("meta-data").is_some() {
+        let seed: NoCloudSeed =
+            serde_json::from_value(v).map_err(|e| format!("NoCloud seed: {e}"))?;
+        return ConfigDoc::from_nocloud(&seed)
+            .map(|d| from_config(&d))
+            .map_err(|e| e.to_string());
+    }
+    from_value(v)
+}
+
 /// Check an already parsed JSON document.
 pub fn from_value(value: Value) -> Result<Document, String> {
     ConfigDoc::from_value(value)
@@ -123,6 +145,26 @@ mod tests {
         let d2 =
             parse_json(br#"{"instance-id": "i-1", "generation": 3, "hostname": "web2"}"#).unwrap();
         assert_ne!(d.digest, d2.digest);
+    }
+
+    #[test]
+    fn json_or_nocloud_entries() {
+        let d = parse_json_or_nocloud(br#"{"instance-id": "i-1", "generation": 3}"#).unwrap();
+        assert_eq!(d.generation, 3);
+        let seed = serde_json::json!({"meta-data": "instance-id: iid-7\n",
+            "user-data": "#cloud-config\nhostname: web7\n", "generation": 2});
+        let d = parse_json_or_nocloud(seed.to_string().as_bytes()).unwrap();
+        assert_eq!((d.instance_id.as_str(), d.generation), ("iid-7", 2));
+        assert_eq!(d.value["hostname"], "web7");
+        let e = parse_json_or_nocloud(br#"{"meta-data": "instance-id: x\n", "vendor-data": ""}"#)
+            .unwrap_err();
+        assert!(e.contains("vendor-data"), "{e}");
+        assert!(parse_json_or_nocloud(b"{\"generation\": 1")
+            .unwrap_err()
+            .contains("not JSON"));
+        assert!(parse_json_or_nocloud(br#"{"generation": 1}"#)
+            .unwrap_err()
+            .contains("instance-id"));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! * [`client`]: one-shot `send` / `query` against one socket;
 //! * [`daemon`]: discovery of every channel from xenstore ([`discovery`]), one task per channel
 //!   running the state machine ([`machine`], driven by [`session`]), configuration from the
-//!   store directory ([`store`], [`doc`]), a default-deny policy for guest-originated requests
+//!   store directory ([`store`], [`doc`]) or from etcd ([`etcd`], with status written back by
+//!   [`status`]), a default-deny policy for guest-originated requests
 //!   ([`policy`]), the guests' own reports of their state ([`guest_state`]), status on a
 //!   control socket.
 //!
@@ -23,10 +24,12 @@ pub mod client;
 pub mod daemon;
 pub mod discovery;
 pub mod doc;
+pub mod etcd;
 pub mod guest_state;
 pub mod log;
 pub mod machine;
 pub mod policy;
 pub mod session;
+pub mod status;
 pub mod store;
 pub mod wire;

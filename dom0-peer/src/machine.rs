@@ -267,6 +267,14 @@ impl Machine {
         }
     }
 
+    /// The instance id wanted, if any.
+    pub fn desired_instance(&self) -> Option<&str> {
+        match &self.desired {
+            Desired::Doc(d) => Some(&d.instance_id),
+            Desired::Nothing(_) => None,
+        }
+    }
+
     /// The nonce of the current handshake (tests, diagnostics).
     pub fn nonce(&self) -> u64 {
         self.session.nonce().unwrap_or(0)

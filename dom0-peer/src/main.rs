@@ -11,12 +11,20 @@
 //! ```text
 //! xenplug-peer send  --socket PATH --config FILE|DIR [--timeout SECS] [--handshake-timeout SECS] [--max-frame BYTES]
 //! xenplug-peer query --socket PATH CMD [--user NAME] [--args JSON] [--timeout SECS] [--handshake-timeout SECS] [--max-frame BYTES]
-//! xenplug-peer daemon --store DIR [--channel-name NAME]… [--policy FILE] [--control PATH]
+//! xenplug-peer daemon --store DIR|etcd://HOST:PORT[,HOST:PORT…]/PREFIX [--host NAME]
+//!                     [--cacert FILE] [--cert FILE --key FILE] [--user NAME[:PASSWORD]] [--password PW]
+//!                     [--dial-timeout SECS] [--lease-ttl SECS] [--status-queue N]
+//!                     [--channel-name NAME]… [--policy FILE] [--control PATH]
 //!                     [--xenstore PATH] [--backend-root PATH] [--log-level LEVEL] [--max-frame BYTES]
 //!                     [--guest-rate BYTES_PER_SEC] [--handshake-timeout SECS]
 //!                     [--request-timeout SECS] [--workers N]
 //! xenplug-peer list  [--control PATH] [--json]
+//! xenplug-peer fleet-status --store etcd://HOST:PORT[,HOST:PORT…]/PREFIX [etcd options] [--json]
 //! ```
+//!
+//! The etcd options take their defaults from etcdctl's environment: `ETCDCTL_CACERT`,
+//! `ETCDCTL_CERT`, `ETCDCTL_KEY`, `ETCDCTL_USER`, `ETCDCTL_PASSWORD`, `ETCDCTL_DIAL_TIMEOUT`.
+//! `etcds://` (or any of `--cacert`/`--cert`) means TLS; TLS needs `--cacert`.
 //!
 //! `CMD` is `ping`, `info`, `network`, `hostname`, `osinfo`, `time`, `ssh-keys` (with `--user`,
 //! default `root`), `generation`, `guest-state`, `users`, `vcpus`, `fsinfo`, `disks`,
@@ -28,7 +36,10 @@
 //!
 //! **Files.** Reads the channel socket (`--socket`; as a client — QEMU listens), the document
 //! (`--config`), the store directory (`--store`: `<uuid|name>.json`, `<uuid|name>.nocloud/`,
-//! `<uuid|name>.meta.toml`), the policy file (`--policy`); xenstore through `XENSTORED_PATH`,
+//! `<uuid|name>.meta.toml`) or, with an etcd store, the keys `PREFIX/vms/<uuid>`,
+//! `PREFIX/vms/<uuid>.meta` and `PREFIX/policy` (list, then watch) and writes
+//! `PREFIX/status/<uuid>` under a lease of `--lease-ttl` seconds kept alive by the daemon
+//! (`fleet-status` reads `PREFIX/status/` and `PREFIX/vms/`), the policy file (`--policy`); xenstore through `XENSTORED_PATH`,
 //! `/run/xenstored/socket` or `/dev/xen/xenbus` unless `--xenstore` names a socket (reads
 //! `/local/domain/0/backend/console/*/*/{name,connection,path,state,online}` and
 //! `/local/domain/<domid>/{name,vm}`, writes nothing); creates the control socket
@@ -40,7 +51,8 @@
 //! failure); 2 usage; 3 channel socket missing or nobody listening (ENOENT/ECONNREFUSED);
 //! 4 nobody answered the handshake within the timeout; 5 the agent replied with an error;
 //! 6 a request was not answered in time; 7 the applied generation does not match what was sent;
-//! 8 invalid configuration document; 9 the daemon's control socket cannot be reached (`list`).
+//! 8 invalid configuration document; 9 the daemon's control socket cannot be reached (`list`);
+//! 10 the etcd store cannot be reached (`fleet-status`).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -50,10 +62,12 @@ use std::time::Duration;
 use clap::Parser;
 use serde_json::Value;
 
-use xenplug_peer::cli::{Cli, Cmd, DaemonArgs, Timeouts};
+use xenplug_peer::cli::{Cli, Cmd, DaemonArgs, EtcdArgs, Timeouts};
 use xenplug_peer::client::{self, exit, Client, ClientError};
-use xenplug_peer::daemon::{self, XenstoreTarget};
+use xenplug_peer::daemon::{self, FleetConfig, XenstoreTarget};
+use xenplug_peer::etcd::{StoreSpec, WatchConfig};
 use xenplug_peer::log::{Level, Logger};
+use xenplug_peer::status::StatusConfig;
 use xenplug_peer::{doc, wire};
 
 fn fail(e: &ClientError) -> ExitCode {
@@ -167,18 +181,82 @@ fn one_shot(cmd: Cmd) -> ExitCode {
     }
 }
 
+/// One line about the store: where documents come from and, for etcd, whether it answers.
+fn store_line(s: &Value) -> Option<(bool, String)> {
+    match s["kind"].as_str()? {
+        "dir" => Some((
+            true,
+            format!(
+                "store {}: {} documents",
+                s["dir"].as_str().unwrap_or("-"),
+                s["documents"]
+            ),
+        )),
+        "etcd" => {
+            let ok = s["connected"] == true && s["status_failing"] != true;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let since = now.saturating_sub(s["since"].as_u64().unwrap_or(now));
+            let state = if s["connected"] == true {
+                format!("connected for {since}s")
+            } else {
+                format!(
+                    "UNREACHABLE for {since}s ({}); serving the last documents seen",
+                    s["last_error"].as_str().unwrap_or("not reached yet")
+                )
+            };
+            Some((
+                ok,
+                format!(
+                    "store {}: {state}; {} documents at revision {}; {} status updates queued{}",
+                    s["url"].as_str().unwrap_or("-"),
+                    s["documents"],
+                    s["revision"],
+                    s["status_queued"],
+                    if s["status_failing"] == true {
+                        " (status writes failing, retried with backoff)"
+                    } else {
+                        ""
+                    }
+                ),
+            ))
+        }
+        _ => None,
+    }
+}
+
 fn list(control: &Path, json: bool) -> ExitCode {
-    let r = runtime().and_then(|rt| rt.block_on(daemon::control_request(control, "list")));
-    let v = match r {
+    let r = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let rows = daemon::control_request(control, "list").await?;
+            let store = daemon::control_request(control, "store")
+                .await
+                .unwrap_or(Value::Null);
+            Ok::<_, std::io::Error>((rows, store))
+        })
+    });
+    let (v, store) = match r {
         Ok(v) => v,
         Err(e) => {
             eprintln!("xenplug-peer: control socket {}: {e}", control.display());
             return ExitCode::from(exit::DAEMON_UNREACHABLE);
         }
     };
+    let line = store_line(&store);
     if json {
+        // The array is the interface; a store in trouble is said on stderr.
+        if let Some((false, l)) = &line {
+            eprintln!("xenplug-peer: {l}");
+        }
         print_json(&v);
         return ExitCode::SUCCESS;
+    }
+    // With an etcd store the table starts with the store's state (the directory store's table
+    // is unchanged).
+    if let (Some((_, l)), Some("etcd")) = (&line, store["kind"].as_str()) {
+        println!("{l}");
     }
     println!(
         "{:>6} {:>3}  {:<20} {:<36} {:<12} {:>10} {:>9} {:>9}  {:<24} {:<32} LAST ERROR",
@@ -241,9 +319,87 @@ fn list(control: &Path, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn fleet_status(store: StoreSpec, etcd: EtcdArgs, json: bool) -> ExitCode {
+    let StoreSpec::Etcd(url) = store else {
+        eprintln!(
+            "xenplug-peer: fleet-status needs an etcd store (--store etcd://HOST:PORT/PREFIX)"
+        );
+        return ExitCode::from(exit::USAGE);
+    };
+    let opts = match etcd.options(url) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("xenplug-peer: {e}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let r = runtime()
+        .map_err(|e| e.to_string())
+        .and_then(|rt| rt.block_on(xenplug_peer::etcd::fleet_status(&opts)));
+    let rows = match r {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("xenplug-peer: etcd {}: {e}", opts.url.display());
+            return ExitCode::from(exit::STORE_UNREACHABLE);
+        }
+    };
+    if json {
+        print_json(&Value::Array(rows));
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<36} {:<16} {:>6} {:<12} {:>7} {:>7}  {:<32} LAST ERROR",
+        "UUID", "HOST", "DOMID", "STATE", "APPLIED", "WANTED", "ADDRESSES"
+    );
+    for r in &rows {
+        let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+        let n = |k: &str| r[k].as_u64().map_or("-".to_string(), |x| x.to_string());
+        let mut addrs: Vec<&str> = Vec::new();
+        for fam in ["ipv4", "ipv6"] {
+            for i in r["guest"]["interfaces"].as_array().into_iter().flatten() {
+                addrs.extend(
+                    i[fam]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str),
+                );
+            }
+        }
+        println!(
+            "{:<36} {:<16} {:>6} {:<12} {:>7} {:>7}  {:<32} {}",
+            s("uuid"),
+            s("host"),
+            n("domid"),
+            s("state"),
+            n("applied_generation"),
+            n("wanted_generation"),
+            if addrs.is_empty() {
+                "-".to_string()
+            } else {
+                addrs.join(",")
+            },
+            r["last_error"].as_str().unwrap_or("")
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 fn run_daemon(a: DaemonArgs) -> ExitCode {
     let DaemonArgs {
         store,
+        host,
+        etcd,
+        lease_ttl,
+        status_queue,
         channel_names,
         policy,
         control,
@@ -261,8 +417,39 @@ fn run_daemon(a: DaemonArgs) -> ExitCode {
         return ExitCode::from(exit::USAGE);
     };
     let log = Logger::stderr(level);
+    let (store_dir, fleet) = match store {
+        StoreSpec::Dir(d) => (d, None),
+        StoreSpec::Etcd(url) => {
+            let opts = match etcd.options(url) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("xenplug-peer: {e}");
+                    return ExitCode::from(exit::USAGE);
+                }
+            };
+            let host = host.unwrap_or_else(host_name);
+            let mut status = StatusConfig::new(opts.clone(), host);
+            status.lease_ttl = i64::from(lease_ttl.clamp(2, 3600));
+            status.max_queue = status_queue.max(1);
+            let fleet = FleetConfig {
+                watch: WatchConfig {
+                    etcd: opts,
+                    page: 1000,
+                    policy_from_etcd: policy.is_none(),
+                    backoff: (Duration::from_millis(100), Duration::from_secs(5)),
+                },
+                status,
+                initial_list_wait: Duration::from_secs(10),
+            };
+            (std::path::PathBuf::new(), Some(fleet))
+        }
+    };
     daemon::raise_nofile(1 << 16);
-    let mut cfg = daemon::Config::new(store, channel_names.into_iter().collect::<BTreeSet<_>>());
+    let mut cfg = daemon::Config::new(
+        store_dir,
+        channel_names.into_iter().collect::<BTreeSet<_>>(),
+    );
+    cfg.fleet = fleet;
     cfg.policy_file = policy;
     cfg.backend_root = backend_root;
     cfg.xenstore = match xenstore {
@@ -333,6 +520,7 @@ fn main() -> ExitCode {
     match cli.cmd {
         c @ (Cmd::Send { .. } | Cmd::Query { .. }) => one_shot(c),
         Cmd::List { control, json } => list(&control, json),
-        Cmd::Daemon(a) => run_daemon(a),
+        Cmd::FleetStatus { store, etcd, json } => fleet_status(store, etcd, json),
+        Cmd::Daemon(a) => run_daemon(*a),
     }
 }

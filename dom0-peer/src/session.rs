@@ -7,8 +7,8 @@
 //! pass a second token bucket before the policy, and every wait has a deadline.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -20,7 +20,8 @@ use crate::guest_state::GuestReport;
 use crate::log::Logger;
 use crate::machine::{Action, Counters, Desired, Input, Machine, Phase, Timing};
 use crate::policy::{Policy, Subject, Verdict};
-use crate::store::{Lookup, Store};
+use crate::status::Reporter;
+use crate::store::{Documents, Lookup};
 use crate::wire::{self, Limits};
 use xenplug_channel::host::{HostSession, Nonces};
 
@@ -79,6 +80,10 @@ pub struct VmStatus {
     pub applied_generation: Option<u64>,
     /// Generation the store wants.
     pub desired_generation: Option<u64>,
+    /// Instance id the agent reports applied.
+    pub applied_instance: Option<String>,
+    /// Instance id of the document the store has for the VM.
+    pub desired_instance: Option<String>,
     /// Last error.
     pub last_error: Option<String>,
     /// Guest requests denied by policy or rate limit.
@@ -103,6 +108,8 @@ impl VmStatus {
             last_handshake: None,
             applied_generation: None,
             desired_generation: None,
+            applied_instance: None,
+            desired_instance: None,
             last_error: Some(why),
             denied_requests: 0,
             counters: Counters::default(),
@@ -120,8 +127,8 @@ pub struct Shared {
     pub limits: Limits,
     /// Rate limits.
     pub rates: Rates,
-    /// The configuration store.
-    pub store: RwLock<Store>,
+    /// The configuration store (directory or etcd).
+    pub store: RwLock<Documents>,
     /// Bumped after every store reload that changed something.
     pub store_epoch: tokio::sync::watch::Sender<u64>,
     /// The policy for guest-originated requests.
@@ -130,6 +137,42 @@ pub struct Shared {
     pub status: Mutex<BTreeMap<ChannelKey, VmStatus>>,
     /// Logger.
     pub log: Logger,
+    /// With an etcd store: where status rows go.
+    pub reporter: OnceLock<Arc<Reporter>>,
+    /// Channels waiting for changes of one store key (an etcd store wakes only the channels
+    /// of the VM whose document changed; a re-list still bumps `store_epoch`).
+    pub key_waiters: Mutex<HashMap<String, Vec<KeyWaiter>>>,
+}
+
+/// One channel waiting for a store key: its registration id and what to notify.
+pub type KeyWaiter = (u64, Arc<tokio::sync::Notify>);
+
+/// A channel's registration in [`Shared::key_waiters`], removed when dropped.
+#[derive(Debug)]
+pub struct KeyWatch {
+    shared: Arc<Shared>,
+    keys: Vec<String>,
+    id: u64,
+    /// Notified when one of the keys changed.
+    pub notify: Arc<tokio::sync::Notify>,
+}
+
+impl Drop for KeyWatch {
+    fn drop(&mut self) {
+        let mut w = self
+            .shared
+            .key_waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for k in &self.keys {
+            if let Some(v) = w.get_mut(k) {
+                v.retain(|(id, _)| *id != self.id);
+                if v.is_empty() {
+                    w.remove(k);
+                }
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -138,11 +181,11 @@ impl Shared {
         timing: Timing,
         limits: Limits,
         rates: Rates,
-        store: Store,
+        store: Documents,
         policy: Policy,
         log: Logger,
     ) -> Arc<Self> {
-        let (tx, _) = tokio::sync::watch::channel(store.epoch);
+        let (tx, _) = tokio::sync::watch::channel(store.epoch());
         Arc::new(Shared {
             timing,
             limits,
@@ -152,7 +195,41 @@ impl Shared {
             policy: RwLock::new(Arc::new(policy)),
             status: Mutex::new(BTreeMap::new()),
             log,
+            reporter: OnceLock::new(),
+            key_waiters: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Wake the channels of the VM whose document (or metadata) is stored under `key`.
+    pub fn key_changed(&self, key: &str) {
+        let w = self.key_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, n) in w.get(key).into_iter().flatten() {
+            n.notify_one();
+        }
+    }
+
+    /// Register a channel for changes of its VM's keys (UUID and name).
+    pub fn watch_keys(self: &Arc<Self>, info: &ChannelInfo) -> KeyWatch {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let keys: Vec<String> = info
+            .vm_uuid
+            .iter()
+            .chain(info.vm_name.iter())
+            .cloned()
+            .collect();
+        let mut w = self.key_waiters.lock().unwrap_or_else(|e| e.into_inner());
+        for k in &keys {
+            w.entry(k.clone()).or_default().push((id, notify.clone()));
+        }
+        drop(w);
+        KeyWatch {
+            shared: self.clone(),
+            keys,
+            id,
+            notify,
+        }
     }
 
     /// What the store wants for this channel's VM.
@@ -167,7 +244,7 @@ impl Shared {
                 "no document for this VM (uuid {}, name {}) in {}",
                 info.vm_uuid.as_deref().unwrap_or("-"),
                 info.vm_name.as_deref().unwrap_or("-"),
-                store.dir().display()
+                store.describe()
             )),
         }
     }
@@ -308,11 +385,16 @@ impl Driver {
             last_handshake: m.last_handshake.map(unix_secs),
             applied_generation: m.applied_generation,
             desired_generation: m.desired_generation(),
+            applied_instance: m.applied_instance.clone(),
+            desired_instance: m.desired_instance().map(str::to_string),
             last_error: m.last_error.clone(),
             denied_requests: self.denied + self.rate_limited,
             counters: m.counters(),
             guest: self.guest.clone(),
         };
+        if let Some(r) = self.shared.reporter.get() {
+            r.update(&row);
+        }
         if let Ok(mut s) = self.shared.status.lock() {
             s.insert(self.info.key(), row);
         }
@@ -511,6 +593,7 @@ pub async fn run_channel(info: ChannelInfo, shared: Arc<Shared>) {
         ("vm", json!(info.vm_name)),
     ]);
     let mut epoch = shared.store_epoch.subscribe();
+    let key_watch = shared.watch_keys(&info);
     let desired = shared.desired_for(&info);
     let now = Instant::now();
     let mut d = Driver {
@@ -574,6 +657,7 @@ pub async fn run_channel(info: ChannelInfo, shared: Arc<Shared>) {
                     }
                 } => Woke::Timer,
                 r = epoch.changed() => Woke::Store(r.is_ok()),
+                _ = key_watch.notify.notified() => Woke::Store(true),
             }
         };
         let input = match woke {

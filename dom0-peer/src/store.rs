@@ -292,6 +292,65 @@ impl Store {
     }
 }
 
+/// Where a daemon's documents come from: the directory (the embedded default) or etcd.
+#[derive(Debug)]
+pub enum Documents {
+    /// `--store DIR`.
+    Dir(Store),
+    /// `--store etcd://…`.
+    Etcd(crate::etcd::EtcdDocs),
+}
+
+impl Documents {
+    /// The document for a VM: by UUID first, then by name.
+    pub fn lookup(&self, uuid: Option<&str>, name: Option<&str>) -> Lookup {
+        match self {
+            Documents::Dir(s) => s.lookup(uuid, name),
+            Documents::Etcd(d) => d.lookup(uuid, name),
+        }
+    }
+
+    /// The policy metadata for a VM.
+    pub fn meta(&self, uuid: Option<&str>, name: Option<&str>) -> Arc<Meta> {
+        match self {
+            Documents::Dir(s) => s.meta(uuid, name),
+            Documents::Etcd(d) => d.meta(uuid, name),
+        }
+    }
+
+    /// Number of documents.
+    pub fn len(&self) -> usize {
+        match self {
+            Documents::Dir(s) => s.len(),
+            Documents::Etcd(d) => d.len(),
+        }
+    }
+
+    /// True when there is none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Increases on every change.
+    pub fn epoch(&self) -> u64 {
+        match self {
+            Documents::Dir(s) => s.epoch,
+            Documents::Etcd(d) => d.epoch,
+        }
+    }
+
+    /// Where the documents are, for messages ("… in DIR", "… in etcd://…/vms/").
+    pub fn describe(&self) -> String {
+        match self {
+            Documents::Dir(s) => s.dir().display().to_string(),
+            Documents::Etcd(d) if !d.listed => {
+                format!("{} (not listed yet: etcd not reached)", d.describe())
+            }
+            Documents::Etcd(d) => d.describe(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -41,6 +41,21 @@ pub struct GuestOptions {
     pub hostname: String,
     /// Delay before each reply (a slow guest).
     pub reply_delay: Duration,
+    /// Called with the generation of every apply request (the benchmark times deliveries).
+    pub on_apply: Option<ApplyHook>,
+    /// When set, `xenplug-subscribe-guest-state` is answered and this state (the `data` of a
+    /// `xenplug-guest-state` event: OS, addresses…) is sent right after, as the agent does.
+    pub guest_state: Option<Value>,
+}
+
+/// A callback run on every apply request, with its generation.
+#[derive(Clone)]
+pub struct ApplyHook(pub Arc<dyn Fn(u64) + Send + Sync>);
+
+impl std::fmt::Debug for ApplyHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApplyHook")
+    }
 }
 
 impl Default for GuestOptions {
@@ -50,6 +65,8 @@ impl Default for GuestOptions {
             stale_output: true,
             hostname: "simguest".into(),
             reply_delay: Duration::ZERO,
+            on_apply: None,
+            guest_state: None,
         }
     }
 }
@@ -62,6 +79,9 @@ pub struct GuestState {
     pub applied: Mutex<Option<(String, u64)>>,
     /// Apply requests served.
     pub applies: AtomicU64,
+    /// Every `(instance-id, generation)` an apply request carried, in order (tests check that
+    /// nothing was delivered twice or skipped).
+    pub history: Mutex<Vec<(String, u64)>>,
     /// Sync requests answered.
     pub syncs: AtomicU64,
     /// Connections accepted.
@@ -117,6 +137,12 @@ fn reply(state: &GuestState, opts: &GuestOptions, cmd: Command) -> Option<Value>
             state.applies.fetch_add(1, Ordering::Relaxed);
             match args.into_doc() {
                 Ok(doc) => {
+                    if let Ok(mut h) = state.history.lock() {
+                        h.push((doc.instance_id.clone(), doc.generation));
+                    }
+                    if let Some(hook) = &opts.on_apply {
+                        (hook.0)(doc.generation);
+                    }
                     let mut a = state.applied.lock().ok()?;
                     let same = a.as_ref() == Some(&(doc.instance_id.clone(), doc.generation));
                     *a = Some((doc.instance_id.clone(), doc.generation));
@@ -130,6 +156,7 @@ fn reply(state: &GuestState, opts: &GuestOptions, cmd: Command) -> Option<Value>
                 Err(e) => return Some(json!({"__error": e.to_string()})),
             }
         }
+        Command::SubscribeGuestState if opts.guest_state.is_some() => json!({}),
         Command::Shutdown(_) => return None,
         other => json!({"__error": format!("{} is not simulated", other.name())}),
     })
@@ -173,13 +200,24 @@ async fn serve_conn(
                 Event::Frame(obj) => match Message::from_object(obj) {
                     Ok(Message::Request(req)) => {
                         let delimited = req.execute == qga::GUEST_SYNC_DELIMITED;
+                        let subscribe = req.execute == qga::XENPLUG_SUBSCRIBE_GUEST_STATE;
                         let id = req.id.clone();
                         match Command::from_request(&req) {
                             Ok(cmd) => match reply(state, opts, cmd) {
                                 None => continue,
                                 Some(v) => match v.get("__error").and_then(Value::as_str) {
                                     Some(e) => (Response::err(ErrorBody::generic(e), id), false),
-                                    None => (Response::ok(v, id), delimited),
+                                    None => {
+                                        let r = Response::ok(v, id);
+                                        if let (true, Some(st)) = (subscribe, &opts.guest_state) {
+                                            out.extend(r.encode(false));
+                                            let ev = json!({"event": qga::GUEST_STATE_EVENT, "data": st});
+                                            out.extend(ev.to_string().into_bytes());
+                                            out.push(b'\n');
+                                            continue;
+                                        }
+                                        (r, delimited)
+                                    }
                                 },
                             },
                             Err(e) => (Response::err(e, id), false),

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod etcd;
+
 use std::collections::BTreeSet;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -98,6 +100,41 @@ impl Host {
         c.timing.request_timeout = Duration::from_secs(3);
         c.timing.retry_failed = Duration::from_secs(1);
         c
+    }
+
+    /// The daemon's configuration with an etcd store at `url`, standing for host `host`; short
+    /// timings, a lease of 5 s, and list pages of 2 keys (so that paging is exercised).
+    pub fn etcd_config(&self, url: &str, host: &str) -> Config {
+        use xenplug_peer::etcd::{parse_store, EtcdOptions, StoreSpec, WatchConfig};
+        use xenplug_peer::status::StatusConfig;
+        let mut c = self.config();
+        let StoreSpec::Etcd(u) = parse_store(url).unwrap() else {
+            panic!("{url} is not an etcd URL")
+        };
+        let mut opts = EtcdOptions::new(u);
+        opts.request_timeout = Duration::from_secs(3);
+        let mut status = StatusConfig::new(opts.clone(), host.into());
+        status.lease_ttl = 5;
+        status.flush_delay = Duration::from_millis(50);
+        status.backoff = (Duration::from_millis(50), Duration::from_millis(500));
+        c.fleet = Some(daemon::FleetConfig {
+            watch: WatchConfig {
+                etcd: opts,
+                page: 2,
+                policy_from_etcd: true,
+                backoff: (Duration::from_millis(50), Duration::from_millis(500)),
+            },
+            status,
+            initial_list_wait: Duration::from_secs(10),
+        });
+        c
+    }
+
+    /// The daemon's `store` state.
+    pub async fn store_state(&self) -> Value {
+        daemon::control_request(&self.control, "store")
+            .await
+            .unwrap_or(Value::Null)
     }
 
     /// Start the daemon in this runtime.
