@@ -9,7 +9,10 @@
 //! [`scan_domain`] reads one domain's channels; [`Inventory`] keeps what is known and turns a
 //! rescan into [`Change`]s; [`watch_loop`] watches the backend root (which also fires once at
 //! registration, picking up the VMs that existed before the daemon started) and rescans only the
-//! domains an event names.
+//! domains an event names. It also watches `@releaseDomain`, which xenstored fires when a domain
+//! dies (and when one shuts down): the known domains xenstored no longer knows
+//! (`IS_DOMAIN_INTRODUCED`, [`DomainProbe`]) are dropped at once, before the toolstack has
+//! removed their backend nodes — and even if it never does (a toolstack that died with them).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -17,10 +20,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use xenplug_xenstore::{XenStore, XsOps};
+use xenplug_xenstore::{XenStore, XsClient, XsOps};
 
 /// Where libxl puts console backends in dom0.
 pub const DEFAULT_BACKEND_ROOT: &str = "/local/domain/0/backend/console";
+
+/// The special watch xenstored fires when a domain dies or shuts down.
+pub const RELEASE_DOMAIN: &str = "@releaseDomain";
+
+/// Whether xenstored still knows a domain.
+pub trait DomainProbe {
+    /// `IS_DOMAIN_INTRODUCED domid`: false once the domain is dying or gone.
+    fn domain_alive(&self, domid: u32) -> xenplug_xenstore::Result<bool>;
+}
+
+impl DomainProbe for XsClient {
+    fn domain_alive(&self, domid: u32) -> xenplug_xenstore::Result<bool> {
+        self.is_domain_introduced(domid)
+    }
+}
 
 /// The longest Unix socket path (`sun_path` holds 108 bytes including the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -209,6 +227,12 @@ pub fn list_domains(xs: &dyn XsOps, root: &str) -> Vec<u32> {
 #[derive(Debug, Default)]
 pub struct Inventory {
     known: BTreeMap<ChannelKey, Result<ChannelInfo, String>>,
+    /// Domains xenstored knew when their channels were found: the ones a `@releaseDomain` may
+    /// concern (a simulated toolstack that never introduces its domains is left alone).
+    tracked: BTreeSet<u32>,
+    /// Domains dropped because xenstored no longer knows them, while backend nodes of theirs
+    /// may still be there: not served again unless introduced again (a reused domid).
+    released: BTreeSet<u32>,
 }
 
 impl Inventory {
@@ -259,6 +283,9 @@ impl Inventory {
             });
             self.known.insert(k, v);
         }
+        if !self.has_domain(domid) {
+            self.tracked.remove(&domid);
+        }
         changes
     }
 
@@ -266,9 +293,67 @@ impl Inventory {
     pub fn domains(&self) -> BTreeSet<u32> {
         self.known.keys().map(|(d, _)| *d).collect()
     }
+
+    /// Does `domid` have a known channel?
+    pub fn has_domain(&self, domid: u32) -> bool {
+        self.known
+            .range((domid, 0)..=(domid, u32::MAX))
+            .next()
+            .is_some()
+    }
+
+    /// Note that xenstored knew `domid` when its channels were found.
+    pub fn track(&mut self, domid: u32) {
+        self.tracked.insert(domid);
+    }
+
+    /// Domains whose channels came up in `changes` and that are not tracked yet.
+    pub fn untracked_in(&self, changes: &[Change]) -> BTreeSet<u32> {
+        changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Up(i) if !self.tracked.contains(&i.domid) => Some(i.domid),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Was `domid` dropped as released (and not introduced again since)?
+    pub fn is_released(&self, domid: u32) -> bool {
+        self.released.contains(&domid)
+    }
+
+    /// `domid` is known to xenstored again, or its leftover nodes are gone: scan it normally.
+    pub fn unrelease(&mut self, domid: u32) {
+        self.released.remove(&domid);
+    }
+
+    /// After `@releaseDomain`: drop every tracked domain `alive` says is gone (an error counts
+    /// as alive: the backend watch still removes it), and remember it as released.
+    pub fn release_dead(
+        &mut self,
+        alive: impl Fn(u32) -> xenplug_xenstore::Result<bool>,
+    ) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let candidates: Vec<u32> = self
+            .domains()
+            .into_iter()
+            .filter(|d| self.tracked.contains(d))
+            .collect();
+        for d in candidates {
+            if alive(d).unwrap_or(true) {
+                continue;
+            }
+            changes.extend(self.update_domain(d, Vec::new()));
+            self.tracked.remove(&d);
+            self.released.insert(d);
+        }
+        changes
+    }
 }
 
-/// Rescan everything below `root`: every listed domain, and every known domain that vanished.
+/// Rescan everything below `root`: every listed domain, and every known domain that vanished
+/// (not the released ones: their leftover nodes are not served).
 pub fn rescan_all(
     xs: &dyn XsOps,
     root: &str,
@@ -277,6 +362,7 @@ pub fn rescan_all(
 ) -> Vec<Change> {
     let mut domains: BTreeSet<u32> = list_domains(xs, root).into_iter().collect();
     domains.extend(inv.domains());
+    domains.retain(|d| !inv.is_released(*d));
     let mut changes = Vec::new();
     for d in domains {
         changes.extend(inv.update_domain(d, scan_domain(xs, root, d, names)));
@@ -332,6 +418,7 @@ fn full_scan<X: XsOps + Send>(
     }
     let mut domains: BTreeSet<u32> = list_domains(xs, root).into_iter().collect();
     domains.extend(inv.domains());
+    domains.retain(|d| !inv.is_released(*d));
     let domains: Vec<u32> = domains.into_iter().collect();
     let mut pending = Vec::new();
     let mut n = 0;
@@ -348,6 +435,18 @@ fn full_scan<X: XsOps + Send>(
 
 /// The watch token discovery registers.
 pub const WATCH_TOKEN: &str = "xenplug-peer-console";
+
+/// The token of the `@releaseDomain` watch.
+pub const RELEASE_TOKEN: &str = "xenplug-peer-release";
+
+/// Is this event `@releaseDomain` (or, from a xenstored that names the domain,
+/// `@releaseDomain/<domid>`)?
+fn is_release(path: &str) -> bool {
+    path == RELEASE_DOMAIN
+        || path
+            .strip_prefix(RELEASE_DOMAIN)
+            .is_some_and(|r| r.starts_with('/'))
+}
 
 /// What [`watch_loop`] watches and how.
 #[derive(Clone, Copy)]
@@ -372,16 +471,22 @@ impl std::fmt::Debug for Watch<'_> {
     }
 }
 
-/// Watch `root` and report changes through `emit` until `stop` is set or `emit`'s receiver is
-/// gone (`alive` returns false; both checked every `tick`).
+/// Watch `root` and `@releaseDomain` and report changes through `emit` until `stop` is set or
+/// `emit`'s receiver is gone (`alive` returns false; both checked every `tick`).
 /// The watch fires once at registration: the first pass is a full scan, so channels of VMs that
 /// existed before the daemon started are found. Later events rescan only the domains they name.
-pub fn watch_loop<X: XsOps + Send>(
-    xs: &dyn XenStore,
+/// On `@releaseDomain` every tracked domain xenstored no longer knows is dropped (its channels
+/// go down) and its leftover backend nodes are ignored until xenstored knows the domid again.
+pub fn watch_loop<W, X>(
+    xs: &W,
     pool: &mut [X],
     w: &Watch<'_>,
     mut emit: impl FnMut(Vec<Change>) -> bool,
-) -> xenplug_xenstore::Result<()> {
+) -> xenplug_xenstore::Result<()>
+where
+    W: XenStore + DomainProbe,
+    X: XsOps + Send,
+{
     let Watch {
         root,
         names,
@@ -391,60 +496,104 @@ pub fn watch_loop<X: XsOps + Send>(
         scanned,
     } = *w;
     let mut inv = Inventory::new();
-    // Only the backend root: a domain that dies leaves its backend nodes until the toolstack
-    // removes them, and that removal fires this watch (`@releaseDomain` would add nothing but
-    // full rescans).
+    // The backend root: libxl adds and removes channels there. @releaseDomain: a domain died
+    // (its backend nodes stay until the toolstack removes them, if it ever does).
     xs.watch(root, WATCH_TOKEN)?;
+    xs.watch(RELEASE_DOMAIN, RELEASE_TOKEN)?;
+    // Domains whose channels came up, to be checked against xenstored after they were emitted.
+    let mut came_up: BTreeSet<u32> = BTreeSet::new();
+    let mut emit_noting = |c: Vec<Change>, came_up: &mut BTreeSet<u32>| {
+        came_up.extend(c.iter().filter_map(|c| match c {
+            Change::Up(i) => Some(i.domid),
+            _ => None,
+        }));
+        emit(c)
+    };
     let t0 = std::time::Instant::now();
-    if !full_scan(xs, pool, root, names, &mut inv, &mut emit) {
+    if !full_scan(xs, pool, root, names, &mut inv, &mut |c| {
+        emit_noting(c, &mut came_up)
+    }) {
         return Ok(());
     }
     scanned(inv.len(), t0.elapsed());
+    track(xs, &mut inv, &mut came_up);
     let mut initial_fire = true;
     while !stop.load(Ordering::Relaxed) && alive() {
         let Some(first) = xs.read_watch(Some(tick))? else {
             continue;
         };
         let mut full = false;
+        let mut release = false;
         let mut dirty = BTreeSet::new();
         // The registration fires the watch once on `root` itself: the scan above covered it.
         let first_is_registration = initial_fire && first.path == root;
         initial_fire = false;
-        let note = |path: &str, dirty: &mut BTreeSet<u32>, full: &mut bool| match parse_event_path(
-            root, path,
-        ) {
-            Some((d, _)) => {
-                dirty.insert(d);
+        let note = |path: &str, dirty: &mut BTreeSet<u32>, full: &mut bool, release: &mut bool| {
+            if is_release(path) {
+                *release = true;
+                return;
             }
-            None => *full = true,
+            match parse_event_path(root, path) {
+                Some((d, _)) => {
+                    dirty.insert(d);
+                }
+                None => *full = true,
+            }
         };
         if !first_is_registration {
-            note(&first.path, &mut dirty, &mut full);
+            note(&first.path, &mut dirty, &mut full, &mut release);
         }
         // Batch what is already queued (libxl writes many nodes per domain).
         while let Some(ev) = xs.read_watch(Some(Duration::from_millis(1)))? {
-            note(&ev.path, &mut dirty, &mut full);
+            note(&ev.path, &mut dirty, &mut full, &mut release);
             if dirty.len() > 4096 {
                 break;
             }
         }
-        let changes = if full {
-            if !full_scan(xs, pool, root, names, &mut inv, &mut emit) {
+        let mut changes = if full {
+            if !full_scan(xs, pool, root, names, &mut inv, &mut |c| {
+                emit_noting(c, &mut came_up)
+            }) {
                 break;
             }
             Vec::new()
         } else {
             let mut c = Vec::new();
             for d in dirty {
+                if inv.is_released(d) {
+                    // Leftover nodes of a dead domain, or the domid is in use again.
+                    let back = xs.domain_alive(d).unwrap_or(false);
+                    let nodes_gone = xs.directory(&format!("{root}/{d}")).is_err();
+                    if back || nodes_gone {
+                        inv.unrelease(d);
+                    }
+                    if !back {
+                        continue;
+                    }
+                }
                 c.extend(inv.update_domain(d, scan_domain(xs, root, d, names)));
             }
             c
         };
-        if !changes.is_empty() && !emit(changes) {
+        if release {
+            changes.extend(inv.release_dead(|d| xs.domain_alive(d)));
+        }
+        if !changes.is_empty() && !emit_noting(changes, &mut came_up) {
             break;
         }
+        track(xs, &mut inv, &mut came_up);
     }
     Ok(())
+}
+
+/// Track the domains in `came_up` that xenstored knows (all of them with a real toolstack:
+/// libxl introduces a domain before it adds its channels).
+fn track<W: DomainProbe>(xs: &W, inv: &mut Inventory, came_up: &mut BTreeSet<u32>) {
+    for d in std::mem::take(came_up) {
+        if inv.has_domain(d) && xs.domain_alive(d).unwrap_or(false) {
+            inv.track(d);
+        }
+    }
 }
 
 /// Run [`watch_loop`] on its own thread with a connection opened by `open` (plus
@@ -460,7 +609,7 @@ pub fn spawn_watcher<X, F>(
     log: crate::log::Logger,
 ) -> std::io::Result<std::thread::JoinHandle<()>>
 where
-    X: XenStore + Send,
+    X: XenStore + DomainProbe + Send,
     F: Fn() -> xenplug_xenstore::Result<X> + Send + 'static,
 {
     std::thread::Builder::new()
@@ -628,6 +777,126 @@ mod tests {
         assert_eq!(parse_event_path(ROOT, "@releaseDomain"), None);
         assert_eq!(check_uuid("not-a-uuid"), None);
         assert_eq!(check_uuid(&UUID.to_uppercase()).as_deref(), Some(UUID));
+    }
+
+    /// Run `watch_loop` against the embedded xenstored on a thread; changes come out of the
+    /// returned receiver.
+    fn spawn_loop(
+        d: &xenplug_xenstored::testing::TestDaemon,
+        stop: &Arc<AtomicBool>,
+    ) -> (
+        std::sync::mpsc::Receiver<Vec<Change>>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = stop.clone();
+        let sock = d.socket().to_path_buf();
+        let t = std::thread::spawn(move || {
+            let xs = XsClient::open_socket(&sock).unwrap();
+            let mut pool: Vec<XsClient> = (0..2)
+                .map(|_| XsClient::open_socket(&sock).unwrap())
+                .collect();
+            let names = names();
+            let w = Watch {
+                root: ROOT,
+                names: &names,
+                stop: &stop,
+                tick: Duration::from_millis(50),
+                alive: &|| true,
+                scanned: &|_, _| {},
+            };
+            watch_loop(&xs, &mut pool, &w, |c| tx.send(c).is_ok()).unwrap();
+        });
+        (rx, t)
+    }
+
+    /// Every change until `until` holds for one of them (5 s at most).
+    fn changes_until(
+        rx: &std::sync::mpsc::Receiver<Vec<Change>>,
+        until: impl Fn(&Change) -> bool,
+    ) -> Vec<Change> {
+        let mut seen = Vec::new();
+        while !seen.iter().any(&until) {
+            seen.extend(
+                rx.recv_timeout(Duration::from_secs(5))
+                    .unwrap_or_else(|_| panic!("no change to wait for; seen {seen:?}")),
+            );
+        }
+        seen
+    }
+
+    #[test]
+    fn a_released_domain_goes_down_before_its_nodes_do() {
+        let d = xenplug_xenstored::testing::spawn_daemon();
+        let admin = d.client();
+        let mem = d.store();
+        // Domains 1 and 2 as libxl makes them: introduced, then their channels added. Domain 3
+        // is never introduced (a simulated toolstack): a release concerns it not.
+        for dom in [1, 2] {
+            mem.introduce_domain(dom).unwrap();
+        }
+        for dom in [1, 2, 3] {
+            add(
+                &mem,
+                dom,
+                1,
+                "org.xenplug.agent.v1",
+                "socket",
+                &format!("/run/c{dom}.sock"),
+            );
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (rx, t) = spawn_loop(&d, &stop);
+        let seen = changes_until(&rx, |c| matches!(c, Change::Up(i) if i.domid == 3));
+        assert_eq!(
+            seen.iter().filter(|c| matches!(c, Change::Up(_))).count(),
+            3,
+            "{seen:?}"
+        );
+        // Domain 2 is announced as a new VM after the scan (tracked from its Up, too).
+        admin.rm(&format!("{ROOT}/2")).unwrap();
+        changes_until(&rx, |c| *c == Change::Down((2, 1)));
+        add(&mem, 2, 1, "org.xenplug.agent.v1", "socket", "/run/c2.sock");
+        changes_until(&rx, |c| matches!(c, Change::Up(i) if i.domid == 2));
+
+        // Domain 1 dies; its backend nodes stay (the toolstack has not cleaned up, or died).
+        admin.release_domain(1).unwrap();
+        let seen = changes_until(&rx, |c| *c == Change::Down((1, 1)));
+        assert_eq!(seen, vec![Change::Down((1, 1))]);
+        // A leftover node changing does not bring it back; a new VM still comes up.
+        mem.write(&format!("{ROOT}/1/1/state"), "4").unwrap();
+        add(&mem, 4, 1, "org.xenplug.agent.v1", "socket", "/run/c4.sock");
+        let seen = changes_until(&rx, |c| matches!(c, Change::Up(i) if i.domid == 4));
+        assert!(
+            !seen
+                .iter()
+                .any(|c| matches!(c, Change::Up(i) if i.domid == 1)),
+            "{seen:?}"
+        );
+        // Domain 2 dies too: only it goes (3 was never introduced, 4 neither).
+        admin.release_domain(2).unwrap();
+        let seen = changes_until(&rx, |c| *c == Change::Down((2, 1)));
+        assert_eq!(seen, vec![Change::Down((2, 1))]);
+        // The toolstack removes domain 1's nodes; later the domid is used again.
+        admin.rm(&format!("{ROOT}/1")).unwrap();
+        mem.introduce_domain(1).unwrap();
+        add(
+            &mem,
+            1,
+            1,
+            "org.xenplug.agent.v1",
+            "socket",
+            "/run/c1-new.sock",
+        );
+        let seen = changes_until(&rx, |c| matches!(c, Change::Up(i) if i.domid == 1));
+        assert!(
+            seen.iter().any(
+                |c| matches!(c, Change::Up(i) if i.path == std::path::Path::new("/run/c1-new.sock"))
+            ),
+            "{seen:?}"
+        );
+        stop.store(true, Ordering::Relaxed);
+        t.join().unwrap();
     }
 
     #[test]
