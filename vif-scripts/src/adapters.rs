@@ -463,11 +463,19 @@ mod tests {
         );
     }
 
-    /// A process called `dnsmasq` (a copy of `sleep`) that sleeps.
+    /// A process called `dnsmasq` (a copy of `sleep`) that sleeps, returned once it has
+    /// exec'd (until then its `comm` is still this test's).
     fn fake_dnsmasq(dir: &std::path::Path) -> std::process::Child {
         let exe = dir.join("dnsmasq");
         std::fs::copy(crate::adapters::tests::which("sleep"), &exe).unwrap();
-        std::process::Command::new(&exe).arg("30").spawn().unwrap()
+        let child = std::process::Command::new(&exe).arg("30").spawn().unwrap();
+        let comm = format!("/proc/{}/comm", child.id());
+        xenplug_testkit::wait_until(
+            "the fake dnsmasq's exec",
+            std::time::Duration::from_secs(10),
+            || std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "dnsmasq"),
+        );
+        child
     }
 
     pub(crate) fn which(p: &str) -> PathBuf {
