@@ -684,7 +684,7 @@ fn add_other(
 /// file depends only on the loop devices backed by it and on who published them, and the
 /// kernel hands out free loop devices race-free (`loopdev.rs`). Physical devices keep the
 /// `block` lock (their conflicts follow the device topology).
-pub(crate) fn file_lock_name(backing: Backing) -> String {
+pub fn file_lock_name(backing: Backing) -> String {
     xenplug_hotplug::lock::object_name("block-file", &format!("{}:{}", backing.dev, backing.ino))
 }
 
@@ -693,8 +693,13 @@ pub(crate) fn claim_file_lock(ctx: &Context, backing: Backing) -> Result<LockGua
 }
 
 /// The lock a remove takes: the backing file's, when this backend's record is a loop device
-/// (its add held the same one); otherwise `block`.
-pub(crate) fn claim_remove_lock(ctx: &Context) -> Result<LockGuard, Failure> {
+/// (its add held the same one) or, without a record, when `params` names a file that exists
+/// (an add killed before it recorded anything held that lock, and this release removes the
+/// lock file it left); otherwise `block`.
+pub(crate) fn claim_remove_lock(
+    ctx: &Context,
+    params_file: impl FnOnce() -> Result<Option<PathBuf>, Failure>,
+) -> Result<LockGuard, Failure> {
     match store(ctx)?.load(ctx.backend()) {
         Ok(Some(Record::Loop(rec))) => claim_file_lock(
             ctx,
@@ -703,12 +708,27 @@ pub(crate) fn claim_remove_lock(ctx: &Context) -> Result<LockGuard, Failure> {
                 ino: rec.backing_ino,
             },
         ),
+        Ok(None) => match params_file()?
+            .and_then(|f| std::fs::metadata(f).ok())
+            .filter(|m| m.is_file())
+        {
+            Some(meta) => claim_file_lock(ctx, Backing::of(&meta)),
+            None => ctx.claim_lock(names::BLOCK),
+        },
         _ => ctx.claim_lock(names::BLOCK),
     }
 }
 
 fn remove(ctx: &Context, host: &Host) -> Result<Outcome<'static>, Failure> {
-    let lock = claim_remove_lock(ctx)?;
+    let lock = claim_remove_lock(ctx, || {
+        Ok(match ctx.read("params")? {
+            Some(p) if !p.is_empty() => match classify(&p, host.dev_dir) {
+                Params::File(f) => Some(f),
+                _ => None,
+            },
+            _ => None,
+        })
+    })?;
     match remove_recorded(ctx, host, lock)? {
         Ok(outcome) => Ok(outcome),
         Err(_lock) => remove_without_record(ctx, host),

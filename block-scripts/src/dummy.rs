@@ -54,7 +54,9 @@ pub fn main(raw: Raw) -> ExitCode {
 pub fn body<'a>(ctx: &Context, host: &Host<'a>) -> Result<Outcome<'a>, Failure> {
     let mut remove_lock = None;
     if ctx.action() == Action::Remove {
-        let lock = block::claim_remove_lock(ctx)?;
+        let lock = block::claim_remove_lock(ctx, || {
+            Ok(ctx.read("params")?.and_then(|p| parse_target(&p).ok()))
+        })?;
         match block::remove_recorded(ctx, host, lock)? {
             Ok(outcome) => return Ok(outcome),
             Err(lock) => remove_lock = Some(lock),

@@ -184,6 +184,18 @@ impl Vif {
         ] {
             run(c)?;
         }
+        // The kernel adds the local routes of eth0's addresses on its own time (IPv6: once the
+        // link is ready, even with nodad). A baseline taken before that differs from every
+        // later snapshot: wait for both.
+        let ready = || {
+            run(&["ip", "route", "show", "table", "local", "dev", "eth0"])
+                .is_ok_and(|r| r.contains("10.99.9.1"))
+                && run(&["ip", "-6", "route", "show", "table", "local", "dev", "eth0"])
+                    .is_ok_and(|r| r.contains("2001:db8:9::1"))
+        };
+        if !world::wait_for(Duration::from_secs(10), ready) {
+            return Err("eth0's local routes never appeared".into());
+        }
         std::fs::write(&self.hosts, "").map_err(|e| e.to_string())?;
         match self.kind {
             Kind::Nat => {
