@@ -379,6 +379,8 @@ pub struct Health {
     pub last_error: Mutex<Option<String>>,
     /// Status writer: entries waiting to be written.
     pub status_queued: AtomicU64,
+    /// Status writer: entries in the transaction on its way.
+    pub status_inflight: AtomicU64,
     /// Status writer: the last write failed (etcd unreachable for status).
     pub status_failing: AtomicBool,
     /// Requests made.
@@ -425,6 +427,7 @@ impl Health {
             "compacted": self.compacted.load(Ordering::Relaxed),
             "last_error": self.last_error.lock().ok().and_then(|e| e.clone()),
             "status_queued": self.status_queued.load(Ordering::Relaxed),
+            "status_inflight": self.status_inflight.load(Ordering::Relaxed),
             "status_failing": self.status_failing.load(Ordering::Relaxed),
             "requests": self.requests.json(),
         })

@@ -505,6 +505,9 @@ impl Reporter {
                 continue;
             }
             self.health.requests.txn.fetch_add(1, Ordering::Relaxed);
+            self.health
+                .status_inflight
+                .store(ops.len() as u64, Ordering::Relaxed);
             let mut kv = c.kv_client();
             let r = tokio::time::timeout(
                 self.cfg.etcd.request_timeout,
@@ -514,12 +517,14 @@ impl Reporter {
             match r {
                 Ok(Ok(resp)) => {
                     self.done(&ops, resp.op_responses(), id);
+                    self.health.status_inflight.store(0, Ordering::Relaxed);
                     self.ok();
                     backoff = self.cfg.backoff.0;
                 }
                 Ok(Err(e)) => {
                     let e = e.to_string();
                     self.requeue(ops);
+                    self.health.status_inflight.store(0, Ordering::Relaxed);
                     if e.contains("lease not found") {
                         self.log.warn(
                             "status-lease-lost",
@@ -537,6 +542,7 @@ impl Reporter {
                 }
                 Err(_) => {
                     self.requeue(ops);
+                    self.health.status_inflight.store(0, Ordering::Relaxed);
                     self.failing("status write: no answer");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.cfg.backoff.1);
