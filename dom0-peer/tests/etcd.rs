@@ -610,3 +610,105 @@ fn bad_store_urls_are_usage_errors() {
         String::from_utf8_lossy(&out.stderr).contains(&format!("etcd etcd://127.0.0.1:{port}/x"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_and_classes_come_from_etcd() {
+    use tokio::io::AsyncWriteExt;
+    if !available() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let c = EtcdCluster::start(3).await;
+    let p = "/fleet7";
+    let mut h = Host::new();
+    let xs = h.xsd.store();
+    let allow_web = "deny all\nallow command xenplug-log vm-class web\n";
+    c.put(&format!("{p}/policy"), allow_web).await;
+    c.put(&format!("{p}/vms/{}", uuid(31)), &doc("ev", 1)).await;
+    let meta = format!("{p}/vms/{}.meta", uuid(31));
+    c.put(&meta, r#"{"class": "web"}"#).await;
+    // No --policy: the policy is PREFIX/policy. (More events than the default burst of 5.)
+    let mut cfg = h.etcd_config(&c.url(p), "xen-a");
+    cfg.rates.events_burst = 100;
+    h.start(cfg);
+    let s = h.sock("ev");
+    let l = tokio::net::UnixListener::bind(&s).unwrap();
+    add_domain(&xs, 31, "ev", &uuid(31), &s);
+    let mut conn = manual_agent(&l, "iid-ev", 1).await;
+    wait_state(&h, 31, "configured", T).await;
+    let event = b"{\"event\": \"xenplug-log\", \"data\": {\"message\": \"hello\"}}\n";
+    let count = |what: &'static str, n: usize| {
+        let h = &h;
+        async move {
+            wait_for(T, &format!("{n} {what}"), || async {
+                let l = h.log_lines(what);
+                (l.len() >= n).then_some(l)
+            })
+            .await
+        }
+    };
+    conn.write_all(event).await.unwrap();
+    let allowed = count("guest-request-allowed", 1).await;
+    assert_eq!(allowed[0]["rule_line"], 2, "{allowed:?}");
+
+    // The VM's class changes in etcd: the policy no longer matches it.
+    let rev = c.put(&meta, "class = \"db\"\n").await;
+    wait_for(T, "the daemon at the class change's revision", || async {
+        (h.store_state().await["revision"].as_i64() >= Some(rev)).then_some(())
+    })
+    .await;
+    conn.write_all(event).await.unwrap();
+    let denied = count("guest-request-denied", 1).await;
+    assert_eq!(
+        (
+            denied[0]["request"].as_str(),
+            denied[0]["vm_class"].as_str()
+        ),
+        (Some("xenplug-log"), Some("db")),
+        "{denied:?}"
+    );
+
+    // The class back, and the policy changed in etcd to deny everything.
+    c.put(&meta, r#"{"class": "web"}"#).await;
+    let rev = c.put(&format!("{p}/policy"), "deny all\n").await;
+    wait_for(T, "the new policy loaded", || async {
+        h.log_lines("policy-loaded")
+            .into_iter()
+            .find(|l| l["revision"] == rev && l["rules"] == 1)
+    })
+    .await;
+    conn.write_all(event).await.unwrap();
+    count("guest-request-denied", 2).await;
+
+    // An invalid policy is refused and the one in force stays; a valid one allows again.
+    let bad = c.put(&format!("{p}/policy"), "allow command\n").await;
+    wait_for(T, "the invalid policy reported", || async {
+        h.log_lines("policy-invalid")
+            .into_iter()
+            .find(|l| l["revision"] == bad)
+    })
+    .await;
+    conn.write_all(event).await.unwrap();
+    count("guest-request-denied", 3).await;
+    let rev = c.put(&format!("{p}/policy"), allow_web).await;
+    wait_for(T, "the allowing policy loaded again", || async {
+        h.log_lines("policy-loaded")
+            .into_iter()
+            .find(|l| l["revision"] == rev)
+    })
+    .await;
+    conn.write_all(event).await.unwrap();
+    assert_eq!(count("guest-request-allowed", 2).await.len(), 2);
+    // Deleted: deny all.
+    c.delete(&format!("{p}/policy")).await;
+    wait_for(T, "the deleted policy dropped", || async {
+        h.log_lines("policy-loaded")
+            .into_iter()
+            .find(|l| l["revision"].as_i64() > Some(rev) && l["rules"] == 0)
+    })
+    .await;
+    conn.write_all(event).await.unwrap();
+    count("guest-request-denied", 4).await;
+    assert_eq!(h.log_lines("guest-request-allowed").len(), 2);
+    h.stop().await;
+}
