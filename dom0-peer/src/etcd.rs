@@ -367,6 +367,8 @@ pub struct Health {
     pub connected: AtomicBool,
     /// A list completed at least once.
     pub listed: AtomicBool,
+    /// Notified when the first list completed (the status writer waits for it).
+    pub list_done: tokio::sync::Notify,
     /// Seconds since the epoch of the last change of `connected`.
     pub since: AtomicU64,
     /// The last revision seen on `PREFIX/vms/`.
@@ -810,6 +812,7 @@ async fn list_all(
     cur.need_list = false;
     health.revision.store(rev, Ordering::Relaxed);
     health.listed.store(true, Ordering::Relaxed);
+    health.list_done.notify_waiters();
     let lists = health.lists.fetch_add(1, Ordering::Relaxed) + 1;
     shared.log.info(
         "store-listed",
