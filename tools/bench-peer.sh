@@ -3,10 +3,12 @@
 #
 #   tools/bench-peer.sh [N…]            one host, N simulated VMs (default: 1000 10000): the time
 #                                       until every VM is configured, the daemon's peak RSS and CPU
-#   tools/bench-peer.sh fleet [H] [N]   H hosts × N VMs (default 10 × 10000), the directory store
+#   tools/bench-peer.sh fleet [H] [N] [OPTION…]
+#                                       H hosts × N VMs (default 10 × 10000), the directory store
 #                                       and a real 3-member etcd side by side in one run: time until
 #                                       every status says configured, etcd requests per VM, peak
-#                                       RSS per daemon, document-change-to-VM latency p50/p99
+#                                       RSS per daemon, document-change-to-VM latency p50/p99;
+#                                       OPTIONs go to peer_bench (--timeout SECS, --json, --changes K…)
 #
 # Each run starts, per host, an embedded xenstored with libxl's console backend nodes, simulated
 # guests (QEMU's listening socket + tty echo + agent, in helper processes) and `xenplug-peer
@@ -35,6 +37,7 @@ fi
 
 hosts=${2:-10}
 vms=${3:-10000}
+shift $(($# < 3 ? $# : 3))
 command -v etcd >/dev/null || { echo "bench-peer.sh: etcd not installed (tools/deps.sh)" >&2; exit 1; }
 data=$(mktemp -d /var/tmp/xenplug-bench-etcd.XXXXXX)
 pids=()
@@ -69,4 +72,4 @@ until ETCDCTL_API=3 etcdctl --endpoints "$endpoints" endpoint health >/dev/null 
   sleep 0.1
 done
 echo "etcd 3-member cluster: $endpoints (data in $data, on disk)"
-"$bench" --hosts "$hosts" --vms "$vms" --store "etcd://$endpoints/xenplug-bench" --peer-binary "$peer"
+"$bench" --hosts "$hosts" --vms "$vms" --store "etcd://$endpoints/xenplug-bench" --peer-binary "$peer" "$@"

@@ -86,6 +86,11 @@ pub struct BenchReport {
     /// Seconds from the daemons' start until all were configured (for etcd: and every status
     /// written), or the timeout.
     pub seconds_to_all_configured: f64,
+    /// Seconds until every VM was configured as the daemons see it (for etcd: before the last
+    /// statuses were written).
+    pub seconds_to_vms_configured: Option<f64>,
+    /// etcd: seconds until every daemon had listed the fleet's documents.
+    pub seconds_to_all_listed: Option<f64>,
     /// etcd: statuses read back saying `configured`.
     pub statuses_configured: Option<usize>,
     /// etcd: requests made by all daemons (ranges, watches, transactions, lease grants and
@@ -477,6 +482,8 @@ fn run_mode(opts: &BenchOptions, mode: &Mode) -> anyhow::Result<BenchReport> {
     }
     let mut configured;
     let mut last: Vec<Value> = vec![Value::Null; opts.hosts];
+    let mut vms_configured_at = None;
+    let mut listed_at = None;
     let elapsed = loop {
         std::thread::sleep(Duration::from_millis(100));
         for (_, _, g) in daemons.iter_mut() {
@@ -487,6 +494,7 @@ fn run_mode(opts: &BenchOptions, mode: &Mode) -> anyhow::Result<BenchReport> {
             }
         }
         let mut done = true;
+        let mut listed = etcd.is_some();
         configured = 0;
         for (h, (_, control, _)) in daemons.iter().enumerate() {
             match rt.block_on(xenplug_peer::daemon::control_request(control, "summary")) {
@@ -499,10 +507,20 @@ fn run_mode(opts: &BenchOptions, mode: &Mode) -> anyhow::Result<BenchReport> {
                             && s["status_inflight"] == 0
                             && s["status_failing"] == false);
                     done &= n as usize >= opts.vms && written;
+                    listed &= s["listed"] == true;
                     last[h] = v;
                 }
-                Err(_) => done = false,
+                Err(_) => {
+                    done = false;
+                    listed = false;
+                }
             }
+        }
+        if listed && listed_at.is_none() {
+            listed_at = Some(t0.elapsed().as_secs_f64());
+        }
+        if configured as usize >= total && vms_configured_at.is_none() {
+            vms_configured_at = Some(t0.elapsed().as_secs_f64());
         }
         if done {
             break t0.elapsed();
@@ -634,6 +652,8 @@ fn run_mode(opts: &BenchOptions, mode: &Mode) -> anyhow::Result<BenchReport> {
         total_vms: total,
         configured,
         seconds_to_all_configured: wall,
+        seconds_to_vms_configured: vms_configured_at,
+        seconds_to_all_listed: listed_at,
         statuses_configured,
         etcd_requests_per_vm: etcd.as_ref().map(|_| requests as f64 / total as f64),
         status_writes_per_vm: etcd.as_ref().map(|_| puts as f64 / total as f64),
@@ -812,12 +832,22 @@ fn main() -> std::process::ExitCode {
                         r.setup_seconds
                     );
                 }
-                for r in rs.iter().filter(|r| r.statuses_configured.is_some()) {
+                for r in &rs {
                     println!(
-                        "{}: {} of {} statuses in etcd say configured; {} changes timed; mean daemon RSS {:.1} MiB",
+                        "{}: every VM configured (daemons' view) after {} s{}; {} changes timed; mean daemon RSS {:.1} MiB",
                         r.store,
-                        r.statuses_configured.unwrap_or(0),
-                        r.total_vms,
+                        fmt_opt(r.seconds_to_vms_configured, 2),
+                        match (r.seconds_to_all_listed, r.statuses_configured) {
+                            (Some(l), Some(n)) => format!(
+                                ", every daemon listed after {l:.2} s, {n} of {} statuses in etcd say configured",
+                                r.total_vms
+                            ),
+                            (None, Some(n)) => format!(
+                                ", {n} of {} statuses in etcd say configured",
+                                r.total_vms
+                            ),
+                            _ => String::new(),
+                        },
                         r.changes,
                         r.daemon_peak_rss_mib_mean
                     );
