@@ -1007,3 +1007,73 @@ async fn cut_off_past_the_lease_with_the_status_queue_overflowing() {
     }
     h.stop().await;
 }
+
+/// A document near the 1 MiB bound: a cloud-config whose user-data carries a large file.
+fn big_doc(name: &str, generation: u64) -> String {
+    let payload = "x".repeat(700 * 1024);
+    json!({
+        "meta-data": format!("instance-id: iid-{name}\nlocal-hostname: {name}\n"),
+        "user-data": format!(
+            "#cloud-config\nwrite_files:\n  - path: /var/lib/{name}.blob\n    content: {payload}\n"
+        ),
+        "generation": generation,
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_near_the_size_bound_are_listed_and_watched() {
+    if !available() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let c = EtcdCluster::start(3).await;
+    let relay = Relay::new(&c.endpoints()).await;
+    let p = "/fleet10";
+    let mut h = Host::new();
+    let xs = h.xsd.store();
+    // Seven documents of 700 KiB: more than one gRPC message of 4 MiB holds, in a list page
+    // of the default 1 000 keys.
+    for i in 61..=67 {
+        put(
+            &c,
+            &format!("{p}/vms/{}", uuid(i)),
+            &big_doc(&format!("b{i}"), 1),
+        )
+        .await;
+    }
+    let s = h.sock("b61");
+    let g = h.guest(&s, guest_opts());
+    add_domain(&xs, 61, "b61", &uuid(61), &s);
+    let mut cfg = h.etcd_config(&relay.url(p), "xen-a");
+    cfg.fleet.as_mut().unwrap().watch.page = 1000;
+    h.start(cfg);
+    let r = wait_state(&h, 61, "configured", T).await;
+    assert_eq!(r["applied_generation"], 1);
+    wait_connected(&h).await;
+    // Cut off while all seven change: the resumed watch catches up on 5 MiB of events.
+    relay.cut();
+    wait_for(T, "the daemon sees etcd gone", || async {
+        (h.store_state().await["connected"] == false).then_some(())
+    })
+    .await;
+    for i in 61..=66 {
+        put(
+            &c,
+            &format!("{p}/vms/{}", uuid(i)),
+            &big_doc(&format!("b{i}"), 2),
+        )
+        .await;
+    }
+    relay.restore();
+    wait_for(T, "generation 2 after catching up", || async {
+        h.row(61)
+            .await
+            .filter(|r| r["applied_generation"] == 2 && r["state"] == "configured")
+    })
+    .await;
+    assert_eq!(history(&g), vec![1, 2]);
+    let st = h.store_state().await;
+    assert_eq!(st["documents"], 7, "{st}");
+    h.stop().await;
+}
