@@ -293,6 +293,16 @@ for u in xenplug-peer.service xenplug-agent.service xenplug-agent-ssh-keygen.ser
     if [ "$rc" = 0 ] && [ -z "$out" ]; then pass "systemd-analyze verify $u"; else fail "systemd-analyze verify $u" "$out"; fi
 done
 systemd-analyze security --offline=yes --root="$R" xenplug-peer.service 2>/dev/null | tail -1 | sed 's/^/   /' || true
+# The etcd example drop-in (xenplug-peer(8), FLEET): the unit still verifies with it in place and
+# the environment file it reads; then both go again (the default unit stays network-less).
+dropin="$R/etc/systemd/system/xenplug-peer.service.d"
+mkdir -p "$dropin"
+cp "$R/usr/share/xenplug/examples/etcd/xenplug-peer-etcd.conf" "$dropin/etcd.conf"
+install -m 0600 "$R/usr/share/xenplug/examples/etcd/peer-etcd.env" "$R/etc/xenplug/peer-etcd.env"
+out=$(in_root systemd-analyze verify /lib/systemd/system/xenplug-peer.service 2>&1) && rc=0 || rc=$?
+if [ "$rc" = 0 ] && [ -z "$out" ]; then pass "systemd-analyze verify xenplug-peer.service with the etcd drop-in"; else fail "systemd-analyze verify xenplug-peer.service with the etcd drop-in" "$out"; fi
+systemd-analyze security --offline=yes --root="$R" xenplug-peer.service 2>/dev/null | tail -1 | sed 's/^/   with the etcd drop-in: /' || true
+rm -rf "$dropin" "$R/etc/xenplug/peer-etcd.env"
 out=$("$CHANNEL_DEPS/bin/udevadm-verify" "$R/lib/udev/rules.d/90-xen-channel.rules" 2>&1) && rc=0 || rc=$?
 if [ "$rc" = 0 ]; then pass "udevadm verify 90-xen-channel.rules"; else fail "udevadm verify 90-xen-channel.rules" "$out"; fi
 check "the rule's helper is installed" test -x "$R$(sed -n 's/.*RUN+="\([^"]*\)".*/\1/p' "$R/lib/udev/rules.d/90-xen-channel.rules" | head -1)"

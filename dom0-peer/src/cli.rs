@@ -142,7 +142,7 @@ pub struct DaemonArgs {
     #[arg(long, value_parser = parse_store_arg)]
     pub store: StoreSpec,
     /// With an etcd store: this host's name in the VMs' status (default: the host name).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", env = "XENPLUG_PEER_HOST")]
     pub host: Option<String>,
     #[command(flatten)]
     pub etcd: EtcdArgs,
