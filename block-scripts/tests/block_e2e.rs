@@ -798,7 +798,11 @@ fn file_adds_lock_their_own_file_and_a_killed_adds_lock_file_goes_with_remove() 
     let r = rig.clone();
     let adder = std::thread::spawn(move || exit_ok(r.block("add", 5, 51712)));
     let lock_file = rig.dir.path().join("locks").join(&name_a);
-    let queue = rig.dir.path().join("locks").join(format!(".{name_a}.queue"));
+    let queue = rig
+        .dir
+        .path()
+        .join("locks")
+        .join(format!(".{name_a}.queue"));
     // The waiter lines up on the queue file (created only by someone who has to wait).
     assert!(eventually(|| queue.exists()), "a's add never waited");
     assert_eq!(rig.loops_of(&a).len(), 0);
