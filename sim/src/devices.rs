@@ -328,7 +328,7 @@ pub fn parse_rate(s: &str) -> Option<(u64, u32)> {
     if bytes_per_sec == 0 || usecs == 0 {
         return None;
     }
-    // A rate whose bytes per interval do not fit is refused (libxl: "rate overflow").
+    // A rate whose bytes per interval do not fit in 64 bits is refused.
     Some((
         bytes_per_sec.checked_mul(u64::from(usecs))? / 1_000_000,
         usecs,
