@@ -23,11 +23,17 @@
 //! domain socket accepts at most [`Options::max_domain_connections`] connections at a time
 //! (more are closed at once), so connections cannot multiply the per-connection limits.
 //!
-//! dom0 first: the engine is one store behind one lock, as C xenstored is one thread. C
-//! xenstored serves its connections round-robin, one request each; here a domain's connection
-//! yields to the scheduler before each request and waits while dom0 has a request waiting for
-//! the engine, so a guest that pipelines thousands of requests cannot keep dom0 waiting for more
-//! than the one request it is in.
+//! dom0 first. [`serve_listeners`] runs the domains' sockets on a thread of their own (one
+//! tokio scheduler for every domain connection, at a lower CPU priority: see
+//! [`Options::guest_nice`]) and dom0's on another, so a domain's work never occupies a thread
+//! that dom0's requests wait for. On the domains' thread the connections are served
+//! round-robin, one request each per turn, as C xenstored serves its rings: a connection yields
+//! after every request, so one that pipelines thousands of requests gets one turn in each round
+//! like any other. dom0's plain reads (`READ`, `DIRECTORY`, `DIRECTORY_PART`, `GET_PERMS`
+//! outside a transaction) take no lock at all (they read the engine's published snapshot); for
+//! dom0's other requests, which take the store lock, domains hold back: while one is waiting,
+//! a domain's connection does not start a request (it waits, without spinning, until dom0's
+//! requests are through), so dom0 waits at most for the one request a domain is in.
 //!
 //! ```no_run
 //! use xenplug_xenstored::daemon::{serve, Options, Shutdown};
@@ -74,7 +80,15 @@ pub struct Options {
     /// File mode of the sockets. Anyone who can connect to the main socket acts as dom0, so the
     /// default is `0o600`, as C xenstored's socket.
     pub socket_mode: u32,
+    /// How much lower the CPU priority of the thread serving the domain sockets is than the
+    /// daemon's ([`DEFAULT_GUEST_NICE`]; 0: the same): a guest flooding the daemon then takes
+    /// CPU time from dom0's requests only when dom0 leaves it. Linux nice values are per thread;
+    /// the result is capped at 19.
+    pub guest_nice: i32,
 }
+
+/// Default [`Options::guest_nice`].
+pub const DEFAULT_GUEST_NICE: i32 = 10;
 
 impl Options {
     /// Serve dom0 on `socket`, no domain sockets, default limits, quiet.
@@ -86,6 +100,7 @@ impl Options {
             max_domain_connections: DEFAULT_MAX_DOMAIN_CONNECTIONS,
             verbose: false,
             socket_mode: 0o600,
+            guest_nice: DEFAULT_GUEST_NICE,
         }
     }
 }
@@ -229,24 +244,150 @@ pub fn serve_listeners(
     listeners: Vec<(u32, std::os::unix::net::UnixListener)>,
     shutdown: Shutdown,
 ) -> io::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("xenstored")
-        .enable_all()
-        .build()?;
     let limits = Limits {
         max_queued_bytes: opts.max_queued_bytes,
         max_domain_connections: opts.max_domain_connections,
         verbose: opts.verbose,
     };
-    rt.block_on(async move {
-        let mut tokio_listeners = Vec::new();
-        for (domid, l) in listeners {
-            l.set_nonblocking(true)?;
-            tokio_listeners.push((domid, UnixListener::from_std(l)?));
+    for (_, l) in &listeners {
+        l.set_nonblocking(true)?;
+    }
+    let (dom0, guests): (Vec<_>, Vec<_>) = listeners.into_iter().partition(|(d, _)| *d == 0);
+    let gate = Arc::new(Dom0Gate::default());
+    let budgets = Arc::new(Budgets::new(engine.quota().outstanding));
+    // The domains' thread: one scheduler, round-robin over their connections.
+    let guest_thread = if guests.is_empty() {
+        None
+    } else {
+        let (engine, gate, budgets, shutdown) = (
+            engine.clone(),
+            gate.clone(),
+            budgets.clone(),
+            shutdown.clone(),
+        );
+        let nice = opts.guest_nice;
+        Some(
+            std::thread::Builder::new()
+                .name("xenstored-domains".into())
+                .spawn(move || -> io::Result<()> {
+                    lower_thread_priority(nice);
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async move {
+                        let listeners = to_tokio(guests)?;
+                        serve_all(engine, listeners, limits, gate, budgets, shutdown).await;
+                        Ok(())
+                    })
+                })?,
+        )
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("xenstored")
+        .enable_all()
+        .build()?;
+    let sd = shutdown.clone();
+    let result = rt.block_on(async move {
+        let listeners = to_tokio(dom0)?;
+        serve_all(engine, listeners, limits, gate, budgets, sd).await;
+        Ok(())
+    });
+    // Whatever stopped dom0's side stops the domains' too.
+    shutdown.trigger();
+    let guests = match guest_thread.map(|t| t.join()) {
+        Some(Ok(r)) => r,
+        Some(Err(_)) => Err(io::Error::other("the domains' thread panicked")),
+        None => Ok(()),
+    };
+    result.and(guests)
+}
+
+fn to_tokio(
+    listeners: Vec<(u32, std::os::unix::net::UnixListener)>,
+) -> io::Result<Vec<(u32, UnixListener)>> {
+    listeners
+        .into_iter()
+        .map(|(d, l)| Ok((d, UnixListener::from_std(l)?)))
+        .collect()
+}
+
+/// Make the calling thread's nice value `by` higher (capped at 19). Best effort: a failure
+/// leaves the priority as it is.
+fn lower_thread_priority(by: i32) {
+    if by <= 0 {
+        return;
+    }
+    // SAFETY: getpriority/setpriority on the calling thread's own id (Linux nice values are
+    // per thread); no memory is passed.
+    unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        *libc::__errno_location() = 0;
+        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if now == -1 && *libc::__errno_location() != 0 {
+            return;
         }
-        run(engine, tokio_listeners, limits, shutdown).await
-    })
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, (now + by).min(19));
+    }
+}
+
+/// dom0's requests that take the store lock, in progress: domains do not start a request while
+/// there are any (see the module docs).
+#[derive(Debug, Default)]
+struct Dom0Gate {
+    waiting: AtomicUsize,
+    clear: Notify,
+}
+
+impl Dom0Gate {
+    fn enter(&self) {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn leave(&self) {
+        if self.waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.clear.notify_waiters();
+        }
+    }
+
+    /// Wait until no dom0 request is waiting for the store lock.
+    async fn wait_clear(&self) {
+        loop {
+            let notified = self.clear.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a `leave` in between is not missed.
+            notified.as_mut().enable();
+            if self.waiting.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One budget of requests in flight per domain, shared by all its sockets and connections.
+#[derive(Debug)]
+struct Budgets {
+    per_domain: usize,
+    domains: std::sync::Mutex<std::collections::HashMap<u32, Arc<Semaphore>>>,
+}
+
+impl Budgets {
+    fn new(outstanding: usize) -> Self {
+        Budgets {
+            per_domain: outstanding.min(Semaphore::MAX_PERMITS),
+            domains: Default::default(),
+        }
+    }
+
+    fn of(&self, domid: u32) -> Arc<Semaphore> {
+        self.domains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(domid)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_domain)))
+            .clone()
+    }
 }
 
 /// Limits and diagnostics of [`run`].
@@ -271,37 +412,44 @@ impl Default for Limits {
 }
 
 /// Accept and serve connections on tokio listeners until `shutdown` (the async core, for
-/// callers with their own runtime).
+/// callers with their own runtime). dom0's and the domains' connections share the caller's
+/// runtime here; [`serve_listeners`] gives the domains a thread of their own.
 pub async fn run(
     engine: Arc<Engine>,
     listeners: Vec<(u32, UnixListener)>,
     limits: Limits,
     shutdown: Shutdown,
 ) -> io::Result<()> {
+    let budgets = Arc::new(Budgets::new(engine.quota().outstanding));
+    let gate = Arc::new(Dom0Gate::default());
+    serve_all(engine, listeners, limits, gate, budgets, shutdown).await;
+    Ok(())
+}
+
+async fn serve_all(
+    engine: Arc<Engine>,
+    listeners: Vec<(u32, UnixListener)>,
+    limits: Limits,
+    gate: Arc<Dom0Gate>,
+    budgets: Arc<Budgets>,
+    shutdown: Shutdown,
+) {
     let mut accepters = tokio::task::JoinSet::new();
-    // dom0 requests waiting for the engine (guests hold back while there are any).
-    let dom0_waiting = Arc::new(AtomicUsize::new(0));
-    // One budget of requests in flight per domain, shared by all its sockets and connections.
-    let outstanding = engine.quota().outstanding.min(Semaphore::MAX_PERMITS);
-    let mut budgets: std::collections::HashMap<u32, Arc<Semaphore>> = Default::default();
     for (domid, listener) in listeners {
-        let engine = engine.clone();
-        let shutdown = shutdown.clone();
-        let budget = (domid != 0).then(|| {
-            budgets
-                .entry(domid)
-                .or_insert_with(|| Arc::new(Semaphore::new(outstanding)))
-                .clone()
-        });
-        let gate = dom0_waiting.clone();
+        let budget = (domid != 0).then(|| budgets.of(domid));
         accepters.spawn(accept_loop(
-            engine, listener, domid, budget, gate, limits, shutdown,
+            engine.clone(),
+            listener,
+            domid,
+            budget,
+            gate.clone(),
+            limits,
+            shutdown.clone(),
         ));
     }
     shutdown.wait().await;
     accepters.abort_all();
     while accepters.join_next().await.is_some() {}
-    Ok(())
 }
 
 async fn accept_loop(
@@ -309,7 +457,7 @@ async fn accept_loop(
     listener: UnixListener,
     domid: u32,
     budget: Option<Arc<Semaphore>>,
-    dom0_waiting: Arc<AtomicUsize>,
+    gate: Arc<Dom0Gate>,
     limits: Limits,
     shutdown: Shutdown,
 ) {
@@ -333,7 +481,7 @@ async fn accept_loop(
                         stream,
                         domid,
                         budget.clone(),
-                        dom0_waiting.clone(),
+                        gate.clone(),
                         limits,
                         shutdown.clone(),
                     ));
@@ -428,7 +576,7 @@ async fn serve_connection(
     stream: UnixStream,
     domid: u32,
     budget: Option<Arc<Semaphore>>,
-    dom0_waiting: Arc<AtomicUsize>,
+    gate: Arc<Dom0Gate>,
     limits: Limits,
     shutdown: Shutdown,
 ) {
@@ -524,21 +672,26 @@ async fn serve_connection(
                             None => None,
                         };
                         let resp = if domid == 0 {
-                            dom0_waiting.fetch_add(1, Ordering::SeqCst);
-                            let r = guard.engine.handle_message(guard.conn, &msg);
-                            dom0_waiting.fetch_sub(1, Ordering::SeqCst);
-                            r
-                        } else {
-                            // One request at a time, after anything dom0 is waiting with.
-                            tokio::task::yield_now().await;
-                            while dom0_waiting.load(Ordering::SeqCst) > 0 {
-                                tokio::task::yield_now().await;
+                            if Engine::takes_store_lock(&msg) {
+                                gate.enter();
+                                let r = guard.engine.handle_message(guard.conn, &msg);
+                                gate.leave();
+                                r
+                            } else {
+                                guard.engine.handle_message(guard.conn, &msg)
                             }
+                        } else {
+                            // After anything dom0 is waiting for the store lock with.
+                            gate.wait_clear().await;
                             guard.engine.handle_message(guard.conn, &msg)
                         };
                         outbox.push_reply(&resp.reply, permit);
                         if let Some(ev) = resp.initial_event {
                             outbox.watch_event(&ev.path, &ev.token);
+                        }
+                        if domid != 0 {
+                            // One request per turn: the other connections' go first.
+                            tokio::task::yield_now().await;
                         }
                     }
                 }

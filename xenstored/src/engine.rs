@@ -54,10 +54,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use xenplug_xenstore::wire::{self, Message, MsgType, ABS_PATH_MAX, PAYLOAD_MAX, REL_PATH_MAX};
 use xenplug_xenstore::{Access, Errno, Perm};
+
+use crate::pmap::PMap;
 
 /// `DOMID_ANY`: a permission entry for this id applies to every domain.
 pub const DOMID_ANY: u32 = 0x7FF4;
@@ -296,7 +298,7 @@ struct Node {
     generation: u64,
 }
 
-type Tree = HashMap<Arc<str>, Arc<Node>>;
+type Tree = PMap<Arc<Node>>;
 
 #[derive(Debug, Clone, Copy)]
 struct Caller {
@@ -399,11 +401,21 @@ impl Tx {
     }
 }
 
+/// A watch event for a connection's sink.
+struct Delivery {
+    sink: Arc<dyn EventSink>,
+    path: Vec<u8>,
+    token: Vec<u8>,
+}
+
 struct ConnState {
     domid: u32,
     /// `(node, token)` of every watch (the watches themselves are in `State::watch_index`).
     watches: HashSet<(String, Vec<u8>)>,
     txs: HashMap<u32, Tx>,
+    /// Bumped whenever the connection's transactions are dropped (`RELEASE`, `RESET_WATCHES`),
+    /// so that a commit in progress finds out.
+    tx_epoch: u64,
     next_tx: u32,
     sink: Arc<dyn EventSink>,
 }
@@ -414,7 +426,15 @@ struct State {
     conns: HashMap<u64, ConnState>,
     next_conn: u64,
     introduced: BTreeSet<u32>,
-    targets: HashMap<u32, u32>,
+    targets: Arc<HashMap<u32, u32>>,
+    /// The domain each connection acts as (shared with the published snapshot).
+    domids: Arc<HashMap<u64, u32>>,
+    /// What the last operation dropped, freed once the lock is released (a committed
+    /// transaction of 200 000 nodes takes a while to free).
+    garbage: Vec<Tx>,
+    /// Watch events of the last operation, handed to the sinks once its changes are published
+    /// (so that a client reading the node an event names sees the change).
+    deliveries: Vec<Delivery>,
     special: HashMap<&'static str, Vec<Perm>>,
     /// Every watch, by watched path.
     watch_index: BTreeMap<String, Vec<IndexedWatch>>,
@@ -423,9 +443,25 @@ struct State {
     quota: Quota,
 }
 
-/// The xenstore engine. Cheap to share (`Arc<Engine>`); all operations lock one mutex.
+/// What readers see: the committed tree and who every connection is, as of the last change.
+struct Published {
+    tree: Tree,
+    domids: Arc<HashMap<u64, u32>>,
+    targets: Arc<HashMap<u32, u32>>,
+}
+
+/// The xenstore engine. Cheap to share (`Arc<Engine>`).
+///
+/// Changes, transactions and watches go through one mutex (the store lock). Plain reads
+/// (`READ`, `DIRECTORY`, `DIRECTORY_PART`, `GET_PERMS` outside a transaction) do not take it:
+/// every change publishes a snapshot of the store (the tree is a persistent map, so that is an
+/// `Arc` clone), and a read looks at the latest one. A reader never waits for a writer, however
+/// long the writer holds the store lock (a commit of 200 000 nodes); what it sees is the store
+/// as of the last completed request, so reads stay linearisable, and a connection reads its own
+/// writes (its requests are handled in order, and a change is published before its reply).
 pub struct Engine {
     state: Mutex<State>,
+    published: RwLock<Arc<Published>>,
 }
 
 impl fmt::Debug for Engine {
@@ -644,7 +680,7 @@ impl Engine {
     /// anyone else). `@releaseDomain` is `n0,r32756` (readable by every domain, as C xenstored
     /// sets it up) and `@introduceDomain` is `n0`.
     pub fn new() -> Arc<Self> {
-        let mut tree: Tree = HashMap::new();
+        let mut tree: Tree = PMap::new();
         let n0 = vec![perm(0, Access::None)];
         let mut generation = 0u64;
         let mut add = |path: &str, value: &str, children: &[&str]| {
@@ -676,6 +712,11 @@ impl Engine {
         special.insert(SPECIAL_INTRODUCE, vec![perm(0, Access::None)]);
         let mut owners = HashMap::new();
         owners.insert(0, tree.len());
+        let published = Published {
+            tree: tree.clone(),
+            domids: Arc::default(),
+            targets: Arc::default(),
+        };
         Arc::new(Engine {
             state: Mutex::new(State {
                 tree,
@@ -683,12 +724,16 @@ impl Engine {
                 conns: HashMap::new(),
                 next_conn: 1,
                 introduced: BTreeSet::new(),
-                targets: HashMap::new(),
+                targets: Arc::default(),
+                domids: Arc::default(),
+                garbage: Vec::new(),
+                deliveries: Vec::new(),
                 special,
                 watch_index: BTreeMap::new(),
                 owners,
                 quota: Quota::default(),
             }),
+            published: RwLock::new(Arc::new(published)),
         })
     }
 
@@ -720,6 +765,73 @@ impl Engine {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The latest published snapshot.
+    fn snapshot(&self) -> Arc<Published> {
+        self.published
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Release the store lock after a change: publish what readers must see from now on, then
+    /// free what the operation dropped, outside the lock.
+    fn unlock(&self, mut st: MutexGuard<'_, State>) {
+        let old = {
+            let mut published = self.published.write().unwrap_or_else(|p| p.into_inner());
+            let same = published.tree.same_version(&st.tree)
+                && Arc::ptr_eq(&published.domids, &st.domids)
+                && Arc::ptr_eq(&published.targets, &st.targets);
+            (!same).then(|| {
+                std::mem::replace(
+                    &mut *published,
+                    Arc::new(Published {
+                        tree: st.tree.clone(),
+                        domids: st.domids.clone(),
+                        targets: st.targets.clone(),
+                    }),
+                )
+            })
+        };
+        // Events after the publication, still under the lock (each connection gets them in the
+        // order of the changes); the sinks only queue them.
+        for d in st.deliveries.drain(..) {
+            d.sink.watch_event(&d.path, &d.token);
+        }
+        let garbage = std::mem::take(&mut st.garbage);
+        drop(st);
+        drop(old);
+        drop(garbage);
+    }
+
+    /// A read outside a transaction, answered from the published snapshot without the store
+    /// lock. `None`: not such a read (or the connection is unknown), take the locked path.
+    fn read_unlocked(
+        &self,
+        conn: ConnId,
+        tx_id: u32,
+        req: &Request,
+    ) -> Option<Result<Reply, Errno>> {
+        if tx_id != 0 {
+            return None;
+        }
+        let raw = match req {
+            Request::Read(p) | Request::Directory(p) | Request::DirectoryPart(p, _) => p,
+            Request::GetPerms(p) if !p.starts_with('@') => p,
+            _ => return None,
+        };
+        let snap = self.snapshot();
+        let domid = *snap.domids.get(&conn.0)?;
+        let caller = Caller {
+            domid,
+            target: snap.targets.get(&domid).copied(),
+        };
+        let allow_special = matches!(req, Request::GetPerms(_));
+        Some(canonicalize(caller, raw, allow_special).and_then(|name| {
+            let node = check_access(|p| snap.tree.get(p).cloned(), caller, &name, PERM_READ)?;
+            Ok(read_reply(req, &node))
+        }))
+    }
+
     /// Register a connection acting as `domid` (0: privileged). Its watch events go to `sink`.
     pub fn connect(&self, domid: u32, sink: Arc<dyn EventSink>) -> ConnId {
         let mut st = self.lock();
@@ -731,10 +843,13 @@ impl Engine {
                 domid,
                 watches: HashSet::new(),
                 txs: HashMap::new(),
+                tx_epoch: 0,
                 next_tx: 1,
                 sink,
             },
         );
+        Arc::make_mut(&mut st.domids).insert(id, domid);
+        self.unlock(st);
         ConnId(id)
     }
 
@@ -742,7 +857,11 @@ impl Engine {
     pub fn disconnect(&self, conn: ConnId) {
         let mut st = self.lock();
         st.clear_watches(conn.0);
-        st.conns.remove(&conn.0);
+        if let Some(c) = st.conns.remove(&conn.0) {
+            st.garbage.extend(c.txs.into_values());
+        }
+        Arc::make_mut(&mut st.domids).remove(&conn.0);
+        self.unlock(st);
     }
 
     /// The domain a connection acts as.
@@ -752,9 +871,9 @@ impl Engine {
 
     /// Make a connection act as another domain (relative paths, permissions, privilege).
     pub fn set_domid(&self, conn: ConnId, domid: u32) {
-        if let Some(c) = self.lock().conns.get_mut(&conn.0) {
-            c.domid = domid;
-        }
+        let mut st = self.lock();
+        st.set_domid(conn.0, domid);
+        self.unlock(st);
     }
 
     /// Number of registered connections.
@@ -806,23 +925,31 @@ impl Engine {
         let result = match MsgType::from_u32(msg.msg_type) {
             None => Err(Errno::ENOSYS),
             Some(t) => {
-                let mut st = self.lock();
-                match st.check_type(conn, t, msg.tx_id) {
-                    Err(e) => Err(e),
-                    Ok(()) => match parse_request(t, &msg.payload) {
-                        Err(e) => Err(e),
-                        Ok(req) => {
-                            let tx = if matches!(t, MsgType::WATCH | MsgType::UNWATCH) {
-                                0
-                            } else {
-                                msg.tx_id
-                            };
-                            st.execute(conn, tx, req).map(|done| {
-                                initial_event = done.initial;
-                                done.reply
-                            })
-                        }
-                    },
+                let parsed = match t {
+                    MsgType::READ
+                    | MsgType::DIRECTORY
+                    | MsgType::DIRECTORY_PART
+                    | MsgType::GET_PERMS
+                        if msg.tx_id == 0 =>
+                    {
+                        Some(parse_request(t, &msg.payload))
+                    }
+                    _ => None,
+                };
+                let unlocked = match &parsed {
+                    Some(Ok(req)) => self.read_unlocked(conn, 0, req),
+                    _ => None,
+                };
+                match unlocked {
+                    Some(result) => result,
+                    None => self
+                        .run(conn, t, msg.tx_id, || {
+                            parsed.unwrap_or_else(|| parse_request(t, &msg.payload))
+                        })
+                        .map(|done| {
+                            initial_event = done.initial;
+                            done.reply
+                        }),
                 }
             }
         };
@@ -849,6 +976,20 @@ impl Engine {
         }
     }
 
+    /// Whether [`Engine::handle_message`] takes the store lock for `msg`: everything but a
+    /// plain read (`READ`, `DIRECTORY`, `DIRECTORY_PART`, `GET_PERMS` outside a transaction and
+    /// not of an `@` node), which is answered from the published snapshot.
+    pub fn takes_store_lock(msg: &Message) -> bool {
+        let Some(t) = MsgType::from_u32(msg.msg_type) else {
+            return false;
+        };
+        let read = matches!(
+            t,
+            MsgType::READ | MsgType::DIRECTORY | MsgType::DIRECTORY_PART | MsgType::GET_PERMS
+        );
+        !(read && msg.tx_id == 0 && !msg.payload.starts_with(b"@"))
+    }
+
     /// Execute a parsed request for `conn` in transaction `tx_id` (0: none). For a `WATCH`, the
     /// registration event is returned rather than delivered, so that the caller can send it
     /// after the reply as xenstored does ([`Engine::handle_message`] callers) or queue it.
@@ -858,20 +999,142 @@ impl Engine {
         tx_id: u32,
         req: Request,
     ) -> Result<(Reply, Option<InitialEvent>), Errno> {
-        let mut st = self.lock();
-        let t = req.msg_type();
-        st.check_type(conn, t, tx_id)?;
-        let tx_id = if matches!(t, MsgType::WATCH | MsgType::UNWATCH) {
-            0
-        } else {
-            tx_id
-        };
-        let done = st.execute(conn, tx_id, req)?;
+        if let Some(result) = self.read_unlocked(conn, tx_id, &req) {
+            let reply = result?;
+            if reply.payload().len() > PAYLOAD_MAX {
+                return Err(Errno::E2BIG);
+            }
+            return Ok((reply, None));
+        }
+        let done = self.run(conn, req.msg_type(), tx_id, || Ok(req))?;
         if done.reply.payload().len() > PAYLOAD_MAX {
             return Err(Errno::E2BIG);
         }
         Ok((done.reply, done.initial))
     }
+
+    /// A request that takes the store lock: xenstored's checks, then the request (`parse`
+    /// runs after the checks, so that their errors come first, as in xenstored).
+    fn run(
+        &self,
+        conn: ConnId,
+        t: MsgType,
+        tx_id: u32,
+        parse: impl FnOnce() -> Result<Request, Errno>,
+    ) -> OpResult {
+        let mut st = self.lock();
+        let req = match st.check_type(conn, t, tx_id).and_then(|()| parse()) {
+            Ok(req) => req,
+            Err(e) => {
+                self.unlock(st);
+                return Err(e);
+            }
+        };
+        if req == Request::TransactionEnd(true) && tx_id != 0 {
+            drop(st);
+            return self.commit(conn, tx_id);
+        }
+        let tx_id = if matches!(t, MsgType::WATCH | MsgType::UNWATCH) {
+            0
+        } else {
+            tx_id
+        };
+        let done = st.execute(conn, tx_id, req);
+        self.unlock(st);
+        done
+    }
+
+    /// `TRANSACTION_END T`. The store lock is held only to take a snapshot and, at the end, to
+    /// swap the new tree in: checking what the transaction looked at (`EAGAIN`) and building
+    /// the new tree (a persistent map: the snapshot plus the transaction's changes) happen
+    /// without it, so a commit of 200 000 nodes keeps neither readers nor writers waiting for
+    /// its size. If the store changed in between, the commit starts over from the new store
+    /// (where it may now conflict); after [`COMMIT_ATTEMPTS`] such attempts it is built with
+    /// the lock held, so it cannot be starved.
+    fn commit(&self, conn: ConnId, tx_id: u32) -> OpResult {
+        let mut st = self.lock();
+        let (caller, epoch) = match st.conns.get(&conn.0) {
+            Some(c) => (st.caller(conn)?, c.tx_epoch),
+            None => return Err(Errno::EIO),
+        };
+        let Some(mut tx) = st.conns.get_mut(&conn.0).and_then(|c| c.txs.remove(&tx_id)) else {
+            return Err(Errno::ENOENT);
+        };
+        let mut attempt = 1;
+        let result = loop {
+            let (base, g0) = (st.tree.clone(), st.generation);
+            let built = if attempt < COMMIT_ATTEMPTS {
+                drop(st);
+                let built = build_commit(&base, g0, &mut tx);
+                st = self.lock();
+                built
+            } else {
+                build_commit(&base, g0, &mut tx)
+            };
+            let still_open = st.conns.get(&conn.0).is_some_and(|c| c.tx_epoch == epoch);
+            if !still_open {
+                // The domain was released (or reset its watches) meanwhile: the transaction is
+                // gone, as if it had been dropped before this request.
+                break Err(Errno::ENOENT);
+            }
+            if !(st.tree.same_version(&base) && st.generation == g0) {
+                attempt += 1;
+                continue;
+            }
+            let (tree, generation) = match built {
+                Ok(b) => b,
+                Err(e) => break Err(e),
+            };
+            if !caller.privileged() {
+                let now = st.owners.get(&caller.domid).copied().unwrap_or(0) as isize;
+                let added = tx.owners.get(&caller.domid).copied().unwrap_or(0);
+                // (In usize: an unlimited quota is usize::MAX, which does not fit an isize.)
+                if added > 0 && (now + added).max(0) as usize > st.quota.nodes {
+                    break Err(Errno::ENOSPC);
+                }
+            }
+            st.tree = tree;
+            st.generation = generation;
+            apply_owner_delta(&mut st.owners, std::mem::take(&mut tx.owners));
+            let events = std::mem::take(&mut tx.events);
+            st.fire_events(events.iter().flatten());
+            break Ok(Done::reply(Reply::Ok));
+        };
+        self.unlock(st);
+        // The transaction (its overlay, what it looked at) is freed without the lock.
+        drop(tx);
+        result
+    }
+}
+
+/// Commit attempts without the store lock before one with it (see [`Engine::commit`]).
+const COMMIT_ATTEMPTS: usize = 3;
+
+/// The tree after committing `tx` on `base` (whose newest generation is `g0`), and the newest
+/// generation then; `EAGAIN` if a node the transaction looked at is not as it was then.
+fn build_commit(base: &Tree, g0: u64, tx: &mut Tx) -> Result<(Tree, u64), Errno> {
+    for (path, gen) in &tx.accessed {
+        if base.get(path).map(|n| n.generation) != *gen {
+            return Err(Errno::EAGAIN);
+        }
+    }
+    let mut tree = base.clone();
+    let mut generation = g0;
+    for path in &tx.modified {
+        match tx.overlay.get_mut(&**path) {
+            Some(Some(node)) => {
+                generation += 1;
+                Arc::make_mut(node).generation = generation;
+                tree.insert(path.clone(), node.clone());
+            }
+            Some(None) => {
+                tree.remove(path);
+            }
+            // Marked but never changed (a failed operation half-way): nothing to apply.
+            None => {}
+        }
+    }
+    Ok((tree, generation))
 }
 
 fn error_message(req: &Message, e: Errno) -> Message {
@@ -1002,6 +1265,29 @@ pub fn parse_request(t: MsgType, payload: &[u8]) -> Result<Request, Errno> {
     })
 }
 
+/// A request's path made absolute and checked (`EINVAL` when it is not a valid path).
+fn canonicalize(caller: Caller, raw: &str, allow_special: bool) -> Result<String, Errno> {
+    let valid = |c: u8| c.is_ascii_alphanumeric() || b"-/_@".contains(&c);
+    if raw.is_empty() || !raw.bytes().all(valid) || (raw.starts_with('@') && !allow_special) {
+        return Err(Errno::EINVAL);
+    }
+    let name = if raw.starts_with('/') || raw.starts_with('@') {
+        raw.to_string()
+    } else {
+        format!("/local/domain/{}/{raw}", caller.domid)
+    };
+    if (name.ends_with('/') && name != "/") || name.contains("//") {
+        return Err(Errno::EINVAL);
+    }
+    if name.len() > ABS_PATH_MAX {
+        return Err(Errno::EINVAL);
+    }
+    if !caller.privileged() && name.len() - local_prefix_len(&name) > REL_PATH_MAX {
+        return Err(Errno::EINVAL);
+    }
+    Ok(name)
+}
+
 fn privileged_only(t: MsgType) -> bool {
     matches!(
         t,
@@ -1015,6 +1301,13 @@ fn privileged_only(t: MsgType) -> bool {
 }
 
 impl State {
+    fn set_domid(&mut self, conn: u64, domid: u32) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.domid = domid;
+            Arc::make_mut(&mut self.domids).insert(conn, domid);
+        }
+    }
+
     fn caller(&self, conn: ConnId) -> Result<Caller, Errno> {
         let c = self.conns.get(&conn.0).ok_or(Errno::EIO)?;
         Ok(Caller {
@@ -1049,33 +1342,6 @@ impl State {
         Ok(())
     }
 
-    fn canonicalize(
-        &self,
-        caller: Caller,
-        raw: &str,
-        allow_special: bool,
-    ) -> Result<String, Errno> {
-        let valid = |c: u8| c.is_ascii_alphanumeric() || b"-/_@".contains(&c);
-        if raw.is_empty() || !raw.bytes().all(valid) || (raw.starts_with('@') && !allow_special) {
-            return Err(Errno::EINVAL);
-        }
-        let name = if raw.starts_with('/') || raw.starts_with('@') {
-            raw.to_string()
-        } else {
-            format!("/local/domain/{}/{raw}", caller.domid)
-        };
-        if (name.ends_with('/') && name != "/") || name.contains("//") {
-            return Err(Errno::EINVAL);
-        }
-        if name.len() > ABS_PATH_MAX {
-            return Err(Errno::EINVAL);
-        }
-        if !caller.privileged() && name.len() - local_prefix_len(&name) > REL_PATH_MAX {
-            return Err(Errno::EINVAL);
-        }
-        Ok(name)
-    }
-
     fn execute(&mut self, conn: ConnId, tx_id: u32, req: Request) -> OpResult {
         let caller = self.caller(conn)?;
         match req {
@@ -1100,7 +1366,7 @@ impl State {
                         return Err(Errno::ENOENT);
                     }
                 }
-                self.targets.insert(domid, target);
+                Arc::make_mut(&mut self.targets).insert(domid, target);
                 return Ok(Done::reply(Reply::Ok));
             }
             Request::GetDomainPath(domid) => {
@@ -1114,7 +1380,8 @@ impl State {
             Request::ResetWatches => {
                 self.clear_watches(conn.0);
                 if let Some(c) = self.conns.get_mut(&conn.0) {
-                    c.txs.clear();
+                    self.garbage.extend(c.txs.drain().map(|(_, tx)| tx));
+                    c.tx_epoch += 1;
                 }
                 return Ok(Done::reply(Reply::Ok));
             }
@@ -1134,7 +1401,7 @@ impl State {
             | Request::Directory(p)
             | Request::DirectoryPart(p, _)
             | Request::GetPerms(p)
-            | Request::SetPerms(p, _) => self.canonicalize(
+            | Request::SetPerms(p, _) => canonicalize(
                 caller,
                 p,
                 matches!(req, Request::GetPerms(_) | Request::SetPerms(..)),
@@ -1188,7 +1455,7 @@ impl State {
             }
             done
         };
-        self.fire(&done.events);
+        self.fire_events(&done.events);
         Ok(done)
     }
 
@@ -1240,7 +1507,7 @@ impl State {
 
     fn check(&self) -> Result<(), String> {
         let mut owners: HashMap<u32, usize> = HashMap::new();
-        for (path, node) in &self.tree {
+        for (path, node) in self.tree.iter() {
             if let Some(d) = owner(node) {
                 *owners.entry(d).or_default() += 1;
             }
@@ -1303,7 +1570,7 @@ impl State {
             Request::SetPerms(p, perms) => (p, Some(perms)),
             _ => return Err(Errno::EINVAL),
         };
-        let name = self.canonicalize(caller, &raw, true)?;
+        let name = canonicalize(caller, &raw, true)?;
         let key = [SPECIAL_INTRODUCE, SPECIAL_RELEASE]
             .into_iter()
             .find(|k| *k == name)
@@ -1334,7 +1601,7 @@ impl State {
                     perms: vec![current, perms],
                     removed: HashMap::new(),
                 };
-                self.fire(std::slice::from_ref(&ev));
+                self.fire_events(std::slice::from_ref(&ev));
                 Ok(Done::reply(Reply::Ok))
             }
         }
@@ -1342,7 +1609,7 @@ impl State {
 
     fn watch(&mut self, conn: ConnId, caller: Caller, raw: &str, token: Vec<u8>) -> OpResult {
         let relative = !raw.starts_with('/') && !raw.starts_with('@');
-        let node = self.canonicalize(caller, raw, true)?;
+        let node = canonicalize(caller, raw, true)?;
         let c = self.conns.get(&conn.0).ok_or(Errno::EIO)?;
         if c.watches.contains(&(node.clone(), token.clone())) {
             return Err(Errno::EEXIST);
@@ -1372,7 +1639,7 @@ impl State {
     }
 
     fn unwatch(&mut self, conn: ConnId, caller: Caller, raw: &str, token: &[u8]) -> OpResult {
-        let node = self.canonicalize(caller, raw, true)?;
+        let node = canonicalize(caller, raw, true)?;
         let c = self.conns.get_mut(&conn.0).ok_or(Errno::EIO)?;
         if !c.watches.remove(&(node.clone(), token.to_vec())) {
             return Err(Errno::ENOENT);
@@ -1409,47 +1676,16 @@ impl State {
         Ok(Done::reply(Reply::TxId(id)))
     }
 
+    /// `TRANSACTION_END F` (a commit goes through [`Engine::commit`]).
     fn tx_end(&mut self, conn: ConnId, tx_id: u32, commit: bool) -> OpResult {
         if tx_id == 0 {
             return Err(Errno::ENOENT);
         }
-        let caller = self.caller(conn)?;
+        debug_assert!(!commit, "commits go through Engine::commit");
         let c = self.conns.get_mut(&conn.0).ok_or(Errno::EIO)?;
-        let mut tx = c.txs.remove(&tx_id).ok_or(Errno::ENOENT)?;
-        if !commit {
-            return Ok(Done::reply(Reply::Ok));
-        }
-        for (path, gen) in &tx.accessed {
-            if self.tree.get(&**path).map(|n| n.generation) != *gen {
-                return Err(Errno::EAGAIN);
-            }
-        }
-        if !caller.privileged() {
-            let now = self.owners.get(&caller.domid).copied().unwrap_or(0) as isize;
-            let added = tx.owners.get(&caller.domid).copied().unwrap_or(0);
-            // (In usize: an unlimited quota is usize::MAX, which does not fit an isize.)
-            if added > 0 && (now + added).max(0) as usize > self.quota.nodes {
-                return Err(Errno::ENOSPC);
-            }
-        }
-        self.tree.reserve(tx.overlay.len());
-        for path in &tx.modified {
-            match tx.overlay.remove(&**path) {
-                Some(Some(mut node)) => {
-                    self.generation += 1;
-                    Arc::make_mut(&mut node).generation = self.generation;
-                    self.tree.insert(path.clone(), node);
-                }
-                Some(None) => {
-                    self.tree.remove(&**path);
-                }
-                // Marked but never changed (a failed operation half-way): nothing to apply.
-                None => {}
-            }
-        }
-        apply_owner_delta(&mut self.owners, std::mem::take(&mut tx.owners));
-        let events: Vec<PendingEvent> = tx.events.into_iter().flatten().collect();
-        self.fire(&events);
+        let tx = c.txs.remove(&tx_id).ok_or(Errno::ENOENT)?;
+        // Freed after the lock is released.
+        self.garbage.push(tx);
         Ok(Done::reply(Reply::Ok))
     }
 
@@ -1467,7 +1703,9 @@ impl State {
         if !self.introduced.remove(&domid) {
             return Err(Errno::ENOENT);
         }
-        self.targets.remove(&domid);
+        if self.targets.contains_key(&domid) {
+            Arc::make_mut(&mut self.targets).remove(&domid);
+        }
         let conns: Vec<u64> = self
             .conns
             .iter()
@@ -1477,7 +1715,8 @@ impl State {
         for id in conns {
             self.clear_watches(id);
             if let Some(c) = self.conns.get_mut(&id) {
-                c.txs.clear();
+                self.garbage.extend(c.txs.drain().map(|(_, tx)| tx));
+                c.tx_epoch += 1;
             }
         }
         self.fire_special(SPECIAL_RELEASE, domid);
@@ -1500,8 +1739,10 @@ impl State {
                     .get(1)
                     .ok_or(Errno::EINVAL)
                     .and_then(|a| parse_domid(a.as_bytes()))?;
-                let c = self.conns.get_mut(&conn.0).ok_or(Errno::EIO)?;
-                c.domid = domid;
+                if !self.conns.contains_key(&conn.0) {
+                    return Err(Errno::EIO);
+                }
+                self.set_domid(conn.0, domid);
                 "OK".to_string()
             }
             _ => return Err(Errno::EINVAL),
@@ -1516,20 +1757,30 @@ impl State {
             perms: vec![self.special[name].clone()],
             removed: HashMap::new(),
         };
-        self.fire(std::slice::from_ref(&ev));
+        self.fire_events(std::slice::from_ref(&ev));
     }
 
     /// Deliver events to every matching watch whose connection may see them. Watches are
     /// found through the path index: those on the event's path and its ancestors, and for a
     /// removal those below it.
-    fn fire(&self, events: &[PendingEvent]) {
+    fn fire_events<'e>(&mut self, events: impl IntoIterator<Item = &'e PendingEvent>) {
+        let mut out = std::mem::take(&mut self.deliveries);
+        self.fire(events, &mut out);
+        self.deliveries = out;
+    }
+
+    fn fire<'e>(
+        &self,
+        events: impl IntoIterator<Item = &'e PendingEvent>,
+        out: &mut Vec<Delivery>,
+    ) {
         for ev in events {
             match ev.kind {
                 EventKind::Special(domid) => {
                     let with_dom = format!("{}/{domid}", ev.path);
                     for key in [ev.path.as_str(), with_dom.as_str()] {
                         for w in self.watch_index.get(key).into_iter().flatten() {
-                            self.deliver(ev, key, w, key);
+                            self.deliver(ev, key, w, key, out);
                         }
                     }
                 }
@@ -1538,7 +1789,7 @@ impl State {
                     let mut p = ev.path.as_str();
                     loop {
                         for w in self.watch_index.get(p).into_iter().flatten() {
-                            self.deliver(ev, p, w, &ev.path);
+                            self.deliver(ev, p, w, &ev.path, out);
                         }
                         if p == "/" || !p.starts_with('/') {
                             break;
@@ -1552,7 +1803,7 @@ impl State {
                             .range::<str, _>((Bound::Included(below.as_str()), Bound::Unbounded));
                         for (node, list) in range.take_while(|(n, _)| n.starts_with(&below)) {
                             for w in list {
-                                self.deliver(ev, node, w, node);
+                                self.deliver(ev, node, w, node, out);
                             }
                         }
                     }
@@ -1562,7 +1813,14 @@ impl State {
     }
 
     /// Send `ev` (naming `epath`) to watch `w` on `node`, if its connection may see it.
-    fn deliver(&self, ev: &PendingEvent, node: &str, w: &IndexedWatch, epath: &str) {
+    fn deliver(
+        &self,
+        ev: &PendingEvent,
+        node: &str,
+        w: &IndexedWatch,
+        epath: &str,
+        out: &mut Vec<Delivery>,
+    ) {
         let Some(c) = self.conns.get(&w.conn) else {
             return;
         };
@@ -1580,7 +1838,11 @@ impl State {
             return;
         }
         let shown = epath.get(w.prefix_len..).unwrap_or(epath);
-        c.sink.watch_event(shown.as_bytes(), &w.token);
+        out.push(Delivery {
+            sink: c.sink.clone(),
+            path: shown.as_bytes().to_vec(),
+            token: w.token.clone(),
+        });
     }
 }
 
@@ -1637,14 +1899,24 @@ fn get_checked(
     name: &str,
     want: u8,
 ) -> Result<Arc<Node>, Errno> {
-    match view.get(name) {
+    check_access(|p| view.get(p), caller, name, want)
+}
+
+/// [`get_checked`] through any lookup (a transaction's view, or a published snapshot).
+fn check_access(
+    mut get: impl FnMut(&str) -> Option<Arc<Node>>,
+    caller: Caller,
+    name: &str,
+    want: u8,
+) -> Result<Arc<Node>, Errno> {
+    match get(name) {
         Some(node) if caller.perm(&node.perms) & want == want => Ok(node),
         Some(_) => Err(Errno::EACCES),
         None => {
             let mut p = name;
             loop {
                 p = parent_of(p);
-                if let Some(anc) = view.get(p) {
+                if let Some(anc) = get(p) {
                     return Err(if caller.perm(&anc.perms) & want != 0 {
                         Errno::ENOENT
                     } else {
@@ -1740,25 +2012,26 @@ fn create(view: &mut View<'_>, caller: Caller, name: &str, value: Vec<u8>) -> Re
     Ok(())
 }
 
+/// The reply of a read request (`READ`, `DIRECTORY`, `DIRECTORY_PART`, `GET_PERMS`) on `node`.
+fn read_reply(req: &Request, node: &Node) -> Reply {
+    match req {
+        Request::Read(_) => Reply::Value(node.value.clone()),
+        Request::Directory(_) => {
+            Reply::Names(node.children.iter().map(|c| c.to_string()).collect())
+        }
+        Request::DirectoryPart(_, off) => Reply::Part(directory_part(node, *off)),
+        _ => Reply::Perms(node.perms.clone()),
+    }
+}
+
 fn node_op(view: &mut View<'_>, caller: Caller, name: &str, req: Request) -> OpResult {
     match req {
-        Request::Read(_) => {
+        Request::Read(_)
+        | Request::Directory(_)
+        | Request::DirectoryPart(..)
+        | Request::GetPerms(_) => {
             let n = get_checked(view, caller, name, PERM_READ)?;
-            Ok(Done::reply(Reply::Value(n.value.clone())))
-        }
-        Request::Directory(_) => {
-            let n = get_checked(view, caller, name, PERM_READ)?;
-            Ok(Done::reply(Reply::Names(
-                n.children.iter().map(|c| c.to_string()).collect(),
-            )))
-        }
-        Request::DirectoryPart(_, off) => {
-            let n = get_checked(view, caller, name, PERM_READ)?;
-            Ok(Done::reply(Reply::Part(directory_part(&n, off))))
-        }
-        Request::GetPerms(_) => {
-            let n = get_checked(view, caller, name, PERM_READ)?;
-            Ok(Done::reply(Reply::Perms(n.perms.clone())))
+            Ok(Done::reply(read_reply(&req, &n)))
         }
         Request::Write(_, value) => {
             match get_checked(view, caller, name, PERM_WRITE) {
