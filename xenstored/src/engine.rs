@@ -432,6 +432,8 @@ struct State {
     /// What the last operation dropped, freed once the lock is released (a committed
     /// transaction of 200 000 nodes takes a while to free).
     garbage: Vec<Tx>,
+    /// What [`Engine::published`] holds (compared without its lock).
+    last_published: Arc<Published>,
     /// Watch events of the last operation, handed to the sinks once its changes are published
     /// (so that a client reading the node an event names sees the change).
     deliveries: Vec<Delivery>,
@@ -462,6 +464,9 @@ struct Published {
 pub struct Engine {
     state: Mutex<State>,
     published: RwLock<Arc<Published>>,
+    /// Runs while a commit is being built without the lock (tests interleave changes there).
+    #[cfg(test)]
+    commit_hook: Mutex<Option<Box<dyn FnMut() + Send>>>,
 }
 
 impl fmt::Debug for Engine {
@@ -712,11 +717,11 @@ impl Engine {
         special.insert(SPECIAL_INTRODUCE, vec![perm(0, Access::None)]);
         let mut owners = HashMap::new();
         owners.insert(0, tree.len());
-        let published = Published {
+        let published = Arc::new(Published {
             tree: tree.clone(),
             domids: Arc::default(),
             targets: Arc::default(),
-        };
+        });
         Arc::new(Engine {
             state: Mutex::new(State {
                 tree,
@@ -727,13 +732,16 @@ impl Engine {
                 targets: Arc::default(),
                 domids: Arc::default(),
                 garbage: Vec::new(),
+                last_published: published.clone(),
                 deliveries: Vec::new(),
                 special,
                 watch_index: BTreeMap::new(),
                 owners,
                 quota: Quota::default(),
             }),
-            published: RwLock::new(Arc::new(published)),
+            published: RwLock::new(published),
+            #[cfg(test)]
+            commit_hook: Mutex::new(None),
         })
     }
 
@@ -776,22 +784,23 @@ impl Engine {
     /// Release the store lock after a change: publish what readers must see from now on, then
     /// free what the operation dropped, outside the lock.
     fn unlock(&self, mut st: MutexGuard<'_, State>) {
-        let old = {
-            let mut published = self.published.write().unwrap_or_else(|p| p.into_inner());
-            let same = published.tree.same_version(&st.tree)
-                && Arc::ptr_eq(&published.domids, &st.domids)
-                && Arc::ptr_eq(&published.targets, &st.targets);
-            (!same).then(|| {
-                std::mem::replace(
-                    &mut *published,
-                    Arc::new(Published {
-                        tree: st.tree.clone(),
-                        domids: st.domids.clone(),
-                        targets: st.targets.clone(),
-                    }),
-                )
-            })
+        let same = {
+            let last = &st.last_published;
+            last.tree.same_version(&st.tree)
+                && Arc::ptr_eq(&last.domids, &st.domids)
+                && Arc::ptr_eq(&last.targets, &st.targets)
         };
+        let old = (!same).then(|| {
+            let new = Arc::new(Published {
+                tree: st.tree.clone(),
+                domids: st.domids.clone(),
+                targets: st.targets.clone(),
+            });
+            st.last_published = new.clone();
+            // Held for a pointer swap only: readers never wait for more.
+            let mut published = self.published.write().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *published, new)
+        });
         // Events after the publication, still under the lock (each connection gets them in the
         // order of the changes); the sinks only queue them.
         for d in st.deliveries.drain(..) {
@@ -1065,6 +1074,10 @@ impl Engine {
             let (base, g0) = (st.tree.clone(), st.generation);
             let built = if attempt < COMMIT_ATTEMPTS {
                 drop(st);
+                #[cfg(test)]
+                if let Some(hook) = self.commit_hook.lock().unwrap().as_mut() {
+                    hook();
+                }
                 let built = build_commit(&base, g0, &mut tx);
                 st = self.lock();
                 built
@@ -2177,6 +2190,245 @@ fn directory_part(node: &Node, off: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[derive(Default)]
+    struct Events(Mutex<Vec<(String, String)>>);
+
+    impl EventSink for Events {
+        fn watch_event(&self, path: &[u8], token: &[u8]) {
+            self.0.lock().unwrap().push((
+                String::from_utf8_lossy(path).into_owned(),
+                String::from_utf8_lossy(token).into_owned(),
+            ));
+        }
+    }
+
+    fn ok(e: &Engine, c: ConnId, tx: u32, req: Request) -> Reply {
+        e.execute(c, tx, req).expect("request succeeds").0
+    }
+
+    fn read(e: &Engine, c: ConnId, path: &str) -> Result<Reply, Errno> {
+        e.execute(c, 0, Request::Read(path.into())).map(|r| r.0)
+    }
+
+    fn write(path: &str, v: &str) -> Request {
+        Request::Write(path.into(), v.as_bytes().to_vec())
+    }
+
+    fn start(e: &Engine, c: ConnId) -> u32 {
+        match ok(e, c, 0, Request::TransactionStart) {
+            Reply::TxId(id) => id,
+            other => panic!("not a transaction id: {other:?}"),
+        }
+    }
+
+    fn set_hook(e: &Engine, hook: impl FnMut() + Send + 'static) {
+        *e.commit_hook.lock().unwrap() = Some(Box::new(hook));
+    }
+
+    /// An engine with dom0 and a second dom0 connection, and `n` nodes written by a transaction
+    /// of the first that is not yet committed.
+    fn big_transaction(n: usize) -> (Arc<Engine>, ConnId, ConnId, u32) {
+        let e = Engine::new();
+        let a = e.connect(0, Arc::new(Events::default()));
+        let b = e.connect(0, Arc::new(Events::default()));
+        ok(&e, a, 0, write("/big/seen", "old"));
+        let tx = start(&e, a);
+        // The transaction looks at /big/seen (a conflict there must fail the commit).
+        assert_eq!(
+            ok(&e, a, tx, Request::Read("/big/seen".into())),
+            Reply::Value(b"old".to_vec())
+        );
+        for i in 0..n {
+            ok(&e, a, tx, write(&format!("/big/d{}/n{i}", i % 50), "v"));
+        }
+        (e, a, b, tx)
+    }
+
+    #[test]
+    fn plain_reads_do_not_wait_for_the_store_lock() {
+        let e = Engine::new();
+        let c = e.connect(0, Arc::new(Events::default()));
+        ok(&e, c, 0, write("/x", "1"));
+        let held = e.lock();
+        let (tx, rx) = mpsc::channel();
+        let reader = {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                let r = (
+                    read(&e, c, "/x"),
+                    e.execute(c, 0, Request::Directory("/".into())).map(|r| r.0),
+                    e.execute(c, 0, Request::GetPerms("/x".into())).map(|r| r.0),
+                    read(&e, c, "/missing"),
+                );
+                tx.send(r).unwrap();
+            })
+        };
+        // The reads complete while this thread still holds the lock (bounded wait for their
+        // answer; with the lock in the way they could never answer).
+        let (value, dir, perms, missing) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("reads answered while the store lock is held");
+        drop(held);
+        reader.join().unwrap();
+        assert_eq!(value, Ok(Reply::Value(b"1".to_vec())));
+        assert!(matches!(dir, Ok(Reply::Names(n)) if n.contains(&"x".to_string())));
+        assert!(matches!(perms, Ok(Reply::Perms(_))));
+        assert_eq!(missing, Err(Errno::ENOENT));
+    }
+
+    #[test]
+    fn a_large_commit_is_built_without_the_lock_and_readers_see_it_whole() {
+        let (e, a, b, tx) = big_transaction(20_000);
+        let (seen_tx, seen_rx) = mpsc::channel();
+        {
+            let e2 = e.clone();
+            set_hook(&e, move || {
+                // The commit is being built: the store lock is free (this takes it), and a
+                // reader sees the store as before the commit, none of it half-applied.
+                let st = e2.state.try_lock().is_ok();
+                let r = (read(&e2, b, "/big/d0/n0"), read(&e2, b, "/big/d49/n19999"));
+                seen_tx.send((st, r)).unwrap();
+            });
+        }
+        ok(&e, a, tx, Request::TransactionEnd(true));
+        let (lock_free, (first, last)) = seen_rx.try_recv().expect("the hook ran");
+        assert!(
+            lock_free,
+            "the store lock is not held while the commit is built"
+        );
+        assert_eq!(first, Err(Errno::ENOENT));
+        assert_eq!(last, Err(Errno::ENOENT));
+        assert_eq!(read(&e, b, "/big/d0/n0"), Ok(Reply::Value(b"v".to_vec())));
+        assert_eq!(
+            read(&e, b, "/big/d49/n19999"),
+            Ok(Reply::Value(b"v".to_vec()))
+        );
+        e.check().unwrap();
+    }
+
+    #[test]
+    fn a_change_to_what_the_commit_looked_at_meanwhile_is_a_conflict() {
+        let (e, a, b, tx) = big_transaction(1_000);
+        let e2 = e.clone();
+        let mut once = true;
+        set_hook(&e, move || {
+            if std::mem::take(&mut once) {
+                ok(&e2, b, 0, write("/big/seen", "new"));
+            }
+        });
+        assert_eq!(
+            e.execute(a, tx, Request::TransactionEnd(true)).map(|r| r.0),
+            Err(Errno::EAGAIN)
+        );
+        assert_eq!(read(&e, b, "/big/d0/n0"), Err(Errno::ENOENT));
+        assert_eq!(read(&e, b, "/big/seen"), Ok(Reply::Value(b"new".to_vec())));
+        // The transaction is gone, as after any TRANSACTION_END.
+        assert_eq!(
+            e.execute(a, tx, Request::TransactionEnd(true)).map(|r| r.0),
+            Err(Errno::ENOENT)
+        );
+        e.check().unwrap();
+    }
+
+    #[test]
+    fn an_unrelated_change_meanwhile_is_kept_and_the_commit_retried() {
+        let (e, a, b, tx) = big_transaction(1_000);
+        let events = Arc::new(Events::default());
+        let w = e.connect(0, events.clone());
+        ok(&e, w, 0, Request::Watch("/big".into(), b"t".to_vec()));
+        let e2 = e.clone();
+        let mut n = 0;
+        set_hook(&e, move || {
+            n += 1;
+            ok(&e2, b, 0, write(&format!("/other/{n}"), "x"));
+        });
+        ok(&e, a, tx, Request::TransactionEnd(true));
+        // Each unlocked attempt met a change; the last attempt held the lock and committed.
+        for i in 1..COMMIT_ATTEMPTS {
+            assert_eq!(
+                read(&e, b, &format!("/other/{i}")),
+                Ok(Reply::Value(b"x".to_vec()))
+            );
+        }
+        assert_eq!(read(&e, b, "/big/d7/n7"), Ok(Reply::Value(b"v".to_vec())));
+        let got = events.0.lock().unwrap().clone();
+        // The commit's events, once each, in the order of the transaction's writes.
+        let want: Vec<(String, String)> = (0..1_000)
+            .map(|i| (format!("/big/d{}/n{i}", i % 50), "t".to_string()))
+            .collect();
+        assert_eq!(got, want);
+        e.check().unwrap();
+    }
+
+    #[test]
+    fn a_commit_whose_domain_is_released_meanwhile_finds_its_transaction_gone() {
+        let e = Engine::new();
+        let dom0 = e.connect(0, Arc::new(Events::default()));
+        let guest = e.connect(5, Arc::new(Events::default()));
+        ok(&e, dom0, 0, Request::Introduce(5, 1, 1));
+        ok(&e, dom0, 0, write("/local/domain/5", ""));
+        ok(
+            &e,
+            dom0,
+            0,
+            Request::SetPerms("/local/domain/5".into(), vec![perm(5, Access::None)]),
+        );
+        let tx = start(&e, guest);
+        ok(&e, guest, tx, write("data", "1"));
+        let e2 = e.clone();
+        set_hook(&e, move || {
+            ok(&e2, dom0, 0, Request::Release(5));
+        });
+        assert_eq!(
+            e.execute(guest, tx, Request::TransactionEnd(true))
+                .map(|r| r.0),
+            Err(Errno::ENOENT)
+        );
+        assert_eq!(read(&e, dom0, "/local/domain/5/data"), Err(Errno::ENOENT));
+        e.check().unwrap();
+    }
+
+    #[test]
+    fn a_watch_event_comes_after_the_change_is_readable() {
+        // A client that reads the node an event names sees the change: events are handed to
+        // the connections only once the change is published.
+        struct ReadOnEvent {
+            engine: Mutex<Option<(Arc<Engine>, ConnId)>>,
+            seen: Mutex<Vec<Result<Reply, Errno>>>,
+        }
+        impl EventSink for ReadOnEvent {
+            fn watch_event(&self, path: &[u8], _token: &[u8]) {
+                if let Some((e, c)) = self.engine.lock().unwrap().as_ref() {
+                    let path = String::from_utf8_lossy(path).into_owned();
+                    // The unlocked read path: it does not need the store lock held here.
+                    self.seen.lock().unwrap().push(read(e, *c, &path));
+                }
+            }
+        }
+        let e = Engine::new();
+        let sink = Arc::new(ReadOnEvent {
+            engine: Mutex::new(None),
+            seen: Mutex::new(Vec::new()),
+        });
+        let w = e.connect(0, sink.clone());
+        let c = e.connect(0, Arc::new(Events::default()));
+        ok(&e, w, 0, Request::Watch("/n".into(), b"t".to_vec()));
+        *sink.engine.lock().unwrap() = Some((e.clone(), w));
+        ok(&e, c, 0, write("/n", "1"));
+        let tx = start(&e, c);
+        ok(&e, c, tx, write("/n", "2"));
+        ok(&e, c, tx, Request::TransactionEnd(true));
+        assert_eq!(
+            *sink.seen.lock().unwrap(),
+            [
+                Ok(Reply::Value(b"1".to_vec())),
+                Ok(Reply::Value(b"2".to_vec()))
+            ]
+        );
+    }
 
     #[test]
     fn is_child_matches_whole_components() {
