@@ -1,7 +1,8 @@
 //! Benchmark: does a hostile domain slow dom0 down? (issue 13)
 //!
 //! `cargo run --release -p xenplug-xenstored --example hostile [-- --nodes N --watches N
-//! --rounds R --idle-secs S --min-loaded-secs S]`
+//! --rounds R --idle-secs S --min-loaded-secs S --only SCENARIO --guest-load same|idle
+//! --domain-thread same|nice10|idle]`
 //!
 //! A real daemon on throwaway sockets; dom0 reads one node in a loop (with the same client every
 //! xenplug program uses) and records each read's latency, with nothing else going on (idle) and
@@ -22,9 +23,14 @@
 //! ratio of at most 2 in every round.
 //!
 //! The guest's own threads (the load generator) stand for another domain's vCPUs, which take
-//! no CPU time from dom0 on a real host; here they share the machine's cores with dom0, so
-//! with `--guest-sched-idle` they run as `SCHED_IDLE` (they get the CPU dom0 leaves). By
-//! default they run as any other thread, and the figures include the CPU they take.
+//! no CPU time from dom0 on a real host; here they share the machine's cores with dom0, so by
+//! default (`--guest-load idle`) they run as `SCHED_IDLE` (they get the CPU dom0 leaves).
+//! With `--guest-load same` they run as any other thread, and the figures include the CPU they
+//! take from dom0. The daemon's thread for the domain sockets has the daemon's default
+//! priority ([`daemon::GuestPriority`]) unless `--domain-thread` says otherwise.
+//!
+//! Besides dom0's read latency, each loaded window reports the longest time the store lock was
+//! held at once (what a dom0 request that needs the lock, a write, may have waited).
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -153,7 +159,7 @@ fn tx_writes(g: &mut Guest, n: usize) -> Work {
     }
 }
 
-/// Run the calling (guest) thread as `SCHED_IDLE` when asked to (see the module docs).
+/// Run the calling (guest) thread as `SCHED_IDLE` unless asked not to (see the module docs).
 fn guest_thread() {
     if GUEST_SCHED_IDLE.load(Ordering::Relaxed) {
         let param = libc::sched_param { sched_priority: 0 };
@@ -163,7 +169,7 @@ fn guest_thread() {
     }
 }
 
-static GUEST_SCHED_IDLE: AtomicBool = AtomicBool::new(false);
+static GUEST_SCHED_IDLE: AtomicBool = AtomicBool::new(true);
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -220,8 +226,10 @@ struct Round {
     loaded: Stats,
     note: String,
     secs: f64,
-    /// Reads that overlapped the commit: count and longest.
+    /// Reads that overlapped the commit: count, longest, the commit's duration.
     during_commit: Option<(usize, Duration, Duration)>,
+    /// The longest store-lock hold during the loaded window.
+    lock_hold: Duration,
 }
 
 fn load_average() -> String {
@@ -251,14 +259,24 @@ fn main() -> std::process::ExitCode {
     let mut idle_secs = 1.0f64;
     let mut min_loaded_secs = 2.0f64;
     let mut only: Option<String> = None;
+    let mut domain_thread = daemon::GuestPriority::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        if a == "--guest-sched-idle" {
-            GUEST_SCHED_IDLE.store(true, Ordering::Relaxed);
-            continue;
-        }
         let v = args.next();
         let num = v.as_deref().and_then(|v| v.parse::<f64>().ok());
+        match (a.as_str(), v.as_deref()) {
+            ("--guest-load", Some("idle")) => GUEST_SCHED_IDLE.store(true, Ordering::Relaxed),
+            ("--guest-load", Some("same")) => GUEST_SCHED_IDLE.store(false, Ordering::Relaxed),
+            ("--domain-thread", Some("same")) => domain_thread = daemon::GuestPriority::Same,
+            ("--domain-thread", Some("nice10")) => domain_thread = daemon::GuestPriority::Nice(10),
+            ("--domain-thread", Some("idle")) => domain_thread = daemon::GuestPriority::Idle,
+            _ => {}
+        }
+        if matches!(a.as_str(), "--guest-load" | "--domain-thread")
+            && matches!(v.as_deref(), Some("idle" | "same" | "nice10"))
+        {
+            continue;
+        }
         match (a.as_str(), num) {
             ("--nodes", Some(v)) => nodes = v as usize,
             ("--watches", Some(v)) => watches = v as usize,
@@ -270,7 +288,7 @@ fn main() -> std::process::ExitCode {
                 eprintln!(
                     "usage: hostile [--nodes N] [--watches N] [--rounds R] [--idle-secs S] \
                      [--min-loaded-secs S] [--only tx-default|tx-lifted|watches] \
-                     [--guest-sched-idle]"
+                     [--guest-load same|idle] [--domain-thread same|nice10|idle]"
                 );
                 return std::process::ExitCode::from(2);
             }
@@ -281,6 +299,7 @@ fn main() -> std::process::ExitCode {
     let mut opts = Options::new(dir.path().join("socket"));
     let guest_socket = dir.path().join("domain-5");
     opts.domain_sockets = vec![(5, guest_socket.clone())];
+    opts.guest_priority = domain_thread;
     let engine = Engine::new();
     let listeners = daemon::bind_all(&opts).expect("bind");
     let shutdown = Shutdown::new();
@@ -352,11 +371,12 @@ fn main() -> std::process::ExitCode {
 
     println!(
         "dom0 read latency (XsClient::read of /local/domain/0/name) while guest 5 works; \
-         {rounds} rounds per scenario; guest threads {}",
+         {rounds} rounds per scenario; guest 5's load generator {}; the daemon's domain thread \
+         {domain_thread:?}",
         if GUEST_SCHED_IDLE.load(Ordering::Relaxed) {
-            "SCHED_IDLE"
+            "SCHED_IDLE (another domain's vCPUs)"
         } else {
-            "at the same priority as dom0's"
+            "at the same priority as dom0's reader"
         }
     );
     let mut worst: f64 = 0.0;
@@ -378,6 +398,7 @@ fn main() -> std::process::ExitCode {
             let busy = Arc::new(AtomicBool::new(true));
             let (b, path, work) = (busy.clone(), guest_socket.clone(), work.clone());
             let t0 = Instant::now();
+            engine.take_longest_lock_hold();
             let worker = std::thread::spawn(move || {
                 guest_thread();
                 let mut g = Guest::connect(&path);
@@ -387,6 +408,7 @@ fn main() -> std::process::ExitCode {
             });
             let samples = measure(&dom0, Some(&busy), 0.0);
             let w = worker.join().expect("guest");
+            let lock_hold = engine.take_longest_lock_hold();
             let during_commit = w.commit.map(|(from, to)| {
                 let over: Vec<Duration> = samples
                     .iter()
@@ -405,13 +427,24 @@ fn main() -> std::process::ExitCode {
                 note: w.note,
                 secs: t0.elapsed().as_secs_f64(),
                 during_commit,
+                lock_hold,
             });
         }
         println!();
         println!("{name}:");
         println!(
-            "{:>5} {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} {:>10} {:>7}  what the guest did",
-            "round", "idle p50", "p99", "reads", "load p50", "p99", "reads", "max", "p99/idle"
+            "{:>5} {:>8} {:>8} {:>9} {:>8} | {:>8} {:>8} {:>9} {:>8} {:>7} {:>9}  what the guest did",
+            "round",
+            "idle p50",
+            "p99",
+            "max",
+            "reads",
+            "load p50",
+            "p99",
+            "max",
+            "reads",
+            "p99/idle",
+            "lock held"
         );
         let mut ratios = Vec::new();
         for (i, r) in done.iter().enumerate() {
@@ -434,16 +467,18 @@ fn main() -> std::process::ExitCode {
                 })
                 .unwrap_or_default();
             println!(
-                "{:>5} {:>8.1} {:>8.1} {:>8} | {:>8.1} {:>8.1} {:>8} {:>10.1} {:>6.2}x  {} ({:.1} s{commit})",
+                "{:>5} {:>8.1} {:>8.1} {:>9.0} {:>8} | {:>8.1} {:>8.1} {:>9.0} {:>8} {:>6.2}x {:>6.2} ms  {} ({:.1} s{commit})",
                 i + 1,
                 us(r.idle_before.p50),
                 us(r.idle_before.p99),
+                us(r.idle_before.max),
                 r.idle_before.reads,
                 us(r.loaded.p50),
                 us(r.loaded.p99),
-                r.loaded.reads,
                 us(r.loaded.max),
+                r.loaded.reads,
                 ratio,
+                r.lock_hold.as_secs_f64() * 1e3,
                 r.note,
                 r.secs,
             );

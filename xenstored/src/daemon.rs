@@ -25,7 +25,7 @@
 //!
 //! dom0 first. [`serve_listeners`] runs the domains' sockets on a thread of their own (one
 //! tokio scheduler for every domain connection, at a lower CPU priority: see
-//! [`Options::guest_nice`]) and dom0's on another, so a domain's work never occupies a thread
+//! [`Options::guest_priority`]) and dom0's on another, so a domain's work never occupies a thread
 //! that dom0's requests wait for. On the domains' thread the connections are served
 //! round-robin, one request each per turn, as C xenstored serves its rings: a connection yields
 //! after every request, so one that pipelines thousands of requests gets one turn in each round
@@ -80,15 +80,36 @@ pub struct Options {
     /// File mode of the sockets. Anyone who can connect to the main socket acts as dom0, so the
     /// default is `0o600`, as C xenstored's socket.
     pub socket_mode: u32,
-    /// How much lower the CPU priority of the thread serving the domain sockets is than the
-    /// daemon's ([`DEFAULT_GUEST_NICE`]; 0: the same): a guest flooding the daemon then takes
-    /// CPU time from dom0's requests only when dom0 leaves it. Linux nice values are per thread;
-    /// the result is capped at 19.
-    pub guest_nice: i32,
+    /// CPU priority of the thread serving the domain sockets, against the daemon's other
+    /// threads (default: [`GuestPriority::Nice`] 10).
+    pub guest_priority: GuestPriority,
 }
 
-/// Default [`Options::guest_nice`].
-pub const DEFAULT_GUEST_NICE: i32 = 10;
+/// CPU priority of the thread that serves the domain sockets ([`Options::guest_priority`]).
+///
+/// Whatever it is, a domain's requests are served on that one thread, so a domain that floods
+/// the daemon takes at most one CPU from dom0's; a lower priority also lets dom0's requests
+/// preempt it. The store lock and the snapshot lock are shared with dom0's threads, so a lower
+/// priority can make dom0 wait for a preempted domain thread inside one of them: the snapshot
+/// lock is held for a pointer swap and the store lock for one request (a commit's tree is built
+/// without it), so that wait is short; with [`GuestPriority::Idle`] on a machine with no idle
+/// CPU it can still be long, for dom0's requests that need the store lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestPriority {
+    /// As the daemon's other threads.
+    Same,
+    /// This much higher a nice value than the daemon's (Linux nice values are per thread),
+    /// capped at 19: under a daemon already at nice 19 the same as [`GuestPriority::Same`].
+    Nice(i32),
+    /// `SCHED_IDLE`: it runs only on CPU time no other thread of the machine wants.
+    Idle,
+}
+
+impl Default for GuestPriority {
+    fn default() -> Self {
+        GuestPriority::Nice(10)
+    }
+}
 
 impl Options {
     /// Serve dom0 on `socket`, no domain sockets, default limits, quiet.
@@ -100,7 +121,7 @@ impl Options {
             max_domain_connections: DEFAULT_MAX_DOMAIN_CONNECTIONS,
             verbose: false,
             socket_mode: 0o600,
-            guest_nice: DEFAULT_GUEST_NICE,
+            guest_priority: GuestPriority::default(),
         }
     }
 }
@@ -265,12 +286,12 @@ pub fn serve_listeners(
             budgets.clone(),
             shutdown.clone(),
         );
-        let nice = opts.guest_nice;
+        let priority = opts.guest_priority;
         Some(
             std::thread::Builder::new()
                 .name("xenstored-domains".into())
                 .spawn(move || -> io::Result<()> {
-                    lower_thread_priority(nice);
+                    lower_thread_priority(priority, limits.verbose);
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
@@ -312,22 +333,32 @@ fn to_tokio(
         .collect()
 }
 
-/// Make the calling thread's nice value `by` higher (capped at 19). Best effort: a failure
-/// leaves the priority as it is.
-fn lower_thread_priority(by: i32) {
-    if by <= 0 {
-        return;
-    }
-    // SAFETY: getpriority/setpriority on the calling thread's own id (Linux nice values are
-    // per thread); no memory is passed.
-    unsafe {
-        let tid = libc::gettid() as libc::id_t;
-        *libc::__errno_location() = 0;
-        let now = libc::getpriority(libc::PRIO_PROCESS, tid);
-        if now == -1 && *libc::__errno_location() != 0 {
-            return;
+/// Give the calling thread `priority`. Best effort: a failure leaves it as it is (and is
+/// logged when `verbose`).
+fn lower_thread_priority(priority: GuestPriority, verbose: bool) {
+    let ok = match priority {
+        GuestPriority::Same => true,
+        GuestPriority::Nice(by) if by <= 0 => true,
+        // SAFETY: getpriority/setpriority on the calling thread's own id (Linux nice values are
+        // per thread); no memory is passed.
+        GuestPriority::Nice(by) => unsafe {
+            let tid = libc::gettid() as libc::id_t;
+            *libc::__errno_location() = 0;
+            let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+            !(now == -1 && *libc::__errno_location() != 0)
+                && libc::setpriority(libc::PRIO_PROCESS, tid, (now + by).min(19)) == 0
+        },
+        GuestPriority::Idle => {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: sets the calling thread's own policy; `param` outlives the call.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
         }
-        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, (now + by).min(19));
+    };
+    if !ok && verbose {
+        eprintln!(
+            "xenstored: cannot give the domains' thread {priority:?}: {}",
+            io::Error::last_os_error()
+        );
     }
 }
 
