@@ -377,16 +377,21 @@ struct IndexedWatch {
     prefix_len: usize,
 }
 
+/// What a transaction changed and looked at. Its maps are persistent maps rather than hash
+/// maps, and its events are kept in chunks, so that it grows in steps of bounded cost: a hash
+/// map of 100 000 entries that doubles rehashes them all within one request, with the store
+/// lock held.
 #[derive(Debug)]
 struct Tx {
     /// Nodes this transaction wrote (`None`: removed); everything else is read live.
-    overlay: HashMap<Arc<str>, Option<Arc<Node>>>,
-    accessed: HashMap<Arc<str>, Option<u64>>,
-    modified: HashSet<Arc<str>>,
+    overlay: PMap<Option<Arc<Node>>>,
+    /// Every node looked at, with its global generation then (`None`: absent).
+    accessed: PMap<Option<u64>>,
     /// Pending events in order; a later event for the same path and kind replaces the earlier
-    /// one (its slot becomes `None`), found through `event_slots`.
-    events: Vec<Option<PendingEvent>>,
-    event_slots: HashMap<(String, EventKind), usize>,
+    /// one (its slot becomes `None`), found through `event_slots` (by path: the slot of its
+    /// `Changed` and of its `Removed` event).
+    events: Chunked<Option<PendingEvent>>,
+    event_slots: PMap<[Option<usize>; 2]>,
     /// Nodes owned per domain that this transaction added (or removed, negative).
     owners: HashMap<u32, isize>,
 }
@@ -394,21 +399,78 @@ struct Tx {
 impl Tx {
     fn new() -> Self {
         Tx {
-            overlay: HashMap::new(),
-            accessed: HashMap::new(),
-            modified: HashSet::new(),
-            events: Vec::new(),
-            event_slots: HashMap::new(),
+            overlay: PMap::new(),
+            accessed: PMap::new(),
+            events: Chunked::default(),
+            event_slots: PMap::new(),
             owners: HashMap::new(),
         }
     }
 
     fn queue(&mut self, ev: PendingEvent) {
-        let key = (ev.path.clone(), ev.kind);
-        if let Some(old) = self.event_slots.insert(key, self.events.len()) {
-            self.events[old] = None;
+        let kind = match ev.kind {
+            EventKind::Changed => 0,
+            EventKind::Removed => 1,
+            // (Not transactional: never queued; kept, not de-duplicated, if it were.)
+            EventKind::Special(_) => {
+                self.events.push(Some(ev));
+                return;
+            }
+        };
+        let at = self.events.len();
+        let old = match self.event_slots.get_mut(&ev.path) {
+            Some(slots) => slots[kind].replace(at),
+            None => {
+                let mut slots = [None, None];
+                slots[kind] = Some(at);
+                self.event_slots.insert(Arc::from(ev.path.as_str()), slots);
+                None
+            }
+        };
+        if let Some(old) = old {
+            *self.events.get_mut(old) = None;
         }
         self.events.push(Some(ev));
+    }
+}
+
+/// A list kept in chunks of [`CHUNK`]: it grows without moving what it holds.
+#[derive(Debug)]
+struct Chunked<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+const CHUNK: usize = 4096;
+
+impl<T> Default for Chunked<T> {
+    fn default() -> Self {
+        Chunked {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Chunked<T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, item: T) {
+        if self.len.is_multiple_of(CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        self.chunks.last_mut().expect("a chunk").push(item);
+        self.len += 1;
+    }
+
+    fn get_mut(&mut self, i: usize) -> &mut T {
+        &mut self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flatten()
     }
 }
 
@@ -564,10 +626,9 @@ struct View<'a> {
     /// The caller's quota (`None`: privileged).
     quota: Option<Quota>,
     /// The transaction's own changes (`None`: removed), in a transaction.
-    overlay: Option<&'a mut HashMap<Arc<str>, Option<Arc<Node>>>>,
+    overlay: Option<&'a mut PMap<Option<Arc<Node>>>>,
     generation: &'a mut u64,
-    accessed: Option<&'a mut HashMap<Arc<str>, Option<u64>>>,
-    modified: Option<&'a mut HashSet<Arc<str>>>,
+    accessed: Option<&'a mut PMap<Option<u64>>>,
 }
 
 fn owner(node: &Node) -> Option<u32> {
@@ -621,13 +682,9 @@ impl View<'_> {
         self.peek(path).cloned()
     }
 
+    /// About to change `path`: in a transaction, a node changed is a node looked at.
     fn mark_modified(&mut self, path: &str) {
         self.record(path);
-        if let Some(m) = self.modified.as_deref_mut() {
-            if !m.contains(path) {
-                m.insert(Arc::from(path));
-            }
-        }
     }
 
     /// Mutable access to an existing node, bumping its generation.
@@ -1160,8 +1217,8 @@ impl Engine {
             st.tree = tree;
             st.generation = generation;
             apply_owner_delta(&mut st.owners, std::mem::take(&mut tx.owners));
-            let events = std::mem::take(&mut tx.events);
-            st.fire_events(events.iter().flatten());
+            // (The events stay in the transaction, freed after the lock is released.)
+            st.fire_events(tx.events.iter().flatten());
             break Ok(Done::reply(Reply::Ok));
         };
         self.unlock(st);
@@ -1184,17 +1241,17 @@ fn build_commit(base: &Tree, g0: u64, tx: &mut Tx) -> Result<(Tree, u64), Errno>
     }
     let mut tree = base.clone();
     let mut generation = g0;
-    for path in &tx.modified {
-        match tx.overlay.get_mut(&**path) {
+    let paths: Vec<Arc<str>> = tx.overlay.iter().map(|(p, _)| p.clone()).collect();
+    for path in paths {
+        match tx.overlay.get_mut(&path) {
             Some(Some(node)) => {
                 generation += 1;
                 Arc::make_mut(node).generation = generation;
-                tree.insert(path.clone(), node.clone());
+                tree.insert(path, node.clone());
             }
             Some(None) => {
-                tree.remove(path);
+                tree.remove(&path);
             }
-            // Marked but never changed (a failed operation half-way): nothing to apply.
             None => {}
         }
     }
@@ -1490,7 +1547,6 @@ impl State {
                 overlay: None,
                 generation,
                 accessed: None,
-                modified: None,
             };
             let done = node_op(&mut view, caller, &name, req)?;
             apply_owner_delta(owners, delta);
@@ -1511,7 +1567,6 @@ impl State {
                 overlay: Some(&mut tx.overlay),
                 generation,
                 accessed: Some(&mut tx.accessed),
-                modified: Some(&mut tx.modified),
             };
             let mut done = node_op(&mut view, caller, &name, req)?;
             for ev in done.events.drain(..) {
@@ -1838,6 +1893,9 @@ impl State {
         events: impl IntoIterator<Item = &'e PendingEvent>,
         out: &mut Vec<Delivery>,
     ) {
+        if self.watch_index.is_empty() {
+            return;
+        }
         for ev in events {
             match ev.kind {
                 EventKind::Special(domid) => {

@@ -281,6 +281,15 @@ fn remove_in<V: Clone>(trie: &mut Trie<V>, hash: u64, shift: u32, key: &str) -> 
     Some(old)
 }
 
+impl<'a, V: Clone> IntoIterator for &'a PMap<V> {
+    type Item = (&'a Arc<str>, &'a V);
+    type IntoIter = Iter<'a, V>;
+
+    fn into_iter(self) -> Iter<'a, V> {
+        self.iter()
+    }
+}
+
 /// Iterator over a [`PMap`]'s entries.
 pub struct Iter<'a, V> {
     stack: Vec<std::slice::Iter<'a, Entry<V>>>,
