@@ -90,10 +90,11 @@ pub struct Options {
 /// Whatever it is, a domain's requests are served on that one thread, so a domain that floods
 /// the daemon takes at most one CPU from dom0's; a lower priority also lets dom0's requests
 /// preempt it. The store lock and the snapshot lock are shared with dom0's threads, so a lower
-/// priority can make dom0 wait for a preempted domain thread inside one of them: the snapshot
-/// lock is held for a pointer swap and the store lock for one request (a commit's tree is built
-/// without it), so that wait is short; with [`GuestPriority::Idle`] on a machine with no idle
-/// CPU it can still be long, for dom0's requests that need the store lock.
+/// priority could make dom0 wait for a preempted domain thread inside one of them (priority
+/// inversion): they are held for one request and for a pointer swap (a commit's tree is built
+/// without the lock), and with [`GuestPriority::Idle`], which on a busy machine may not run for
+/// a long while, the daemon also lifts the domains' thread to `SCHED_OTHER` while a dom0 thread
+/// waits for a lock it holds ([`crate::Engine::set_lock_wait_hook`]), then puts it back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GuestPriority {
     /// As the daemon's other threads.
@@ -276,6 +277,12 @@ pub fn serve_listeners(
     let (dom0, guests): (Vec<_>, Vec<_>) = listeners.into_iter().partition(|(d, _)| *d == 0);
     let gate = Arc::new(Dom0Gate::default());
     let budgets = Arc::new(Budgets::new(engine.quota().outstanding));
+    let booster = (opts.guest_priority == GuestPriority::Idle && !guests.is_empty())
+        .then(|| Arc::new(Booster::new(limits.verbose)));
+    if let Some(b) = &booster {
+        let b = b.clone();
+        engine.set_lock_wait_hook(Some(Arc::new(move |waits| b.dom0_waits(waits))));
+    }
     // The domains' thread: one scheduler, round-robin over their connections.
     let guest_thread = if guests.is_empty() {
         None
@@ -287,11 +294,15 @@ pub fn serve_listeners(
             shutdown.clone(),
         );
         let priority = opts.guest_priority;
+        let booster = booster.clone();
         Some(
             std::thread::Builder::new()
                 .name("xenstored-domains".into())
                 .spawn(move || -> io::Result<()> {
                     lower_thread_priority(priority, limits.verbose);
+                    if let Some(b) = booster {
+                        b.set_thread();
+                    }
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()?;
@@ -309,9 +320,10 @@ pub fn serve_listeners(
         .enable_all()
         .build()?;
     let sd = shutdown.clone();
+    let e = engine.clone();
     let result = rt.block_on(async move {
         let listeners = to_tokio(dom0)?;
-        serve_all(engine, listeners, limits, gate, budgets, sd).await;
+        serve_all(e, listeners, limits, gate, budgets, sd).await;
         Ok(())
     });
     // Whatever stopped dom0's side stops the domains' too.
@@ -321,7 +333,65 @@ pub fn serve_listeners(
         Some(Err(_)) => Err(io::Error::other("the domains' thread panicked")),
         None => Ok(()),
     };
+    if booster.is_some() {
+        engine.set_lock_wait_hook(None);
+    }
     result.and(guests)
+}
+
+/// Lifts the `SCHED_IDLE` domains' thread to `SCHED_OTHER` while another thread waits for a
+/// lock (see [`GuestPriority`]): the domains' thread may be holding it, preempted.
+#[derive(Debug)]
+struct Booster {
+    /// The domains' thread (0 until it has started).
+    tid: std::sync::atomic::AtomicI32,
+    /// Threads waiting now.
+    waiting: std::sync::Mutex<usize>,
+    verbose: bool,
+}
+
+impl Booster {
+    fn new(verbose: bool) -> Self {
+        Booster {
+            tid: std::sync::atomic::AtomicI32::new(0),
+            waiting: std::sync::Mutex::new(0),
+            verbose,
+        }
+    }
+
+    /// Called on the domains' thread.
+    fn set_thread(&self) {
+        // SAFETY: gettid has no arguments and cannot fail.
+        self.tid.store(unsafe { libc::gettid() }, Ordering::SeqCst);
+    }
+
+    fn dom0_waits(&self, begins: bool) {
+        let tid = self.tid.load(Ordering::SeqCst);
+        // SAFETY: gettid has no arguments and cannot fail.
+        if tid == 0 || tid == unsafe { libc::gettid() } {
+            return;
+        }
+        let mut n = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let policy = if begins {
+            *n += 1;
+            (*n == 1).then_some(libc::SCHED_OTHER)
+        } else {
+            *n = n.saturating_sub(1);
+            (*n == 0).then_some(libc::SCHED_IDLE)
+        };
+        if let Some(policy) = policy {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: changes the policy of a thread of this process; `param` outlives the
+            // call. A thread that has exited makes it fail with ESRCH, nothing else.
+            let rc = unsafe { libc::sched_setscheduler(tid, policy, &param) };
+            if rc != 0 && self.verbose {
+                eprintln!(
+                    "xenstored: cannot change the domains' thread's policy: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
+    }
 }
 
 fn to_tokio(
@@ -792,4 +862,47 @@ pub fn serve_until_signal(opts: &Options) -> io::Result<()> {
     let _ = waiter.join();
     remove_sockets(opts);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(tid: i32) -> i32 {
+        // SAFETY: queries a thread of this process; no memory is passed.
+        unsafe { libc::sched_getscheduler(tid) }
+    }
+
+    #[test]
+    fn the_idle_domains_thread_is_lifted_while_dom0_waits() {
+        let booster = Arc::new(Booster::new(true));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let b = booster.clone();
+        let domains = std::thread::spawn(move || {
+            lower_thread_priority(GuestPriority::Idle, true);
+            b.set_thread();
+            // SAFETY: gettid has no arguments and cannot fail.
+            ready_tx.send(unsafe { libc::gettid() }).unwrap();
+            // The thread's own waits change nothing.
+            b.dom0_waits(true);
+            b.dom0_waits(false);
+            let _ = done_rx.recv();
+        });
+        let tid = ready_rx.recv().unwrap();
+        assert_eq!(policy(tid), libc::SCHED_IDLE);
+        booster.dom0_waits(true);
+        assert_eq!(policy(tid), libc::SCHED_OTHER, "lifted while one waits");
+        booster.dom0_waits(true);
+        booster.dom0_waits(false);
+        assert_eq!(
+            policy(tid),
+            libc::SCHED_OTHER,
+            "still lifted while another waits"
+        );
+        booster.dom0_waits(false);
+        assert_eq!(policy(tid), libc::SCHED_IDLE, "back once nobody waits");
+        done_tx.send(()).unwrap();
+        domains.join().unwrap();
+    }
 }

@@ -64,7 +64,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
 use std::time::{Duration, Instant};
 
 use xenplug_xenstore::wire::{self, Message, MsgType, ABS_PATH_MAX, PAYLOAD_MAX, REL_PATH_MAX};
@@ -518,6 +518,9 @@ struct State {
     quota: Quota,
 }
 
+/// See [`Engine::set_lock_wait_hook`].
+pub type LockWaitHook = Arc<dyn Fn(bool) + Send + Sync>;
+
 /// The store lock, held: records how long when released.
 struct Held<'a> {
     guard: MutexGuard<'a, State>,
@@ -566,6 +569,8 @@ pub struct Engine {
     published: RwLock<Arc<Published>>,
     /// See [`Engine::take_longest_lock_hold`].
     longest_hold_ns: AtomicU64,
+    /// See [`Engine::set_lock_wait_hook`].
+    wait_hook: Mutex<Option<LockWaitHook>>,
     /// Runs while a commit is being built without the lock (tests interleave changes there).
     #[cfg(test)]
     commit_hook: Mutex<Option<Box<dyn FnMut() + Send>>>,
@@ -838,6 +843,7 @@ impl Engine {
             }),
             published: RwLock::new(published),
             longest_hold_ns: AtomicU64::new(0),
+            wait_hook: Mutex::new(None),
             #[cfg(test)]
             commit_hook: Mutex::new(None),
         })
@@ -868,11 +874,43 @@ impl Engine {
     fn lock(&self) -> Held<'_> {
         // A panic while holding the lock leaves the tree consistent enough to keep serving:
         // every operation validates before it mutates.
+        let guard = match self.state.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                self.waiting(|| self.state.lock().unwrap_or_else(|p| p.into_inner()))
+            }
+        };
         Held {
-            guard: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            guard,
             since: Instant::now(),
             longest: &self.longest_hold_ns,
         }
+    }
+
+    /// Wait for a lock someone else holds, telling the hook.
+    fn waiting<T>(&self, wait: impl FnOnce() -> T) -> T {
+        let hook = self
+            .wait_hook
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(h) = &hook {
+            h(true);
+        }
+        let got = wait();
+        if let Some(h) = &hook {
+            h(false);
+        }
+        got
+    }
+
+    /// Have `hook(true)` called whenever a thread is about to wait for the store lock or the
+    /// snapshot lock because another thread holds it, and `hook(false)` once it has it. The
+    /// daemon uses it to lift the priority of its domains' thread while dom0 waits for it
+    /// ([`crate::daemon::GuestPriority::Idle`]). `None` removes the hook.
+    pub fn set_lock_wait_hook(&self, hook: Option<LockWaitHook>) {
+        *self.wait_hook.lock().unwrap_or_else(|p| p.into_inner()) = hook;
     }
 
     /// The longest time the store lock was held at once since the last call (what a request
@@ -883,10 +921,16 @@ impl Engine {
 
     /// The latest published snapshot.
     fn snapshot(&self) -> Arc<Published> {
-        self.published
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        match self.published.try_read() {
+            Ok(p) => p.clone(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().clone(),
+            Err(TryLockError::WouldBlock) => self.waiting(|| {
+                self.published
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+            }),
+        }
     }
 
     /// Release the store lock after a change: publish what readers must see from now on, then
@@ -2354,6 +2398,34 @@ mod tests {
             ok(&e, a, tx, write(&format!("/big/d{}/n{i}", i % 50), "v"));
         }
         (e, a, b, tx)
+    }
+
+    #[test]
+    fn the_wait_hook_hears_of_waits_for_the_store_lock() {
+        let e = Engine::new();
+        let c = e.connect(0, Arc::new(Events::default()));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let rec = calls.clone();
+        e.set_lock_wait_hook(Some(Arc::new(move |waits| rec.lock().unwrap().push(waits))));
+        ok(&e, c, 0, write("/x", "1"));
+        assert!(calls.lock().unwrap().is_empty(), "no wait, no call");
+        let held = e.lock();
+        let writer = {
+            let e = e.clone();
+            std::thread::spawn(move || ok(&e, c, 0, write("/x", "2")))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while calls.lock().unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer never waited"
+            );
+            std::thread::yield_now();
+        }
+        drop(held);
+        writer.join().unwrap();
+        assert_eq!(*calls.lock().unwrap(), [true, false]);
+        e.set_lock_wait_hook(None);
     }
 
     #[test]
