@@ -30,7 +30,9 @@
 //! priority ([`daemon::GuestPriority`]) unless `--domain-thread` says otherwise.
 //!
 //! Besides dom0's read latency, each loaded window reports the longest time the store lock was
-//! held at once (what a dom0 request that needs the lock, a write, may have waited).
+//! held at once, in wall-clock time (a holder that was preempted counts): what a dom0 request
+//! that needs the lock may have waited for. `--dom0-writes` measures such requests instead of
+//! reads: dom0 writes a node in the loop.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -171,6 +173,10 @@ fn guest_thread() {
 
 static GUEST_SCHED_IDLE: AtomicBool = AtomicBool::new(true);
 
+/// `--dom0-writes`: dom0 writes a node instead of reading one (a request that takes the store
+/// lock, so what the guest's holding it costs dom0).
+static DOM0_WRITES: AtomicBool = AtomicBool::new(false);
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -196,9 +202,15 @@ fn measure(dom0: &XsClient, busy: Option<&AtomicBool>, secs: f64) -> Samples {
             _ => {}
         }
         let t = Instant::now();
-        let v = dom0.read("/local/domain/0/name").expect("dom0 read");
-        out.push((t, t.elapsed()));
-        assert_eq!(v.as_deref(), Some("Domain-0"));
+        if DOM0_WRITES.load(Ordering::Relaxed) {
+            dom0.write("/local/domain/0/probe", "1")
+                .expect("dom0 write");
+            out.push((t, t.elapsed()));
+        } else {
+            let v = dom0.read("/local/domain/0/name").expect("dom0 read");
+            out.push((t, t.elapsed()));
+            assert_eq!(v.as_deref(), Some("Domain-0"));
+        }
     }
     out
 }
@@ -262,6 +274,10 @@ fn main() -> std::process::ExitCode {
     let mut domain_thread = daemon::GuestPriority::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        if a == "--dom0-writes" {
+            DOM0_WRITES.store(true, Ordering::Relaxed);
+            continue;
+        }
         let v = args.next();
         let num = v.as_deref().and_then(|v| v.parse::<f64>().ok());
         match (a.as_str(), v.as_deref()) {
@@ -288,7 +304,8 @@ fn main() -> std::process::ExitCode {
                 eprintln!(
                     "usage: hostile [--nodes N] [--watches N] [--rounds R] [--idle-secs S] \
                      [--min-loaded-secs S] [--only tx-default|tx-lifted|watches] \
-                     [--guest-load same|idle] [--domain-thread same|nice10|idle]"
+                     [--guest-load same|idle] [--domain-thread same|nice10|idle] \
+                     [--dom0-writes]"
                 );
                 return std::process::ExitCode::from(2);
             }
@@ -370,9 +387,14 @@ fn main() -> std::process::ExitCode {
     ];
 
     println!(
-        "dom0 read latency (XsClient::read of /local/domain/0/name) while guest 5 works; \
+        "dom0 {} latency while guest 5 works; \
          {rounds} rounds per scenario; guest 5's load generator {}; the daemon's domain thread \
          {domain_thread:?}",
+        if DOM0_WRITES.load(Ordering::Relaxed) {
+            "write (XsClient::write of /local/domain/0/probe)"
+        } else {
+            "read (XsClient::read of /local/domain/0/name)"
+        },
         if GUEST_SCHED_IDLE.load(Ordering::Relaxed) {
             "SCHED_IDLE (another domain's vCPUs)"
         } else {

@@ -440,15 +440,21 @@ struct Dom0Gate {
     clear: Notify,
 }
 
-impl Dom0Gate {
-    fn enter(&self) {
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-    }
+/// A dom0 request in progress; leaves the gate when dropped (also on a panic).
+struct Entered<'a>(&'a Dom0Gate);
 
-    fn leave(&self) {
-        if self.waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.clear.notify_waiters();
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        if self.0.waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.clear.notify_waiters();
         }
+    }
+}
+
+impl Dom0Gate {
+    fn enter(&self) -> Entered<'_> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        Entered(self)
     }
 
     /// Wait until no dom0 request is waiting for the store lock.
@@ -774,10 +780,8 @@ async fn serve_connection(
                         };
                         let resp = if domid == 0 {
                             if Engine::takes_store_lock(&msg) {
-                                gate.enter();
-                                let r = guard.engine.handle_message(guard.conn, &msg);
-                                gate.leave();
-                                r
+                                let _entered = gate.enter();
+                                guard.engine.handle_message(guard.conn, &msg)
                             } else {
                                 guard.engine.handle_message(guard.conn, &msg)
                             }
