@@ -178,6 +178,19 @@ impl<V: Clone> PMap<V> {
         old
     }
 
+    /// Call `changed(key)` for every key present in only one of `self` and `other`, or in
+    /// both with values that are not `same`. `other` must be a version of `self` (a clone,
+    /// changed or not), whose unchanged parts it shares: those are skipped without a look, so
+    /// the cost is in what differs, not in the size of the maps.
+    pub fn diff(
+        &self,
+        other: &Self,
+        same: impl Fn(&V, &V) -> bool,
+        mut changed: impl FnMut(&Arc<str>),
+    ) {
+        diff_tries(&self.root, &other.root, &same, &mut changed);
+    }
+
     /// Every entry, in no particular order.
     pub fn iter(&self) -> Iter<'_, V> {
         Iter {
@@ -234,6 +247,63 @@ fn insert_in<V: Clone>(
             next.bitmap |= emask;
             next.entries.insert(index(next.bitmap, ebit), existing);
             insert_in(next, hash, shift + BITS, key, value)
+        }
+    }
+}
+
+fn entries_of<'a, V>(e: &'a Entry<V>, out: &mut Vec<(&'a Arc<str>, &'a V)>) {
+    match e {
+        Entry::One(_, k, v) => out.push((k, v)),
+        Entry::Many(_, items) => out.extend(items.iter().map(|(k, v)| (k, v))),
+        Entry::Node(t) => {
+            for e in &t.entries {
+                entries_of(e, out);
+            }
+        }
+    }
+}
+
+fn diff_tries<V: Clone>(
+    a: &Arc<Trie<V>>,
+    b: &Arc<Trie<V>>,
+    same: &dyn Fn(&V, &V) -> bool,
+    changed: &mut dyn FnMut(&Arc<str>),
+) {
+    if Arc::ptr_eq(a, b) {
+        return;
+    }
+    for bit in 0..32u32 {
+        let mask = 1u32 << bit;
+        let ea = (a.bitmap & mask != 0).then(|| &a.entries[index(a.bitmap, bit)]);
+        let eb = (b.bitmap & mask != 0).then(|| &b.entries[index(b.bitmap, bit)]);
+        match (ea, eb) {
+            (None, None) => {}
+            (Some(Entry::Node(x)), Some(Entry::Node(y))) => diff_tries(x, y, same, changed),
+            (x, y) => {
+                // Leaves on one side at least: compare what both sides hold in this slot.
+                let (mut xs, mut ys) = (Vec::new(), Vec::new());
+                if let Some(e) = x {
+                    entries_of(e, &mut xs);
+                }
+                if let Some(e) = y {
+                    entries_of(e, &mut ys);
+                }
+                let xmap: std::collections::HashMap<&str, &V> =
+                    xs.iter().map(|(k, v)| (&***k, *v)).collect();
+                let ymap: std::collections::HashMap<&str, &V> =
+                    ys.iter().map(|(k, v)| (&***k, *v)).collect();
+                for (k, vx) in &xs {
+                    match ymap.get(&***k) {
+                        Some(vy) if same(vx, vy) => {}
+                        _ => changed(k),
+                    }
+                }
+                for (k, _) in &ys {
+                    if !xmap.contains_key(&***k) {
+                        changed(k);
+                    }
+                }
+            }
         }
     }
 }
@@ -405,6 +475,54 @@ mod tests {
         assert_eq!(remove_in(&mut root, 42, 0, "b"), Some(7));
         assert_eq!(remove_in(&mut root, 42 | (1 << 10), 0, "d"), Some(9));
         assert_eq!(root.entries.len(), 0);
+    }
+
+    #[test]
+    fn diff_names_exactly_what_changed() {
+        let mut rng = Rng(42);
+        let mut a: PMap<Arc<u64>> = PMap::new();
+        for i in 0..20_000u64 {
+            a.insert(Arc::from(format!("/n{i}").as_str()), Arc::new(i));
+        }
+        for round in 0..20u64 {
+            let mut b = a.clone();
+            let mut want = std::collections::BTreeSet::new();
+            for _ in 0..(round * 37) {
+                let key = format!("/n{}", rng.next() % 25_000);
+                match rng.next() % 3 {
+                    0 => {
+                        if b.remove(&key).is_some() {
+                            want.insert(key);
+                        }
+                    }
+                    _ => {
+                        b.insert(Arc::from(key.as_str()), Arc::new(rng.next()));
+                        want.insert(key);
+                    }
+                }
+            }
+            // A key changed and changed back to the same value is not a difference.
+            let key = "/n7";
+            let v = a.get(key).unwrap().clone();
+            b.insert(Arc::from(key), Arc::new(0));
+            b.insert(Arc::from(key), v);
+            let mut got = std::collections::BTreeSet::new();
+            a.diff(&b, Arc::ptr_eq, |k| {
+                got.insert(k.to_string());
+            });
+            // What differs, judged entry by entry (`want` holds every key touched).
+            let brute: std::collections::BTreeSet<String> = want
+                .iter()
+                .filter(|k| match (a.get(k), b.get(k)) {
+                    (Some(x), Some(y)) => !Arc::ptr_eq(x, y),
+                    (None, None) => false,
+                    _ => true,
+                })
+                .cloned()
+                .collect();
+            assert_eq!(got, brute, "round {round}");
+            a = b;
+        }
     }
 
     #[test]
