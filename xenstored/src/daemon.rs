@@ -25,12 +25,13 @@
 //!
 //! dom0 first. [`serve_listeners`] runs the domains' sockets on a thread of their own (one
 //! tokio scheduler for every domain connection, at a lower CPU priority: see
-//! [`Options::guest_priority`]) and dom0's on another, so a domain's work never occupies a thread
-//! that dom0's requests wait for. On the domains' thread the connections are served
+//! [`Options::guest_priority`]) and dom0's on two others, so a domain's work never occupies a
+//! thread that dom0's requests wait for. On the domains' thread the connections are served
 //! round-robin, one request each per turn, as C xenstored serves its rings: a connection yields
 //! after every request, so one that pipelines thousands of requests gets one turn in each round
 //! like any other. dom0's plain reads (`READ`, `DIRECTORY`, `DIRECTORY_PART`, `GET_PERMS`
-//! outside a transaction) take no lock at all (they read the engine's published snapshot); for
+//! outside a transaction) do not take the store lock (they read the engine's published
+//! snapshot, behind a lock held for a pointer swap); for
 //! dom0's other requests, which take the store lock, domains hold back: while one is waiting,
 //! a domain's connection does not start a request (it waits, without spinning, until dom0's
 //! requests are through), so dom0 waits at most for the one request a domain is in.
