@@ -65,7 +65,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 use xenplug_xenstore::wire::{self, Message, MsgType, ABS_PATH_MAX, PAYLOAD_MAX, REL_PATH_MAX};
@@ -567,7 +567,11 @@ struct Published {
 /// writes (its requests are handled in order, and a change is published before its reply).
 pub struct Engine {
     state: Mutex<State>,
-    published: RwLock<Arc<Published>>,
+    /// A mutex, not a read-write lock: a writer waiting for a read-write lock holds back the
+    /// readers that come after it, and the writer may be the domains' idle-class thread (see
+    /// [`crate::daemon::GuestPriority`]); a thread waiting for a mutex holds back nobody. Held
+    /// for an `Arc` clone or a pointer swap.
+    published: Mutex<Arc<Published>>,
     /// See [`Engine::take_longest_lock_hold`].
     longest_hold_ns: AtomicU64,
     /// See [`Engine::set_lock_wait_hook`].
@@ -842,7 +846,7 @@ impl Engine {
                 owners,
                 quota: Quota::default(),
             }),
-            published: RwLock::new(published),
+            published: Mutex::new(published),
             longest_hold_ns: AtomicU64::new(0),
             wait_hook: Mutex::new(None),
             #[cfg(test)]
@@ -922,12 +926,12 @@ impl Engine {
 
     /// The latest published snapshot.
     fn snapshot(&self) -> Arc<Published> {
-        match self.published.try_read() {
+        match self.published.try_lock() {
             Ok(p) => p.clone(),
             Err(TryLockError::Poisoned(p)) => p.into_inner().clone(),
             Err(TryLockError::WouldBlock) => self.waiting(|| {
                 self.published
-                    .read()
+                    .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clone()
             }),
@@ -951,7 +955,7 @@ impl Engine {
             });
             st.last_published = new.clone();
             // Held for a pointer swap only: readers never wait for more.
-            let mut published = self.published.write().unwrap_or_else(|p| p.into_inner());
+            let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
             std::mem::replace(&mut *published, new)
         });
         // Events after the publication, still under the lock (each connection gets them in the
