@@ -44,7 +44,11 @@ summary() {
     trap - EXIT
     bg_stop
     child_cpu
-    [ -n "$CURRENT" ] && PHASES+=("$(printf '%-22s %s  FAILED' "$CURRENT" "$(phase_figures)")")
+    if [ -n "$CURRENT" ]; then
+        PHASES+=("$(printf '%-22s %s  FAILED' "$CURRENT" "$(phase_figures)")")
+        # A phase that did not finish is a failure, also when a signal ended the run.
+        [ "$rc" = 0 ] && rc=1
+    fi
     echo
     echo "== test.sh phase times"
     for p in "${PHASES[@]}"; do echo "   $p"; done
@@ -63,6 +67,8 @@ summary() {
     exit "$rc"
 }
 trap summary EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # phase NAME CMD…: run CMD as one timed phase (a failure ends the run, with the times so far).
 phase() {
