@@ -212,6 +212,12 @@ fn run(args: Args) -> Result<()> {
     xenplug_guest_agent::log::event("start", &[("disabled", &disabled.join(","))]);
     // An earlier agent that died with filesystems frozen: thaw them before anything else.
     a.recover_freeze();
+    // An apply it was killed in: finish or undo it before answering anything (what it did is
+    // logged as `event=config-recovered`; a failure is logged, and retried before the next
+    // apply, which is refused until it succeeds).
+    if let Err(e) = a.recover_apply() {
+        eprintln!("xenplug-agent: {e:#}");
+    }
     let hub = a.hub.clone();
     let cv = a.freeze_changed.clone();
     let xenstore = match &cfg.guest_state {
