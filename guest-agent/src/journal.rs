@@ -191,21 +191,37 @@ pub(crate) fn boot_id() -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
-/// Fault injection for the crash tests: `XENPLUG_AGENT_CRASH_AT=before:N` (or `after:N`) makes
-/// the agent SIGKILL itself right before (after) writing the journal's record N (0: `begin`);
-/// unit tests set a per-thread crash point that panics instead (the apply leaves what it did
-/// in place either way: nothing undoes on unwinding).
+/// Fault injection for the crash tests: `XENPLUG_AGENT_CRASH_AT=before:N` (or `after:N`, with
+/// `@G` to apply to the apply of generation G only) makes the agent SIGKILL itself right before
+/// (after) writing its journal's record N (0: `begin`; one past the last: the journal's
+/// removal); unit tests set a per-thread crash point that panics instead (the apply leaves what
+/// it did in place either way: nothing undoes on unwinding).
 mod crash {
     use std::cell::Cell;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     thread_local! {
         static POINT: Cell<Option<(bool, usize)>> = const { Cell::new(None) };
     }
 
-    /// (after, step) from the environment.
+    /// The generation being applied (for `@G`).
+    static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+    pub(super) fn applying(generation: u64) {
+        GENERATION.store(generation, Ordering::SeqCst);
+    }
+
+    /// (after, step) from the environment, when it applies to this generation.
     fn from_env() -> Option<(bool, usize)> {
         let v = std::env::var("XENPLUG_AGENT_CRASH_AT").ok()?;
-        let (when, n) = v.split_once(':')?;
+        let (when, rest) = v.split_once(':')?;
+        let (n, generation) = match rest.split_once('@') {
+            Some((n, g)) => (n, Some(g.parse::<u64>().ok()?)),
+            None => (rest, None),
+        };
+        if generation.is_some_and(|g| g != GENERATION.load(Ordering::SeqCst)) {
+            return None;
+        }
         Some((when == "after", n.parse().ok()?))
     }
 
@@ -256,6 +272,9 @@ impl Journal {
     /// Start the journal of an apply with its `begin` record (durable when this returns). The
     /// caller ran [`recover`] first: a journal still there is an error.
     pub(crate) fn create(root: &Path, begin: Record) -> Result<Shared> {
+        if let Record::Begin { generation, .. } = &begin {
+            crash::applying(*generation);
+        }
         let path = under(root, JOURNAL_FILE);
         let dir = path
             .parent()
