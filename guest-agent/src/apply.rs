@@ -16,6 +16,13 @@
 //! of the applied generation is the last write of the transaction, so it only ever names a
 //! generation that is completely in place. Commands are the exception: what `bootcmd` did is
 //! not undone, which is why it runs only after every check passed and before anything else.
+//!
+//! **Across a kill.** The same changes are also written, before each is made, to a durable
+//! journal ([`crate::journal`]); [`recover`] (run when the agent starts, before it answers,
+//! and before every apply) finishes an interrupted generation whose record was written and
+//! undoes any other from the journal alone. `runcmd` and `final_message` come after the
+//! record: a kill after it leaves the generation in place without them (at most once, never
+//! twice).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -221,6 +228,7 @@ pub fn recover(ctx: &mut Ctx<'_>) -> Result<Recovery> {
     let Some(Record::Begin {
         instance_id,
         generation,
+        made_dirs,
         ..
     }) = records.first().cloned()
     else {
@@ -269,6 +277,7 @@ pub fn recover(ctx: &mut Ctx<'_>) -> Result<Recovery> {
     let mut f: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
     if errors.is_empty() {
         fsutil::remove_file(&journal_path)?;
+        journal::remove_made_dirs(&made_dirs)?;
         f.push(("direction", "back"));
         log_event("config-recovered", &f);
         Ok(Recovery::Back(instance_id, generation))
@@ -396,6 +405,7 @@ pub fn apply(doc: &ConfigDoc, ctx: &mut Ctx<'_>) -> Result<ApplyResult> {
                 generation: p.generation,
             }),
             previous_live: old_live.clone(),
+            made_dirs: Vec::new(),
         },
     )?;
     // The journal borrows the live network for this generation; it is handed back at the end.
@@ -529,7 +539,7 @@ fn finish(
         Ok(()) => {
             txn.commit();
             // The generation is recorded: a journal left behind would only be rolled forward.
-            if let Err(e) = Journal::finish(journal) {
+            if let Err(e) = Journal::finish(journal, false) {
                 log_event("journal-not-removed", &[("error", &format!("{e:#}"))]);
             }
             log_event(
@@ -567,7 +577,7 @@ fn finish(
             );
             if undo_errors.is_empty() {
                 // Undone: nothing left for a recovery (which would find nothing to do anyway).
-                if let Err(e) = Journal::finish(journal) {
+                if let Err(e) = Journal::finish(journal, true) {
                     log_event("journal-not-removed", &[("error", &format!("{e:#}"))]);
                 }
                 log_event(
@@ -1337,6 +1347,47 @@ mod tests {
             }
         }
         assert!(back > 0 && forward > 0, "back {back}, forward {forward}");
+    }
+
+    /// The first generation killed part way: the recovery leaves the guest as it was before
+    /// any generation, the agent's state directory the journal needed included.
+    #[test]
+    fn a_first_generation_killed_part_way_leaves_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for d in ["etc/network/interfaces.d", "home/alice", "sbin"] {
+            fs::create_dir_all(r.join(d)).unwrap();
+        }
+        fs::write(
+            r.join("etc/passwd"),
+            "alice:x:4242:4242::/home/alice:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(r.join("etc/shadow"), "alice:!:1:0:99999:7:::\n").unwrap();
+        fs::write(r.join("etc/network/interfaces"), "").unwrap();
+        fs::write(r.join("sbin/ifup"), "").unwrap();
+        let before = tree(r);
+        let mut host = FakeHost("image".into());
+        let mut net = FakeNet::default();
+        crate::journal::set_crash_point(Some((true, 3)));
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            apply_fake(&generation(1), r, &mut host, &mut net)
+        }));
+        crate::journal::set_crash_point(None);
+        assert!(res.is_err());
+        assert_ne!(tree(r), before);
+        let rec = recover(&mut Ctx {
+            root: r,
+            host: &mut host,
+            net: Some(&mut net),
+            tools: &mut crate::tools::RealTools,
+            opts: &ApplyOptions::default(),
+        })
+        .unwrap();
+        assert!(matches!(rec, crate::journal::Recovery::Back(..)), "{rec:?}");
+        assert_eq!(tree(r), before);
+        assert_eq!(host.0, "image");
+        assert_eq!(applied_generation(r).unwrap(), ConfigGeneration::default());
     }
 
     /// A recovery that is itself killed (here: its journal is read again after a partial

@@ -145,6 +145,10 @@ pub(crate) enum Record {
         boot_id: Option<String>,
         previous: Option<Previous>,
         previous_live: Vec<LiveRec>,
+        /// The directories made for the journal (the agent's state directory and any missing
+        /// parent), removed again (when empty) when the generation is undone.
+        #[serde(default)]
+        made_dirs: Vec<PathBuf>,
     },
     File {
         path: PathBuf,
@@ -255,6 +259,7 @@ pub struct Journal {
     file: File,
     path: PathBuf,
     steps: usize,
+    made_dirs: Vec<PathBuf>,
 }
 
 /// The journal, shared by the file transaction and the live-network journal of one apply.
@@ -271,7 +276,7 @@ pub(crate) fn log(j: Option<&Shared>, r: Record) -> Result<()> {
 impl Journal {
     /// Start the journal of an apply with its `begin` record (durable when this returns). The
     /// caller ran [`recover`] first: a journal still there is an error.
-    pub(crate) fn create(root: &Path, begin: Record) -> Result<Shared> {
+    pub(crate) fn create(root: &Path, mut begin: Record) -> Result<Shared> {
         if let Record::Begin { generation, .. } = &begin {
             crash::applying(*generation);
         }
@@ -280,12 +285,22 @@ impl Journal {
             .parent()
             .expect("the journal has a directory")
             .to_path_buf();
-        if !dir.is_dir() {
-            // The agent's own state directory: made once, kept.
-            fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-            if let Some(p) = dir.parent() {
+        // The agent's own state directory (kept once a generation is in place), and the
+        // missing directories above it, outermost first.
+        let mut made_dirs: Vec<PathBuf> = dir
+            .ancestors()
+            .take_while(|d| !d.is_dir())
+            .map(Path::to_path_buf)
+            .collect();
+        made_dirs.reverse();
+        for d in &made_dirs {
+            fs::create_dir(d).with_context(|| format!("create {}", d.display()))?;
+            if let Some(p) = d.parent() {
                 fsutil::sync_dir(p)?;
             }
+        }
+        if let Record::Begin { made_dirs: m, .. } = &mut begin {
+            m.clone_from(&made_dirs);
         }
         crash::at(false, 0);
         let file = OpenOptions::new()
@@ -297,6 +312,7 @@ impl Journal {
             file,
             path,
             steps: 0,
+            made_dirs,
         };
         j.append(&begin)?;
         fsutil::sync_dir(&dir)?;
@@ -345,16 +361,22 @@ impl Journal {
         Ok(())
     }
 
-    /// The apply is over (committed, or undone from memory): remove the journal, durably.
-    pub(crate) fn finish(j: Shared) -> Result<()> {
-        let (path, steps) = {
+    /// The apply is over (committed, or undone from memory when `undone`): remove the
+    /// journal, durably (and the state directory it made, when the generation was undone and
+    /// the directory is empty).
+    pub(crate) fn finish(j: Shared, undone: bool) -> Result<()> {
+        let (path, steps, made_dirs) = {
             let g = j.lock().unwrap_or_else(|e| e.into_inner());
-            (g.path.clone(), g.steps)
+            (g.path.clone(), g.steps, g.made_dirs.clone())
         };
         // The removal counts as the step after the last record (a kill here: the apply is
         // complete or undone, and the journal is still there).
         crash::at(false, steps);
-        fsutil::remove_file(&path).map(drop)
+        fsutil::remove_file(&path)?;
+        if undone {
+            remove_made_dirs(&made_dirs)?;
+        }
+        Ok(())
     }
 }
 
@@ -387,6 +409,17 @@ pub(crate) fn read(root: &Path) -> Result<Option<Vec<Record>>> {
         }
     }
     Ok(Some(out))
+}
+
+/// Remove the directories made for the journal (innermost first) when they are empty.
+pub(crate) fn remove_made_dirs(dirs: &[PathBuf]) -> Result<()> {
+    for d in dirs.iter().rev() {
+        crate::txn::remove_created_dir(d, None)?;
+        if let Some(p) = d.parent() {
+            fsutil::sync_dir(p)?;
+        }
+    }
+    Ok(())
 }
 
 /// Is there an unfinished apply?
