@@ -79,6 +79,15 @@ use xenplug_guest_agent::template;
 
 /// `--prepare-template [--dry-run]`: see `xenplug_guest_agent::template`.
 fn prepare_template(root: &std::path::Path, dry_run: bool) -> Result<()> {
+    // A journal means an apply was interrupted and is not undone yet: its recovery (at the
+    // agent's next start) would put back what it recorded, over the template's changes.
+    if xenplug_guest_agent::journal::pending(root) {
+        anyhow::bail!(
+            "an interrupted configuration apply is pending ({}): start the agent once (it \
+             finishes or undoes it), then prepare the template",
+            xenplug_guest_agent::journal::JOURNAL_FILE
+        );
+    }
     let steps = template::plan(root);
     for s in &steps {
         println!(
