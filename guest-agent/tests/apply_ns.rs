@@ -679,17 +679,18 @@ fn crash_doc(g: u64) -> Value {
 /// side (each is about 30 agent restarts).
 #[test]
 fn a_kill_before_each_journal_record_then_a_restart_leaves_one_generation() {
-    if let Some((back, _forward)) = kill_at_every_journal_step("before") {
-        assert!(back > 0);
+    if let Some((back, forward)) = kill_at_every_journal_step("before") {
+        // The last kill point, before the finished journal is removed (the generation marker
+        // written), rolls forward; every earlier one back.
+        assert!(back > 0 && forward > 0, "{back} back, {forward} forward");
     }
 }
 
-/// See `a_kill_before_each_journal_record_then_a_restart_leaves_one_generation`; a kill after
-/// the last record (the generation marker written) is rolled forward.
+/// See `a_kill_before_each_journal_record_then_a_restart_leaves_one_generation`.
 #[test]
 fn a_kill_after_each_journal_record_then_a_restart_leaves_one_generation() {
-    if let Some((_back, forward)) = kill_at_every_journal_step("after") {
-        assert!(forward > 0);
+    if let Some((back, forward)) = kill_at_every_journal_step("after") {
+        assert!(back > 0, "{back} back, {forward} forward");
     }
 }
 
