@@ -16,6 +16,10 @@ from collections import defaultdict
 KV = re.compile(r"(\w+)=(\S+)")
 
 
+def ratio(a, b):
+    return f"{a / b:.0f}×" if b else "–"
+
+
 def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -35,7 +39,8 @@ def main():
             elif "BENCH: impl=" in line:
                 d = dict(KV.findall(line))
                 key = (xs, int(d["background"]), int(d["n"]), d["nic"])
-                if d.get("create_rc") != "0" or d.get("script_failures", "0") != "0":
+                if (d.get("create_rc") != "0" or d.get("destroy_rc") != "0"
+                        or d.get("script_failures", "0") != "0" or d.get("scripts_killed", "0") != "0"):
                     errors.append(f"{xs} {line.split('BENCH: ', 1)[1].strip()}")
                 rows[key][d["impl"]].append(d)
             elif "BENCH: agent=" in line:
@@ -50,11 +55,14 @@ def main():
     def m(impl_rows, field):
         return med([float(r[field]) for r in impl_rows])
 
+    def fails(impl_rows):
+        return sum(1 for r in impl_rows if r.get("create_rc") != "0")
+
     print("| xenstored | other domains | disks + NICs | NIC script | xl create, Debian / xenplug (ms) "
           "| waiting on scripts in create, Debian / xenplug (ms) | ratio | xenplug scripts' share of create "
           "| xl destroy, Debian / xenplug (ms) | waiting on scripts in destroy, Debian / xenplug (ms) | ratio "
-          "| overlap of adds, Debian / xenplug |")
-    print("|" + "---|" * 12)
+          "| overlap of adds, Debian / xenplug | failed creates, Debian / xenplug |")
+    print("|" + "---|" * 13)
     for key in sorted(rows):
         xs, bg, n, nic = key
         deb, xp = rows[key].get("debian", []), rows[key].get("xenplug", [])
@@ -67,8 +75,8 @@ def main():
         ov_d = m(deb, "sum_add_ms") / w_d if w_d else float("nan")
         ov_x = m(xp, "sum_add_ms") / w_x if w_x else float("nan")
         print(f"| {xs} | {bg} | {n} + {n} | vif-{nic} | {c_d:.0f} / {c_x:.0f} | {w_d:.0f} / {w_x:.1f} "
-              f"| {w_d / w_x:.0f}× | {100 * w_x / c_x:.1f} % | {d_d:.0f} / {d_x:.0f} | {r_d:.0f} / {r_x:.1f} "
-              f"| {r_d / r_x:.0f}× | {ov_d:.1f} / {ov_x:.1f} |")
+              f"| {ratio(w_d, w_x)} | {100 * w_x / c_x:.1f} % | {d_d:.0f} / {d_x:.0f} | {r_d:.0f} / {r_x:.1f} "
+              f"| {ratio(r_d, r_x)} | {ov_d:.1f} / {ov_x:.1f} | {fails(deb)} of {len(deb)} / {fails(xp)} of {len(xp)} |")
     print()
     print(f"rounds per cell: {min((len(v) for r in rows.values() for v in r.values()), default=0)} "
           "(medians); Debian's and xenplug's runs alternate which goes first")
