@@ -28,6 +28,7 @@ def main():
     rows = defaultdict(lambda: defaultdict(list))
     agents = defaultdict(dict)
     info = {}
+    floors = {}
     errors = []
     for path in sys.argv[1:]:
         xs = "?"
@@ -43,6 +44,9 @@ def main():
                         or d.get("script_failures", "0") != "0" or d.get("scripts_killed", "0") != "0"):
                     errors.append(f"{xs} {line.split('BENCH: ', 1)[1].strip()}")
                 rows[key][d["impl"]].append(d)
+            elif "BENCH: floor=" in line:
+                d = dict(KV.findall(line))
+                floors.setdefault(xs, []).append(d)
             elif "BENCH: agent=" in line:
                 d = dict(KV.findall(line))
                 agents[xs][d["agent"]] = d
@@ -80,6 +84,10 @@ def main():
     print()
     print(f"rounds per cell: {min((len(v) for r in rows.values() for v in r.values()), default=0)} "
           "(medians); Debian's and xenplug's runs alternate which goes first")
+    for xs, fl in floors.items():
+        print()
+        print(f"Starting a script in this dom0 ({xs}): alone (median of 5) / 64 at once (wall), ms: "
+              + "; ".join(f"{d['floor']} {d['alone_ms']} / {d['concurrent64_ms']}" for d in fl))
     for xs, a in agents.items():
         print()
         print(f"Guest agents ({xs} in dom0), one guest, one channel each:")
