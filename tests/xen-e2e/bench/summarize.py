@@ -87,7 +87,7 @@ def main():
     for xs, fl in floors.items():
         print()
         print(f"Starting a script in this dom0 ({xs}): alone (median of 5) / 64 at once (wall), ms: "
-              + "; ".join(f"{d['floor']} {d['alone_ms']} / {d['concurrent64_ms']}" for d in fl))
+              + "; ".join(f"{d['floor']} {d['alone_ms']} / {d.get('concurrent64_ms', '–')}" for d in fl))
     for xs, a in agents.items():
         print()
         print(f"Guest agents ({xs} in dom0), one guest, one channel each:")
