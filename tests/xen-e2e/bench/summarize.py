@@ -16,6 +16,10 @@ from collections import defaultdict
 KV = re.compile(r"(\w+)=(\S+)")
 
 
+def ratio(a, b):
+    return f"{a / b:.0f}×" if b else "–"
+
+
 def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -24,6 +28,8 @@ def main():
     rows = defaultdict(lambda: defaultdict(list))
     agents = defaultdict(dict)
     info = {}
+    floors = {}
+    per_script = defaultdict(dict)
     errors = []
     for path in sys.argv[1:]:
         xs = "?"
@@ -35,9 +41,18 @@ def main():
             elif "BENCH: impl=" in line:
                 d = dict(KV.findall(line))
                 key = (xs, int(d["background"]), int(d["n"]), d["nic"])
-                if d.get("create_rc") != "0" or d.get("script_failures", "0") != "0":
+                if (d.get("create_rc") != "0" or d.get("destroy_rc") != "0"
+                        or d.get("script_failures", "0") != "0" or d.get("scripts_killed", "0") != "0"):
                     errors.append(f"{xs} {line.split('BENCH: ', 1)[1].strip()}")
                 rows[key][d["impl"]].append(d)
+            elif "BENCH-SCRIPTS:" in line:
+                d = dict(KV.findall(line.split("(count", 1)[0]))
+                key = (xs, int(d["background"]), int(d["n"]), d["nic"], d["impl"])
+                for name, _count, median, longest in re.findall(r"(\S+/\S+)=(\d+):([\d.]+):([\d.]+)", line):
+                    per_script[key].setdefault(name, []).append((float(median), float(longest)))
+            elif "BENCH: floor=" in line:
+                d = dict(KV.findall(line))
+                floors.setdefault(xs, []).append(d)
             elif "BENCH: agent=" in line:
                 d = dict(KV.findall(line))
                 agents[xs][d["agent"]] = d
@@ -50,28 +65,63 @@ def main():
     def m(impl_rows, field):
         return med([float(r[field]) for r in impl_rows])
 
-    print("| xenstored | other domains | disks + NICs | NIC script | xl create, Debian / xenplug (ms) "
-          "| waiting on scripts in create, Debian / xenplug (ms) | ratio | xenplug scripts' share of create "
-          "| xl destroy, Debian / xenplug (ms) | waiting on scripts in destroy, Debian / xenplug (ms) | ratio "
-          "| overlap of adds, Debian / xenplug |")
-    print("|" + "---|" * 12)
+    def fails(impl_rows):
+        return sum(1 for r in impl_rows if r.get("create_rc") != "0")
+
+    print("| xenstored | other domains | disks + NICs | NIC script | rounds, Debian / xenplug "
+          "| xl create, Debian / xenplug (ms) | waiting on scripts in create, Debian / xenplug (ms) | ratio "
+          "| xenplug scripts' share of create | xl destroy, Debian / xenplug (ms) "
+          "| waiting on scripts in destroy, Debian / xenplug (ms) | ratio "
+          "| overlap of adds, Debian / xenplug | failed creates, Debian / xenplug |")
+    print("|" + "---|" * 14)
+
+    def fmt(x, nd=0):
+        return "–" if x != x else f"{x:.{nd}f}"
+
     for key in sorted(rows):
         xs, bg, n, nic = key
         deb, xp = rows[key].get("debian", []), rows[key].get("xenplug", [])
-        if not deb or not xp:
-            continue
         c_d, c_x = m(deb, "create_ms"), m(xp, "create_ms")
         w_d, w_x = m(deb, "wait_add_ms"), m(xp, "wait_add_ms")
-        d_d, d_x = m(deb, "destroy_ms"), m(xp, "destroy_ms")
-        r_d, r_x = m(deb, "wait_remove_ms"), m(xp, "wait_remove_ms")
+        # xl destroy only means something after a create that worked (a failed create already
+        # tore the domain down, running the remove scripts itself).
+        deb_ok = [r for r in deb if r.get("create_rc") == "0"]
+        xp_ok = [r for r in xp if r.get("create_rc") == "0"]
+        d_d, d_x = m(deb_ok, "destroy_ms"), m(xp_ok, "destroy_ms")
+        r_d, r_x = m(deb_ok, "wait_remove_ms"), m(xp_ok, "wait_remove_ms")
         ov_d = m(deb, "sum_add_ms") / w_d if w_d else float("nan")
         ov_x = m(xp, "sum_add_ms") / w_x if w_x else float("nan")
-        print(f"| {xs} | {bg} | {n} + {n} | vif-{nic} | {c_d:.0f} / {c_x:.0f} | {w_d:.0f} / {w_x:.1f} "
-              f"| {w_d / w_x:.0f}× | {100 * w_x / c_x:.1f} % | {d_d:.0f} / {d_x:.0f} | {r_d:.0f} / {r_x:.1f} "
-              f"| {r_d / r_x:.0f}× | {ov_d:.1f} / {ov_x:.1f} |")
+        # A failed create's script time is cut short by libxl's timeout: a lower bound.
+        lb = "≥ " if deb and fails(deb) else ""
+        share = f"{100 * w_x / c_x:.1f} %" if xp else "–"
+        print(f"| {xs} | {bg} | {n} + {n} | vif-{nic} | {len(deb)} / {len(xp)} | {fmt(c_d)} / {fmt(c_x)} "
+              f"| {fmt(w_d)} / {fmt(w_x, 1)} | {lb if deb and xp else ''}{ratio(w_d, w_x) if deb and xp else '–'} "
+              f"| {share} | {fmt(d_d)} / {fmt(d_x)} | {fmt(r_d)} / {fmt(r_x, 1)} "
+              f"| {ratio(r_d, r_x) if deb_ok and xp_ok else '–'} | {fmt(ov_d, 1)} / {fmt(ov_x, 1)} "
+              f"| {fails(deb)} of {len(deb)} / {fails(xp)} of {len(xp)} |")
     print()
-    print(f"rounds per cell: {min((len(v) for r in rows.values() for v in r.values()), default=0)} "
-          "(medians); Debian's and xenplug's runs alternate which goes first")
+    print("Medians over the rounds; Debian's and xenplug's runs alternate which goes first. A Debian "
+          "create that failed (libxl killed its scripts at the hotplug timeout) counts with the time "
+          "it took to fail, so its ratio is a lower bound (≥).")
+    if per_script:
+        print()
+        print("Per script and action (median over the cell's rounds of each round's median, ms; "
+              "longest run in brackets):")
+        print()
+        print("| xenstored | other domains | disks + NICs | NIC script | implementation | scripts |")
+        print("|---|---|---|---|---|---|")
+        for key in sorted(per_script):
+            xs, bg, n, nic, impl = key
+            cells = []
+            for name in sorted(per_script[key]):
+                meds = [v[0] for v in per_script[key][name]]
+                mx = max(v[1] for v in per_script[key][name])
+                cells.append(f"{name} {med(meds):.0f} ({mx:.0f})")
+            print(f"| {xs} | {bg} | {n} + {n} | vif-{nic} | {impl} | {'; '.join(cells)} |")
+    for xs, fl in floors.items():
+        print()
+        print(f"Starting a script in this dom0 ({xs}): alone (median of 5) / 64 at once (wall), ms: "
+              + "; ".join(f"{d['floor']} {d['alone_ms']} / {d.get('concurrent64_ms', '–')}" for d in fl))
     for xs, a in agents.items():
         print()
         print(f"Guest agents ({xs} in dom0), one guest, one channel each:")
@@ -85,8 +135,11 @@ def main():
     if errors:
         print()
         print("Failed operations (not in the medians' favour: they count as measured):")
-        for e in errors[:20]:
-            print("- " + e)
+        seen = {}
+        for e in errors:
+            seen[e] = seen.get(e, 0) + 1
+        for e, k in list(seen.items())[:20]:
+            print("- " + e + (f" (×{k})" if k > 1 else ""))
     return 0
 
 
