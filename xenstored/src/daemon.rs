@@ -381,7 +381,7 @@ impl Booster {
             (*n == 0).then_some(libc::SCHED_IDLE)
         };
         if let Some(policy) = policy {
-            let param = libc::sched_param { sched_priority: 0 };
+            let param = sched_param_zero();
             // SAFETY: changes the policy of a thread of this process; `param` outlives the
             // call. A thread that has exited makes it fail with ESRCH, nothing else.
             let rc = unsafe { libc::sched_setscheduler(tid, policy, &param) };
@@ -404,6 +404,13 @@ fn to_tokio(
         .collect()
 }
 
+/// The parameter `sched_setscheduler` takes for SCHED_OTHER and SCHED_IDLE (priority 0). Not a
+/// struct literal: musl's `sched_param` has more fields than glibc's (the static build is musl).
+fn sched_param_zero() -> libc::sched_param {
+    // SAFETY: sched_param is plain integers and timespecs; all-zero is a valid value of each.
+    unsafe { std::mem::zeroed() }
+}
+
 /// Give the calling thread `priority`. Best effort: a failure leaves it as it is (and is
 /// logged when `verbose`).
 fn lower_thread_priority(priority: GuestPriority, verbose: bool) {
@@ -420,7 +427,7 @@ fn lower_thread_priority(priority: GuestPriority, verbose: bool) {
                 && libc::setpriority(libc::PRIO_PROCESS, tid, (now + by).min(19)) == 0
         },
         GuestPriority::Idle => {
-            let param = libc::sched_param { sched_priority: 0 };
+            let param = sched_param_zero();
             // SAFETY: sets the calling thread's own policy; `param` outlives the call.
             unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
         }
