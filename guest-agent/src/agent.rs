@@ -436,22 +436,10 @@ impl Agent {
                         generic(e.context("an interrupted apply could not be recovered"))
                     })?;
                 }
-                let mut nl;
-                let net: Option<&mut dyn NetOps> = if self.live_network && doc.network.is_some() {
-                    nl = Netlink::open().map_err(|e| generic(e.into()))?;
-                    Some(&mut nl)
-                } else {
-                    None
-                };
-                let opts = apply::options();
-                let mut ctx = apply::Ctx {
-                    root: &self.root,
-                    host: &mut *self.host,
-                    net,
-                    tools: &mut crate::tools::RealTools,
-                    opts: &opts,
-                };
-                let r = apply::apply(&doc, &mut ctx).map_err(generic)?;
+                let live = doc.network.is_some();
+                let r = self
+                    .with_apply_ctx(live, |ctx| apply::apply(&doc, ctx))
+                    .map_err(generic)?;
                 ok(to_value(r))
             }
             Command::GetConfigGeneration => {
@@ -603,8 +591,19 @@ impl Agent {
         if !crate::journal::pending(&self.root) {
             return Ok(crate::journal::Recovery::Nothing);
         }
+        self.with_apply_ctx(true, apply::recover)
+    }
+
+    /// Run `f` with the context an apply or a recovery works in: this agent's root and host,
+    /// the real tools, and the kernel's network through netlink when `live` and this agent
+    /// changes the live network.
+    fn with_apply_ctx<R>(
+        &mut self,
+        live: bool,
+        f: impl FnOnce(&mut apply::Ctx) -> anyhow::Result<R>,
+    ) -> anyhow::Result<R> {
         let mut nl;
-        let net: Option<&mut dyn NetOps> = if self.live_network {
+        let net: Option<&mut dyn NetOps> = if live && self.live_network {
             nl = Netlink::open()?;
             Some(&mut nl)
         } else {
@@ -618,7 +617,7 @@ impl Agent {
             tools: &mut crate::tools::RealTools,
             opts: &opts,
         };
-        apply::recover(&mut ctx)
+        f(&mut ctx)
     }
 
     /// At start: a freeze marker means an earlier agent died with filesystems frozen. Thaw.
