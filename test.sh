@@ -145,15 +145,20 @@ phase fuzz-smoke fuzz/run.sh smoke 3
 # /var/cache/xenplug-pkgtest).
 phase packages-root bg_wait packages-root
 phase packages packaging/test-packages.sh
-# The end-to-end suite on real Xen 4.17 + a Debian 12 dom0 under QEMU (tests/xen-e2e/README.md),
-# in one boot: our static build installed into dom0 from the Debian package, real
-# libxl/blkback/netback/hvc_xen, every check the scenarios declare (tests/xen-e2e/manifest) must
-# print and pass; then the suite's self-test (plausible-but-wrong programs, each caught by the
-# checks named for it); then `dpkg -r xenplug` and Debian's own scripts on the fast scenarios,
-# which must fail exactly the checks flagged as their known bugs and pass the rest (the checks
-# tell right from wrong). The dom0 image is cached in /var/cache/xenplug-e2e between runs.
+# The end-to-end suite on real Xen 4.17 + a Debian 12 dom0 under QEMU (tests/xen-e2e/README.md):
+# our static build installed into dom0 from the Debian package, real libxl/blkback/netback/
+# hvc_xen. Every check the scenarios declare (tests/xen-e2e/manifest) must print and pass. The
+# dom0 image is cached in /var/cache/xenplug-e2e between runs. (`run all --full` does the three
+# invocations below in one boot, but after the whole suite its self-test missed two checks of
+# the antispoofing variant once: dom0 state a scenario inherits from the suite's run; until that
+# is isolated, three boots.)
 phase xen-e2e-image bg_wait xen-e2e-image
-phase xen-e2e tests/xen-e2e/run all --full
+phase xen-e2e tests/xen-e2e/run all
+# Debian's own scripts on the fast scenarios: they must fail exactly the checks flagged as their
+# known bugs and pass the rest (the checks tell right from wrong).
+phase xen-e2e-reference tests/xen-e2e/run run --reference
+# The suite's self-test: plausible-but-wrong programs, each caught by the checks named for it.
+phase xen-e2e-self-test tests/xen-e2e/run run --self-test-broken
 # Tests that need tc policing (cls_matchall, act_police), which this kind of host's kernel
 # lacks: under Debian 12's kernel in QEMU, from the image the suite cached (~1 minute).
 phase vm-kernel-tests tools/vm-kernel-tests.sh
