@@ -15,6 +15,11 @@
 #     xenplug` repairing them;
 #   * `systemd-analyze verify` of the units, `udevadm verify` of the rule (systemd 254's, from
 #     tools/channel-deps.sh), the bash completions, the installed programs;
+#   * the sandboxed xenplug-peer.service booted under systemd (systemd-nspawn): it configures a
+#     simulated VM (the peer benchmark's guest helper, built here, stands in for QEMU and the
+#     agent) and cannot see one under /tmp; then with the etcd example drop-in and its
+#     environment file, against a real etcd on loopback: the document comes from etcd and the
+#     status goes back, and with etcd's address left out of IPAddressAllow= it is out of reach;
 #   * `dpkg -r` and, in a second round, `dpkg -P`: Debian's scripts are back byte-identical
 #     (compared with the xen-utils-common package's own files and its Conffiles md5sums, and
 #     `dpkg --verify`), no diversion and no xenplug file left.
@@ -54,6 +59,10 @@ if [ -z "${PKGTEST_INSIDE:-}" ]; then
         DEBS=$REPO/target/debian
     fi
     DEBS=$(cd "$DEBS" && pwd)
+    # The booted unit's simulated guests: the peer benchmark's guest helper (a development
+    # program, in no package).
+    cargo build --release -q -p xenplug-peer --example peer_bench
+    GUEST_HELPER=$REPO/target/release/examples/peer_bench
 
     # Debian mirrors from the machine's apt configuration (one-line and deb822 sources).
     read -r MIRROR SECURITY < <(python3 - <<'PY'
@@ -108,7 +117,7 @@ PY
     fi
     # The rest runs in private network and mount namespaces (every mount and link goes away
     # with them, also when the run is killed), under an overall deadline.
-    export PKGTEST_INSIDE=1 PKGTEST_BASE=$BASE PKGTEST_DEBS=$DEBS PKGTEST_CHANNEL_DEPS=$CHANNEL_DEPS
+    export PKGTEST_INSIDE=1 PKGTEST_BASE=$BASE PKGTEST_DEBS=$DEBS PKGTEST_CHANNEL_DEPS=$CHANNEL_DEPS PKGTEST_GUEST_HELPER=$GUEST_HELPER
     exec timeout --kill-after=30 900 unshare --net --mount --propagation private "$0"
 fi
 
@@ -116,6 +125,7 @@ fi
 BASE=$PKGTEST_BASE
 DEBS=$PKGTEST_DEBS
 CHANNEL_DEPS=$PKGTEST_CHANNEL_DEPS
+GUEST_HELPER=$PKGTEST_GUEST_HELPER
 WORK=$(mktemp -d /tmp/xenplug-pkgtest.XXXXXX)
 R=$WORK/root
 BG_PIDS=()
@@ -146,6 +156,9 @@ PASSED=0
 FAILED=0
 pass() { echo "PASS $1"; PASSED=$((PASSED + 1)); }
 fail() { echo "FAIL $1${2:+: $2}"; FAILED=$((FAILED + 1)); }
+# A check this machine cannot make, said loudly with why (never counted as passed).
+SKIPPED=0
+skip() { echo "SKIP $1: $2"; SKIPPED=$((SKIPPED + 1)); }
 check() { local name=$1; shift; if "$@"; then pass "$name"; else fail "$name"; fi; }
 quietly() { "$@" > /dev/null; }
 # Run a command in the root with a clean environment.
@@ -293,6 +306,16 @@ for u in xenplug-peer.service xenplug-agent.service xenplug-agent-ssh-keygen.ser
     if [ "$rc" = 0 ] && [ -z "$out" ]; then pass "systemd-analyze verify $u"; else fail "systemd-analyze verify $u" "$out"; fi
 done
 systemd-analyze security --offline=yes --root="$R" xenplug-peer.service 2>/dev/null | tail -1 | sed 's/^/   /' || true
+# The etcd example drop-in (xenplug-peer(8), FLEET): the unit still verifies with it in place and
+# the environment file it reads; then both go again (the default unit stays network-less).
+dropin="$R/etc/systemd/system/xenplug-peer.service.d"
+mkdir -p "$dropin"
+cp "$R/usr/share/xenplug/examples/etcd/xenplug-peer-etcd.conf" "$dropin/etcd.conf"
+install -m 0600 "$R/usr/share/xenplug/examples/etcd/peer-etcd.env" "$R/etc/xenplug/peer-etcd.env"
+out=$(in_root systemd-analyze verify /lib/systemd/system/xenplug-peer.service 2>&1) && rc=0 || rc=$?
+if [ "$rc" = 0 ] && [ -z "$out" ]; then pass "systemd-analyze verify xenplug-peer.service with the etcd drop-in"; else fail "systemd-analyze verify xenplug-peer.service with the etcd drop-in" "$out"; fi
+systemd-analyze security --offline=yes --root="$R" xenplug-peer.service 2>/dev/null | tail -1 | sed 's/^/   with the etcd drop-in: /' || true
+rm -rf "$dropin" "$R/etc/xenplug/peer-etcd.env"
 out=$("$CHANNEL_DEPS/bin/udevadm-verify" "$R/lib/udev/rules.d/90-xen-channel.rules" 2>&1) && rc=0 || rc=$?
 if [ "$rc" = 0 ]; then pass "udevadm verify 90-xen-channel.rules"; else fail "udevadm verify 90-xen-channel.rules" "$out"; fi
 check "the rule's helper is installed" test -x "$R$(sed -n 's/.*RUN+="\([^"]*\)".*/\1/p' "$R/lib/udev/rules.d/90-xen-channel.rules" | head -1)"
@@ -339,7 +362,7 @@ check "doctor: exit status matches its worst check" test "$(cat "$R/tmp/doctor.r
 echo "== the peer's sandboxed unit under systemd (systemd-nspawn --boot)"
 # The root boots with systemd as PID 1. A test unit runs xenplug's embedded xenstored on the
 # standard socket; xenplug-peer.service starts from the package's unit with all its sandboxing.
-# A simulated guest (the peer's own bench-guests helper, standing in for QEMU) listens on
+# A simulated guest (the peer benchmark's bench-guests helper, standing in for QEMU) listens on
 # /run/xen/5 and another on /tmp/xen/6; xenstore gets the console backend nodes libxl writes.
 # The sandboxed daemon must configure the VM behind /run/xen/5 and must not see /tmp/xen/6
 # (PrivateTmp), proving the sandbox is in force and still reaches xenstored and QEMU's sockets.
@@ -358,6 +381,8 @@ ln -sf /etc/systemd/system/test-xenstored.service "$R/etc/systemd/system/multi-u
 for i in 5 6; do
     printf '{"instance-id": "i-%s", "generation": 1, "hostname": "vm%s"}\n' "$i" "$i" > "$R/var/lib/xenplug-peer/store/vm$i.json"
 done
+HELPER=/usr/local/libexec/xenplug-pkgtest/peer_bench
+install -D -m 0755 "$GUEST_HELPER" "$R$HELPER"
 systemd-nspawn -D "$R" --register=no --keep-unit --console=passive -b > "$WORK/nspawn.log" 2>&1 &
 NSPAWN=$!
 BG_PIDS+=("$NSPAWN")
@@ -371,9 +396,9 @@ if wait_for "the container's systemd" 30 find_init && wait_for "the boot" 90 boo
     in_ct mkdir -p /run/xen /tmp/xen || true
     # The helpers serve until their stdin closes: a FIFO whose writer this script holds.
     mkfifo "$WORK/hold"
-    in_ct xenplug-peer bench-guests --dir /run/xen --from 5 --to 6 < "$WORK/hold" > "$WORK/guest5.out" 2>&1 &
+    in_ct "$HELPER" bench-guests --dir /run/xen --from 5 --to 6 < "$WORK/hold" > "$WORK/guest5.out" 2>&1 &
     BG_PIDS+=($!)
-    in_ct xenplug-peer bench-guests --dir /tmp/xen --from 6 --to 7 < "$WORK/hold" > "$WORK/guest6.out" 2>&1 &
+    in_ct "$HELPER" bench-guests --dir /tmp/xen --from 6 --to 7 < "$WORK/hold" > "$WORK/guest6.out" 2>&1 &
     BG_PIDS+=($!)
     exec 8> "$WORK/hold"
     wait_for "the simulated guest on /run/xen/5" 20 grep -q ready "$WORK/guest5.out"
@@ -400,6 +425,61 @@ if wait_for "the container's systemd" 30 find_init && wait_for "the boot" 90 boo
     check "doctor under systemd: syslog ok (journald's /dev/log)" grep -qE '^ok +syslog' "$WORK/doctor-booted.txt"
     in_ct systemd-analyze security xenplug-peer.service 2>/dev/null | tail -1 | sed 's/^/   live: /' || true
     in_ct systemctl show -p NoNewPrivileges -p ProtectSystem -p PrivateTmp -p PrivateNetwork -p CapabilityBoundingSet xenplug-peer.service | sed 's/^/   /' || true
+    # The etcd example drop-in, live. This network namespace is the container's: a one-member
+    # etcd on its loopback, the drop-in and the environment file installed as the example's
+    # README says, IPAddressAllow= naming the member. The sandboxed daemon must take vm5's
+    # document (generation 2) from etcd and write its status back; with another address in
+    # IPAddressAllow= (IPAddressDeny=any stays from the unit) etcd must be out of its reach.
+    etcd --name pkgtest --data-dir "$WORK/etcd" --logger zap --log-level warn \
+        --listen-client-urls http://127.0.0.1:23790 --advertise-client-urls http://127.0.0.1:23790 \
+        --listen-peer-urls http://127.0.0.1:23800 --initial-advertise-peer-urls http://127.0.0.1:23800 \
+        --initial-cluster pkgtest=http://127.0.0.1:23800 > "$WORK/etcd.log" 2>&1 8>&- &
+    BG_PIDS+=($!)
+    ectl() { ETCDCTL_API=3 etcdctl --endpoints 127.0.0.1:23790 "$@"; }
+    UUID5=00000000-0000-4000-8000-000000000005
+    DROPIN=$R/etc/systemd/system/xenplug-peer.service.d
+    if wait_for "etcd on 127.0.0.1:23790" 30 quietly ectl endpoint health; then
+        quietly ectl put /pkgtest/vms/$UUID5 '{"instance-id": "i-5", "generation": 2, "hostname": "vm5"}'
+        mkdir -p "$DROPIN"
+        sed 's/^IPAddressAllow=.*/IPAddressAllow=127.0.0.1/' "$R/usr/share/xenplug/examples/etcd/xenplug-peer-etcd.conf" > "$DROPIN/etcd.conf"
+        printf 'XENPLUG_PEER_STORE=etcd://127.0.0.1:23790/pkgtest\nXENPLUG_PEER_HOST=pkgtest-host\n' > "$R/etc/xenplug/peer-etcd.env"
+        chmod 0600 "$R/etc/xenplug/peer-etcd.env"
+        in_ct systemctl daemon-reload
+        check "xenplug-peer.service restarted with the etcd drop-in" in_ct systemctl restart xenplug-peer
+        etcd_status() { ectl get --print-value-only /pkgtest/status/$UUID5 2>/dev/null; }
+        etcd_configured() { etcd_status | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(not (d["state"] == "configured" and d["host"] == "pkgtest-host" and d["applied_generation"] == 2))' 2>/dev/null; }
+        check "etcd drop-in: the sandboxed daemon took vm5's document from etcd and wrote its status there" wait_for "vm5's status in etcd" 40 etcd_configured
+        etcd_status | sed 's/^/   /'
+        check "etcd drop-in: the guest behind /run/xen/5 applied generation 2" grep -qx "applied 5 2" "$WORK/guest5.out"
+        # systemd's view of the unit with the drop-in: the sandbox opened only as far as etcd needs.
+        in_ct systemctl show -p PrivateNetwork -p RestrictAddressFamilies -p IPAddressDeny -p IPAddressAllow xenplug-peer.service > "$WORK/etcd-unit.txt" 2>&1 || true
+        sed 's/^/   /' "$WORK/etcd-unit.txt"
+        merged() {
+            grep -qx 'PrivateNetwork=no' "$WORK/etcd-unit.txt" &&
+            grep -q '^RestrictAddressFamilies=.*AF_INET6' "$WORK/etcd-unit.txt" &&
+            grep -q '^RestrictAddressFamilies=.*AF_UNIX' "$WORK/etcd-unit.txt" &&
+            grep -q '^IPAddressDeny=.*0\.0\.0\.0/0' "$WORK/etcd-unit.txt" &&
+            grep -q '^IPAddressAllow=.*127\.0\.0\.1' "$WORK/etcd-unit.txt"
+        }
+        check "etcd drop-in: systemd merged it (host network, AF_INET/AF_INET6, IPAddressDeny=any with only the member allowed)" merged
+        # Enforcement: systemd's IP firewall is a cgroup BPF program, which needs the unified
+        # cgroup hierarchy (Debian 12's default). With another address allowed, a connection
+        # attempt to etcd must fail (not merely be on its way).
+        if [ "$(in_ct stat -fc %T /sys/fs/cgroup 2>/dev/null)" = cgroup2fs ]; then
+            sed -i 's/^IPAddressAllow=.*/IPAddressAllow=192.0.2.1/' "$DROPIN/etcd.conf"
+            in_ct systemctl daemon-reload
+            in_ct systemctl restart xenplug-peer
+            unreachable() { in_ct xenplug-peer list 2>/dev/null | head -1 | grep UNREACHABLE | grep -vq "not reached yet"; }
+            check "etcd drop-in: with etcd's address not in IPAddressAllow=, etcd is out of the daemon's reach" wait_for "list saying UNREACHABLE" 40 unreachable
+            in_ct xenplug-peer list 2>/dev/null | head -1 | sed 's/^/   /' || true
+        else
+            skip "etcd drop-in: IPAddressAllow= enforced" "this machine's cgroups are v1 (the container's /sys/fs/cgroup is $(in_ct stat -fc %T /sys/fs/cgroup 2>/dev/null)); systemd's IP firewall needs cgroup v2"
+        fi
+        rm -rf "$DROPIN" "$R/etc/xenplug/peer-etcd.env"
+        in_ct systemctl daemon-reload
+    else
+        fail "etcd for the drop-in check"; sed 's/^/   /' "$WORK/etcd.log"
+    fi
     # Closing the FIFO ends both helpers (they report how many guests applied generation 1);
     # they must be gone before the container shuts down.
     exec 8>&-
@@ -411,7 +491,8 @@ fi
 kill -TERM "$NSPAWN" 2>/dev/null || true
 stopped() { ! kill -0 "$NSPAWN" 2>/dev/null; }
 wait_for "the container to stop" 60 stopped || kill -KILL "$NSPAWN" 2>/dev/null || true
-rm -f "$R/etc/systemd/system/multi-user.target.wants/test-xenstored.service" "$R/etc/systemd/system/test-xenstored.service" "$R"/var/lib/xenplug-peer/store/vm[56].json
+rm -f "$R/etc/systemd/system/multi-user.target.wants/test-xenstored.service" "$R/etc/systemd/system/test-xenstored.service" "$R"/var/lib/xenplug-peer/store/vm[56].json "$R/etc/xenplug/peer-etcd.env"
+rm -rf "$R/usr/local/libexec/xenplug-pkgtest" "$R/etc/systemd/system/xenplug-peer.service.d"
 mount -t proc proc "$R/proc"
 mount -t sysfs sysfs "$R/sys"
 mount --bind /dev "$R/dev"
@@ -514,6 +595,6 @@ site_back() {
 }
 check "after purge: the site's vif-route is back as it was, nothing else left" site_back
 
-echo "test-packages: $PASSED passed, $FAILED failed in $((SECONDS - t0)) s"
+echo "test-packages: $PASSED passed, $FAILED failed, $SKIPPED skipped in $((SECONDS - t0)) s"
 [ "$FAILED" = 0 ]
 }

@@ -26,6 +26,7 @@ packages=(
   python3-venv          # the channel tests' PyPI peers (tools/channel-deps.sh)
   etcd-server etcd-client  # the peer's fleet store: a real 3-member etcd cluster in the tests
   protobuf-compiler libprotobuf-dev  # protoc and its well-known types (descriptor.proto): the etcd-client crate's build
+  openssl               # the etcd TLS test's CA and certificates
   # the real-Xen rig (tests/xen-e2e/run) and the kernel tests (tools/vm-test.sh)
   qemu-system-x86       # Xen and Debian's kernel under TCG
   mmdebstrap            # the cached dom0 image

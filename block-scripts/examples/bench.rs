@@ -9,7 +9,9 @@
 //!
 //! Options: `--iterations N` (default 20) per measurement; `--binary XENPLUG` runs that
 //! multi-call binary as `block` (e.g. `target/static/xenplug` from `tools/build-static.sh`, the
-//! form installed on hosts) instead of this executable.
+//! form installed on hosts) instead of this executable. The concurrent adds run with our log at
+//! `debug`, so each run's `block` lock hold and wait times are summarised;
+//! `BENCH_KEEP_LOG=FILE` keeps that log.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -68,6 +70,8 @@ struct World {
     daemon: TestDaemon,
     dir: tempfile::TempDir,
     side: Side,
+    /// Our scripts' log file level (`debug` adds each lock's hold time).
+    log_level: &'static str,
 }
 
 impl World {
@@ -77,6 +81,7 @@ impl World {
             daemon: spawn_daemon(),
             dir,
             side,
+            log_level: "info",
         }
     }
 
@@ -88,7 +93,7 @@ impl World {
                 c.env("XENPLUG_STATE_DIR", self.dir.path().join("state"))
                     .env("XENPLUG_LOCK_DIR", self.dir.path().join("locks"))
                     .env("XENPLUG_LOG_FILE", self.dir.path().join("log"))
-                    .env("XENPLUG_LOG_LEVEL", "info")
+                    .env("XENPLUG_LOG_LEVEL", self.log_level)
                     .env("XENPLUG_SYSLOG", "0");
                 c
             }
@@ -193,8 +198,67 @@ fn latency(side: Side, existing: u32, iterations: u32, phy: &Path) -> Result<(f6
     Ok((mean(&adds), mean(&removes)))
 }
 
-fn concurrent(side: Side, n: u32) -> Result<Duration, String> {
-    let w = World::new(side);
+/// The hold and wait times of the locks our scripts' adds took (`block`, or a file's own
+/// `block-file@…`), from their debug log lines (`released lock L: held H ms, waited W ms`).
+#[derive(Default)]
+struct LockStats {
+    held: Vec<f64>,
+    waited: Vec<f64>,
+}
+
+impl LockStats {
+    fn read(log: &Path) -> LockStats {
+        let mut s = LockStats::default();
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        for line in text.lines() {
+            let Some(rest) = line
+                .split("released lock ")
+                .nth(1)
+                .filter(|r| r.starts_with("block"))
+                .and_then(|r| r.split(": held ").nth(1))
+            else {
+                continue;
+            };
+            let mut nums = rest
+                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .filter(|t| !t.is_empty())
+                .filter_map(|t| t.parse::<f64>().ok());
+            if let (Some(h), Some(w)) = (nums.next(), nums.next()) {
+                s.held.push(h);
+                s.waited.push(w);
+            }
+        }
+        s
+    }
+
+    fn quantile(v: &[f64], q: f64) -> f64 {
+        let mut v = v.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    fn summary(&self, wall: Duration) -> String {
+        let total: f64 = self.held.iter().sum();
+        format!(
+            "{} lock holds: held median {:.2} ms, p90 {:.2}, max {:.2}, in all {:.1} ms \
+             (their sum is {:.0}% of the wall time); waits median {:.1} ms, max {:.1}",
+            self.held.len(),
+            Self::quantile(&self.held, 0.5),
+            Self::quantile(&self.held, 0.9),
+            Self::quantile(&self.held, 1.0),
+            total,
+            100.0 * total / (wall.as_secs_f64() * 1e3),
+            Self::quantile(&self.waited, 0.5),
+            Self::quantile(&self.waited, 1.0),
+        )
+    }
+}
+
+fn concurrent(side: Side, n: u32) -> Result<(Duration, LockStats), String> {
+    let mut w = World::new(side);
+    w.log_level = "debug";
     let imgs: Vec<PathBuf> = (0..n)
         .map(|i| image(w.dir.path(), &format!("c{i}.img")))
         .collect();
@@ -219,6 +283,11 @@ fn concurrent(side: Side, n: u32) -> Result<Duration, String> {
         }
     }
     let wall = t.elapsed();
+    let stats = LockStats::read(&w.dir.path().join("log"));
+    // `BENCH_KEEP_LOG=FILE`: keep our scripts' debug log of the concurrent adds.
+    if let (Side::Ours, Some(keep)) = (side, std::env::var_os("BENCH_KEEP_LOG")) {
+        let _ = std::fs::copy(w.dir.path().join("log"), keep);
+    }
     // Clean up: each side removes its own.
     for i in 0..n {
         let _ = w.run("remove", 3000 + i, 51712);
@@ -232,7 +301,7 @@ fn concurrent(side: Side, n: u32) -> Result<Duration, String> {
     if failed > 0 {
         return Err(format!("{failed} of {n} concurrent adds failed"));
     }
-    Ok(wall)
+    Ok((wall, stats))
 }
 
 fn bench(iterations: u32) -> Result<(), String> {
@@ -266,14 +335,15 @@ fn bench(iterations: u32) -> Result<(), String> {
                 ra / oa
             );
         }
-        let ours = concurrent(Side::Ours, 50)?;
-        let theirs = concurrent(Side::Reference, 50)?;
+        let (ours, locks) = concurrent(Side::Ours, 50)?;
+        let (theirs, _) = concurrent(Side::Reference, 50)?;
         println!(
             "50 concurrent file adds (wall): ours {:.0} ms, reference {:.0} ms, ratio {:.1}x",
             ours.as_secs_f64() * 1e3,
             theirs.as_secs_f64() * 1e3,
             theirs.as_secs_f64() / ours.as_secs_f64()
         );
+        println!("  ours: {}", locks.summary(ours));
         println!("targets: add <= 5 ms, flat in the number of vbds; 50 concurrent adds <= 300 ms");
         Ok(())
     })();

@@ -23,7 +23,9 @@
 //!   `!`), then `physical-device` (`%x:%x`), `physical-device-path` and
 //!   `hotplug-status=connected` are written in one transaction, in that order, still under the
 //!   lock (the body returns them as an [`Outcome::Published`] device; the runtime writes them).
-//! * **file**: the path is canonicalised; under the `block` lock: backend `state` must be `2`
+//! * **file**: the path is canonicalised; under the lock of that file (`block-file@<st_dev>:<st_ino>`,
+//!   not the global `block`: adds of different files run side by side, see [`file_lock_name`]):
+//!   backend `state` must be `2`
 //!   (otherwise the fatal `Path closed or removed during hotplug add: <path> state: <s>`); a `w`
 //!   attach of a file without any write permission bit (or on a read-only filesystem) is refused
 //!   as busy; the sharing check; then a loop device is attached race-free (read-only for `r`), a
@@ -391,7 +393,8 @@ fn add_file<'a>(
         .ok_or_else(|| Failure::Error(format!("{} does not exist.", file.display())))?;
     let mode = Mode::canonicalise(mode_raw);
 
-    let lock = ctx.claim_lock(names::BLOCK)?;
+    let backing = Backing::of(&meta);
+    let lock = claim_file_lock(ctx, backing)?;
     if physical_device_present(ctx)? {
         return Ok(Outcome::Done);
     }
@@ -405,7 +408,6 @@ fn add_file<'a>(
     if mode == Mode::Write && meta.permissions().mode() & 0o222 == 0 {
         return Err(Failure::Busy(sharing::read_only_file_message(&file)));
     }
-    let backing = Backing::of(&meta);
     sharing_check(ctx, host, mode, Target::File(&file, backing), frontend_id)?;
 
     let device = attach(ctx, host, &file, backing, mode)?;
@@ -415,7 +417,7 @@ fn add_file<'a>(
 /// Attach `file` (whose identity is `backing`) to a loop device for `mode` and record it for
 /// `remove`; returns the device to publish (`node`, `physical-device`, `physical-device-path`),
 /// whose undo detaches it again if the runtime cannot write them. On any failure here,
-/// everything is undone. The caller holds the `block` lock (and hands it to the device).
+/// everything is undone. The caller holds the file's lock (and hands it to the device).
 pub(crate) fn attach<'a>(
     ctx: &Context,
     host: &Host<'a>,
@@ -526,7 +528,7 @@ pub(crate) fn attach<'a>(
     Ok(device_nodes(Some(&attached.path), &attached.path, attached.devnum).undo_on_failure(undo))
 }
 
-/// `remove` through the state record, if there is one. The caller holds the `block` lock
+/// `remove` through the state record, if there is one. The caller holds [`claim_remove_lock`]'s lock
 /// (`lock`), so a concurrent add of the same backend has either recorded its attachment or not
 /// started it. `Ok(None)`: no record (the lock is still held by the caller's guard, which is
 /// handed back).
@@ -676,8 +678,57 @@ fn add_other(
     )))
 }
 
+/// The lock of one backing file (by identity: `block-file@<st_dev>:<st_ino>`): what an add of
+/// that file holds from its sharing check until its device is published, and its remove while
+/// it detaches. Adds of different files do not wait for each other: the sharing decision for a
+/// file depends only on the loop devices backed by it and on who published them, and the
+/// kernel hands out free loop devices race-free (`loopdev.rs`). Physical devices keep the
+/// `block` lock (their conflicts follow the device topology).
+pub fn file_lock_name(backing: Backing) -> String {
+    xenplug_hotplug::lock::object_name("block-file", &format!("{}:{}", backing.dev, backing.ino))
+}
+
+pub(crate) fn claim_file_lock(ctx: &Context, backing: Backing) -> Result<LockGuard, Failure> {
+    ctx.claim_lock(&file_lock_name(backing))
+}
+
+/// The lock a remove takes: the backing file's, when this backend's record is a loop device
+/// (its add held the same one) or, without a record, when `params` names a file that exists
+/// (an add killed before it recorded anything held that lock, and this release removes the
+/// lock file it left); otherwise `block`.
+pub(crate) fn claim_remove_lock(
+    ctx: &Context,
+    params_file: impl FnOnce() -> Result<Option<PathBuf>, Failure>,
+) -> Result<LockGuard, Failure> {
+    match store(ctx)?.load(ctx.backend()) {
+        Ok(Some(Record::Loop(rec))) => claim_file_lock(
+            ctx,
+            Backing {
+                dev: rec.backing_dev,
+                ino: rec.backing_ino,
+            },
+        ),
+        Ok(None) => match params_file()?
+            .and_then(|f| std::fs::metadata(f).ok())
+            .filter(|m| m.is_file())
+        {
+            Some(meta) => claim_file_lock(ctx, Backing::of(&meta)),
+            None => ctx.claim_lock(names::BLOCK),
+        },
+        _ => ctx.claim_lock(names::BLOCK),
+    }
+}
+
 fn remove(ctx: &Context, host: &Host) -> Result<Outcome<'static>, Failure> {
-    let lock = ctx.claim_lock(names::BLOCK)?;
+    let lock = claim_remove_lock(ctx, || {
+        Ok(match ctx.read("params")? {
+            Some(p) if !p.is_empty() => match classify(&p, host.dev_dir) {
+                Params::File(f) => Some(f),
+                _ => None,
+            },
+            _ => None,
+        })
+    })?;
     match remove_recorded(ctx, host, lock)? {
         Ok(outcome) => Ok(outcome),
         Err(_lock) => remove_without_record(ctx, host),
@@ -685,7 +736,7 @@ fn remove(ctx: &Context, host: &Host) -> Result<Outcome<'static>, Failure> {
 }
 
 /// The reference's way, made safe: `node` is detached only when it is still backed by `params`
-/// and no other backend uses it. The caller holds the `block` lock.
+/// and no other backend uses it. The caller holds the `block` lock (no record named a file).
 pub(crate) fn remove_without_record(
     ctx: &Context,
     host: &Host,
@@ -705,7 +756,7 @@ pub(crate) fn remove_without_record(
 }
 
 /// Detach loop device `node` if it is backed by `file` and no other backend uses it. The
-/// caller holds the `block` lock.
+/// caller holds the `block` lock or the file's.
 pub(crate) fn remove_loop_node(
     ctx: &Context,
     host: &Host,

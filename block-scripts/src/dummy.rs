@@ -13,8 +13,8 @@
 //! Reads `params` (`dummy:<file>`; empty or missing is the fatal `No information about the
 //! target`; no `:`-separated file is `Cannot parse required parameters`; another prefix is
 //! `Invalid type: <type>`) and `mode` (required, canonicalised). The file must be a regular file
-//! (`<file> does not exist.`). Under the `block` lock (which the reference does not take; it only
-//! serialises against `block`'s sharing check) a loop device is attached race-free, read-only for
+//! (`<file> does not exist.`). Under the file's lock (`block`'s per-file lock, which the reference
+//! does not take; it serialises against `block`'s sharing check of the same file) a loop device is attached race-free, read-only for
 //! mode `r`, and `node`, `physical-device`, `physical-device-path`, `hotplug-status=connected` are
 //! written in one transaction (by the runtime, from the device the body returns). A failed add leaves nothing behind.
 //!
@@ -31,7 +31,6 @@ use crate::loopdev::Backing;
 use crate::sharing::Mode;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use xenplug_hotplug::lock::names;
 use xenplug_hotplug::{Action, Context, Failure, Outcome, Raw};
 
 /// Parse `dummy:<file>`: the file (everything after the first `:`).
@@ -55,7 +54,9 @@ pub fn main(raw: Raw) -> ExitCode {
 pub fn body<'a>(ctx: &Context, host: &Host<'a>) -> Result<Outcome<'a>, Failure> {
     let mut remove_lock = None;
     if ctx.action() == Action::Remove {
-        let lock = ctx.claim_lock(names::BLOCK)?;
+        let lock = block::claim_remove_lock(ctx, || {
+            Ok(ctx.read("params")?.and_then(|p| parse_target(&p).ok()))
+        })?;
         match block::remove_recorded(ctx, host, lock)? {
             Ok(outcome) => return Ok(outcome),
             Err(lock) => remove_lock = Some(lock),
@@ -75,8 +76,9 @@ pub fn body<'a>(ctx: &Context, host: &Host<'a>) -> Result<Outcome<'a>, Failure> 
                 .ok()
                 .filter(|m| m.is_file())
                 .ok_or_else(|| Failure::Error(format!("{} does not exist.", file.display())))?;
-            let lock = ctx.claim_lock(names::BLOCK)?;
-            let device = block::attach(ctx, host, &file, Backing::of(&meta), mode)?;
+            let backing = Backing::of(&meta);
+            let lock = block::claim_file_lock(ctx, backing)?;
+            let device = block::attach(ctx, host, &file, backing, mode)?;
             Ok(Outcome::Published(device.hold(lock)))
         }
         Action::Remove => {

@@ -99,6 +99,7 @@ const _: () = assert!(std::mem::size_of::<LoopConfig>() == 304);
 mod ioctl {
     use super::{LoopConfig, LoopInfo64};
     nix::ioctl_none_bad!(loop_ctl_get_free, 0x4C82);
+    nix::ioctl_write_int_bad!(loop_ctl_add, 0x4C80);
     nix::ioctl_write_ptr_bad!(loop_configure, 0x4C0A, LoopConfig);
     nix::ioctl_write_int_bad!(loop_set_fd, 0x4C00);
     nix::ioctl_none_bad!(loop_clr_fd, 0x4C01);
@@ -552,20 +553,40 @@ impl LoopOps for KernelLoops {
         let control = self.open_control()?;
         let control_path = self.dev_dir.join("loop-control");
         let mut last = String::from("none");
-        let mut previous = None;
+        let mut lost: Option<u32> = None;
         for attempt in 0..self.max_attempts {
             // SAFETY: LOOP_CTL_GET_FREE takes no argument; the control fd is open.
-            let n = unsafe { ioctl::loop_ctl_get_free(control.as_raw_fd()) }
+            let free = unsafe { ioctl::loop_ctl_get_free(control.as_raw_fd()) }
                 .map_err(|e| LoopError::sys("LOOP_CTL_GET_FREE", &control_path, e))?;
-            let n = u32::try_from(n).expect("loop numbers are non-negative");
-            if previous == Some(n) {
-                // The same device is still being configured by someone else: let them finish.
-                std::thread::sleep(Duration::from_millis(u64::from(attempt.min(10)) + 1));
-            }
-            previous = Some(n);
+            let free = u32::try_from(free).expect("loop numbers are non-negative");
+            // GET_FREE names the lowest unbound device, so every attacher racing us is told the
+            // same one until its winner has bound it. After losing a device, look above it
+            // instead (adding the device if the kernel has none there yet): racing attachers
+            // spread over distinct devices rather than queueing on one.
+            let n = match lost {
+                Some(l) if free <= l => {
+                    let n = l + 1;
+                    // SAFETY: LOOP_CTL_ADD takes the device number by value; the control fd is
+                    // open. EEXIST (someone made it already) is what we want too.
+                    match unsafe { ioctl::loop_ctl_add(control.as_raw_fd(), n as libc::c_int) } {
+                        Ok(_) | Err(nix::errno::Errno::EEXIST) => n,
+                        // Cannot add devices (a max_loop limit, say): wait for GET_FREE's.
+                        Err(_) => {
+                            std::thread::sleep(Duration::from_millis(
+                                u64::from(attempt.min(10)) + 1,
+                            ));
+                            free
+                        }
+                    }
+                }
+                _ => free,
+            };
             match self.try_claim(n, &backing, file, read_only, intent)? {
                 Claim::Won(attached) => return Ok(attached),
-                Claim::Lost(why) => last = why,
+                Claim::Lost(why) => {
+                    last = why;
+                    lost = Some(n);
+                }
             }
         }
         Err(LoopError::NoFreeDevice {

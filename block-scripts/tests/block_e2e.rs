@@ -568,7 +568,10 @@ fn fifty_concurrent_distinct_adds_all_succeed() {
         .filter(|x| *x)
         .count();
     eprintln!("{N} concurrent adds: {:?}", start.elapsed());
-    assert_eq!(ok, N as usize);
+    let errors: Vec<String> = (0..N)
+        .filter_map(|i| rig.key(1000 + i, 51712, "hotplug-error"))
+        .collect();
+    assert_eq!(ok, N as usize, "{errors:?}");
     let mut nodes: Vec<String> = (0..N)
         .map(|i| rig.key(1000 + i, 51712, "node").unwrap())
         .collect();
@@ -764,4 +767,57 @@ fn w_attach_of_an_unwritable_file_is_busy_not_silently_read_only() {
     );
     assert!(rig.detached(&img));
     assert!(!rig.state_dir().join("xenplug-block/vbd-5-1").exists());
+}
+
+/// Adds of different files take different locks (issue 21): while another process holds one
+/// file's lock, an add of a second file goes through and an add of the first waits. An add
+/// SIGKILLed holding a file's lock before it recorded anything leaves the lock file; the remove
+/// libxl runs next takes that same lock (from `params`) and so removes the file.
+#[test]
+fn file_adds_lock_their_own_file_and_a_killed_adds_lock_file_goes_with_remove() {
+    if !root() {
+        return;
+    }
+    let rig = Rig::new();
+    let (a, b) = (rig.image("a.img", 1 << 20), rig.image("b.img", 1 << 20));
+    rig.backend(5, 51712, a.to_str().unwrap(), "w");
+    rig.backend(6, 51712, b.to_str().unwrap(), "w");
+    let locks = xenplug_hotplug::Locks::new(
+        rig.dir.path().join("locks"),
+        std::time::Duration::from_secs(25),
+    );
+    let name_a = xenplug_block::block::file_lock_name(xenplug_block::loopdev::Backing::of(
+        &std::fs::metadata(&a).unwrap(),
+    ));
+    let held = locks.claim(&name_a).unwrap();
+    // b's add does not wait for a's lock.
+    assert!(exit_ok(rig.block("add", 6, 51712)));
+    assert_eq!(rig.loops_of(&b).len(), 1);
+    // a's add waits for it: it has not attached anything while the lock is held.
+    let rig = Arc::new(rig);
+    let r = rig.clone();
+    let adder = std::thread::spawn(move || exit_ok(r.block("add", 5, 51712)));
+    let lock_file = rig.dir.path().join("locks").join(&name_a);
+    let queue = rig
+        .dir
+        .path()
+        .join("locks")
+        .join(format!(".{name_a}.queue"));
+    // The waiter lines up on the queue file (created only by someone who has to wait).
+    assert!(eventually(|| queue.exists()), "a's add never waited");
+    assert_eq!(rig.loops_of(&a).len(), 0);
+    drop(held);
+    assert!(adder.join().unwrap());
+    assert_eq!(rig.loops_of(&a).len(), 1);
+    for (dom, img) in [(5, &a), (6, &b)] {
+        assert!(exit_ok(rig.block("remove", dom, 51712)));
+        assert!(rig.detached(img));
+    }
+    assert!(!lock_file.exists());
+    // A killed add's lock file (the kernel dropped its flock, nothing unlinked the file), no
+    // record, no loop device: remove takes the lock from params and releases it.
+    rig.backend(7, 51712, a.to_str().unwrap(), "w");
+    std::fs::write(&lock_file, "").unwrap();
+    assert!(exit_ok(rig.block("remove", 7, 51712)));
+    assert!(!lock_file.exists(), "the killed add's lock file stayed");
 }

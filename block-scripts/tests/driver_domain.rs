@@ -135,6 +135,11 @@ fn sharing_in_a_driver_domain_refuses_read_write_it_cannot_attribute() {
     assert!(exit_ok(block_dd(&rig, "remove", 6, 51712)));
     assert!(exit_ok(block_dd(&rig, "remove", 5, 51712)));
     assert!(rig.detached(&img));
+    // libxl then deletes the backend directories: left in place, their `physical-device`
+    // would name a loop device the next attach may be given again.
+    for be in [&first, &second] {
+        rig.daemon.client().rm(be).unwrap();
+    }
 
     // Read-only users still share.
     let ro = rig.image("ro.img", 8 << 20);

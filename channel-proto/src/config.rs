@@ -410,11 +410,16 @@ pub struct NoCloudSeed {
 
 impl ConfigDoc {
     /// Parse the canonical JSON form and validate it.
+    ///
+    /// The bytes are read as a JSON value first, as the `config` argument of
+    /// `xenplug-apply-config` (and an etcd entry of the peer) is, so that every path accepts the
+    /// same documents with the same meaning: a member given twice takes its last value, as in
+    /// serde_json's values (and cloud-init's YAML), instead of being refused on this path only
+    /// (found by the `config_json` fuzz target).
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let mut de = serde_json::Deserializer::from_slice(bytes);
-        let doc: ConfigDoc = serde_path_to_error::deserialize(&mut de).map_err(path_err)?;
-        doc.validate()?;
-        Ok(doc)
+        let v: Value =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::new("", e.to_string()))?;
+        Self::from_value(v)
     }
 
     /// Convert a JSON value (e.g. the `config` argument) and validate it.
@@ -1090,6 +1095,29 @@ pub(crate) mod tests {
             ConfigDoc::from_json(serde_json::to_string(&d).unwrap().as_bytes()).unwrap(),
             d
         );
+    }
+
+    /// A member given twice means the same on the bytes path and on the value path (the
+    /// `config` argument): its last value. The bytes path used to refuse it ("duplicate field")
+    /// while the value path took the last one: the `config_json` fuzz target's finding.
+    #[test]
+    fn a_duplicated_member_means_the_same_on_both_paths() {
+        let text = br#"{"instance-id": "i-1", "generation": 1, "hostname": "a",
+                        "generation": 2, "hostname": "b",
+                        "network": {"version": 2, "ethernets": {"eth0": {"dhcp4": false,
+                                     "dhcp4": true}}}}"#;
+        let from_bytes = ConfigDoc::from_json(text).unwrap();
+        let v: Value = serde_json::from_slice(text).unwrap();
+        assert_eq!(ConfigDoc::from_value(v).unwrap(), from_bytes);
+        assert_eq!(from_bytes.generation, 2);
+        assert_eq!(from_bytes.hostname.as_deref(), Some("b"));
+        assert_eq!(
+            from_bytes.network.as_ref().unwrap().ethernets["eth0"].dhcp4,
+            Some(true)
+        );
+        // Not JSON at all is still refused, with serde_json's position.
+        let e = ConfigDoc::from_json(b"{\"instance-id\": ").unwrap_err();
+        assert!(e.message.contains("line 1"), "{e}");
     }
 
     #[test]

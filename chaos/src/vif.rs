@@ -184,6 +184,18 @@ impl Vif {
         ] {
             run(c)?;
         }
+        // The kernel adds the local routes of eth0's addresses on its own time (IPv6: once the
+        // link is ready, even with nodad). A baseline taken before that differs from every
+        // later snapshot: wait for both.
+        let ready = || {
+            run(&["ip", "route", "show", "table", "local", "dev", "eth0"])
+                .is_ok_and(|r| r.contains("10.99.9.1"))
+                && run(&["ip", "-6", "route", "show", "table", "local", "dev", "eth0"])
+                    .is_ok_and(|r| r.contains("2001:db8:9::1"))
+        };
+        if !world::wait_for(Duration::from_secs(10), ready) {
+            return Err("eth0's local routes never appeared".into());
+        }
         std::fs::write(&self.hosts, "").map_err(|e| e.to_string())?;
         match self.kind {
             Kind::Nat => {
@@ -412,22 +424,63 @@ impl Vif {
     }
 
     fn nft(&self, snap: &mut Snapshot) -> Result<(), String> {
-        let text = run(&["nft", "list", "ruleset"])?;
-        let mut table = String::new();
-        let mut chain = String::new();
-        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            // The scripts' tables (`netdev xenplug`, `ip xenplug-nat`) stay, empty, once made;
-            // what a vif adds is chains and rules.
-            if let Some(t) = line.strip_prefix("table ") {
-                table = t.trim_end_matches(" {").to_string();
-            } else if let Some(c) = line.strip_prefix("chain ") {
-                chain = c.trim_end_matches(" {").to_string();
-                put(snap, "nft chain", format!("{table} {chain}"));
-            } else if line != "}" {
-                put(snap, "nft rule", format!("{table} {chain}: {line}"));
-            }
-        }
+        nft_items(&run(&["nft", "list", "ruleset"])?, snap);
         Ok(())
+    }
+}
+
+/// The set of `netdev xenplug` shared by every vif (`vif-scripts/src/firewall.rs`,
+/// `CLAIMED_SET`): made with the table and kept, like it; its elements are audited.
+const SHARED_SET: &str = "ll6-claimed";
+
+/// The items of `nft list ruleset`'s text: chains, their rules, sets (but the shared one) and
+/// every set's elements. The scripts' tables (`netdev xenplug`, `ip xenplug-nat`) and the shared
+/// set stay, empty, once made; what a vif adds is chains, rules, its own set of link-local
+/// addresses and claims (elements).
+fn nft_items(text: &str, snap: &mut Snapshot) {
+    let mut table = String::new();
+    let mut chain: Option<String> = None;
+    let mut set: Option<String> = None;
+    // Inside a set's `elements = { …` that spans lines.
+    let mut elements = false;
+    let put_elements = |snap: &mut Snapshot, table: &str, set: &str, list: &str| {
+        for e in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            put(snap, "nft set element", format!("{table} {set}: {e}"));
+        }
+    };
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(name) = &set {
+            if elements {
+                let done = line.ends_with('}');
+                put_elements(snap, &table, name, line.trim_end_matches('}'));
+                elements = !done;
+            } else if let Some(rest) = line.strip_prefix("elements = {") {
+                let done = rest.ends_with('}');
+                put_elements(snap, &table, name, rest.trim_end_matches('}'));
+                elements = !done;
+            } else if line == "}" {
+                set = None;
+            }
+            // `typeof`, `size`, `flags`, … are the set's declaration: it is counted by name.
+        } else if let Some(t) = line.strip_prefix("table ") {
+            table = t.trim_end_matches(" {").to_string();
+        } else if let Some(c) = line.strip_prefix("chain ") {
+            let c = c.trim_end_matches(" {").to_string();
+            put(snap, "nft chain", format!("{table} {c}"));
+            chain = Some(c);
+        } else if let Some(n) = line.strip_prefix("set ") {
+            let n = n.trim_end_matches(" {").to_string();
+            if n != SHARED_SET {
+                put(snap, "nft set", format!("{table} {n}"));
+            }
+            set = Some(n);
+        } else if line == "}" {
+            // The end of a chain, or of the table.
+            chain = None;
+        } else {
+            let c = chain.as_deref().unwrap_or("");
+            put(snap, "nft rule", format!("{table} {c}: {line}"));
+        }
     }
 }
 
@@ -646,5 +699,78 @@ impl Scenario for Vif {
         world::clear_hotplug_files();
         world::reset_xenstore(&self.base, &self.xs_baseline);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RULESET: &str = "\
+table netdev xenplug {
+\tset ll6-claimed {
+\t\ttypeof @nh,64,128
+\t\tsize 65535
+\t\tflags dynamic
+\t\telements = { 0xfe80000000000000000000000000abcd,
+\t\t\t     0xfe80000000000000000000000000abce }
+\t}
+
+\tset vif5.0-ll6 {
+\t\ttypeof @nh,64,128
+\t\tsize 8
+\t\tflags dynamic
+\t\telements = { 0xfe80000000000000000000000000abcd }
+\t}
+
+\tchain vif5.0 {
+\t\ttype filter hook ingress device \"vif5.0\" priority filter; policy accept;
+\t\tether saddr != 00:16:3e:00:00:01 counter packets 0 bytes 0 drop
+\t}
+}
+table ip xenplug-nat {
+}
+";
+
+    #[test]
+    fn nft_items_counts_chains_rules_sets_and_claims_but_not_the_shared_set() {
+        let mut snap = Snapshot::new();
+        nft_items(RULESET, &mut snap);
+        let claim_a = "0xfe80000000000000000000000000abcd";
+        let claim_b = "0xfe80000000000000000000000000abce";
+        let rule = "ether saddr != 00:16:3e:00:00:01 counter packets 0 bytes 0 drop";
+        let hook = "type filter hook ingress device \"vif5.0\" priority filter; policy accept;";
+        let mut expected = Snapshot::new();
+        for (class, item) in [
+            ("nft chain", "netdev xenplug vif5.0".to_string()),
+            ("nft rule", format!("netdev xenplug vif5.0: {rule}")),
+            ("nft rule", format!("netdev xenplug vif5.0: {hook}")),
+            ("nft set", "netdev xenplug vif5.0-ll6".to_string()),
+            (
+                "nft set element",
+                format!("netdev xenplug ll6-claimed: {claim_a}"),
+            ),
+            (
+                "nft set element",
+                format!("netdev xenplug ll6-claimed: {claim_b}"),
+            ),
+            (
+                "nft set element",
+                format!("netdev xenplug vif5.0-ll6: {claim_a}"),
+            ),
+        ] {
+            put(&mut expected, class, item);
+        }
+        assert_eq!(snap, expected);
+    }
+
+    #[test]
+    fn nft_items_of_the_tables_and_the_empty_shared_set_are_none() {
+        let mut snap = Snapshot::new();
+        nft_items(
+            "table netdev xenplug {\n\tset ll6-claimed {\n\t\ttypeof @nh,64,128\n\t\tsize 65535\n\t\tflags dynamic\n\t}\n}\ntable ip xenplug-nat {\n}\n",
+            &mut snap,
+        );
+        assert!(snap.is_empty(), "{snap:?}");
     }
 }

@@ -142,7 +142,7 @@ pub struct DaemonArgs {
     #[arg(long, value_parser = parse_store_arg)]
     pub store: StoreSpec,
     /// With an etcd store: this host's name in the VMs' status (default: the host name).
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", env = "XENPLUG_PEER_HOST")]
     pub host: Option<String>,
     #[command(flatten)]
     pub etcd: EtcdArgs,
@@ -176,6 +176,13 @@ pub struct DaemonArgs {
     /// Sustained bytes per second read from one guest (a flooding guest is read no faster).
     #[arg(long, default_value_t = 256 * 1024)]
     pub guest_rate: u64,
+    /// Log lines one channel may write at once (everything its guest can make the daemon say);
+    /// further lines are dropped, counted and summarised.
+    #[arg(long, default_value_t = 10, value_name = "LINES")]
+    pub log_burst: u32,
+    /// Seconds for one more log line of a channel past its burst.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    pub log_interval: f64,
     /// Seconds without an answer to the handshake before it is reported as failing.
     #[arg(long, default_value_t = 30.0)]
     pub handshake_timeout: f64,

@@ -14,11 +14,12 @@
 //! `PREFIX` is the path of the store URL, leading slash included: `etcd://h1:2379,h2:2379/xenplug`
 //! puts documents at `/xenplug/vms/<uuid>`.
 //!
-//! The watcher ([`run_watcher`]) lists `PREFIX/vms/` page by page at one revision, reads
-//! `PREFIX/policy` at that revision, then watches both from the next revision. After a
-//! disconnect it resumes each watch from the last revision it saw; when that revision has been
-//! compacted meanwhile (the watch is cancelled with a `compact_revision`) it lists again and
-//! reports what changed. While etcd cannot be reached the documents already seen stay in force.
+//! The watcher ([`run_watcher`]) lists `PREFIX/vms/` page by page (pages of about 4 MiB) at one
+//! revision, reads `PREFIX/policy` at that revision, then watches both from the next revision.
+//! After a disconnect it resumes each watch from the last revision it saw; when that revision
+//! has been compacted meanwhile (the watch is cancelled with a `compact_revision`) it lists again
+//! and reports what changed. While etcd cannot be reached the documents already seen stay in
+//! force.
 //!
 //! Documents are kept as the bytes etcd holds and parsed once, when a VM of this host first
 //! looks one up: a host serving 10 000 VMs in a fleet of 100 000 parses its own, not the fleet's.
@@ -367,6 +368,8 @@ pub struct Health {
     pub connected: AtomicBool,
     /// A list completed at least once.
     pub listed: AtomicBool,
+    /// Notified when the first list completed (the status writer waits for it).
+    pub list_done: tokio::sync::Notify,
     /// Seconds since the epoch of the last change of `connected`.
     pub since: AtomicU64,
     /// The last revision seen on `PREFIX/vms/`.
@@ -379,6 +382,8 @@ pub struct Health {
     pub last_error: Mutex<Option<String>>,
     /// Status writer: entries waiting to be written.
     pub status_queued: AtomicU64,
+    /// Status writer: entries in the transaction on its way.
+    pub status_inflight: AtomicU64,
     /// Status writer: the last write failed (etcd unreachable for status).
     pub status_failing: AtomicBool,
     /// Requests made.
@@ -425,6 +430,7 @@ impl Health {
             "compacted": self.compacted.load(Ordering::Relaxed),
             "last_error": self.last_error.lock().ok().and_then(|e| e.clone()),
             "status_queued": self.status_queued.load(Ordering::Relaxed),
+            "status_inflight": self.status_inflight.load(Ordering::Relaxed),
             "status_failing": self.status_failing.load(Ordering::Relaxed),
             "requests": self.requests.json(),
         })
@@ -633,8 +639,22 @@ impl EtcdDocs {
     }
 }
 
+/// The largest gRPC message accepted from etcd (a list page, a watch response). tonic's default
+/// of 4 MiB is less than a page of documents near their 1 MiB bound, or a resumed watch
+/// catching up on a few of them; etcd is trusted, its pages are sized below.
+pub const MAX_RESPONSE: usize = 256 << 20;
+
+/// A list page aims at this many bytes: the page's key count follows the documents' size.
+pub const PAGE_BYTES: usize = 4 << 20;
+
+fn too_large(e: &etcd_client::Error) -> bool {
+    e.to_string().contains("message length too large")
+}
+
 /// Read every key below `prefix` at one revision, page by page; returns the keys (without the
-/// prefix), values and mod revisions, and the revision.
+/// prefix), values and mod revisions, and the revision. A page holds at most `page` keys and
+/// about [`PAGE_BYTES`] (the count follows the mean size seen so far, from a first page of at
+/// most 128 keys); a page still too large for one message is asked again at half the count.
 pub async fn list_prefix(
     client: &Client,
     prefix: &str,
@@ -643,15 +663,20 @@ pub async fn list_prefix(
     timeout: Duration,
     requests: Option<&Requests>,
 ) -> Result<(Vec<(String, Vec<u8>, i64)>, i64), String> {
-    let mut kv = client.kv_client();
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_RESPONSE);
     let end = prefix_end(prefix.as_bytes());
     let mut from = prefix.as_bytes().to_vec();
     let mut revision = 0;
     let mut out = Vec::new();
+    let page = page.max(1);
+    // The first page is small: nothing is known of the documents' size yet (etcd takes values
+    // up to 1.5 MiB by default, so 128 of them fit in one message).
+    let mut limit = page.min(128);
+    let (mut seen_bytes, mut seen_keys) = (0usize, 0usize);
     loop {
         let mut opts = GetOptions::new()
             .with_range(end.clone())
-            .with_limit(page)
+            .with_limit(limit)
             .with_sort(SortTarget::Key, SortOrder::Ascend);
         if keys_only {
             opts = opts.with_keys_only();
@@ -662,16 +687,25 @@ pub async fn list_prefix(
         if let Some(r) = requests {
             r.range.fetch_add(1, Ordering::Relaxed);
         }
-        let resp = tokio::time::timeout(timeout, kv.get(from.clone(), Some(opts)))
+        let resp = match tokio::time::timeout(timeout, kv.get(from.clone(), Some(opts)))
             .await
             .map_err(|_| format!("list of {prefix}: no answer within {timeout:?}"))?
-            .map_err(|e| format!("list of {prefix}: {e}"))?;
+        {
+            Ok(r) => r,
+            Err(e) if too_large(&e) && limit > 1 => {
+                limit = (limit / 2).max(1);
+                continue;
+            }
+            Err(e) => return Err(format!("list of {prefix}: {e}")),
+        };
         if revision == 0 {
             revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         }
         let more = resp.more();
         let mut last = None;
         for kv in resp.kvs() {
+            seen_bytes += kv.key().len() + kv.value().len();
+            seen_keys += 1;
             last = Some(kv.key().to_vec());
             let Ok(k) = std::str::from_utf8(kv.key()) else {
                 continue;
@@ -680,6 +714,9 @@ pub async fn list_prefix(
                 continue;
             };
             out.push((rel.to_string(), kv.value().to_vec(), kv.mod_revision()));
+        }
+        if let Some(mean) = seen_bytes.checked_div(seen_keys) {
+            limit = ((PAGE_BYTES / mean.max(1)) as i64).clamp(1, page);
         }
         match (more, last) {
             (true, Some(mut l)) => {
@@ -807,6 +844,7 @@ async fn list_all(
     cur.need_list = false;
     health.revision.store(rev, Ordering::Relaxed);
     health.listed.store(true, Ordering::Relaxed);
+    health.list_done.notify_waiters();
     let lists = health.lists.fetch_add(1, Ordering::Relaxed) + 1;
     shared.log.info(
         "store-listed",
@@ -871,7 +909,9 @@ async fn watch_once(
 ) -> Ended {
     let url = &cfg.etcd.url;
     let vms_prefix = url.vms_prefix();
-    let mut wc = client.watch_client();
+    let mut wc = client
+        .watch_client()
+        .max_decoding_message_size(MAX_RESPONSE);
     health.requests.watch.fetch_add(1, Ordering::Relaxed);
     let opened = tokio::time::timeout(
         cfg.etcd.request_timeout,
@@ -1078,7 +1118,7 @@ pub async fn fleet_status(o: &EtcdOptions) -> Result<Vec<Value>, String> {
         &client,
         &o.url.status_prefix(),
         false,
-        1000,
+        10_000,
         o.request_timeout,
         None,
     )
@@ -1087,7 +1127,7 @@ pub async fn fleet_status(o: &EtcdOptions) -> Result<Vec<Value>, String> {
         &client,
         &o.url.vms_prefix(),
         true,
-        5000,
+        10_000,
         o.request_timeout,
         None,
     )

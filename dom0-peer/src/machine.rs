@@ -183,6 +183,9 @@ pub struct Counters {
     pub ignored_frames: u64,
     /// Frames over the size/nesting bound.
     pub oversize_frames: u64,
+    /// Log lines about this channel dropped by its rate limit ([`crate::log::ChannelLog`]);
+    /// the machine leaves it at 0, the driver fills it in.
+    pub log_suppressed: u64,
 }
 
 /// The state machine of one channel.
@@ -290,6 +293,7 @@ impl Machine {
             deliveries: self.deliveries,
             ignored_frames: c.ignored_frames,
             oversize_frames: c.oversize_frames,
+            log_suppressed: 0,
         }
     }
 

@@ -4,7 +4,9 @@
 //! the machine's host session holds at most one frame ([`Limits`]), reads go through a shared
 //! per-thread scratch buffer (no per-channel read buffer), inbound bytes pass a token bucket (a flooding
 //! guest is simply read more slowly, and QEMU's bounded buffer pushes back on it), guest events
-//! pass a second token bucket before the policy, and every wait has a deadline.
+//! pass a second token bucket before the policy, every line the channel writes to the log passes
+//! a third ([`ChannelLog`]: dropped lines are counted and summarised), and every wait has a
+//! deadline.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -17,7 +19,7 @@ use tokio::net::UnixStream;
 
 use crate::discovery::{ChannelInfo, ChannelKey};
 use crate::guest_state::GuestReport;
-use crate::log::Logger;
+use crate::log::{ChannelLog, Level, LogRate, Logger, SystemClock};
 use crate::machine::{Action, Counters, Desired, Input, Machine, Phase, Timing};
 use crate::policy::{Policy, Subject, Verdict};
 use crate::status::Reporter;
@@ -44,6 +46,8 @@ pub struct Rates {
     pub events_burst: u32,
     /// Guest-originated requests: one more token every this long.
     pub event_interval: Duration,
+    /// Log lines about one channel (everything its guest can make the daemon say).
+    pub log: LogRate,
 }
 
 impl Default for Rates {
@@ -53,6 +57,7 @@ impl Default for Rates {
             bytes_burst: 512 * 1024,
             events_burst: 5,
             event_interval: Duration::from_secs(1),
+            log: LogRate::default(),
         }
     }
 }
@@ -359,7 +364,8 @@ fn retryable(e: &std::io::Error) -> bool {
 struct Driver {
     info: ChannelInfo,
     shared: Arc<Shared>,
-    log: Logger,
+    /// Every line about this channel goes through its rate limit.
+    log: ChannelLog,
     machine: Machine,
     stream: Option<UnixStream>,
     events: Bucket,
@@ -389,7 +395,10 @@ impl Driver {
             desired_instance: m.desired_instance().map(str::to_string),
             last_error: m.last_error.clone(),
             denied_requests: self.denied + self.rate_limited,
-            counters: m.counters(),
+            counters: Counters {
+                log_suppressed: self.log.suppressed(),
+                ..m.counters()
+            },
             guest: self.guest.clone(),
         };
         if let Some(r) = self.shared.reporter.get() {
@@ -430,7 +439,9 @@ impl Driver {
                 }
                 self.guest = Some(r);
             }
-            Err(e) => self.log.warn("guest-state-invalid", &[("error", e.into())]),
+            Err(e) => {
+                self.log.warn("guest-state-invalid", &[("error", e.into())]);
+            }
         }
     }
 
@@ -569,8 +580,8 @@ impl Driver {
                 Action::Log(event, fields) => {
                     let level = match event {
                         "apply-failed" | "request-timeout" | "agent-unsupported"
-                        | "oversize-frame" => crate::log::Level::Warn,
-                        _ => crate::log::Level::Info,
+                        | "oversize-frame" => Level::Warn,
+                        _ => Level::Info,
                     };
                     let f: Vec<(&str, Value)> = fields.into_iter().collect();
                     self.log.log(level, event, &f);
@@ -587,11 +598,15 @@ impl Driver {
 
 /// Serve one channel until the task is aborted.
 pub async fn run_channel(info: ChannelInfo, shared: Arc<Shared>) {
-    let log = shared.log.with(&[
-        ("domid", info.domid.into()),
-        ("devid", info.devid.into()),
-        ("vm", json!(info.vm_name)),
-    ]);
+    let log = ChannelLog::new(
+        shared.log.with(&[
+            ("domid", info.domid.into()),
+            ("devid", info.devid.into()),
+            ("vm", json!(info.vm_name)),
+        ]),
+        shared.rates.log,
+        Arc::new(SystemClock),
+    );
     let mut epoch = shared.store_epoch.subscribe();
     let key_watch = shared.watch_keys(&info);
     let desired = shared.desired_for(&info);
@@ -634,10 +649,12 @@ pub async fn run_channel(info: ChannelInfo, shared: Arc<Shared>) {
     d.perform(first).await;
     loop {
         let deadline = d.machine.deadline();
+        let log_due = d.log.flush_at();
         enum Woke {
             Read(std::io::Result<Option<Vec<Action>>>),
             Timer,
             Store(bool),
+            LogDue,
         }
         let woke = {
             let stream = d.stream.as_ref();
@@ -658,6 +675,12 @@ pub async fn run_channel(info: ChannelInfo, shared: Arc<Shared>) {
                 } => Woke::Timer,
                 r = epoch.changed() => Woke::Store(r.is_ok()),
                 _ = key_watch.notify.notified() => Woke::Store(true),
+                _ = async {
+                    match log_due {
+                        Some(t) => tokio::time::sleep_until(t.into()).await,
+                        None => std::future::pending().await,
+                    }
+                } => Woke::LogDue,
             }
         };
         let input = match woke {
@@ -672,6 +695,11 @@ pub async fn run_channel(info: ChannelInfo, shared: Arc<Shared>) {
             Woke::Read(Err(e)) => {
                 d.stream = None;
                 Input::Closed(e.to_string())
+            }
+            Woke::LogDue => {
+                // Lines were dropped and none came since to say so: a summary line.
+                d.log.flush();
+                continue;
             }
             Woke::Timer => Input::Timer,
             Woke::Store(false) => return,

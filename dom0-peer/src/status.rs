@@ -31,6 +31,7 @@ use std::time::Duration;
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
 
 use crate::discovery::ChannelKey;
 use crate::etcd::{connect, now_secs, AbortOnDrop, EtcdOptions, Health};
@@ -54,6 +55,14 @@ pub struct StatusConfig {
     /// After a change, wait this long for more before writing (coalesces a VM's quick
     /// succession of states into one write).
     pub flush_delay: Duration,
+    /// Transactions on their way at once (etcd commits concurrent proposals together: a
+    /// host's thousands of statuses are not written one round trip at a time). A VM is never
+    /// in two of them.
+    pub max_inflight: usize,
+    /// Time for one status transaction to be answered. Longer than a read's: a slow etcd is
+    /// not a lost one (that is seen at once, or by the connection's keep-alive), and a retry
+    /// only adds to its load.
+    pub write_timeout: Duration,
     /// Shortest and longest wait between attempts while etcd cannot be reached.
     pub backoff: (Duration, Duration),
 }
@@ -68,6 +77,8 @@ impl StatusConfig {
             max_queue: 100_000,
             batch: 100,
             flush_delay: Duration::from_millis(100),
+            max_inflight: 4,
+            write_timeout: Duration::from_secs(15),
             backoff: (Duration::from_millis(100), Duration::from_secs(5)),
         }
     }
@@ -94,6 +105,9 @@ struct Inner {
     keys: HashMap<ChannelKey, String>,
     queued: HashSet<String>,
     order: VecDeque<String>,
+    /// VMs in a transaction on its way: not put in another until it is answered (two
+    /// transactions for one VM could be applied out of order).
+    flying: HashSet<String>,
     /// The queue overflowed: revoke the lease and write everything again.
     overflowed: bool,
 }
@@ -273,14 +287,24 @@ impl Reporter {
         let mut inner = self.lock();
         let mut ops = Vec::new();
         let mut txn = Vec::new();
+        let mut later = Vec::new();
         while ops.len() < self.cfg.batch {
             let Some(uuid) = inner.order.pop_front() else {
                 break;
             };
+            if inner.flying.contains(&uuid) {
+                // Stays queued, behind its transaction on the way.
+                later.push(uuid);
+                continue;
+            }
             inner.queued.remove(&uuid);
+            inner.flying.insert(uuid.clone());
             let key = self.key(&uuid);
             match inner.vms.get(&uuid) {
-                Some(vm) if vm.lost => continue,
+                Some(vm) if vm.lost => {
+                    inner.flying.remove(&uuid);
+                    continue;
+                }
                 Some(vm) => {
                     let mut doc = vm.content.clone();
                     doc["since"] = vm.since.into();
@@ -317,6 +341,12 @@ impl Reporter {
                 }
             }
         }
+        for uuid in later.into_iter().rev() {
+            inner.order.push_front(uuid);
+        }
+        self.health
+            .status_inflight
+            .store(inner.flying.len() as u64, Ordering::Relaxed);
         (ops, txn)
     }
 
@@ -325,6 +355,7 @@ impl Reporter {
     fn requeue(&self, ops: Vec<(String, Op)>) {
         let mut inner = self.lock();
         for (uuid, _) in ops.into_iter().rev() {
+            inner.flying.remove(&uuid);
             if inner.queued.insert(uuid.clone()) {
                 inner.order.push_front(uuid);
             }
@@ -332,6 +363,9 @@ impl Reporter {
         self.health
             .status_queued
             .store(inner.queued.len() as u64, Ordering::Relaxed);
+        self.health
+            .status_inflight
+            .store(inner.flying.len() as u64, Ordering::Relaxed);
     }
 
     /// Every VM of this host, to be written again (a new lease).
@@ -360,6 +394,7 @@ impl Reporter {
             .map(Some)
             .chain(std::iter::repeat_with(|| None));
         for ((uuid, op), resp) in ops.iter().zip(responses) {
+            inner.flying.remove(uuid);
             match (op, resp) {
                 (Op::Claim, _) => {
                     puts += 1;
@@ -397,6 +432,9 @@ impl Reporter {
         self.health
             .status_queued
             .store(inner.queued.len() as u64, Ordering::Relaxed);
+        self.health
+            .status_inflight
+            .store(inner.flying.len() as u64, Ordering::Relaxed);
     }
 
     fn failing(&self, error: &str) {
@@ -435,115 +473,171 @@ impl Reporter {
         Ok(r.id())
     }
 
+    /// Wait until the watcher's first list is in: before it no VM of this host has its
+    /// document yet, and what would be written then is only overwritten a moment later.
+    async fn wait_listed(&self) {
+        loop {
+            let n = self.health.list_done.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if self.health.listed.load(Ordering::Relaxed) {
+                return;
+            }
+            n.await;
+        }
+    }
+
+    /// After a failure: no new transaction before the backoff has passed.
+    fn pause(&self, backoff: &mut Duration) -> tokio::time::Instant {
+        let until = tokio::time::Instant::now() + *backoff;
+        *backoff = (*backoff * 2).min(self.cfg.backoff.1);
+        until
+    }
+
     /// Write statuses until the task is aborted.
     pub async fn run(self: Arc<Self>) {
+        self.wait_listed().await;
         let lost = Arc::new(Notify::new());
         let mut client: Option<Client> = None;
         let mut lease: Option<i64> = None;
         let mut _keeper: Option<AbortOnDrop> = None;
         let mut backoff = self.cfg.backoff.0;
+        let mut paused: Option<tokio::time::Instant> = None;
+        let mut flying: JoinSet<Sent> = JoinSet::new();
         loop {
-            // Wait for work, then a little longer so that quick successions coalesce.
-            let idle = self.lock().order.is_empty() && lease.is_some();
-            if idle {
-                tokio::select! {
-                    _ = self.wake.notified() => {}
-                    _ = lost.notified() => { lease = None; }
-                }
-                tokio::time::sleep(self.cfg.flush_delay).await;
+            if paused.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                paused = None;
             }
-            let c = match &client {
-                Some(c) => c.clone(),
-                None => match connect(&self.cfg.etcd).await {
-                    Ok(c) => {
-                        client = Some(c.clone());
-                        c
-                    }
-                    Err(e) => {
-                        self.failing(&e);
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(self.cfg.backoff.1);
-                        continue;
-                    }
-                },
-            };
-            let overflowed = self.lock().overflowed;
-            if lease.is_none() || overflowed {
-                match self.grant(&c, if overflowed { lease } else { None }).await {
-                    Ok(id) => {
-                        // The old keeper (if any) is aborted as it is replaced.
-                        _keeper = Some(AbortOnDrop(tokio::spawn(keep_alive(
-                            c.clone(),
-                            id,
-                            self.cfg.lease_ttl,
-                            lost.clone(),
-                            self.health.clone(),
-                        ))));
-                        self.log.info(
-                            "status-lease",
-                            &[
-                                ("lease", format!("{id:x}").into()),
-                                ("ttl", self.cfg.lease_ttl.into()),
-                                ("host", self.cfg.host.clone().into()),
-                            ],
-                        );
-                        lease = Some(id);
-                        self.requeue_all();
-                    }
-                    Err(e) => {
-                        self.failing(&e);
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(self.cfg.backoff.1);
-                        continue;
-                    }
-                }
-            }
-            let Some(id) = lease else { continue };
-            let (ops, txn) = self.next_batch(id);
-            if ops.is_empty() {
-                self.ok();
-                continue;
-            }
-            self.health.requests.txn.fetch_add(1, Ordering::Relaxed);
-            let mut kv = c.kv_client();
-            let r = tokio::time::timeout(
-                self.cfg.etcd.request_timeout,
-                kv.txn(Txn::new().and_then(txn)),
-            )
-            .await;
-            match r {
-                Ok(Ok(resp)) => {
-                    self.done(&ops, resp.op_responses(), id);
-                    self.ok();
-                    backoff = self.cfg.backoff.0;
-                }
-                Ok(Err(e)) => {
-                    let e = e.to_string();
-                    self.requeue(ops);
-                    if e.contains("lease not found") {
-                        self.log.warn(
-                            "status-lease-lost",
-                            &[
-                                ("lease", format!("{id:x}").into()),
-                                ("action", "new lease; every status written again".into()),
-                            ],
-                        );
-                        lease = None;
-                        continue;
-                    }
+            if paused.is_none() {
+                if let Err(e) = self
+                    .ready(&mut client, &mut lease, &mut _keeper, &lost, &flying)
+                    .await
+                {
                     self.failing(&e);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.cfg.backoff.1);
+                    paused = Some(self.pause(&mut backoff));
+                } else if let (Some(c), Some(id)) = (&client, lease) {
+                    // Fill the pipeline.
+                    let mut sent = false;
+                    while flying.len() < self.cfg.max_inflight.max(1) {
+                        let (ops, txn) = self.next_batch(id);
+                        if ops.is_empty() {
+                            break;
+                        }
+                        self.health.requests.txn.fetch_add(1, Ordering::Relaxed);
+                        let mut kv = c.kv_client();
+                        let t = self.cfg.write_timeout;
+                        flying.spawn(async move {
+                            let r = tokio::time::timeout(t, kv.txn(Txn::new().and_then(txn))).await;
+                            Sent {
+                                ops,
+                                lease: id,
+                                result: match r {
+                                    Ok(Ok(resp)) => Ok(resp.op_responses()),
+                                    Ok(Err(e)) => Err(e.to_string()),
+                                    Err(_) => Err(NO_ANSWER.into()),
+                                },
+                            }
+                        });
+                        sent = true;
+                    }
+                    if !sent && flying.is_empty() && self.lock().order.is_empty() {
+                        self.ok();
+                    }
                 }
-                Err(_) => {
-                    self.requeue(ops);
-                    self.failing("status write: no answer");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.cfg.backoff.1);
+            }
+            tokio::select! {
+                Some(done) = flying.join_next(), if !flying.is_empty() => {
+                    let Ok(Sent { ops, lease: id, result }) = done else { continue };
+                    match result {
+                        Ok(responses) => {
+                            self.done(&ops, responses, id);
+                            self.ok();
+                            backoff = self.cfg.backoff.0;
+                        }
+                        Err(e) => {
+                            self.requeue(ops);
+                            if e.contains("lease not found") {
+                                if lease == Some(id) {
+                                    self.log.warn(
+                                        "status-lease-lost",
+                                        &[
+                                            ("lease", format!("{id:x}").into()),
+                                            ("action", "new lease; every status written again".into()),
+                                        ],
+                                    );
+                                    lease = None;
+                                }
+                            } else {
+                                self.failing(&e);
+                                paused = Some(self.pause(&mut backoff));
+                            }
+                        }
+                    }
                 }
+                _ = self.wake.notified() => {
+                    // Let a VM's quick succession of states coalesce into one write.
+                    if flying.is_empty() {
+                        tokio::time::sleep(self.cfg.flush_delay).await;
+                    }
+                }
+                _ = lost.notified() => { lease = None; }
+                _ = tokio::time::sleep_until(paused.unwrap_or_else(tokio::time::Instant::now)), if paused.is_some() => {}
             }
         }
     }
+
+    /// A client and a lease (a new one when the old expired, or the queue overflowed).
+    async fn ready(
+        &self,
+        client: &mut Option<Client>,
+        lease: &mut Option<i64>,
+        keeper: &mut Option<AbortOnDrop>,
+        lost: &Arc<Notify>,
+        flying: &JoinSet<Sent>,
+    ) -> Result<(), String> {
+        let c = match client {
+            Some(c) => c.clone(),
+            None => {
+                let c = connect(&self.cfg.etcd).await?;
+                *client = Some(c.clone());
+                c
+            }
+        };
+        let overflowed = self.lock().overflowed;
+        if (lease.is_none() || overflowed) && flying.is_empty() {
+            let id = self
+                .grant(&c, if overflowed { *lease } else { None })
+                .await?;
+            // The old keeper (if any) is aborted as it is replaced.
+            *keeper = Some(AbortOnDrop(tokio::spawn(keep_alive(
+                c.clone(),
+                id,
+                self.cfg.lease_ttl,
+                lost.clone(),
+                self.health.clone(),
+            ))));
+            self.log.info(
+                "status-lease",
+                &[
+                    ("lease", format!("{id:x}").into()),
+                    ("ttl", self.cfg.lease_ttl.into()),
+                    ("host", self.cfg.host.clone().into()),
+                ],
+            );
+            *lease = Some(id);
+            self.requeue_all();
+        }
+        Ok(())
+    }
+}
+
+const NO_ANSWER: &str = "status write: no answer";
+
+/// A status transaction, answered (or not).
+struct Sent {
+    ops: Vec<(String, Op)>,
+    lease: i64,
+    result: Result<Vec<TxnOpResponse>, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -649,21 +743,55 @@ mod tests {
         r.update(&row(5, "configured", None));
         let (ops, _) = r.next_batch(7);
         assert_eq!(ops[0].1, Op::Update);
+        r.done(&ops, vec![], 7);
         // Under a new lease the VM is claimed again.
         r.update(&row(5, "failed", None));
         assert_eq!(r.next_batch(8).0[0].1, Op::Claim);
     }
 
     #[test]
+    fn a_vm_is_never_in_two_transactions_on_their_way() {
+        let r = reporter();
+        let mut other = row(7, "connecting", None);
+        other.vm_uuid = Some("u-2".into());
+        r.update(&row(5, "handshaking", None));
+        r.update(&other);
+        let (first, _) = r.next_batch(1);
+        assert_eq!(first.len(), 2);
+        assert_eq!(r.health.status_inflight.load(Ordering::Relaxed), 2);
+        // A newer state while the first transaction is on its way: queued, not sent.
+        r.update(&row(5, "configured", None));
+        assert_eq!(r.queued(), 1);
+        let (ops, _) = r.next_batch(1);
+        assert!(ops.is_empty(), "{ops:?}");
+        assert_eq!(r.queued(), 1);
+        // Answered: now it goes, with the newest content.
+        r.done(&first, vec![], 1);
+        assert_eq!(r.health.status_inflight.load(Ordering::Relaxed), 0);
+        let (ops, _) = r.next_batch(1);
+        assert_eq!(ops, vec![("u-1".to_string(), Op::Update)]);
+        assert_eq!(r.lock().vms["u-1"].content["state"], "configured");
+        // A failed transaction goes back to the front of the queue.
+        other.state = "handshaking";
+        r.update(&other);
+        r.requeue(ops);
+        assert_eq!(r.queued(), 2);
+        let (ops, _) = r.next_batch(1);
+        assert_eq!(ops[0].0, "u-1");
+    }
+
+    #[test]
     fn reboot_and_removal() {
         let r = reporter();
         r.update(&row(5, "configured", None));
-        r.next_batch(1);
+        let (ops, _) = r.next_batch(1);
+        r.done(&ops, vec![], 1);
         // Rebooted as domid 6 before domid 5's removal was seen: the new channel owns it.
         r.update(&row(6, "connecting", None));
         r.gone((5, 1));
         let (ops, _) = r.next_batch(1);
         assert_eq!(ops, vec![("u-1".to_string(), Op::Claim)]);
+        r.done(&ops, vec![], 1);
         r.gone((6, 1));
         let (ops, _) = r.next_batch(1);
         assert_eq!(ops, vec![("u-1".to_string(), Op::Delete)]);

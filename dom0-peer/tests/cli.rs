@@ -218,6 +218,18 @@ async fn exit_codes() {
     let mut c = peer();
     c.args(["query", "--socket"]).arg(&s).arg("reboot");
     assert_eq!(code(&run(c).await), exit::USAGE);
+    // A log budget that is not a number of seconds: usage, before anything is started.
+    for bad in ["0", "-1", "NaN", "inf"] {
+        let mut c = peer();
+        c.args(["daemon", &format!("--log-interval={bad}"), "--store"])
+            .arg(&h.store)
+            .arg("--control")
+            .arg(h.sock("ctl"));
+        let o = run(c).await;
+        assert_eq!(code(&o), exit::USAGE, "--log-interval {bad}");
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--log-interval"));
+        assert!(!h.sock("ctl").exists());
+    }
     // `list` without a daemon.
     let mut c = peer();
     c.args(["list", "--control"]).arg(h.sock("nodaemon"));
@@ -247,6 +259,7 @@ async fn list_shows_the_daemon_inventory() {
     c.args(["list", "--json", "--control"]).arg(&h.control);
     let v = json_out(&run(c).await);
     assert_eq!(v[0]["applied_generation"], 2);
+    assert_eq!(v[0]["counters"]["log_suppressed"], 0);
     h.stop().await;
 }
 

@@ -218,46 +218,7 @@ async fn guest_requests_pass_the_policy_and_denials_are_logged() {
     let s = h.sock("ev");
     let l = tokio::net::UnixListener::bind(&s).unwrap();
     add_domain(&xs, 12, "ev", &uuid(12), &s);
-    let (mut conn, _) = tokio::time::timeout(T, l.accept()).await.unwrap().unwrap();
-    let mut dec = xenplug_channel::Decoder::default();
-    let mut buf = vec![0u8; 4096];
-    let mut answered_query = false;
-    while !answered_query {
-        use tokio::io::AsyncReadExt;
-        let n = tokio::time::timeout(T, conn.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0);
-        for ev in dec.feed(&buf[..n]) {
-            let xenplug_channel::Event::Frame(f) = ev else {
-                continue;
-            };
-            let reply = match f["execute"].as_str() {
-                Some("guest-sync-delimited") => {
-                    format!("\u{ff}{{\"return\": {}}}\n", f["arguments"]["id"])
-                }
-                // An agent without guest-state reports says so.
-                Some("xenplug-subscribe-guest-state") => format!(
-                    "{{\"error\": {{\"class\": \"CommandNotFound\", \"desc\": \"no\"}}, \"id\": {}}}\n",
-                    f["id"]
-                ),
-                Some("xenplug-get-config-generation") => {
-                    answered_query = true;
-                    format!(
-                        "{{\"return\": {{\"instance-id\": \"iid-ev\", \"generation\": 1}}, \"id\": {}}}\n",
-                        f["id"]
-                    )
-                }
-                _ => continue,
-            };
-            let bytes: Vec<u8> = reply
-                .chars()
-                .map(|c| if c == '\u{ff}' { 0xFF } else { c as u8 })
-                .collect();
-            conn.write_all(&bytes).await.unwrap();
-        }
-    }
+    let mut conn = manual_agent(&l, "iid-ev", 1).await;
     wait_state(&h, 12, "configured", T).await;
     conn.write_all(
         b"{\"event\": \"xenplug-log\", \"data\": {\"message\": \"hi\\u0007\"}}\n\

@@ -1,8 +1,10 @@
 //! The daemon with an etcd store, against a real 3-member etcd cluster (Debian's etcd 3.4 on
 //! loopback, `common/etcd.rs`): documents before and after the start, changes, NoCloud seeds,
 //! status with the guest's addresses, a malformed document, compaction while the daemon is cut
-//! off, the leader killed mid-run, a VM moving between two hosts, etcd down for a while, and
-//! `fleet-status` / `list` through the binary. Every delivery is checked against the simulated
+//! off, the leader killed mid-run, a VM moving between two hosts (both orders), etcd down for a
+//! while, a host cut off past its lease with its status queue overflowing, the policy and
+//! classes from etcd, TLS with client certificates and authentication, and `fleet-status` /
+//! `list` through the binary. Every delivery is checked against the simulated
 //! guest's history of applies: nothing lost, nothing twice.
 
 mod common;
@@ -11,7 +13,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::etcd::{available, EtcdCluster, Relay, SERIAL};
+use common::etcd::{available, EtcdCluster, Relay, TlsFiles, SERIAL};
 use common::*;
 use serde_json::{json, Value};
 use xenplug_simguest::{GuestOptions, GuestState};
@@ -406,7 +408,7 @@ async fn vm_moves_between_two_hosts() {
 
     // Migration: the VM starts on B (another domid) while A still has its domain…
     let sb = b.sock("m");
-    b.guest_with(&sb, guest_opts(), disk.clone());
+    let ib = b.guest_with(&sb, guest_opts(), disk.clone());
     add_domain(&b.xsd.store(), 9, "mover", &uuid(7), &sb);
     wait_status(&c, p, &uuid(7), "configured on xen-b", |v| {
         v["host"] == "xen-b" && v["state"] == "configured" && v["domid"] == 9
@@ -440,6 +442,25 @@ async fn vm_moves_between_two_hosts() {
     })
     .await;
     assert_eq!(history(&disk), vec![5, 6]);
+
+    // And back, the other way round: destroyed on B first (B deletes its status, which is
+    // still its own), then started on A, which verifies the guest and shows A.
+    remove_domain(&b.xsd.store(), 9);
+    b.kill_guest(ib, &sb);
+    wait_for(T, "B's status deleted with the VM", || async {
+        status(&c, p, &uuid(7)).await.is_none().then_some(())
+    })
+    .await;
+    let sa = a.sock("m2");
+    a.guest_with(&sa, guest_opts(), disk.clone());
+    add_domain(&a.xsd.store(), 4, "mover", &uuid(7), &sa);
+    wait_status(&c, p, &uuid(7), "configured on xen-a again", |v| {
+        v["host"] == "xen-a" && v["state"] == "configured" && v["domid"] == 4
+    })
+    .await;
+    assert_eq!(history(&disk), vec![5, 6]);
+    let rows = b.list().await;
+    assert!(rows.is_empty(), "B still lists the VM: {rows:?}");
     a.stop().await;
     b.stop().await;
 }
@@ -609,4 +630,456 @@ fn bad_store_urls_are_usage_errors() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&format!("etcd etcd://127.0.0.1:{port}/x"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_and_classes_come_from_etcd() {
+    use tokio::io::AsyncWriteExt;
+    if !available() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let c = EtcdCluster::start(3).await;
+    let p = "/fleet7";
+    let mut h = Host::new();
+    let xs = h.xsd.store();
+    let allow_web = "deny all\nallow command xenplug-log vm-class web\n";
+    c.put(&format!("{p}/policy"), allow_web).await;
+    c.put(&format!("{p}/vms/{}", uuid(31)), &doc("ev", 1)).await;
+    let meta = format!("{p}/vms/{}.meta", uuid(31));
+    c.put(&meta, r#"{"class": "web"}"#).await;
+    // No --policy: the policy is PREFIX/policy. (More events than the default burst of 5.)
+    let mut cfg = h.etcd_config(&c.url(p), "xen-a");
+    cfg.rates.events_burst = 100;
+    h.start(cfg);
+    let s = h.sock("ev");
+    let l = tokio::net::UnixListener::bind(&s).unwrap();
+    add_domain(&xs, 31, "ev", &uuid(31), &s);
+    let mut conn = manual_agent(&l, "iid-ev", 1).await;
+    wait_state(&h, 31, "configured", T).await;
+    let event = b"{\"event\": \"xenplug-log\", \"data\": {\"message\": \"hello\"}}\n";
+    let count = |what: &'static str, n: usize| {
+        let h = &h;
+        async move {
+            wait_for(T, &format!("{n} {what}"), || async {
+                let l = h.log_lines(what);
+                (l.len() >= n).then_some(l)
+            })
+            .await
+        }
+    };
+    conn.write_all(event).await.unwrap();
+    let allowed = count("guest-request-allowed", 1).await;
+    assert_eq!(allowed[0]["rule_line"], 2, "{allowed:?}");
+
+    // The VM's class changes in etcd: the policy no longer matches it.
+    let rev = c.put(&meta, "class = \"db\"\n").await;
+    wait_for(T, "the daemon at the class change's revision", || async {
+        (h.store_state().await["revision"].as_i64() >= Some(rev)).then_some(())
+    })
+    .await;
+    conn.write_all(event).await.unwrap();
+    let denied = count("guest-request-denied", 1).await;
+    assert_eq!(
+        (
+            denied[0]["request"].as_str(),
+            denied[0]["vm_class"].as_str()
+        ),
+        (Some("xenplug-log"), Some("db")),
+        "{denied:?}"
+    );
+
+    // The class back, and the policy changed in etcd to deny everything.
+    c.put(&meta, r#"{"class": "web"}"#).await;
+    let rev = c.put(&format!("{p}/policy"), "deny all\n").await;
+    wait_for(T, "the new policy loaded", || async {
+        h.log_lines("policy-loaded")
+            .into_iter()
+            .find(|l| l["revision"] == rev && l["rules"] == 1)
+    })
+    .await;
+    conn.write_all(event).await.unwrap();
+    count("guest-request-denied", 2).await;
+
+    // An invalid policy is refused and the one in force stays; a valid one allows again.
+    let bad = c.put(&format!("{p}/policy"), "allow command\n").await;
+    wait_for(T, "the invalid policy reported", || async {
+        h.log_lines("policy-invalid")
+            .into_iter()
+            .find(|l| l["revision"] == bad)
+    })
+    .await;
+    conn.write_all(event).await.unwrap();
+    count("guest-request-denied", 3).await;
+    let rev = c.put(&format!("{p}/policy"), allow_web).await;
+    wait_for(T, "the allowing policy loaded again", || async {
+        h.log_lines("policy-loaded")
+            .into_iter()
+            .find(|l| l["revision"] == rev)
+    })
+    .await;
+    conn.write_all(event).await.unwrap();
+    assert_eq!(count("guest-request-allowed", 2).await.len(), 2);
+    // Deleted: deny all.
+    c.delete(&format!("{p}/policy")).await;
+    wait_for(T, "the deleted policy dropped", || async {
+        h.log_lines("policy-loaded")
+            .into_iter()
+            .find(|l| l["revision"].as_i64() > Some(rev) && l["rules"] == 0)
+    })
+    .await;
+    conn.write_all(event).await.unwrap();
+    count("guest-request-denied", 4).await;
+    assert_eq!(h.log_lines("guest-request-allowed").len(), 2);
+    h.stop().await;
+}
+
+/// Use `tls`'s client certificate and CA and log in as `user` (NAME:PASSWORD).
+fn secure(cfg: &mut xenplug_peer::daemon::Config, tls: &TlsFiles, user: &str) {
+    let f = cfg.fleet.as_mut().unwrap();
+    for o in [&mut f.watch.etcd, &mut f.status.etcd] {
+        o.cacert = Some(tls.ca.clone());
+        o.cert = Some(tls.client_cert.clone());
+        o.key = Some(tls.client_key.clone());
+        o.user = Some(user.into());
+    }
+}
+
+/// Kills a daemon process if the test fails with it running.
+struct Running(Option<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_client_certificates_and_authentication() {
+    if !available() || !xenplug_testkit::require_program("openssl") {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let p = "/fleet8";
+    // Clients over TLS with client certificates required, and authentication on: the peer's
+    // user may read and write below PREFIX/ only.
+    let mut c = EtcdCluster::start_tls(3).await;
+    c.enable_auth("root-pw", "xenplug-peer", "peer-pw", &format!("{p}/"))
+        .await;
+    let url = c.url(p);
+    assert!(url.starts_with("etcds://"), "{url}");
+    c.put(&format!("{p}/vms/{}", uuid(41)), &doc("secure", 2))
+        .await;
+    c.put(&format!("{p}/vms/{}", uuid(42)), &doc("cli", 1))
+        .await;
+    c.put(&format!("{p}/policy"), "deny all\n").await;
+    let tls = c.tls.as_ref().unwrap();
+
+    // In-process daemon standing for xen-a.
+    let mut a = Host::new();
+    let sa = a.sock("s");
+    let ga = a.guest(&sa, guest_opts());
+    add_domain(&a.xsd.store(), 41, "secure", &uuid(41), &sa);
+    let mut cfg = a.etcd_config(&url, "xen-a");
+    secure(&mut cfg, tls, "xenplug-peer:peer-pw");
+    a.start(cfg);
+    wait_status(&c, p, &uuid(41), "VM 41 configured over TLS", |v| {
+        v["state"] == "configured" && v["host"] == "xen-a"
+    })
+    .await;
+    // The watch works through TLS and authentication too.
+    c.put(&format!("{p}/vms/{}", uuid(41)), &doc("secure", 3))
+        .await;
+    wait_status(&c, p, &uuid(41), "generation 3 over TLS", |v| {
+        v["applied_generation"] == 3
+    })
+    .await;
+    assert_eq!(history(&ga), vec![2, 3]);
+    assert!(a.log_lines("policy-loaded").iter().any(|l| l["rules"] == 1));
+
+    // The binary, standing for xen-b, with etcdctl's options and environment.
+    let mut b = Host::new();
+    let sb = b.sock("s");
+    let gb = b.guest(&sb, guest_opts());
+    add_domain(&b.xsd.store(), 42, "cli", &uuid(42), &sb);
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "daemon",
+        "--store",
+        &url,
+        "--host",
+        "xen-b",
+        "--lease-ttl",
+        "5",
+    ])
+    .arg("--cacert")
+    .arg(&tls.ca)
+    .arg("--cert")
+    .arg(&tls.client_cert)
+    .arg("--key")
+    .arg(&tls.client_key)
+    .args(["--user", "xenplug-peer", "--log-level", "error"])
+    .arg("--control")
+    .arg(&b.control)
+    .arg("--xenstore")
+    .arg(b.xsd.socket())
+    .env("ETCDCTL_PASSWORD", "peer-pw")
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null());
+    let mut daemon = Running(Some(cmd.spawn().unwrap()));
+    wait_status(&c, p, &uuid(42), "VM 42 configured by the binary", |v| {
+        v["state"] == "configured" && v["host"] == "xen-b"
+    })
+    .await;
+    assert_eq!(history(&gb), vec![1]);
+
+    // fleet-status with etcdctl's environment.
+    let fleet = |user: &str, with_cert: bool| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["fleet-status", "--json", "--store", &url])
+            .env("ETCDCTL_CACERT", &tls.ca)
+            .env("ETCDCTL_USER", user)
+            .env_remove("ETCDCTL_PASSWORD")
+            .env_remove("ETCDCTL_CERT")
+            .env_remove("ETCDCTL_KEY");
+        if with_cert {
+            cmd.env("ETCDCTL_CERT", &tls.client_cert)
+                .env("ETCDCTL_KEY", &tls.client_key);
+        }
+        cmd.output().unwrap()
+    };
+    let out = fleet("xenplug-peer:peer-pw", true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let hosts: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r["host"].as_str().unwrap(), r["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        hosts,
+        [("xen-a", "configured"), ("xen-b", "configured")],
+        "{rows:?}"
+    );
+    // A wrong password and a missing client certificate are errors that say so (exit 10).
+    let out = fleet("xenplug-peer:wrong", true);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(10), "{err}");
+    assert!(err.contains("authentication failed"), "{err}");
+    let out = fleet("xenplug-peer:peer-pw", false);
+    assert_eq!(
+        out.status.code(),
+        Some(10),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A daemon with a wrong password serves nothing from etcd and says why.
+    let mut w = Host::new();
+    let sw = w.sock("s");
+    let gw = w.guest(&sw, guest_opts());
+    add_domain(&w.xsd.store(), 43, "secure", &uuid(41), &sw);
+    let mut cfg = w.etcd_config(&url, "xen-w");
+    secure(&mut cfg, tls, "xenplug-peer:wrong");
+    cfg.fleet.as_mut().unwrap().initial_list_wait = Duration::from_millis(500);
+    w.start(cfg);
+    let st = wait_for(T, "the wrong password reported", || async {
+        let s = w.store_state().await;
+        (s["connected"] == false
+            && s["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("authentication failed")))
+        .then_some(s)
+    })
+    .await;
+    assert_eq!(st["listed"], false, "{st}");
+    let r = wait_state(&w, 43, "no-config", T).await;
+    assert!(
+        r["last_error"].as_str().unwrap().contains("no document"),
+        "{r}"
+    );
+    assert_eq!(gw.applies.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // …and wrote nothing: VM 41's status is still xen-a's.
+    assert_eq!(status(&c, p, &uuid(41)).await.unwrap()["host"], "xen-a");
+
+    let mut child = daemon.0.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    w.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_off_past_the_lease_with_the_status_queue_overflowing() {
+    if !available() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let c = EtcdCluster::start(3).await;
+    let relay = Relay::new(&c.endpoints()).await;
+    let p = "/fleet9";
+    let mut h = Host::new();
+    let xs = h.xsd.store();
+    for i in 51..=55 {
+        c.put(&format!("{p}/vms/{}", uuid(i)), &doc(&format!("q{i}"), 1))
+            .await;
+    }
+    let mut guests = Vec::new();
+    let mut add = |h: &mut Host, i: u32| {
+        let s = h.sock(&format!("q{i}"));
+        guests.push(h.guest(&s, guest_opts()));
+        add_domain(&xs, i, &format!("q{i}"), &uuid(i), &s);
+    };
+    add(&mut h, 51);
+    add(&mut h, 52);
+    let mut cfg = h.etcd_config(&relay.url(p), "xen-a");
+    // At most two VMs' statuses wait while etcd is away (lease: 5 s).
+    cfg.fleet.as_mut().unwrap().status.max_queue = 2;
+    h.start(cfg);
+    for i in [51, 52] {
+        wait_status(&c, p, &uuid(i), "configured before the cut", |v| {
+            v["state"] == "configured"
+        })
+        .await;
+    }
+    wait_connected(&h).await;
+
+    relay.cut();
+    wait_for(T, "the daemon sees etcd gone", || async {
+        (h.store_state().await["connected"] == false).then_some(())
+    })
+    .await;
+    // Three VMs start meanwhile: served from the documents seen, their statuses overflow the
+    // queue.
+    for i in 53..=55 {
+        add(&mut h, i);
+    }
+    for i in 53..=55 {
+        wait_state(&h, i, "configured", T).await;
+    }
+    wait_for(T, "the queue overflow reported", || async {
+        (!h.log_lines("status-queue-overflow").is_empty()).then_some(())
+    })
+    .await;
+    // The host stays away longer than its lease: etcd expires its statuses.
+    wait_for(T, "the cut-off host's statuses expired", || async {
+        c.get_prefix(&format!("{p}/status/"))
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+
+    relay.restore();
+    // Every status of the host is written again, under a new lease.
+    for i in 51..=55 {
+        wait_status(&c, p, &uuid(i), "every status back after the outage", |v| {
+            v["state"] == "configured" && v["host"] == "xen-a"
+        })
+        .await;
+    }
+    let leases: Vec<Value> = h.log_lines("status-lease");
+    assert!(leases.len() >= 2, "{leases:?}");
+    let mut cl = c.client().await;
+    let kv = cl
+        .get(format!("{p}/status/{}", uuid(51)), None)
+        .await
+        .unwrap();
+    let lease = kv.kvs()[0].lease();
+    assert_eq!(
+        format!("{lease:x}"),
+        leases.last().unwrap()["lease"].as_str().unwrap()
+    );
+    wait_for(T, "the queue drained", || async {
+        let s = h.store_state().await;
+        (s["status_queued"] == 0 && s["status_failing"] == false).then_some(())
+    })
+    .await;
+    // Nothing was delivered twice.
+    for (g, i) in guests.iter().zip(51..) {
+        assert_eq!(history(g), vec![1], "q{i}");
+    }
+    h.stop().await;
+}
+
+/// A document near the 1 MiB bound: a cloud-config whose user-data carries a large file.
+fn big_doc(name: &str, generation: u64) -> String {
+    let payload = "x".repeat(700 * 1024);
+    json!({
+        "meta-data": format!("instance-id: iid-{name}\nlocal-hostname: {name}\n"),
+        "user-data": format!(
+            "#cloud-config\nwrite_files:\n  - path: /var/lib/{name}.blob\n    content: {payload}\n"
+        ),
+        "generation": generation,
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_near_the_size_bound_are_listed_and_watched() {
+    if !available() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let c = EtcdCluster::start(3).await;
+    let relay = Relay::new(&c.endpoints()).await;
+    let p = "/fleet10";
+    let mut h = Host::new();
+    let xs = h.xsd.store();
+    // Seven documents of 700 KiB: more than one gRPC message of 4 MiB holds, in a list page
+    // of the default 1 000 keys.
+    for i in 61..=67 {
+        put(
+            &c,
+            &format!("{p}/vms/{}", uuid(i)),
+            &big_doc(&format!("b{i}"), 1),
+        )
+        .await;
+    }
+    let s = h.sock("b61");
+    let g = h.guest(&s, guest_opts());
+    add_domain(&xs, 61, "b61", &uuid(61), &s);
+    let mut cfg = h.etcd_config(&relay.url(p), "xen-a");
+    cfg.fleet.as_mut().unwrap().watch.page = 1000;
+    h.start(cfg);
+    let r = wait_state(&h, 61, "configured", T).await;
+    assert_eq!(r["applied_generation"], 1);
+    wait_connected(&h).await;
+    // Cut off while all seven change: the resumed watch catches up on 5 MiB of events.
+    relay.cut();
+    wait_for(T, "the daemon sees etcd gone", || async {
+        (h.store_state().await["connected"] == false).then_some(())
+    })
+    .await;
+    for i in 61..=66 {
+        put(
+            &c,
+            &format!("{p}/vms/{}", uuid(i)),
+            &big_doc(&format!("b{i}"), 2),
+        )
+        .await;
+    }
+    relay.restore();
+    wait_for(T, "generation 2 after catching up", || async {
+        h.row(61)
+            .await
+            .filter(|r| r["applied_generation"] == 2 && r["state"] == "configured")
+    })
+    .await;
+    assert_eq!(history(&g), vec![1, 2]);
+    let st = h.store_state().await;
+    assert_eq!(st["documents"], 7, "{st}");
+    // Caught up by resuming the watch from the last revision seen, not by listing again.
+    assert_eq!(
+        (st["lists"].as_u64(), st["compacted"].as_u64()),
+        (Some(1), Some(0)),
+        "{st}"
+    );
+    h.stop().await;
 }

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::failure::{describe_xs_error, one_line, Failure};
 use crate::invocation::{Action, Invocation, Raw};
 use crate::lock::{LockGuard, Locks};
-use crate::log::Log;
+use crate::log::{Level, Log};
 use crate::outcome::{Device, Outcome};
 
 /// The reason of a failed operation whose path the caller already names: the daemon's errno
@@ -268,8 +268,24 @@ impl<'a> Context<'a> {
         } else {
             self.locks.claim_timeout(name, self.config.lock_timeout)?
         };
-        self.log.debug(format!("holding lock {name}"));
-        Ok(g)
+        self.log.debug(format!(
+            "holding lock {name} (waited {:.1} ms)",
+            g.waited().as_secs_f64() * 1e3
+        ));
+        if !self.log.enabled(Level::Debug) {
+            return Ok(g);
+        }
+        // Lock hold times (issue 21): one line per release, for the benchmark and operators
+        // chasing contention (`log_file_level = "debug"`).
+        let log = self.log.clone();
+        Ok(g.on_release(move |t| {
+            log.debug(format!(
+                "released lock {}: held {:.1} ms, waited {:.1} ms",
+                t.name,
+                t.held.as_secs_f64() * 1e3,
+                t.waited.as_secs_f64() * 1e3
+            ))
+        }))
     }
 
     /// The directory for this host's persistent script state (`state_dir`, created on demand).

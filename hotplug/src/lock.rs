@@ -154,12 +154,40 @@ pub struct Locks {
 }
 
 /// A held lock. Dropping it releases it (unlink, then close); [`LockGuard::release`] does the
-/// same and reports an unlink failure.
-#[derive(Debug)]
+/// same and reports an unlink failure. It knows how long it was waited for and held, and calls
+/// its [`LockGuard::on_release`] report with both once released.
 pub struct LockGuard {
     name: String,
     path: PathBuf,
     lock: Option<Flock<File>>,
+    waited: Duration,
+    acquired: Instant,
+    report: Option<LockReport>,
+}
+
+/// What a guard calls with its times once released.
+type LockReport = Box<dyn FnOnce(&LockTimes) + Send>;
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("name", &self.name)
+            .field("path", &self.path)
+            .field("held", &self.lock.is_some())
+            .field("waited", &self.waited)
+            .finish()
+    }
+}
+
+/// How long a lock was waited for and held (given to [`LockGuard::on_release`]'s report).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockTimes {
+    /// The lock's name.
+    pub name: String,
+    /// From the claim to holding it.
+    pub waited: Duration,
+    /// From holding it to its release.
+    pub held: Duration,
 }
 
 /// Check a lock name: one path component of `[A-Za-z0-9._+:@%-]`, not starting with `.`.
@@ -333,6 +361,18 @@ impl Locks {
 
     fn acquire(&self, name: &str, timeout: Duration) -> Result<LockGuard, Acquire> {
         validate_name(name).map_err(Acquire::Failed)?;
+        let started = Instant::now();
+        let guard = |path: PathBuf, held: Flock<File>| {
+            let acquired = Instant::now();
+            LockGuard {
+                name: name.to_string(),
+                path,
+                lock: Some(held),
+                waited: acquired - started,
+                acquired,
+                report: None,
+            }
+        };
         std::fs::create_dir_all(&self.dir).map_err(|e| {
             Acquire::Failed(Failure::error(format!(
                 "cannot create lock directory {}: {e}",
@@ -355,11 +395,7 @@ impl Locks {
                 path.display()
             )))
         })? {
-            return Ok(LockGuard {
-                name: name.to_string(),
-                path,
-                lock: Some(held),
-            });
+            return Ok(guard(path, held));
         }
         // Otherwise wait in line (see the module documentation); leave it once the lock is held.
         let queue = self.dir.join(format!(".{name}.queue"));
@@ -401,11 +437,7 @@ impl Locks {
                         })?;
                         match std::fs::metadata(&path) {
                             Ok(m) if m.dev() == fd_meta.dev() && m.ino() == fd_meta.ino() => {
-                                return Ok(LockGuard {
-                                    name: name.to_string(),
-                                    path,
-                                    lock: Some(held),
-                                });
+                                return Ok(guard(path, held));
                             }
                             // Stale: a locking.sh holder unlinked the file on release. Start
                             // again with the current file.
@@ -465,6 +497,23 @@ impl LockGuard {
         &self.path
     }
 
+    /// How long the claim waited before the lock was held.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// How long it has been held so far.
+    pub fn held_for(&self) -> Duration {
+        self.acquired.elapsed()
+    }
+
+    /// Call `report` with the wait and hold times once the lock is released (by
+    /// [`LockGuard::release`] or drop), e.g. to log them.
+    pub fn on_release(mut self, report: impl FnOnce(&LockTimes) + Send + 'static) -> Self {
+        self.report = Some(Box::new(report));
+        self
+    }
+
     /// `release_lock`: unlink the file, then close the fd.
     pub fn release(mut self) -> Result<(), Failure> {
         self.release_inner()
@@ -477,6 +526,13 @@ impl LockGuard {
         // Unlink while still holding the flock (only the holder may unlink), then close.
         let r = std::fs::remove_file(&self.path);
         drop(lock);
+        if let Some(report) = self.report.take() {
+            report(&LockTimes {
+                name: self.name.clone(),
+                waited: self.waited,
+                held: self.acquired.elapsed(),
+            });
+        }
         match r {
             Ok(()) => Ok(()),
             Err(e) => Err(Failure::error(format!(

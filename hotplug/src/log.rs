@@ -16,7 +16,7 @@ use std::io::Write;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
@@ -82,14 +82,16 @@ const FACILITY_DAEMON: u8 = 3;
 /// Longest message sent to syslog.
 const SYSLOG_MAX: usize = 4096;
 
-/// The logger of one script run.
+/// The logger of one script run. Clones share the sinks (a lock reports its hold time on release
+/// through one).
+#[derive(Clone)]
 pub struct Log {
     tag: String,
     pid: u32,
     stderr_level: Level,
-    stderr: Mutex<Box<dyn Write + Send>>,
-    file: Option<(File, Level)>,
-    syslog: Option<(UnixDatagram, Level)>,
+    stderr: Arc<Mutex<Box<dyn Write + Send>>>,
+    file: Option<(Arc<File>, Level)>,
+    syslog: Option<(Arc<UnixDatagram>, Level)>,
 }
 
 impl fmt::Debug for Log {
@@ -128,7 +130,7 @@ impl Log {
         let mut log = Log::stderr_only(tag, cfg.stderr_level);
         if let Some(path) = &cfg.log_file {
             match open_log_file(path) {
-                Ok(f) => log.file = Some((f, cfg.log_file_level)),
+                Ok(f) => log.file = Some((Arc::new(f), cfg.log_file_level)),
                 Err(e) => log.warning(format!(
                     "cannot open log file {}: {e} (logging to stderr and syslog only)",
                     path.display()
@@ -136,7 +138,7 @@ impl Log {
             }
         }
         if cfg.syslog {
-            log.syslog = open_syslog(&cfg.syslog_socket).map(|s| (s, cfg.syslog_level));
+            log.syslog = open_syslog(&cfg.syslog_socket).map(|s| (Arc::new(s), cfg.syslog_level));
         }
         log
     }
@@ -147,7 +149,7 @@ impl Log {
             tag: tag.to_string(),
             pid: std::process::id(),
             stderr_level: level,
-            stderr: Mutex::new(Box::new(std::io::stderr())),
+            stderr: Arc::new(Mutex::new(Box::new(std::io::stderr()))),
             file: None,
             syslog: None,
         }
@@ -155,7 +157,7 @@ impl Log {
 
     /// Replace the stderr sink (tests capture it this way).
     pub fn with_stderr(mut self, w: Box<dyn Write + Send>) -> Log {
-        self.stderr = Mutex::new(w);
+        self.stderr = Arc::new(Mutex::new(w));
         self
     }
 
@@ -198,7 +200,7 @@ impl Log {
                     self.pid
                 );
                 // One write(2) on an O_APPEND file: lines from concurrent scripts do not mix.
-                let _ = (&*f).write_all(line.as_bytes());
+                let _ = (&**f).write_all(line.as_bytes());
             }
         }
         if let Some((s, l)) = &self.syslog {

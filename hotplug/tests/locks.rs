@@ -374,3 +374,54 @@ fn unusable_lock_dir_is_a_clear_failure() {
         "{msg}"
     );
 }
+
+/// Every guard knows how long its claim waited and how long it was held, and reports both on
+/// release (issue 21: lock hold times).
+#[test]
+fn wait_and_hold_times_are_reported_on_release() {
+    use std::sync::mpsc;
+    let tmp = tempfile::tempdir().unwrap();
+    let locks = Locks::new(tmp.path(), Duration::from_secs(10));
+    let (tx, rx) = mpsc::channel();
+    let t0 = Instant::now();
+    let tx_a = tx.clone();
+    let a = locks
+        .claim("block")
+        .unwrap()
+        .on_release(move |t| tx_a.send(("a", t.clone())).unwrap());
+    let a_held_from = Instant::now();
+    assert!(a.waited() <= a_held_from - t0, "{:?}", a.waited());
+    let ino = std::fs::metadata(tmp.path().join("block")).unwrap().ino();
+    let b_locks = locks.clone();
+    let b = std::thread::spawn(move || {
+        let s = Instant::now();
+        let g = b_locks
+            .claim("block")
+            .unwrap()
+            .on_release(move |t| tx.send(("b", t.clone())).unwrap());
+        let got = Instant::now();
+        let waited = g.waited();
+        drop(g);
+        (s, got, waited)
+    });
+    // B is blocked on A's lock file (the kernel shows its waiter) before A lets go.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !flock_waiter_on(ino) {
+        assert!(Instant::now() < deadline, "B never waited for the lock");
+        std::thread::yield_now();
+    }
+    let released = Instant::now();
+    drop(a);
+    let (s, got, waited) = b.join().unwrap();
+    let (who, ta) = rx.recv().unwrap();
+    assert_eq!((who, ta.name.as_str()), ("a", "block"));
+    assert!(ta.held >= released - a_held_from, "{ta:?}");
+    let (who, tb) = rx.recv().unwrap();
+    assert_eq!(who, "b");
+    assert_eq!(tb.waited, waited);
+    // B got the lock only after A's release, and its wait is within its own claim call.
+    assert!(
+        got >= released && waited > Duration::ZERO && waited <= got - s,
+        "{tb:?}"
+    );
+}

@@ -191,3 +191,44 @@ fn log_level_env_override() {
     let text = std::fs::read_to_string(tmp.path().join("l.log")).unwrap();
     assert!(!text.contains("hidden") && text.contains("shown"), "{text}");
 }
+
+/// With the log file at `debug`, a lock a script takes through its context logs its wait when
+/// held and its hold time when released (issue 21); at `info` nothing is added.
+#[test]
+fn lock_hold_times_are_logged_at_debug() {
+    use common::{raw, FakeXs, Scratch};
+    let (xs, s) = (FakeXs::new(), Scratch::new());
+    let tmp = tempfile::tempdir().unwrap();
+    for level in [Level::Debug, Level::Info] {
+        let path = tmp.path().join(format!("{level}.log"));
+        let config = Config {
+            lock_dir: s.lock_dir(),
+            log_file: Some(path.clone()),
+            log_file_level: level,
+            syslog: false,
+            ..Config::default()
+        };
+        let inv = xenplug_hotplug::Invocation::parse(raw(
+            &["block", "add"],
+            &s.env(Some("backend/vbd/5/51712")),
+        ))
+        .unwrap();
+        let log = Log::new("block", &config).with_stderr(Box::new(Buf::default()));
+        let ctx = xenplug_hotplug::Context::new(inv, &xs, log, config);
+        let g = ctx.claim_lock("block").unwrap();
+        g.release().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let released: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("released lock block: held "))
+            .collect();
+        match level {
+            Level::Debug => {
+                assert_eq!(released.len(), 1, "{text}");
+                assert!(released[0].ends_with(" ms"), "{text}");
+                assert!(text.contains("holding lock block (waited "), "{text}");
+            }
+            _ => assert!(released.is_empty(), "{text}"),
+        }
+    }
+}

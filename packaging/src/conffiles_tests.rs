@@ -158,6 +158,60 @@ fn store_examples_are_valid_entries() {
 }
 
 #[test]
+fn etcd_drop_in_and_environment_give_a_valid_daemon_command() {
+    use clap::Parser;
+    use xenplug_peer::cli::{Cli, Cmd};
+    use xenplug_peer::etcd::StoreSpec;
+    let env = read("examples/etcd/peer-etcd.env");
+    let vars: std::collections::BTreeMap<&str, &str> = env
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    let dropin = read("examples/etcd/xenplug-peer-etcd.conf");
+    // The drop-in resets ExecStart and sets one; systemd expands ${VAR} from the environment file.
+    let exec: Vec<&str> = dropin
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecStart="))
+        .collect();
+    assert_eq!(exec[0], "", "ExecStart= must be reset first");
+    let mut line = exec[1].to_string();
+    for (k, v) in &vars {
+        line = line.replace(&format!("${{{k}}}"), v);
+    }
+    assert!(!line.contains("${"), "{line}");
+    let argv: Vec<&str> = line.split_whitespace().collect();
+    assert!(argv[0].ends_with("/xenplug-peer"));
+    let cli = Cli::try_parse_from(argv).unwrap();
+    let Cmd::Daemon(d) = cli.cmd else {
+        panic!("not the daemon")
+    };
+    let StoreSpec::Etcd(url) = d.store else {
+        panic!("not an etcd store")
+    };
+    assert_eq!(url.prefix, "/xenplug");
+    assert!(url.tls && vars.contains_key("ETCDCTL_CACERT"));
+    // The sandbox is relaxed only as far as etcd needs.
+    for want in [
+        "PrivateNetwork=no",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "IPAddressAllow=",
+        "EnvironmentFile=/etc/xenplug/peer-etcd.env",
+    ] {
+        assert!(dropin.lines().any(|l| l.starts_with(want)), "{want}");
+    }
+    // …and the packaged unit itself still has no network.
+    let unit = std::fs::read_to_string(packaging("../udev-rules/xenplug-peer.service")).unwrap();
+    for want in [
+        "PrivateNetwork=yes",
+        "RestrictAddressFamilies=AF_UNIX",
+        "IPAddressDeny=any",
+    ] {
+        assert!(unit.lines().any(|l| l == want), "{want}");
+    }
+}
+
+#[test]
 fn every_page_renders_without_groff_warnings() {
     // man(1) as lintian runs it: any warning is a defect in the page.
     if !xenplug_testkit::require_program("man") {

@@ -328,7 +328,11 @@ pub fn parse_rate(s: &str) -> Option<(u64, u32)> {
     if bytes_per_sec == 0 || usecs == 0 {
         return None;
     }
-    Some((bytes_per_sec * u64::from(usecs) / 1_000_000, usecs))
+    // A rate whose bytes per interval do not fit in 64 bits is refused.
+    Some((
+        bytes_per_sec.checked_mul(u64::from(usecs))? / 1_000_000,
+        usecs,
+    ))
 }
 
 /// Parse one `vif=` entry at position `index`, for domain `domid` (used for a stable MAC when
@@ -559,6 +563,14 @@ mod tests {
         assert_eq!(parse_rate("1Gb/s@20ms"), Some((2_500_000, 20_000)));
         assert_eq!(parse_rate("100KB/s@1s"), Some((100_000, 1_000_000)));
         assert_eq!(parse_rate("0MB/s"), None);
+        // The xl_config fuzz target's finding: bytes per second times the interval overflowed
+        // (a panic with overflow checks, a wrong rate without them).
+        assert_eq!(parse_rate("0000000002865164096831Mb/s"), None);
+        assert_eq!(
+            parse_rate("100000Gb/s@1s"),
+            Some((12_500_000_000_000, 1_000_000))
+        );
+        assert_eq!(parse_rate("200000Gb/s@1s"), None);
         assert_eq!(parse_rate("10MB"), None);
     }
 

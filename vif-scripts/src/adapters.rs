@@ -463,11 +463,35 @@ mod tests {
         );
     }
 
-    /// A process called `dnsmasq` (a copy of `sleep`) that sleeps.
+    /// A process called `dnsmasq` (a copy of `sleep`) that sleeps, returned once it has
+    /// exec'd (until then its `comm` is still this test's).
     fn fake_dnsmasq(dir: &std::path::Path) -> std::process::Child {
         let exe = dir.join("dnsmasq");
         std::fs::copy(crate::adapters::tests::which("sleep"), &exe).unwrap();
-        std::process::Command::new(&exe).arg("30").spawn().unwrap()
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.arg("30");
+        default_sighup(&mut cmd);
+        let child = cmd.spawn().unwrap();
+        let comm = format!("/proc/{}/comm", child.id());
+        xenplug_testkit::wait_until(
+            "the fake dnsmasq's exec",
+            std::time::Duration::from_secs(10),
+            || std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "dnsmasq"),
+        );
+        child
+    }
+
+    /// SIGHUP's default action in the child: an ignored SIGHUP (a test run under `nohup`)
+    /// survives `exec`, and the child would outlive the signal these tests look for.
+    pub(crate) fn default_sighup(cmd: &mut std::process::Command) {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: signal(2) is async-signal-safe, as pre_exec requires.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_DFL);
+                Ok(())
+            });
+        }
     }
 
     pub(crate) fn which(p: &str) -> PathBuf {
@@ -506,10 +530,10 @@ mod tests {
     fn a_stale_pid_file_signals_nobody() {
         let d = tempfile::tempdir().unwrap();
         // dnsmasq is gone; its pid now belongs to another (root) process.
-        let other = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        default_sighup(&mut cmd);
+        let other = cmd.spawn().unwrap();
         std::fs::write(d.path().join("pid"), other.id().to_string()).unwrap();
         let mut h = DnsmasqHosts {
             file: d.path().join("hosts"),

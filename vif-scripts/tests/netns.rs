@@ -619,7 +619,27 @@ fn nat_online_offline_with_dnsmasq_hosts() {
     // A process called dnsmasq (vif-nat signals nothing else).
     let fake = dir.path().join("dnsmasq");
     std::fs::copy(xenplug_testkit::which("sleep").unwrap(), &fake).unwrap();
-    let mut sleeper = std::process::Command::new(&fake).arg("30").spawn().unwrap();
+    let mut sleeper = {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = std::process::Command::new(&fake);
+        cmd.arg("30");
+        // SIGHUP's default action (an ignored SIGHUP, as under `nohup`, survives exec).
+        // SAFETY: signal(2) is async-signal-safe, as pre_exec requires.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::signal(libc::SIGHUP, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        cmd.spawn().unwrap()
+    };
+    // Its `comm` is this test's until it has exec'd: vif-nat would rightly not signal it.
+    let comm = format!("/proc/{}/comm", sleeper.id());
+    xenplug_testkit::wait_until(
+        "the fake dnsmasq's exec",
+        std::time::Duration::from_secs(10),
+        || std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "dnsmasq"),
+    );
     let pidfile = dir.path().join("dnsmasq.pid");
     std::fs::write(&pidfile, sleeper.id().to_string()).unwrap();
     let xs = Xs::new();

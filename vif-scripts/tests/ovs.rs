@@ -337,3 +337,116 @@ fn openvswitch_online_in_a_driver_domain() {
     assert_eq!(rc, ExitCode::SUCCESS);
     assert!(!ovs.vsctl(&["list-ports", "ovsbr"]).contains("vif5.0"));
 }
+
+/// The `ovs-vsctl` of an `online` that libxl SIGKILLed lives on and may commit its `add-port`
+/// only after the `offline` libxl runs next has started. Offline must wait for it before it
+/// looks for the port: a look taken first finds no port, and the port committed after it was
+/// left on the bridge (found by `tools/chaos.sh vif-openvswitch`: 1 round in 30). The orphan
+/// here holds its transaction until the test releases it (`wait-until`), which the test does
+/// once offline has logged that it is waiting for it.
+#[test]
+fn openvswitch_offline_waits_for_the_orphaned_ovs_vsctl_of_a_killed_online() {
+    if !(require_root()
+        && require_program("ovs-vsctl")
+        && require_program("ovs-vswitchd")
+        && require_program("ovsdb-tool"))
+    {
+        return;
+    }
+    let ns = NetNs::new("ovo").unwrap();
+    let ovs = Ovs::start(&ns).unwrap();
+    ovs.vsctl(&[
+        "add-br",
+        "ovsbr",
+        "--",
+        "set",
+        "bridge",
+        "ovsbr",
+        "datapath_type=netdev",
+    ]);
+    ns.ip(&[
+        "link", "add", "vif9.0", "type", "veth", "peer", "name", "g9",
+    ])
+    .unwrap();
+    let xs = Xs::new();
+    xs.set("backend/vif/9/0/bridge", "ovsbr");
+    xs.set("backend/vif/9/0/frontend-id", "9");
+    xs.set("backend/vif/9/0/mac", "00:16:3e:00:09:00");
+    let rundir = ovs.rundir();
+    let rd = rundir.to_str().unwrap();
+    // What the killed online's child runs (its transaction, held until released), with the
+    // environment it inherited from the script.
+    let mut orphan = ovs
+        .env(&mut Command::new("ovs-vsctl"))
+        .env("XENBUS_PATH", "backend/vif/9/0")
+        .args([
+            "--timeout=30",
+            "--",
+            "wait-until",
+            "Open_vSwitch",
+            ".",
+            "external_ids:release=yes",
+            "--",
+            "--if-exists",
+            "del-port",
+            "vif9.0",
+            "--",
+            "add-port",
+            "ovsbr",
+            "vif9.0",
+            "--",
+            "set",
+            "interface",
+            "vif9.0",
+            r#"external-ids:"xenplug-backend"="backend/vif/9/0""#,
+        ])
+        .spawn()
+        .unwrap();
+    let procs = xenplug_hotplug::procs::Procs::default();
+    xenplug_testkit::wait_until(
+        "the orphan to exec ovs-vsctl",
+        std::time::Duration::from_secs(5),
+        || {
+            !procs
+                .orphans_of("backend/vif/9/0", &["ovs-vsctl"])
+                .is_empty()
+        },
+    );
+
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("xen-hotplug.log");
+    let socket = xs.socket();
+    let env = [
+        ("vif", "vif9.0"),
+        ("XENBUS_PATH", "backend/vif/9/0"),
+        ("OVS_RUNDIR", rd),
+        ("OVS_DBDIR", rd),
+    ];
+    let rc = std::thread::scope(|s| {
+        let offline = s.spawn(|| {
+            common::run_in_with(
+                &ns,
+                Script::Ovs,
+                &["offline", "type_if=vif"],
+                &env,
+                &socket,
+                Some(&log),
+            )
+        });
+        xenplug_testkit::wait_until(
+            "offline to wait for the orphan",
+            std::time::Duration::from_secs(20),
+            || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("left running")
+            },
+        );
+        ovs.vsctl(&["set", "Open_vSwitch", ".", "external_ids:release=yes"]);
+        assert!(orphan.wait().unwrap().success(), "the orphan committed");
+        offline.join().unwrap()
+    });
+    assert_eq!(rc, ExitCode::SUCCESS);
+    let ports = ovs.vsctl(&["list-ports", "ovsbr"]);
+    assert!(!ports.contains("vif9.0"), "port left behind: {ports}");
+}

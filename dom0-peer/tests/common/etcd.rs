@@ -1,6 +1,8 @@
 //! A real etcd cluster for the tests: Debian's `etcd` (3.4), N members on loopback with random
 //! free ports and private data directories, killed and removed when dropped (also when a test
-//! panics). Members can be killed (SIGKILL) and started again on the same data.
+//! panics). Members can be killed (SIGKILL) and started again on the same data. A cluster can
+//! serve its clients over TLS with client certificates (a CA and certificates made with
+//! openssl(1), [`TlsFiles`]) and have authentication enabled ([`EtcdCluster::enable_auth`]).
 //!
 //! Data directories live in /dev/shm when it is writable (etcd fsyncs every write; the tests are
 //! about protocol, not disk speed), else in the system's temporary directory.
@@ -8,7 +10,7 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,6 +36,107 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     initial: String,
     token: String,
+    /// Clients are served over TLS with client certificates.
+    pub tls: Option<TlsFiles>,
+    /// Authentication is enabled: the test's clients log in as this user.
+    auth: Option<(String, String)>,
+}
+
+/// A CA, the members' certificate (for 127.0.0.1) and a client certificate, made with
+/// openssl(1) in a directory of their own.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (tools/deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TlsFiles {
+    /// Make a CA and two certificates it signs in `dir`: `server` (serverAuth and clientAuth,
+    /// for IP 127.0.0.1: etcd also dials its peers with it) and `client` (CN `client`).
+    pub fn make(dir: &Path) -> TlsFiles {
+        std::fs::create_dir_all(dir).unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=xenplug test CA"];
+        ca.extend(ec);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+        openssl(dir, &ca);
+        for (name, ext) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+            let subj = format!("/CN={name}");
+            let key = format!("{name}.key");
+            let csr = format!("{name}.csr");
+            let mut req = vec!["req", "-subj", &subj];
+            req.extend(ec);
+            req.extend(["-keyout", &key, "-out", &csr]);
+            openssl(dir, &req);
+            let ext = format!("{name}.ext");
+            let pem = format!("{name}.pem");
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-days",
+                    "2",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-CAcreateserial",
+                    "-extfile",
+                    &ext,
+                    "-out",
+                    &pem,
+                ],
+            );
+        }
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.pem"),
+            client_key: dir.join("client.key"),
+        }
+    }
+
+    fn client_options(&self) -> etcd_client::TlsOptions {
+        let read = |p: &PathBuf| std::fs::read(p).unwrap();
+        etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca)))
+            .identity(etcd_client::Identity::from_pem(
+                read(&self.client_cert),
+                read(&self.client_key),
+            ))
+    }
 }
 
 fn free_ports(n: usize) -> Vec<u16> {
@@ -56,6 +159,15 @@ fn base_dir() -> PathBuf {
 impl EtcdCluster {
     /// Start `n` members and wait until the cluster answers.
     pub async fn start(n: usize) -> EtcdCluster {
+        Self::start_with(n, false).await
+    }
+
+    /// Start `n` members serving their clients over TLS, client certificates required.
+    pub async fn start_tls(n: usize) -> EtcdCluster {
+        Self::start_with(n, true).await
+    }
+
+    async fn start_with(n: usize, tls: bool) -> EtcdCluster {
         let dir = tempfile::Builder::new()
             .prefix("xpp-etcd-")
             .tempdir_in(base_dir())
@@ -79,11 +191,14 @@ impl EtcdCluster {
             std::process::id(),
             dir.path().file_name().unwrap().to_string_lossy()
         );
+        let tls = tls.then(|| TlsFiles::make(&dir.path().join("tls")));
         let mut c = EtcdCluster {
             dir,
             members,
             initial,
             token,
+            tls,
+            auth: None,
         };
         for i in 0..n {
             c.start_member(i);
@@ -102,17 +217,18 @@ impl EtcdCluster {
             .append(true)
             .open(self.dir.path().join(format!("{}.log", m.name)))
             .unwrap();
+        let scheme = self.scheme();
         let mut cmd = Command::new("etcd");
         cmd.args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&data)
             .args(["--logger", "zap", "--log-level", "warn"])
             .arg(format!(
-                "--listen-client-urls=http://127.0.0.1:{}",
+                "--listen-client-urls={scheme}://127.0.0.1:{}",
                 m.client
             ))
             .arg(format!(
-                "--advertise-client-urls=http://127.0.0.1:{}",
+                "--advertise-client-urls={scheme}://127.0.0.1:{}",
                 m.client
             ))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{}", m.peer))
@@ -127,6 +243,15 @@ impl EtcdCluster {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.server_cert)
+                .arg("--key-file")
+                .arg(&t.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                .arg("--client-cert-auth");
+        }
         // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of ours:
         // the member dies with the test process even when it is killed.
         unsafe {
@@ -176,27 +301,72 @@ impl EtcdCluster {
             .collect()
     }
 
-    /// The store URL for `prefix` (with its leading slash).
-    pub fn url(&self, prefix: &str) -> String {
-        format!("etcd://{}{prefix}", self.endpoints().join(","))
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
-    /// A client of the whole cluster.
+    /// The store URL for `prefix` (with its leading slash).
+    pub fn url(&self, prefix: &str) -> String {
+        let scheme = if self.tls.is_some() { "etcds" } else { "etcd" };
+        format!("{scheme}://{}{prefix}", self.endpoints().join(","))
+    }
+
+    fn options(&self) -> etcd_client::ConnectOptions {
+        let mut o = etcd_client::ConnectOptions::new();
+        if let Some(t) = &self.tls {
+            o = o.with_tls(t.client_options());
+        }
+        if let Some((u, p)) = &self.auth {
+            o = o.with_user(u.clone(), p.clone());
+        }
+        o
+    }
+
+    /// A client of the whole cluster (as root once authentication is enabled).
     pub async fn client(&self) -> Client {
         let eps: Vec<String> = self
             .endpoints()
             .iter()
-            .map(|e| format!("http://{e}"))
+            .map(|e| format!("{}://{e}", self.scheme()))
             .collect();
-        Client::connect(eps, None).await.unwrap()
+        Client::connect(eps, Some(self.options())).await.unwrap()
     }
 
     async fn member_client(&self, i: usize) -> Option<Client> {
-        let ep = format!("http://127.0.0.1:{}", self.members[i].client);
-        let opts = etcd_client::ConnectOptions::new()
+        let ep = format!("{}://127.0.0.1:{}", self.scheme(), self.members[i].client);
+        let opts = self
+            .options()
             .with_connect_timeout(Duration::from_millis(500))
             .with_timeout(Duration::from_secs(1));
         Client::connect([ep], Some(opts)).await.ok()
+    }
+
+    /// Enable authentication: a root user (password `root_password`), and `user` with
+    /// `password` allowed to read and write the keys below `prefix` only. The test's clients
+    /// log in as root from then on.
+    pub async fn enable_auth(
+        &mut self,
+        root_password: &str,
+        user: &str,
+        password: &str,
+        prefix: &str,
+    ) {
+        use etcd_client::Permission;
+        let mut c = self.client().await;
+        c.user_add("root", root_password, None).await.unwrap();
+        c.user_grant_role("root", "root").await.unwrap();
+        c.role_add("fleet").await.unwrap();
+        c.role_grant_permission("fleet", Permission::read_write(prefix).with_prefix())
+            .await
+            .unwrap();
+        c.user_add(user, password, None).await.unwrap();
+        c.user_grant_role(user, "fleet").await.unwrap();
+        c.auth_enable().await.unwrap();
+        self.auth = Some(("root".into(), root_password.into()));
     }
 
     /// Index of the current leader, once there is one among the running members.

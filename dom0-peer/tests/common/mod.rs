@@ -244,6 +244,56 @@ pub async fn wait_state(h: &Host, domid: u32, state: &str, timeout: Duration) ->
     .await
 }
 
+/// A hand-driven agent on `l`: accepts the daemon's connection and answers the handshake, the
+/// guest-state subscription (not supported) and the generation query with `(iid, generation)`,
+/// as an agent that already has that document; returns the connection once the query is
+/// answered, for the test to send guest events on.
+pub async fn manual_agent(l: &UnixListener, iid: &str, generation: u64) -> tokio::net::UnixStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = Duration::from_secs(30);
+    let (mut conn, _) = tokio::time::timeout(t, l.accept()).await.unwrap().unwrap();
+    let mut dec = xenplug_channel::Decoder::default();
+    let mut buf = vec![0u8; 4096];
+    let mut answered_query = false;
+    while !answered_query {
+        let n = tokio::time::timeout(t, conn.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the daemon closed the channel during the handshake");
+        for ev in dec.feed(&buf[..n]) {
+            let xenplug_channel::Event::Frame(f) = ev else {
+                continue;
+            };
+            let reply = match f["execute"].as_str() {
+                Some("guest-sync-delimited") => {
+                    format!("\u{ff}{{\"return\": {}}}\n", f["arguments"]["id"])
+                }
+                // An agent without guest-state reports says so.
+                Some("xenplug-subscribe-guest-state") => format!(
+                    "{{\"error\": {{\"class\": \"CommandNotFound\", \"desc\": \"no\"}}, \"id\": {}}}\n",
+                    f["id"]
+                ),
+                Some("xenplug-get-config-generation") => {
+                    answered_query = true;
+                    format!(
+                        "{{\"return\": {{\"instance-id\": {}, \"generation\": {generation}}}, \"id\": {}}}\n",
+                        json!(iid),
+                        f["id"]
+                    )
+                }
+                _ => continue,
+            };
+            let bytes: Vec<u8> = reply
+                .chars()
+                .map(|c| if c == '\u{ff}' { 0xFF } else { c as u8 })
+                .collect();
+            conn.write_all(&bytes).await.unwrap();
+        }
+    }
+    conn
+}
+
 pub fn guest_opts() -> GuestOptions {
     GuestOptions::default()
 }

@@ -472,6 +472,70 @@ mod tests {
         );
     }
 
+    /// Golden files (issue 20): every renderer's output for two documents — a physical NIC
+    /// with static IPv4/IPv6, a route, DNS and a DHCP NIC; bonds, a bridge and a VLAN — so a
+    /// change of what lands in a guest shows as a diff (`XENPLUG_BLESS=1` rewrites them).
+    #[test]
+    fn golden_rendered_files() {
+        let docs = [
+            (
+                "physical NICs",
+                json!({"version": 2, "ethernets": {
+                    "lan": {"match": {"macaddress": "00:16:3e:00:00:01"}, "set-name": "eth0",
+                            "addresses": ["192.0.2.10/24", "2001:db8::10/64"], "mtu": 1400,
+                            "routes": [{"to": "default", "via": "192.0.2.1", "metric": 100},
+                                       {"to": "198.51.100.0/24", "via": "192.0.2.254"}],
+                            "nameservers": {"addresses": ["192.0.2.53"],
+                                            "search": ["example.org"]}},
+                    "eth1": {"dhcp4": true, "dhcp6": true,
+                             "dhcp4-overrides": {"route-metric": 200}}}}),
+                names(&[("lan", "eth0"), ("eth1", "eth1")]),
+            ),
+            (
+                "bond, bridge, VLAN",
+                json!({"version": 2,
+                    "ethernets": {
+                        "a": {"match": {"macaddress": "00:16:3e:00:00:0a"}, "set-name": "ens3"},
+                        "b": {"match": {"macaddress": "00:16:3e:00:00:0b"}, "set-name": "ens4"},
+                        "c": {"match": {"macaddress": "00:16:3e:00:00:0c"}}},
+                    "bonds": {"bond0": {"interfaces": ["a", "b"], "parameters": {
+                        "mode": "802.3ad", "mii-monitor-interval": 100, "lacp-rate": "fast",
+                        "primary": "a"}, "addresses": ["10.0.0.2/24"]}},
+                    "bridges": {"br0": {"interfaces": ["c"], "parameters": {"stp": false,
+                        "forward-delay": 4, "path-cost": {"c": 50}}, "dhcp4": true}},
+                    "vlans": {"bond0.7": {"id": 7, "link": "bond0",
+                        "addresses": ["10.7.0.2/24"]}},
+                    "nameservers": {"addresses": ["10.0.0.53"], "search": ["corp.example"]}}),
+                names(&[("a", "ens3"), ("b", "ens4"), ("c", "ens5")]),
+            ),
+        ];
+        for renderer in [
+            Renderer::Networkd,
+            Renderer::Ifupdown,
+            Renderer::NetworkManager,
+        ] {
+            let mut text = String::new();
+            for (title, doc, nm) in &docs {
+                text += &format!("#### {title}\n");
+                let mut files = render(renderer, &net(doc.clone()), nm).unwrap();
+                files.sort_by(|a, b| a.path.cmp(&b.path));
+                for f in files {
+                    text += &format!("== {} ({:o})\n{}", f.path, f.mode, f.content);
+                    if !f.content.ends_with('\n') {
+                        text += "\n(no newline at end)\n";
+                    }
+                }
+                text += "\n";
+            }
+            xenplug_testkit::golden::check(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/render-").to_string()
+                    + renderer.name()
+                    + ".txt",
+                &text,
+            );
+        }
+    }
+
     #[test]
     fn bonds_bridges_vlans_for_every_renderer() {
         let n = net(json!({"version": 2,

@@ -366,7 +366,10 @@ impl Client {
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        // A signal (the children the agent starts end with SIGCHLD): read again.
+                        | std::io::ErrorKind::Interrupted
                 ) =>
             {
                 Vec::new()

@@ -508,6 +508,12 @@ pub fn run<S: VifScript>(ctx: &Context<'_>, be: Backends<'_>) -> Result<Outcome<
     if c.setup() && c.type_if == TypeIf::Vif {
         wait_for_vif(ctx, &mut *be.links, &c, VIF_WAIT)?;
     }
+    if !c.setup() {
+        // A killed set-up's `nft` or `ovs-vsctl` may still be committing: teardown waits for it
+        // before it looks at what exists, or what it commits after the look (an OVS port, a
+        // chain) is planned for by nobody and outlives the teardown.
+        ctx.wait_for_orphans(&["nft", "ovs-vsctl"])?;
+    }
     let mut g = Gather {
         ctx,
         nodes,
@@ -556,10 +562,6 @@ pub fn run<S: VifScript>(ctx: &Context<'_>, be: Backends<'_>) -> Result<Outcome<
         dhcp: be.dhcp,
     };
     let teardown = !c.setup();
-    if teardown {
-        // A killed set-up's `nft` or `ovs-vsctl` may still be committing: teardown after it.
-        ctx.wait_for_orphans(&["nft", "ovs-vsctl"])?;
-    }
     let result = apply(&plan, &mut sys, teardown);
     let report = match &result {
         Ok(r) => r,
