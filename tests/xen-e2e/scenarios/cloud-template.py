@@ -4,6 +4,9 @@
     cloud-template.py row LIST_JSON VM FIELD
         FIELD of VM's agent-channel row in `xenplug-peer list --json` (the newest domain of that
         name); `deliveries` is counters.deliveries. Prints nothing when there is no such row.
+    cloud-template.py match LIST_JSON VM FIELD=VALUE…
+        exit 0 if every FIELD of that row has VALUE (as `row` prints it; VALUE empty: no such
+        field), 1 otherwise: one call for a condition polled by the scenario.
     cloud-template.py events PEER_LOG DOMID
         the daemon's events for DOMID, one "UPTIME EVENT" line each (PEER_LOG: its stderr with
         dom0's uptime in front of every line)
@@ -27,6 +30,10 @@ def rows(path, vm):
         (r for r in data if r.get("vm_name") == vm and r.get("channel") == AGENT_CHANNEL),
         key=lambda r: r["domid"],
     )
+
+
+def field_of(row, field):
+    return row.get("counters", {}).get(field) if field == "deliveries" else row.get(field)
 
 
 def log_events(path, domid=None):
@@ -54,11 +61,19 @@ def main(argv):
         r = rows(argv[2], argv[3])
         if not r:
             return 0
-        row = r[-1]
-        field = argv[4]
-        v = row.get("counters", {}).get(field) if field == "deliveries" else row.get(field)
+        v = field_of(r[-1], argv[4])
         if v is not None:
             print(v)
+        return 0
+    if cmd == "match":
+        r = rows(argv[2], argv[3])
+        if not r:
+            return 1
+        for want in argv[4:]:
+            field, _, value = want.partition("=")
+            v = field_of(r[-1], field)
+            if ("" if v is None else str(v)) != value:
+                return 1
         return 0
     if cmd == "events":
         for t, e in log_events(argv[2], int(argv[3])):
