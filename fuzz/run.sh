@@ -98,26 +98,43 @@ summary() {
         "$t" "$execs" "$files" "$bytes" "$cov" "$total" "$ft"
 }
 
-smoke() {
-    local secs=${1:-5} t fails=0
-    build
-    for t in $TARGETS; do
-        mapfile -t o < <(opts "$t")
-        # Every committed input is re-run first; new inputs go to a scratch directory (libFuzzer
-        # writes to the first one), never into the repository.
-        scratch=$(mktemp -d "/tmp/xenplug-fuzz-smoke-$t.XXXXXX")
-        if (ulimit -s 512; nice -n 10 "$BIN/$t" "${o[@]}" -max_total_time="$secs" \
-            -artifact_prefix="/tmp/xenplug-fuzz-smoke-$t-" "$scratch" "corpus/$t") \
-            >"/tmp/xenplug-fuzz-smoke-$t.log" 2>&1; then
-            printf 'fuzz smoke %-16s ok (%s execs)\n' "$t" \
-                "$(sed -n 's/^stat::number_of_executed_units: *//p' "/tmp/xenplug-fuzz-smoke-$t.log" | tail -1)"
-            rm -f "/tmp/xenplug-fuzz-smoke-$t.log"
-        else
-            tail -30 "/tmp/xenplug-fuzz-smoke-$t.log"
-            echo "fuzz smoke $t FAILED (log /tmp/xenplug-fuzz-smoke-$t.log)" >&2
-            fails=$((fails + 1))
-        fi
+# smoke_one TARGET SECONDS: every committed input of TARGET, then SECONDS of fuzzing from them.
+smoke_one() {
+    local t=$1 secs=$2 o scratch log=/tmp/xenplug-fuzz-smoke-$1.log
+    mapfile -t o < <(opts "$t")
+    # Every committed input is re-run first; new inputs go to a scratch directory (libFuzzer
+    # writes to the first one), never into the repository.
+    scratch=$(mktemp -d "/tmp/xenplug-fuzz-smoke-$t.XXXXXX")
+    if (ulimit -s 512; nice -n 10 "$BIN/$t" "${o[@]}" -max_total_time="$secs" \
+        -artifact_prefix="/tmp/xenplug-fuzz-smoke-$t-" "$scratch" "corpus/$t") >"$log" 2>&1; then
+        printf 'fuzz smoke %-16s ok (%s execs)\n' "$t" \
+            "$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)"
+        rm -f "$log"
         rm -rf "$scratch"
+    else
+        tail -30 "$log"
+        echo "fuzz smoke $t FAILED (log $log)" >&2
+        rm -rf "$scratch"
+        return 1
+    fi
+}
+
+smoke() {
+    local secs=${1:-5} t fails=0 running=0 jobs
+    build
+    # libFuzzer runs one thread: one target per CPU at a time.
+    jobs=$(nproc)
+    for t in $TARGETS; do
+        if [ "$running" -ge "$jobs" ]; then
+            wait -n || fails=$((fails + 1))
+            running=$((running - 1))
+        fi
+        smoke_one "$t" "$secs" &
+        running=$((running + 1))
+    done
+    while [ "$running" -gt 0 ]; do
+        wait -n || fails=$((fails + 1))
+        running=$((running - 1))
     done
     [ "$fails" = 0 ]
 }

@@ -25,6 +25,7 @@
 #     `dpkg --verify`), no diversion and no xenplug file left.
 #
 # Usage: packaging/test-packages.sh [--debs DIR]   (default: build them with tools/build-deb.sh)
+#        packaging/test-packages.sh --base-only   (only build the cached base root, if missing)
 # Environment: PKGTEST_CACHE (default /var/cache/xenplug-pkgtest): the cached base root, built
 # with mmdebstrap once per mirror and package list (about a minute), like the real-Xen suite's
 # dom0 image. Every run unpacks a fresh copy. Needs root on Debian 12 amd64. Exit 0 when every
@@ -39,9 +40,11 @@ BASE_REV=1
 BASE_PACKAGES="xen-utils-common systemd nftables procps man-db openssh-client"
 
 DEBS=${PKGTEST_DEBS:-}
+BASE_ONLY=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --debs) DEBS=${2:?--debs needs a directory}; shift ;;
+        --base-only) BASE_ONLY=1 ;;
         -h|--help) sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "test-packages: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -53,17 +56,6 @@ done
 if [ -z "${PKGTEST_INSIDE:-}" ]; then
     cd "$REPO"
     tools/deb-deps.sh test
-    CHANNEL_DEPS=$(tools/channel-deps.sh)
-    if [ -z "$DEBS" ]; then
-        tools/build-deb.sh >/dev/null
-        DEBS=$REPO/target/debian
-    fi
-    DEBS=$(cd "$DEBS" && pwd)
-    # The booted unit's simulated guests: the peer benchmark's guest helper (a development
-    # program, in no package).
-    cargo build --release -q -p xenplug-peer --example peer_bench
-    GUEST_HELPER=$REPO/target/release/examples/peer_bench
-
     # Debian mirrors from the machine's apt configuration (one-line and deb822 sources).
     read -r MIRROR SECURITY < <(python3 - <<'PY'
 import glob, re, sys
@@ -115,6 +107,18 @@ PY
         # Keep only the newest base roots.
         ls -1t "$CACHE"/base-*.tar 2>/dev/null | tail -n +3 | xargs -r rm -f
     fi
+    [ "$BASE_ONLY" = 1 ] && { echo "test-packages: base root $BASE"; exit 0; }
+    CHANNEL_DEPS=$(tools/channel-deps.sh)
+    if [ -z "$DEBS" ]; then
+        tools/build-deb.sh >/dev/null
+        DEBS=$REPO/target/debian
+    fi
+    DEBS=$(cd "$DEBS" && pwd)
+    # The booted unit's simulated guests: the peer benchmark's guest helper (a development
+    # program, in no package).
+    cargo build --release -q -p xenplug-peer --example peer_bench
+    GUEST_HELPER=$REPO/target/release/examples/peer_bench
+
     # The rest runs in private network and mount namespaces (every mount and link goes away
     # with them, also when the run is killed), under an overall deadline.
     export PKGTEST_INSIDE=1 PKGTEST_BASE=$BASE PKGTEST_DEBS=$DEBS PKGTEST_CHANNEL_DEPS=$CHANNEL_DEPS PKGTEST_GUEST_HELPER=$GUEST_HELPER

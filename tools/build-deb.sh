@@ -36,8 +36,10 @@ if [ "$version" != "$cargo_version" ]; then
     exit 1
 fi
 # Reproducible: dates in man pages and file times in the packages come from the changelog.
+# Exported only after cargo has run: C build scripts (ring's, through cc) track
+# SOURCE_DATE_EPOCH, so builds with and without it (any other cargo command) would rebuild each
+# other's TLS stack (5 minutes of the suite's time on 2 cores).
 SOURCE_DATE_EPOCH=$(dpkg-parsechangelog -l debian/changelog -STimestamp)
-export SOURCE_DATE_EPOCH
 
 echo "build-deb: building the programs" >&2
 static=$(tools/build-static.sh)
@@ -73,6 +75,7 @@ install -m 0755 "$static" "$src/dist/xenplug"
 for b in xenplug-peer xenplug-agent xen-channel-setup; do
     install -m 0755 "target/release/$b" "$src/dist/$b"
 done
+export SOURCE_DATE_EPOCH
 target/release/xenplug-docgen "$src/dist/docs"
 
 # Every crate linked into each package's programs, with its licence (debian/copyright).

@@ -3,23 +3,30 @@
 //! private UTS and mount namespaces (host name, addresses and routes are the namespace's), with
 //! a scratch directory as the guest's root (`--root`).
 //!
-//! A round: the guest is at generation A (an apply of A that completed: host name, an IPv4 and
-//! an IPv6 address and a default route on `nic0`, DNS, a user's ssh key and password), the
-//! peer sends generation B (every one of those different), and the agent is SIGKILLed at an
-//! instant drawn uniformly over the measured apply (request sent to reply received). Then the
-//! guest must be entirely at A or entirely at B — never between — and the audit records it:
+//! A round: the guest is at generation A (an apply of A that completed: host name, the NIC's
+//! name and MTU, an IPv4 and an IPv6 address and a default route on it, DNS, a user's ssh key
+//! and password), the peer sends generation B (every one of those different), and the agent
+//! is SIGKILLed at an instant drawn uniformly over the measured apply (request sent to reply
+//! received). Then the agent is restarted (as systemd would), and the guest must be entirely
+//! at A or entirely at B — never between — and the audit records it:
 //!
-//! * `guest between generations`: right after the kill (what the guest runs with until the
-//!   agent is back);
-//! * `guest between generations after restart`: once a fresh agent answers the handshake,
-//!   before anything is re-sent (whether the agent repairs a torn apply when it starts);
-//! * `guest not at B after re-delivery`: after the peer re-sends B, as it does after a
+//! * `guest between generations after restart` (a leak): once a fresh agent answers the
+//!   handshake, before anything is re-sent — the agent recovers an interrupted apply from its
+//!   durable journal when it starts (`guest-agent/src/journal.rs`), before it answers;
+//! * `guest not at B after re-delivery` (a leak): after the peer re-sends B, as it does after a
 //!   failure (whether the apply converges);
-//! * `temporary file`: a half-written file the kill left under the root.
+//! * `temporary file` (a leak): a half-written file the kill left under the root;
+//! * not leaks, counted: `torn until the restart` (right after the kill, what the guest runs
+//!   with until its agent is back: no apply of a dozen files and the kernel can be atomic),
+//!   `at A after restart` / `at B after restart` (which way the recovery went).
 //!
-//! "At A" compares the host name, `nic0`'s global addresses and routes, and every file under
-//! the root (the generation number in the agent's state file aside, which is checked
-//! separately) with a snapshot taken after an uninterrupted apply of A (B likewise).
+//! "At A" compares the host name; the NIC found by its MAC (name, MTU, up), its global
+//! addresses and its routes; every entry under the root (kind, mode, owner, and the content of
+//! files or the target of links, directories included; the agent's journal is a file like any
+//! other, so one left behind is a difference) — with a snapshot taken after an uninterrupted
+//! apply of A (B likewise). The generation number in the agent's record is checked on its own:
+//! it must be A's or B's. B differs from A in every one of them (the NIC renamed, its MTU, the
+//! addresses, the default route, DNS, the host name, the user's key and password).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -130,9 +137,11 @@ impl Chan {
 
 /// The configuration document of generation `gen` with content `which` (`'a'` or `'b'`).
 fn doc(which: char, gen: u64) -> Value {
-    let (host, v4, v6, gw, dns, key, hash) = match which {
+    let (host, dev, mtu, v4, v6, gw, dns, key, hash) = match which {
         'a' => (
             "chaos-a",
+            "nic0",
+            1500,
             "192.0.2.10/24",
             "2001:db8:a::10/64",
             "192.0.2.1",
@@ -142,6 +151,8 @@ fn doc(which: char, gen: u64) -> Value {
         ),
         _ => (
             "chaos-b",
+            "lan0",
+            1400,
             "198.51.100.20/24",
             "2001:db8:b::20/64",
             "198.51.100.1",
@@ -153,6 +164,7 @@ fn doc(which: char, gen: u64) -> Value {
     json!({"instance-id": INSTANCE, "generation": gen,
         "hostname": host, "fqdn": format!("{host}.example.org"),
         "network": {"version": 2, "ethernets": {"lan": {"match": {"macaddress": MAC},
+            "set-name": dev, "mtu": mtu,
             "addresses": [v4, v6],
             "routes": [{"to": "default", "via": gw}],
             "nameservers": {"addresses": [dns], "search": ["example.org"]}}}},
@@ -175,6 +187,8 @@ pub struct Agent {
     round_gens: (u64, u64),
     /// What the round found, for [`Scenario::verdict`].
     found: Vec<Item>,
+    /// What the round showed that is not a leak, for [`Scenario::observations`].
+    observed: Vec<Item>,
     /// Set when the round's SIGKILL was sent.
     killed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
@@ -227,6 +241,23 @@ impl Running for Apply {
     }
 }
 
+/// The NIC with the scenario's MAC (whatever its name now): name, MTU, administrative state.
+fn nic() -> Result<(String, String), String> {
+    let links: Value = serde_json::from_str(&world::sh(&["ip", "-j", "link", "show"])?)
+        .map_err(|e| e.to_string())?;
+    let l = links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["address"] == MAC)
+        .ok_or("the guest's NIC is gone")?;
+    let name = l["ifname"].as_str().unwrap_or("").to_string();
+    let up = l["flags"]
+        .as_array()
+        .is_some_and(|f| f.contains(&json!("UP")));
+    Ok((name.clone(), format!("{name} mtu {} up {up}", l["mtu"])))
+}
+
 fn state_of(root: &Path) -> Result<(State, Option<u64>, Vec<String>), String> {
     let mut st = State::new();
     let mut temps = Vec::new();
@@ -237,8 +268,10 @@ fn state_of(root: &Path) -> Result<(State, Option<u64>, Vec<String>), String> {
             .to_string_lossy()
             .into_owned(),
     );
+    let (dev, link) = nic()?;
+    st.insert("nic link".into(), link);
     let addrs: Value =
-        serde_json::from_str(&world::sh(&["ip", "-j", "addr", "show", "dev", "nic0"])?)
+        serde_json::from_str(&world::sh(&["ip", "-j", "addr", "show", "dev", &dev])?)
             .map_err(|e| e.to_string())?;
     let mut a: Vec<String> = addrs[0]["addr_info"]
         .as_array()
@@ -248,10 +281,10 @@ fn state_of(root: &Path) -> Result<(State, Option<u64>, Vec<String>), String> {
         .map(|x| format!("{}/{}", x["local"].as_str().unwrap_or(""), x["prefixlen"]))
         .collect();
     a.sort();
-    st.insert("nic0 addresses".into(), a.join(" "));
+    st.insert("nic addresses".into(), a.join(" "));
     for fam in ["-4", "-6"] {
         let routes: Value = serde_json::from_str(&world::sh(&[
-            "ip", "-j", fam, "route", "show", "dev", "nic0",
+            "ip", "-j", fam, "route", "show", "table", "main", "dev", &dev,
         ])?)
         .map_err(|e| e.to_string())?;
         let mut r: Vec<String> = routes
@@ -259,10 +292,10 @@ fn state_of(root: &Path) -> Result<(State, Option<u64>, Vec<String>), String> {
             .into_iter()
             .flatten()
             .filter(|x| !x["dst"].as_str().unwrap_or("").starts_with("fe80"))
-            .map(|x| format!("{} via {}", x["dst"], x["gateway"]))
+            .map(|x| format!("{} via {} metric {}", x["dst"], x["gateway"], x["metric"]))
             .collect();
         r.sort();
-        st.insert(format!("nic0 routes {fam}"), r.join(", "));
+        st.insert(format!("nic routes {fam}"), r.join(", "));
     }
     let mut gen = None;
     fn walk(
@@ -272,16 +305,26 @@ fn state_of(root: &Path) -> Result<(State, Option<u64>, Vec<String>), String> {
         temps: &mut Vec<String>,
         gen: &mut Option<u64>,
     ) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
         for e in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
             let p = e.path();
             let rel = p.strip_prefix(root).unwrap_or(&p).display().to_string();
-            if p.is_dir() {
-                walk(root, &p, st, temps, gen)?;
-                continue;
-            }
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') && name.contains("xenplug") {
                 temps.push(rel);
+                continue;
+            }
+            let m = std::fs::symlink_metadata(&p).map_err(|e| e.to_string())?;
+            // Kind, permissions and owner of every entry, directories included.
+            let meta = format!("{:o} {}:{}", m.mode(), m.uid(), m.gid());
+            if m.is_dir() {
+                st.insert(format!("dir {rel}"), meta);
+                walk(root, &p, st, temps, gen)?;
+                continue;
+            }
+            if m.file_type().is_symlink() {
+                let t = std::fs::read_link(&p).map_err(|e| e.to_string())?;
+                st.insert(format!("link {rel}"), format!("{meta} -> {}", t.display()));
                 continue;
             }
             let text = std::fs::read_to_string(&p).unwrap_or_default();
@@ -296,7 +339,7 @@ fn state_of(root: &Path) -> Result<(State, Option<u64>, Vec<String>), String> {
             } else {
                 text
             };
-            st.insert(format!("file {rel}"), text);
+            st.insert(format!("file {rel}"), format!("{meta} {text}"));
         }
         Ok(())
     }
@@ -386,6 +429,7 @@ impl Agent {
             at_b: State::new(),
             round_gens: (0, 0),
             found: Vec::new(),
+            observed: Vec::new(),
             killed: Default::default(),
         };
         a.restart()?;
@@ -483,6 +527,7 @@ impl Scenario for Agent {
 
     fn setup(&mut self, _round: u32) -> Result<(), String> {
         self.found.clear();
+        self.observed.clear();
         if self.agent.is_none() {
             self.restart()?;
         }
@@ -530,10 +575,11 @@ impl Scenario for Agent {
             if let Some(mut c) = self.agent.take() {
                 let _ = c.wait();
             }
-            // What the guest runs with until its agent is back.
+            // What the guest runs with until its agent is back (and repairs it): not a leak,
+            // a kill cannot be atomic with a dozen files and the kernel, but counted.
             if let (None, why) = self.position()? {
-                self.found.push((
-                    "guest between generations".into(),
+                self.observed.push((
+                    "torn until the restart".into(),
                     format!("after the kill: {}", why.join(", ")),
                 ));
             }
@@ -552,11 +598,15 @@ impl Scenario for Agent {
         }
         // The agent comes back (systemd restarts it); nothing re-sent yet.
         self.restart()?;
-        if let (None, why) = self.position()? {
-            self.found.push((
+        match self.position()? {
+            (None, why) => self.found.push((
                 "guest between generations after restart".into(),
                 why.join(", "),
-            ));
+            )),
+            (Some(g), _) => self.observed.push((
+                format!("at {} after restart", g.to_ascii_uppercase()),
+                String::new(),
+            )),
         }
         // The peer re-sends B.
         self.chan.handshake(Duration::from_secs(5))?;
@@ -574,6 +624,10 @@ impl Scenario for Agent {
 
     fn verdict(&mut self) -> Vec<Item> {
         std::mem::take(&mut self.found)
+    }
+
+    fn observations(&mut self) -> Vec<Item> {
+        std::mem::take(&mut self.observed)
     }
 
     fn reset(&mut self) -> Result<(), String> {

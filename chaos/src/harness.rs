@@ -79,6 +79,12 @@ pub trait Scenario {
     fn verdict(&mut self) -> Vec<Item> {
         Vec::new()
     }
+    /// What a round showed that is not a leak (the agent: a guest torn right after the kill,
+    /// which the restarted agent's recovery repairs; which generation it recovered to), counted
+    /// by class in the figures.
+    fn observations(&mut self) -> Vec<Item> {
+        Vec::new()
+    }
     /// Clean up whatever a round leaked (or damaged) so the next one starts from the baseline.
     fn reset(&mut self) -> Result<(), String>;
 }
@@ -131,6 +137,8 @@ pub struct Report {
     pub damage: BTreeMap<String, u32>,
     /// Rounds where what libxl runs next failed (exit status ≠ 0).
     pub next_failed: u32,
+    /// What the rounds showed that is not a leak, by class ([`Scenario::observations`]).
+    pub observed: BTreeMap<String, u32>,
     /// The first few findings, for the log.
     pub examples: Vec<String>,
 }
@@ -153,6 +161,7 @@ impl Report {
             "leaks": self.leaks,
             "damage": self.damage,
             "next_failed": self.next_failed,
+            "observed": self.observed,
             "examples": self.examples,
         })
     }
@@ -269,6 +278,9 @@ pub fn run(
         let fin = s.snapshot()?;
         let mut leaked: Vec<Item> = fin.difference(&base).cloned().collect();
         leaked.extend(s.verdict());
+        for (class, _) in s.observations() {
+            *r.observed.entry(class).or_default() += 1;
+        }
         let damaged: Vec<Item> = base.difference(&fin).cloned().collect();
         for (class, _) in &leaked {
             *r.leaks.entry(class.clone()).or_default() += 1;

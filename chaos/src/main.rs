@@ -167,6 +167,12 @@ fn line(r: &Report) -> String {
         v.extend(r.damage.iter().map(|(c, n)| format!("removed {c} {n}")));
         format!("  ({})", v.join(", "))
     };
+    let classes = if r.observed.is_empty() {
+        classes
+    } else {
+        let v: Vec<String> = r.observed.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        format!("{classes}  [not leaks: {}]", v.join(", "))
+    };
     format!(
         "{:<16} {:<9} {:>6} {:>7}   U(0, {:>7.2} ms) {:>6} {:>6}{classes}",
         r.name,
@@ -312,6 +318,7 @@ fn report_of(v: &serde_json::Value) -> Report {
         leaks: count(&v["leaks"]),
         damage: count(&v["damage"]),
         next_failed: v["next_failed"].as_u64().unwrap_or(0) as u32,
+        observed: count(&v["observed"]),
         examples: v["examples"]
             .as_array()
             .map(|a| {

@@ -144,6 +144,17 @@ pub(crate) fn resolve_users(
     (out, default_name)
 }
 
+/// Record the whole password database in the journal before the first change to it: a
+/// recovery after a kill puts the files back as they were (shadow-utils programs rewrite what
+/// they like in them, and a killed agent cannot run their inverses reliably).
+pub(crate) fn journal_password_database(run: &mut Run<'_, '_>) -> Result<()> {
+    let paths: Vec<PathBuf> = crate::journal::PASSWORD_DATABASE
+        .iter()
+        .map(|p| under(run.root, p))
+        .collect();
+    run.txn.journal_before(&paths, true)
+}
+
 fn add_group(run: &mut Run<'_, '_>, name: &str, why: &str) -> Result<()> {
     tools::shadow(run.tools, run.root, "groupadd", &[name.to_string()])
         .with_context(|| format!("create group {name}"))?;
@@ -222,6 +233,19 @@ fn create_user(run: &mut Run<'_, '_>, u: &User, at: &str) -> Result<()> {
     let home = !(u.no_create_home == Some(true) || u.system == Some(true));
     a.push(if home { "-m" } else { "-M" }.into());
     a.push(u.name.clone());
+    // What useradd creates besides the database, for a recovery after a kill: the home
+    // directory (absent now) and the mail spool.
+    if home {
+        let dir = under(run.root, &home_of(run.root, u));
+        if fs::symlink_metadata(&dir).is_err() {
+            run.txn.journal_tree(&dir)?;
+        }
+    }
+    let spools: Vec<PathBuf> = ["/var/mail", "/var/spool/mail"]
+        .iter()
+        .map(|d| under(run.root, &format!("{d}/{}", u.name)))
+        .collect();
+    run.txn.journal_before(&spools, false)?;
     tools::shadow(run.tools, run.root, "useradd", &a)
         .with_context(|| format!("{at}: create user {}", u.name))?;
     let root = run.root.to_path_buf();
@@ -237,6 +261,25 @@ fn create_user(run: &mut Run<'_, '_>, u: &User, at: &str) -> Result<()> {
     run.changes.push(format!("user {} created", u.name));
     log_event("user-created", &[("user", &u.name)]);
     Ok(())
+}
+
+/// The home directory useradd gives `u`: its `homedir`, else `HOME` of the guest's
+/// `/etc/default/useradd` (default `/home`) and the name.
+fn home_of(root: &Path, u: &User) -> String {
+    if let Some(h) = u.homedir.as_ref().filter(|h| !h.is_empty()) {
+        return h.clone();
+    }
+    let base = fs::read_to_string(under(root, "/etc/default/useradd"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .filter_map(|l| l.trim().strip_prefix("HOME="))
+                .next_back()
+                .map(|v| v.trim().trim_matches('"').to_string())
+        })
+        .filter(|v| v.starts_with('/'))
+        .unwrap_or_else(|| "/home".into());
+    format!("{}/{}", base.trim_end_matches('/'), u.name)
 }
 
 /// `/etc/sudoers` must include `/etc/sudoers.d` (cloud-init's `ensure_sudo_dir`).
@@ -392,6 +435,7 @@ pub(crate) fn apply_accounts(doc: &ConfigDoc, run: &mut Run<'_, '_>) -> Result<(
     if !wants_accounts {
         return Ok(());
     }
+    journal_password_database(run)?;
     // Groups, then their members that exist now.
     for (i, g) in doc.groups.iter().enumerate() {
         let at = format!("groups[{i}]");

@@ -429,6 +429,13 @@ impl Agent {
                 let doc = a
                     .into_doc()
                     .map_err(|e| ErrorBody::generic(format!("invalid configuration: {e}")))?;
+                // An interrupted apply the start-up recovery could not finish: again now,
+                // with the live network whatever this document asks.
+                if crate::journal::pending(&self.root) {
+                    self.recover_apply().map_err(|e| {
+                        generic(e.context("an interrupted apply could not be recovered"))
+                    })?;
+                }
                 let mut nl;
                 let net: Option<&mut dyn NetOps> = if self.live_network && doc.network.is_some() {
                     nl = Netlink::open().map_err(|e| generic(e.into()))?;
@@ -587,6 +594,31 @@ impl Agent {
             f.lost_at = None;
             self.freeze_changed.notify_all();
         }
+    }
+
+    /// At start, before answering anything (and before an apply): an apply a kill or a crash
+    /// interrupted is finished or undone from its durable journal ([`crate::journal`]), so the
+    /// guest is in the previous or the new generation, never between.
+    pub fn recover_apply(&mut self) -> anyhow::Result<crate::journal::Recovery> {
+        if !crate::journal::pending(&self.root) {
+            return Ok(crate::journal::Recovery::Nothing);
+        }
+        let mut nl;
+        let net: Option<&mut dyn NetOps> = if self.live_network {
+            nl = Netlink::open()?;
+            Some(&mut nl)
+        } else {
+            None
+        };
+        let opts = apply::options();
+        let mut ctx = apply::Ctx {
+            root: &self.root,
+            host: &mut *self.host,
+            net,
+            tools: &mut crate::tools::RealTools,
+            opts: &opts,
+        };
+        apply::recover(&mut ctx)
     }
 
     /// At start: a freeze marker means an earlier agent died with filesystems frozen. Thaw.

@@ -16,6 +16,13 @@
 //! of the applied generation is the last write of the transaction, so it only ever names a
 //! generation that is completely in place. Commands are the exception: what `bootcmd` did is
 //! not undone, which is why it runs only after every check passed and before anything else.
+//!
+//! **Across a kill.** The same changes are also written, before each is made, to a durable
+//! journal ([`crate::journal`]); [`recover`] (run when the agent starts, before it answers,
+//! and before every apply) finishes an interrupted generation whose record was written and
+//! undoes any other from the journal alone. `runcmd` and `final_message` come after the
+//! record: a kill after it leaves the generation in place without them (at most once, never
+//! twice).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -29,6 +36,7 @@ use xenplug_channel::config::{ConfigDoc, User};
 use xenplug_channel::qga::{ApplyResult, ConfigGeneration};
 
 use crate::fsutil::{self, under};
+use crate::journal::{self, AfterRec, Journal, Record, Recovery};
 use crate::net::NetOps;
 use crate::netapply::{LiveRec, NetJournal};
 use crate::render::{self, Renderer};
@@ -186,6 +194,105 @@ pub(crate) enum After {
     Network(Renderer, Vec<String>),
 }
 
+impl After {
+    fn to_rec(&self) -> AfterRec {
+        match self {
+            After::Restart(u) => AfterRec::Restart { unit: u.clone() },
+            After::Reload(u) => AfterRec::Reload { unit: u.clone() },
+            After::Network(r, ids) => AfterRec::Network {
+                renderer: *r,
+                ids: ids.clone(),
+            },
+        }
+    }
+
+    fn from_rec(r: &AfterRec) -> After {
+        match r {
+            AfterRec::Restart { unit } => After::Restart(unit.clone()),
+            AfterRec::Reload { unit } => After::Reload(unit.clone()),
+            AfterRec::Network { renderer, ids } => After::Network(*renderer, ids.clone()),
+        }
+    }
+}
+
+/// Finish or undo an apply that a kill (or a crash of the guest) interrupted, from its durable
+/// journal ([`crate::journal`]): forward when the record of the applied generation names it
+/// (every change before that last write is in place; the services it would have restarted are
+/// restarted), else back to the previous generation. Nothing to do without a journal. An error
+/// says what could not be undone; the journal is then kept for the next try.
+pub fn recover(ctx: &mut Ctx<'_>) -> Result<Recovery> {
+    let Some(records) = journal::read(ctx.root)? else {
+        return Ok(Recovery::Nothing);
+    };
+    let journal_path = under(ctx.root, journal::JOURNAL_FILE);
+    let Some(Record::Begin {
+        instance_id,
+        generation,
+        made_dirs,
+        ..
+    }) = records.first().cloned()
+    else {
+        // Killed before its first record was whole: nothing was changed.
+        fsutil::remove_file(&journal_path)?;
+        return Ok(Recovery::Nothing);
+    };
+    let state = read_state(ctx.root)?;
+    let complete = state
+        .as_ref()
+        .is_some_and(|s| s.instance_id == instance_id && s.generation == generation);
+    let fields = [
+        ("instance-id", instance_id.clone()),
+        ("generation", generation.to_string()),
+    ];
+    if complete {
+        let mut errors = journal::remove_temporaries(&records);
+        let after: Vec<After> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::After { after } => Some(after.iter().map(After::from_rec)),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let mut changes = Vec::new();
+        run_after(ctx.root, ctx.tools, &after, &mut changes);
+        errors.extend(changes.into_iter().filter(|c| c.contains(" failed")));
+        fsutil::remove_file(&journal_path)?;
+        let mut f: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let e = errors.join("; ");
+        f.push(("direction", "forward"));
+        if !e.is_empty() {
+            f.push(("notes", &e));
+        }
+        log_event("config-recovered", &f);
+        return Ok(Recovery::Forward(instance_id, generation));
+    }
+    let errors = journal::roll_back(
+        ctx.root,
+        &records,
+        &mut *ctx.host,
+        ctx.net.as_mut().map(|n| &mut **n as &mut dyn NetOps),
+        &mut *ctx.tools,
+    );
+    let mut f: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    if errors.is_empty() {
+        fsutil::remove_file(&journal_path)?;
+        journal::remove_made_dirs(&made_dirs)?;
+        f.push(("direction", "back"));
+        log_event("config-recovered", &f);
+        Ok(Recovery::Back(instance_id, generation))
+    } else {
+        let e = errors.join("; ");
+        f.push(("errors", &e));
+        log_event("config-recovery-incomplete", &f);
+        bail!(
+            "undoing the interrupted apply of generation {generation} of instance {instance_id} \
+             failed ({e}); the journal {} is kept for the next try",
+            journal_path.display()
+        )
+    }
+}
+
 /// One generation being applied: the file transaction, the live-network journal, the host
 /// name it replaced, what to do once it is in place, and the list of changes for the reply.
 pub(crate) struct Run<'a, 'n> {
@@ -232,6 +339,11 @@ impl Run<'_, '_> {
 /// done (`applied: false`). A lower generation for the same instance is refused. On failure
 /// nothing of the new generation stays (see the module docs), and the error says so.
 pub fn apply(doc: &ConfigDoc, ctx: &mut Ctx<'_>) -> Result<ApplyResult> {
+    // An apply a kill interrupted is finished or undone first (the agent does it when it
+    // starts; this covers every other caller).
+    if journal::pending(ctx.root) {
+        recover(ctx).context("an interrupted apply could not be recovered; nothing was changed")?;
+    }
     let previous = read_state(ctx.root)?;
     if let Some(prev) = previous
         .as_ref()
@@ -281,11 +393,29 @@ pub fn apply(doc: &ConfigDoc, ctx: &mut Ctx<'_>) -> Result<ApplyResult> {
         .as_ref()
         .map(|p| p.live.clone())
         .unwrap_or_default();
+    // The durable journal, before anything changes.
+    let journal = Journal::create(
+        ctx.root,
+        Record::Begin {
+            instance_id: doc.instance_id.clone(),
+            generation: doc.generation,
+            boot_id: journal::boot_id(),
+            previous: previous.as_ref().map(|p| journal::Previous {
+                instance_id: p.instance_id.clone(),
+                generation: p.generation,
+            }),
+            previous_live: old_live.clone(),
+            made_dirs: Vec::new(),
+        },
+    )?;
     // The journal borrows the live network for this generation; it is handed back at the end.
     let mut run = Run {
         root: ctx.root,
-        txn: Txn::new(),
-        net: ctx.net.take().map(NetJournal::new),
+        txn: Txn::journaled(journal.clone()),
+        net: ctx
+            .net
+            .take()
+            .map(|n| NetJournal::new(n).journaled(Some(journal.clone()))),
         host: &mut *ctx.host,
         tools: &mut *ctx.tools,
         opts: ctx.opts,
@@ -299,7 +429,7 @@ pub fn apply(doc: &ConfigDoc, ctx: &mut Ctx<'_>) -> Result<ApplyResult> {
         );
     }
     let result = apply_steps(doc, &old_live, commands_ran.is_some(), renderer, &mut run);
-    let outcome = finish(doc, previous.as_ref(), &old_live, &mut run, result);
+    let outcome = finish(doc, previous.as_ref(), &old_live, &mut run, result, journal);
     let after = std::mem::take(&mut run.after);
     let mut changes = std::mem::take(&mut run.changes);
     let tools = run.tools;
@@ -379,6 +509,13 @@ fn apply_steps(
     let p = under(run.root, STATE_FILE);
     run.txn
         .create_dir_all(p.parent().expect("state file has a parent"), 0o755)?;
+    // What a recovery that finds this generation complete still has to do.
+    journal::log(
+        run.txn.journal(),
+        Record::After {
+            after: run.after.iter().map(After::to_rec).collect(),
+        },
+    )?;
     run.txn.write(
         &p,
         &serde_json::to_vec_pretty(&state).expect("state serializes"),
@@ -395,11 +532,16 @@ fn finish(
     old_live: &[LiveRec],
     run: &mut Run<'_, '_>,
     result: Result<()>,
+    journal: journal::Shared,
 ) -> Result<ApplyResult> {
     let txn = std::mem::take(&mut run.txn);
     match result {
         Ok(()) => {
             txn.commit();
+            // The generation is recorded: a journal left behind would only be rolled forward.
+            if let Err(e) = Journal::finish(journal, false) {
+                log_event("journal-not-removed", &[("error", &format!("{e:#}"))]);
+            }
             log_event(
                 "config-applied",
                 &[
@@ -434,6 +576,10 @@ fn finish(
                 doc.generation, doc.instance_id
             );
             if undo_errors.is_empty() {
+                // Undone: nothing left for a recovery (which would find nothing to do anyway).
+                if let Err(e) = Journal::finish(journal, true) {
+                    log_event("journal-not-removed", &[("error", &format!("{e:#}"))]);
+                }
                 log_event(
                     "config-rolled-back",
                     &[
@@ -476,6 +622,26 @@ fn after_commit(
     commands_ran: bool,
     changes: &mut Vec<String>,
 ) {
+    run_after(root, tools, after, changes);
+    if !doc.runcmd.is_empty() {
+        if commands_ran {
+            changes.push("runcmd: already run for this instance".into());
+        } else {
+            match commands::run(tools, root, "runcmd", &doc.runcmd, &doc.instance_id) {
+                Ok(st) if st.success() => changes.push("runcmd".into()),
+                Ok(st) => changes.push(format!("runcmd: {st} (see {})", commands::LOG_FILE)),
+                Err(e) => changes.push(format!("runcmd: {e:#}")),
+            }
+        }
+    }
+    if let Some(m) = &doc.final_message {
+        let text = sysconf::final_message(m, root);
+        changes.push(format!("final-message: {text}"));
+    }
+}
+
+/// Restart and reload what the generation changed (on the live system only).
+fn run_after(root: &Path, tools: &mut dyn Tools, after: &[After], changes: &mut Vec<String>) {
     let live = live_system(root);
     let mut note = |what: String, r: Result<std::process::Output>| match r {
         Ok(o) if o.status.success() => changes.push(what),
@@ -549,21 +715,6 @@ fn after_commit(
             }
         }
     }
-    if !doc.runcmd.is_empty() {
-        if commands_ran {
-            changes.push("runcmd: already run for this instance".into());
-        } else {
-            match commands::run(tools, root, "runcmd", &doc.runcmd, &doc.instance_id) {
-                Ok(st) if st.success() => changes.push("runcmd".into()),
-                Ok(st) => changes.push(format!("runcmd: {st} (see {})", commands::LOG_FILE)),
-                Err(e) => changes.push(format!("runcmd: {e:#}")),
-            }
-        }
-    }
-    if let Some(m) = &doc.final_message {
-        let text = sysconf::final_message(m, root);
-        changes.push(format!("final-message: {text}"));
-    }
 }
 
 /// Log a security-relevant change as one structured `key=value` line on stderr.
@@ -590,6 +741,14 @@ fn apply_hostname(doc: &ConfigDoc, run: &mut Run<'_, '_>) -> Result<()> {
     let name = xenplug_channel::config::truncate_hostname(&want, HOST_NAME_MAX);
     let now = run.host.hostname().ok();
     if now.as_deref() != Some(name.as_str()) {
+        if let Some(before) = &now {
+            journal::log(
+                run.txn.journal(),
+                Record::Hostname {
+                    before: before.clone(),
+                },
+            )?;
+        }
         run.host.set_hostname(&name)?;
         if run.old_hostname.is_none() {
             run.old_hostname = now;
@@ -1109,6 +1268,164 @@ mod tests {
             (files0, net0, "one")
         );
         assert_eq!(applied_generation(root.path()).unwrap().generation, Some(1));
+    }
+
+    /// Issue 13: an apply killed at any journal step — right before a record is written (every
+    /// change before it made, this one not recorded) or right after (recorded, not made) —
+    /// and then the agent's recovery: the guest is exactly at generation 1 or exactly at
+    /// generation 2 (files with modes, links, addresses, routes, host name, record), the
+    /// journal is gone, and generation 2 applies cleanly afterwards. The crash is a panic
+    /// out of the journal's append: nothing in an apply undoes on unwinding, so what it
+    /// leaves is what a SIGKILL leaves (the binary's SIGKILL at each step is exercised in
+    /// `tests/apply_ns.rs`).
+    #[test]
+    fn a_kill_at_any_journal_step_is_recovered_to_one_generation() {
+        let at =
+            |root: &Path, net: &FakeNet, host: &FakeHost| (tree(root), net.state(), host.0.clone());
+        let (root, mut net, mut host) = world();
+        let one = at(root.path(), &net, &host);
+        apply_fake(&generation(2), root.path(), &mut host, &mut net).unwrap();
+        let two = at(root.path(), &net, &host);
+        assert_ne!(one, two);
+        let (mut back, mut forward) = (0, 0);
+        for after in [false, true] {
+            let mut step = 0;
+            loop {
+                let (root, mut net, mut host) = world();
+                assert_eq!(at(root.path(), &net, &host), one);
+                crate::journal::set_crash_point(Some((after, step)));
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    apply_fake(&generation(2), root.path(), &mut host, &mut net)
+                }));
+                crate::journal::set_crash_point(None);
+                if let Ok(r) = r {
+                    r.unwrap();
+                    assert!(step > 10, "only {step} journal steps?");
+                    eprintln!("generation 2 writes {step} journal records");
+                    break;
+                }
+                assert!(crate::journal::pending(root.path()) || step == 0);
+                // The agent starts again: recovery before anything else.
+                let rec = recover(&mut Ctx {
+                    root: root.path(),
+                    host: &mut host,
+                    net: Some(&mut net),
+                    tools: &mut crate::tools::RealTools,
+                    opts: &ApplyOptions::default(),
+                })
+                .unwrap();
+                let now = at(root.path(), &net, &host);
+                let side = if after { "after" } else { "before" };
+                match rec {
+                    crate::journal::Recovery::Forward(..) => {
+                        forward += 1;
+                        assert_eq!(now, two, "rolled forward, killed {side} record {step}");
+                    }
+                    _ => {
+                        back += 1;
+                        assert_eq!(now, one, "rolled back, killed {side} record {step}");
+                    }
+                }
+                assert!(!crate::journal::pending(root.path()));
+                // A second recovery has nothing to do; the generation applies.
+                let again = recover(&mut Ctx {
+                    root: root.path(),
+                    host: &mut host,
+                    net: Some(&mut net),
+                    tools: &mut crate::tools::RealTools,
+                    opts: &ApplyOptions::default(),
+                })
+                .unwrap();
+                assert_eq!(again, crate::journal::Recovery::Nothing);
+                apply_fake(&generation(2), root.path(), &mut host, &mut net).unwrap();
+                assert_eq!(
+                    at(root.path(), &net, &host),
+                    two,
+                    "killed {side} record {step}"
+                );
+                step += 1;
+            }
+        }
+        assert!(back > 0 && forward > 0, "back {back}, forward {forward}");
+    }
+
+    /// The first generation killed part way: the recovery leaves the guest as it was before
+    /// any generation, the agent's state directory the journal needed included.
+    #[test]
+    fn a_first_generation_killed_part_way_leaves_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for d in ["etc/network/interfaces.d", "home/alice", "sbin"] {
+            fs::create_dir_all(r.join(d)).unwrap();
+        }
+        fs::write(
+            r.join("etc/passwd"),
+            "alice:x:4242:4242::/home/alice:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(r.join("etc/shadow"), "alice:!:1:0:99999:7:::\n").unwrap();
+        fs::write(r.join("etc/network/interfaces"), "").unwrap();
+        fs::write(r.join("sbin/ifup"), "").unwrap();
+        let before = tree(r);
+        let mut host = FakeHost("image".into());
+        let mut net = FakeNet::default();
+        crate::journal::set_crash_point(Some((true, 3)));
+        let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            apply_fake(&generation(1), r, &mut host, &mut net)
+        }));
+        crate::journal::set_crash_point(None);
+        assert!(res.is_err());
+        assert_ne!(tree(r), before);
+        let rec = recover(&mut Ctx {
+            root: r,
+            host: &mut host,
+            net: Some(&mut net),
+            tools: &mut crate::tools::RealTools,
+            opts: &ApplyOptions::default(),
+        })
+        .unwrap();
+        assert!(matches!(rec, crate::journal::Recovery::Back(..)), "{rec:?}");
+        assert_eq!(tree(r), before);
+        assert_eq!(host.0, "image");
+        assert_eq!(applied_generation(r).unwrap(), ConfigGeneration::default());
+    }
+
+    /// A recovery that is itself killed (here: its journal is read again after a partial
+    /// undo) just runs again: every undo step is idempotent.
+    #[test]
+    fn a_recovery_interrupted_part_way_is_run_again() {
+        let (root, mut net, mut host) = world();
+        let one = (tree(root.path()), net.state(), host.0.clone());
+        crate::journal::set_crash_point(Some((true, 20)));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            apply_fake(&generation(2), root.path(), &mut host, &mut net)
+        }));
+        crate::journal::set_crash_point(None);
+        assert!(r.is_err(), "the apply finished before record 20");
+        // Undo only the newest half of the records (a recovery killed part way)...
+        let records = crate::journal::read(root.path()).unwrap().unwrap();
+        let half = records.len() / 2;
+        let mut partial = records[..1].to_vec();
+        partial.extend_from_slice(&records[half..]);
+        let e = crate::journal::roll_back(
+            root.path(),
+            &partial,
+            &mut host,
+            Some(&mut net),
+            &mut crate::tools::RealTools,
+        );
+        assert!(e.is_empty(), "{e:?}");
+        // ...then the whole recovery.
+        let rec = recover(&mut Ctx {
+            root: root.path(),
+            host: &mut host,
+            net: Some(&mut net),
+            tools: &mut crate::tools::RealTools,
+            opts: &ApplyOptions::default(),
+        })
+        .unwrap();
+        assert!(matches!(rec, crate::journal::Recovery::Back(..)), "{rec:?}");
+        assert_eq!((tree(root.path()), net.state(), host.0.clone()), one);
     }
 
     /// Records the programs it is asked to run and reports success.

@@ -17,7 +17,7 @@ pub fn under(root: &Path, abs: &str) -> PathBuf {
 }
 
 /// Owner to give a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Owner {
     /// User id.
     pub uid: u32,

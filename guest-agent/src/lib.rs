@@ -10,7 +10,8 @@
 //! arguments, then the command), [`cmd`] (the qemu-ga commands: exec, files, filesystems and
 //! freeze, system information), [`publisher`] (guest state to xenstore and to subscribed
 //! channels), [`apply`] (configuration application, with [`netapply`], [`render`],
-//! [`accounts`], [`sysconf`], [`commands`] and the all-or-nothing [`txn`]), [`net`]
+//! [`accounts`], [`sysconf`], [`commands`], the all-or-nothing [`txn`] and the durable
+//! [`journal`] that recovers an apply a kill interrupted), [`net`]
 //! (rtnetlink), [`users`] (passwd/shadow/authorized_keys, under [`pwdlock`]), [`tools`] (the
 //! guest's programs), [`fsutil`] (atomic writes), [`log`] (audit lines, held while frozen),
 //! [`cli`] (the command lines), [`template`] (`--prepare-template`). The wire protocol itself
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod cmd;
 pub mod commands;
 pub mod fsutil;
+pub mod journal;
 pub mod log;
 pub mod net;
 pub mod netapply;

@@ -16,6 +16,7 @@ use xenplug_channel::config::{Cidr, Ethernet, Interface, MacAddr, NetworkConfig,
 
 use crate::apply::Run;
 use crate::fsutil::under;
+use crate::journal::{self, AddrRec, LinkRec, NetRec, Record, Shared};
 use crate::net::{Addr, Link, NetOps};
 use crate::render::{self, Names, Renderer};
 
@@ -364,7 +365,9 @@ fn apply_live(
 /// The live-network side of a generation: passes every operation to the real [`NetOps`] and
 /// remembers, before the first change, the links and addresses as they were, which links it
 /// changed, which addresses it added and which routes it put in, so [`NetJournal::restore`] can
-/// bring the links back to that state.
+/// bring the links back to that state. With a durable journal ([`crate::journal`]), each of
+/// those is recorded there too before the change is made, so a recovery after a kill can
+/// rebuild this journal ([`NetJournal::resume`]) and restore the same way.
 pub(crate) struct NetJournal<'n> {
     pub(crate) inner: &'n mut dyn NetOps,
     links0: Option<Vec<Link>>,
@@ -372,6 +375,7 @@ pub(crate) struct NetJournal<'n> {
     touched: BTreeSet<u32>,
     added: Vec<(u32, IpAddr, u8)>,
     routes: Vec<(u32, IpAddr, u8, Option<IpAddr>)>,
+    journal: Option<Shared>,
 }
 
 impl std::fmt::Debug for NetJournal<'_> {
@@ -392,14 +396,92 @@ impl<'n> NetJournal<'n> {
             touched: BTreeSet::new(),
             added: Vec::new(),
             routes: Vec::new(),
+            journal: None,
         }
     }
 
-    fn before_change(&mut self, index: u32) -> Result<()> {
-        if self.links0.is_none() {
-            self.links0 = Some(self.inner.links()?);
-            self.addrs0 = self.inner.addresses()?;
+    /// Also record every change in `journal` before making it.
+    pub(crate) fn journaled(mut self, journal: Option<Shared>) -> Self {
+        self.journal = journal;
+        self
+    }
+
+    /// The journal of an interrupted apply, rebuilt from its records: the links and addresses
+    /// before (`net-before`) and the changes (`net`, in the order they were recorded).
+    pub(crate) fn resume(
+        inner: &'n mut dyn NetOps,
+        links: &[LinkRec],
+        addrs: &[AddrRec],
+        changes: &[(u32, NetRec)],
+    ) -> Self {
+        let mut j = NetJournal::new(inner);
+        j.links0 = Some(
+            links
+                .iter()
+                .map(|l| Link {
+                    index: l.index,
+                    name: l.name.clone(),
+                    mac: None,
+                    mtu: l.mtu,
+                    up: l.up,
+                    loopback: false,
+                    master: None,
+                    kind: None,
+                    stats: None,
+                    alias: None,
+                })
+                .collect(),
+        );
+        j.addrs0 = addrs
+            .iter()
+            .map(|a| Addr {
+                index: a.index,
+                addr: a.addr,
+                prefix: a.prefix,
+                secondary: false,
+            })
+            .collect();
+        for (index, c) in changes {
+            j.touched.insert(*index);
+            match c {
+                NetRec::Touch => {}
+                NetRec::AddAddress { addr, prefix } => j.added.push((*index, *addr, *prefix)),
+                NetRec::Route { dst, prefix, via } => j.routes.push((*index, *dst, *prefix, *via)),
+            }
         }
+        j
+    }
+
+    fn before_change(&mut self, index: u32, change: NetRec) -> Result<()> {
+        if self.links0.is_none() {
+            let links = self.inner.links()?;
+            let addrs = self.inner.addresses()?;
+            journal::log(
+                self.journal.as_ref(),
+                Record::NetBefore {
+                    links: links
+                        .iter()
+                        .map(|l| LinkRec {
+                            index: l.index,
+                            name: l.name.clone(),
+                            mtu: l.mtu,
+                            up: l.up,
+                        })
+                        .collect(),
+                    addrs: addrs
+                        .iter()
+                        .map(|a| AddrRec {
+                            index: a.index,
+                            addr: a.addr,
+                            prefix: a.prefix,
+                        })
+                        .collect(),
+                },
+            )?;
+            self.links0 = Some(links);
+            self.addrs0 = addrs;
+        }
+        journal::log(self.journal.as_ref(), Record::Net { index, change })?;
         self.touched.insert(index);
         Ok(())
     }
@@ -523,23 +605,32 @@ impl NetOps for NetJournal<'_> {
         self.inner.addresses()
     }
     fn rename(&mut self, index: u32, name: &str) -> Result<()> {
-        self.before_change(index)?;
+        self.before_change(index, NetRec::Touch)?;
         self.inner.rename(index, name)
     }
     fn set_up(&mut self, index: u32, up: bool) -> Result<()> {
-        self.before_change(index)?;
+        self.before_change(index, NetRec::Touch)?;
         self.inner.set_up(index, up)
     }
     fn set_mtu(&mut self, index: u32, mtu: u32) -> Result<()> {
-        self.before_change(index)?;
+        self.before_change(index, NetRec::Touch)?;
         self.inner.set_mtu(index, mtu)
     }
     fn add_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<()> {
-        self.before_change(index)?;
+        // The snapshot is taken by the first change: make sure it exists before asking it.
+        if self.links0.is_none() {
+            self.before_change(index, NetRec::Touch)?;
+        }
         let existed = self
             .addrs0
             .iter()
             .any(|a| a.index == index && a.addr == addr && a.prefix == prefix);
+        let change = if existed {
+            NetRec::Touch
+        } else {
+            NetRec::AddAddress { addr, prefix }
+        };
+        self.before_change(index, change)?;
         self.inner.add_address(index, addr, prefix)?;
         if !existed {
             self.added.push((index, addr, prefix));
@@ -547,7 +638,7 @@ impl NetOps for NetJournal<'_> {
         Ok(())
     }
     fn del_address(&mut self, index: u32, addr: IpAddr, prefix: u8) -> Result<()> {
-        self.before_change(index)?;
+        self.before_change(index, NetRec::Touch)?;
         self.inner.del_address(index, addr, prefix)
     }
     fn del_route(
@@ -557,7 +648,7 @@ impl NetOps for NetJournal<'_> {
         prefix: u8,
         via: Option<IpAddr>,
     ) -> Result<()> {
-        self.before_change(index)?;
+        self.before_change(index, NetRec::Touch)?;
         self.inner.del_route(index, dst, prefix, via)
     }
     fn replace_route(
@@ -568,7 +659,7 @@ impl NetOps for NetJournal<'_> {
         via: Option<IpAddr>,
         metric: Option<u32>,
     ) -> Result<()> {
-        self.before_change(index)?;
+        self.before_change(index, NetRec::Route { dst, prefix, via })?;
         // Recorded before the call: a replace the kernel refused part way leaves nothing, and
         // removing a route that is not there is fine.
         self.routes.push((index, dst, prefix, via));

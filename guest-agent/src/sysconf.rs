@@ -280,6 +280,22 @@ pub(crate) fn ssh_pwauth(on: bool, run: &mut Run<'_, '_>) -> Result<()> {
 /// the distribution's deselected in `/etc/ca-certificates.conf` with `remove_defaults`, then the
 /// guest's `update-ca-certificates` (run again after an undo).
 pub(crate) fn ca_certs(c: &CaCerts, run: &mut Run<'_, '_>) -> Result<()> {
+    // Registered before the first change, so an undo (from memory: newest first; from the
+    // journal: after every file) runs it once the certificate files are back.
+    crate::journal::log(
+        run.txn.journal(),
+        crate::journal::Record::Rerun {
+            program: "update-ca-certificates".into(),
+            args: vec!["--fresh".into()],
+        },
+    )?;
+    let root = run.root.to_path_buf();
+    run.txn.on_rollback_run("update-ca-certificates", move |t| {
+        if tools::find(&root, "update-ca-certificates").is_none() {
+            return Ok(());
+        }
+        tools::in_guest_ok(t, &root, "update-ca-certificates", &["--fresh".into()]).map(drop)
+    });
     let crt = under(
         run.root,
         "/usr/local/share/ca-certificates/xenplug-agent-ca-certs.crt",
@@ -317,10 +333,6 @@ pub(crate) fn ca_certs(c: &CaCerts, run: &mut Run<'_, '_>) -> Result<()> {
     }
     let args = ["--fresh".to_string()];
     tools::in_guest_ok(run.tools, run.root, "update-ca-certificates", &args)?;
-    let root = run.root.to_path_buf();
-    run.txn.on_rollback_run("update-ca-certificates", move |t| {
-        tools::in_guest_ok(t, &root, "update-ca-certificates", &["--fresh".into()]).map(drop)
-    });
     run.changes.push("update-ca-certificates".into());
     Ok(())
 }

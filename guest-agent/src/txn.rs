@@ -16,18 +16,23 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+use serde::{Deserialize, Serialize};
+
 use crate::fsutil::{self, Owner};
+use crate::journal::{self, Record, Shared};
 use crate::tools::Tools;
 use crate::users::{self, Passwd};
 
 /// What a path held before the transaction first touched it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Before {
     /// Nothing.
     Absent,
     /// A regular file.
     File {
         /// Content.
+        #[serde(with = "journal::b64")]
         data: Vec<u8>,
         /// Permission bits.
         mode: u32,
@@ -35,7 +40,10 @@ pub enum Before {
         owner: Owner,
     },
     /// A symbolic link (to this target).
-    Symlink(PathBuf),
+    Symlink {
+        /// Where it points.
+        target: PathBuf,
+    },
 }
 
 impl Before {
@@ -49,7 +57,7 @@ impl Before {
         let ft = meta.file_type();
         if ft.is_symlink() {
             let t = fs::read_link(path).with_context(|| format!("readlink {}", path.display()))?;
-            Ok(Before::Symlink(t))
+            Ok(Before::Symlink { target: t })
         } else if ft.is_file() {
             let data = fs::read(path).with_context(|| format!("read {}", path.display()))?;
             Ok(Before::File {
@@ -68,19 +76,22 @@ impl Before {
         }
     }
 
-    /// Put `path` back to this state.
-    fn restore(&self, path: &Path) -> Result<()> {
+    /// Put `path` back to this state (idempotent).
+    pub(crate) fn restore(&self, path: &Path) -> Result<()> {
         match self {
             Before::Absent => fsutil::remove_file(path).map(drop),
             Before::File { data, mode, owner } => {
                 fsutil::write_atomic(path, data, *mode, Some(*owner)).map(drop)
             }
-            Before::Symlink(target) => {
+            Before::Symlink { target } => {
                 let dir = path.parent().context("a path without a parent")?;
                 let tmp = dir.join(format!(
                     ".{}.xenplug-restore",
                     path.file_name().unwrap_or_default().to_string_lossy()
                 ));
+                if fs::read_link(path).ok().as_deref() == Some(target.as_path()) {
+                    return Ok(());
+                }
                 let _ = fs::remove_file(&tmp);
                 std::os::unix::fs::symlink(target, &tmp)
                     .with_context(|| format!("symlink {}", tmp.display()))?;
@@ -115,11 +126,30 @@ enum Undo {
     },
 }
 
+/// Remove a directory an interrupted or undone generation created, when it is empty (as
+/// `user` when given). Gone is fine; one something else put a file in since is kept.
+pub(crate) fn remove_created_dir(path: &Path, user: Option<&Passwd>) -> Result<()> {
+    let f = || match fs::remove_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("remove {}", path.display())),
+    };
+    match user {
+        Some(u) => users::as_user(u, f),
+        None => f(),
+    }
+}
+
 /// The record of one generation's file changes (see the module docs).
 #[derive(Default)]
 pub struct Txn {
     undo: Vec<Undo>,
     seen: Vec<PathBuf>,
+    /// The durable journal ([`crate::journal`]): every change is recorded there before it is
+    /// made.
+    journal: Option<Shared>,
+    journal_seen: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for Txn {
@@ -134,6 +164,57 @@ impl Txn {
     /// An empty transaction.
     pub fn new() -> Txn {
         Txn::default()
+    }
+
+    /// A transaction that also writes every change's intent to `journal` before making it.
+    pub fn journaled(journal: Shared) -> Txn {
+        Txn {
+            journal: Some(journal),
+            ..Txn::default()
+        }
+    }
+
+    /// The durable journal, if there is one.
+    pub fn journal(&self) -> Option<&Shared> {
+        self.journal.as_ref()
+    }
+
+    /// Record in the journal only (no undo from memory: the caller has its own) what each of
+    /// `paths` holds now, once per path, in one durable append. `locked`: password-database
+    /// files, restored under the lock.
+    pub fn journal_before(&mut self, paths: &[PathBuf], locked: bool) -> Result<()> {
+        let Some(j) = self.journal.clone() else {
+            return Ok(());
+        };
+        let mut recs = Vec::new();
+        for p in paths {
+            if self.journal_seen.contains(p) {
+                continue;
+            }
+            recs.push(Record::File {
+                path: p.clone(),
+                before: Before::read(p)?,
+                user: None,
+                locked,
+            });
+            self.journal_seen.push(p.clone());
+        }
+        let r = j
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record_all(&recs);
+        r
+    }
+
+    /// Record in the journal that a program is about to create the directory tree `path`
+    /// (absent now), which a recovery removes with everything in it.
+    pub fn journal_tree(&mut self, path: &Path) -> Result<()> {
+        journal::log(
+            self.journal.as_ref(),
+            Record::Tree {
+                path: path.to_path_buf(),
+            },
+        )
     }
 
     /// Number of recorded steps.
@@ -152,6 +233,15 @@ impl Txn {
             return Ok(());
         }
         let before = Before::read(path)?;
+        journal::log(
+            self.journal.as_ref(),
+            Record::File {
+                path: path.to_path_buf(),
+                before: before.clone(),
+                user: user.cloned(),
+                locked: false,
+            },
+        )?;
         self.seen.push(path.to_path_buf());
         self.undo.push(Undo::File {
             path: path.to_path_buf(),
@@ -197,7 +287,10 @@ impl Txn {
     /// recorded.
     pub fn symlink(&mut self, path: &Path, target: &Path) -> Result<()> {
         self.remember(path, None)?;
-        Before::Symlink(target.to_path_buf()).restore(path)
+        Before::Symlink {
+            target: target.to_path_buf(),
+        }
+        .restore(path)
     }
 
     /// `mkdir -p` with `mode` for the directories it creates (recorded, so the undo removes them
@@ -208,6 +301,13 @@ impl Txn {
 
     /// Create one directory as `user` (the caller runs as the user already); recorded.
     pub fn create_dir_as(&mut self, user: &Passwd, path: &Path, mode: u32) -> Result<()> {
+        journal::log(
+            self.journal.as_ref(),
+            Record::Dir {
+                path: path.to_path_buf(),
+                user: Some(user.clone()),
+            },
+        )?;
         fs::DirBuilder::new()
             .mode(mode)
             .create(path)
@@ -230,6 +330,13 @@ impl Txn {
             p = d.parent();
         }
         for d in missing.into_iter().rev() {
+            journal::log(
+                self.journal.as_ref(),
+                Record::Dir {
+                    path: d.clone(),
+                    user: user.cloned(),
+                },
+            )?;
             match fs::DirBuilder::new().mode(mode).create(&d) {
                 Ok(()) => self.undo.push(Undo::Dir {
                     path: d,
@@ -290,19 +397,7 @@ impl Txn {
                         None => f(),
                     }
                 }
-                Undo::Dir { path, user } => {
-                    let f = || match fs::remove_dir(&path) {
-                        Ok(()) => Ok(()),
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                        // Something else put a file there since: keep it.
-                        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => Ok(()),
-                        Err(e) => Err(e).with_context(|| format!("remove {}", path.display())),
-                    };
-                    match &user {
-                        Some(u) => users::as_user(u, f),
-                        None => f(),
-                    }
-                }
+                Undo::Dir { path, user } => remove_created_dir(&path, user.as_ref()),
                 Undo::Action { what, f } => f().with_context(|| format!("undo {what}")),
                 Undo::Tool { what, f } => f(tools).with_context(|| format!("undo {what}")),
             };

@@ -14,7 +14,7 @@ use crate::pwdlock;
 use crate::txn::Txn;
 
 /// A passwd entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Passwd {
     /// Login name.
     pub name: String,
@@ -58,12 +58,18 @@ pub fn as_user<T>(user: &Passwd, f: impl FnOnce() -> Result<T>) -> Result<T> {
         // Unprivileged (tests without root): we can only act as ourselves anyway.
         return f();
     }
+    /// Gives the thread its identity back, also when `f` unwinds.
+    struct Back(nix::unistd::Uid, nix::unistd::Gid);
+    impl Drop for Back {
+        fn drop(&mut self) {
+            nix::unistd::setfsuid(self.0);
+            nix::unistd::setfsgid(self.1);
+        }
+    }
     let old_gid = nix::unistd::setfsgid(nix::unistd::Gid::from_raw(user.gid));
     let old_uid = nix::unistd::setfsuid(nix::unistd::Uid::from_raw(user.uid));
-    let r = f();
-    nix::unistd::setfsuid(old_uid);
-    nix::unistd::setfsgid(old_gid);
-    r
+    let _back = Back(old_uid, old_gid);
+    f()
 }
 
 /// Marker lines around the keys the agent manages in authorized_keys.

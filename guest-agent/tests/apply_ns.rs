@@ -461,3 +461,356 @@ fn a_generation_that_fails_part_way_is_rolled_back() {
     );
     drop(agent);
 }
+
+/// A UTS namespace that outlives the agents, as a guest's kernel outlives its agent: held by
+/// `cat` on a pipe (killed on drop).
+struct Uts(common::Killed);
+
+impl Uts {
+    fn new(hostname: &str) -> Uts {
+        let child = Command::new("unshare")
+            .args(["--uts", "--", "cat"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let u = Uts(common::Killed(child));
+        // Never act on this machine's namespace: wait until the holder has its own.
+        let mine = std::fs::read_link("/proc/self/ns/uts").unwrap();
+        let theirs = format!("/proc/{}/ns/uts", u.pid());
+        common::wait_until("the UTS namespace", Duration::from_secs(10), || {
+            std::fs::read_link(&theirs).is_ok_and(|l| l != mine)
+        });
+        let st = Command::new("nsenter")
+            .args(["-t", &u.pid(), "-u", "hostname", hostname])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        u
+    }
+
+    fn pid(&self) -> String {
+        self.0 .0.id().to_string()
+    }
+
+    fn hostname(&self) -> String {
+        let out = Command::new("nsenter")
+            .args(["-t", &self.pid(), "-u", "hostname"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+/// The NIC found by `mac`: name, MTU, up; global addresses; routes other than link-local.
+fn nic_state(ns: &NetNs, mac: &str) -> String {
+    let links = ipj(ns, &["link", "show"]);
+    let link = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["address"] == mac)
+        .unwrap()
+        .clone();
+    let name = link["ifname"].as_str().unwrap().to_string();
+    let mut addrs: Vec<String> = ipj(ns, &["addr", "show", "dev", &name])[0]["addr_info"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["scope"] == "global")
+        .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+        .collect();
+    addrs.sort();
+    let mut routes = Vec::new();
+    for fam in ["-4", "-6"] {
+        let rs = ipj(ns, &[fam, "route", "show", "table", "main", "dev", &name]);
+        routes.extend(
+            rs.as_array()
+                .unwrap()
+                .iter()
+                .filter(|r| !r["dst"].as_str().unwrap_or("").starts_with("fe80"))
+                .map(|r| format!("{} via {} metric {}", r["dst"], r["gateway"], r["metric"])),
+        );
+    }
+    routes.sort();
+    let up = link["flags"].as_array().unwrap().contains(&json!("UP"));
+    format!(
+        "link {name} mtu {} up {up}\naddrs {addrs:?}\nroutes {routes:?}",
+        link["mtu"]
+    )
+}
+
+/// One guest for the crash test: a network namespace with the NIC, a UTS namespace, a root
+/// with the host's shadow-utils (`useradd`, `groupadd` run with `--root`), and the channel.
+struct CrashWorld {
+    ns: NetNs,
+    uts: Uts,
+    /// The root, while no agent holds it.
+    root: Option<tempfile::TempDir>,
+    root_path: std::path::PathBuf,
+    host: Host,
+    dev: String,
+}
+
+const CRASH_MAC: &str = "00:16:3e:aa:bc:0d";
+
+impl CrashWorld {
+    fn new() -> CrashWorld {
+        let ns = NetNs::new("chancrash").unwrap();
+        ns.ip(&[
+            "link", "add", "nic0", "address", CRASH_MAC, "type", "veth", "peer", "name", "peer0",
+        ])
+        .unwrap();
+        ns.ip(&["link", "set", "peer0", "up"]).unwrap();
+        let root = guest_root();
+        let r = root.path();
+        for d in ["usr/sbin", "etc/default", "etc/skel"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        for p in ["useradd", "groupadd"] {
+            std::fs::copy(format!("/usr/sbin/{p}"), r.join("usr/sbin").join(p)).unwrap();
+        }
+        std::fs::write(r.join("etc/group"), "root:x:0:\nalice:x:4242:\n").unwrap();
+        std::fs::write(
+            r.join("etc/login.defs"),
+            "USERGROUPS_ENAB yes\nUID_MIN 1000\nUID_MAX 60000\nGID_MIN 1000\nGID_MAX 60000\n",
+        )
+        .unwrap();
+        std::fs::write(r.join("etc/default/useradd"), "SHELL=/bin/sh\n").unwrap();
+        std::fs::write(r.join("etc/skel/.profile"), "# skeleton\n").unwrap();
+        std::fs::write(r.join("etc/resolv.conf"), "nameserver 10.255.255.1\n").unwrap();
+        let pty = Pty::new();
+        let dev = pty.slave_path.to_str().unwrap().to_string();
+        CrashWorld {
+            ns,
+            uts: Uts::new("image"),
+            root_path: root.path().to_path_buf(),
+            root: Some(root),
+            host: Host::new(pty),
+            dev,
+        }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.root_path.clone()
+    }
+
+    /// Start an agent in the guest's namespaces (with `env`), and handshake unless it is to
+    /// die on its own.
+    fn agent(&mut self, env: &[(&str, &std::ffi::OsStr)]) -> AgentProc {
+        let pid = self.uts.pid();
+        let prefix = [
+            "nsenter",
+            "-t",
+            &pid,
+            "-u",
+            "--",
+            "ip",
+            "netns",
+            "exec",
+            self.ns.name(),
+        ];
+        let a = AgentProc::spawn_env(
+            &prefix,
+            &["--device", &self.dev],
+            env,
+            self.root.take().unwrap(),
+        );
+        self.host.handshake(Duration::from_secs(15));
+        a
+    }
+
+    /// Wait for the agent's end (after a SIGKILL when `kill`: it is idle, its last apply
+    /// finished), and take the root back.
+    fn stop(&mut self, mut a: AgentProc, kill: bool) -> std::process::ExitStatus {
+        if kill {
+            a.child.kill().unwrap();
+        }
+        let st = a.child.wait().unwrap();
+        let placeholder = tempfile::tempdir().unwrap();
+        self.root = Some(std::mem::replace(&mut a.root, placeholder));
+        st
+    }
+
+    /// Every file (the copied programs and the shutdown recorder, which names the root,
+    /// aside), the NIC, the host name.
+    fn state(&self) -> (Vec<String>, String, String) {
+        let files = tree(&self.path())
+            .into_iter()
+            .filter(|l| !l.starts_with("usr/sbin/") && !l.starts_with("fake-shutdown "))
+            .collect();
+        (files, nic_state(&self.ns, CRASH_MAC), self.uts.hostname())
+    }
+}
+
+fn crash_doc(g: u64) -> Value {
+    if g == 1 {
+        json!({"instance-id": "iid-crash", "generation": 1, "hostname": "one",
+            "network": {"version": 2, "ethernets": {"lan": {
+                "match": {"macaddress": CRASH_MAC}, "set-name": "lan0",
+                "addresses": ["192.0.2.10/24"],
+                "routes": [{"to": "default", "via": "192.0.2.1"}],
+                "nameservers": {"addresses": ["192.0.2.53"]}}}},
+            "users": [{"name": "alice", "ssh_authorized_keys": [KEY], "lock_passwd": true}]})
+    } else {
+        json!({"instance-id": "iid-crash", "generation": 2, "hostname": "two",
+            "fqdn": "two.example.org",
+            "network": {"version": 2, "ethernets": {"lan": {
+                "match": {"macaddress": CRASH_MAC}, "set-name": "lan1", "mtu": 1400,
+                "addresses": ["198.51.100.7/24", "2001:db8::7/64"],
+                "routes": [{"to": "default", "via": "198.51.100.1"},
+                           {"to": "203.0.113.0/24", "via": "198.51.100.254", "metric": 7}],
+                "nameservers": {"addresses": ["198.51.100.53"], "search": ["example.org"]}}}},
+            "users": [{"name": "alice", "ssh_authorized_keys": [], "lock_passwd": false,
+                       "hashed_passwd": "$6$two$two"},
+                      {"name": "carol", "groups": ["ops"], "ssh_authorized_keys": [KEY]}]})
+    }
+}
+
+/// Issue 13: the agent SIGKILLed (by itself, through the fault-injection variable
+/// `XENPLUG_AGENT_CRASH_AT`) right before and right after writing each record of its apply
+/// journal — with the real kernel (link renamed, MTU, addresses, routes), the real host name,
+/// shadow-utils creating a group, a user and its home — then started again as systemd would:
+/// before it answers anything, the guest is exactly at generation 1 or exactly at generation 2
+/// (every file with its mode and owner, the NIC, the host name), the generation it reports is
+/// that one, and re-sending generation 2 brings it there.
+///
+/// Two tests, kills before and kills after each record, so that the harness runs them side by
+/// side (each is about 30 agent restarts).
+#[test]
+fn a_kill_before_each_journal_record_then_a_restart_leaves_one_generation() {
+    if let Some((back, forward)) = kill_at_every_journal_step("before") {
+        // The last kill point, before the finished journal is removed (the generation marker
+        // written), rolls forward; every earlier one back.
+        assert!(back > 0 && forward > 0, "{back} back, {forward} forward");
+    }
+}
+
+/// See `a_kill_before_each_journal_record_then_a_restart_leaves_one_generation`.
+#[test]
+fn a_kill_after_each_journal_record_then_a_restart_leaves_one_generation() {
+    if let Some((back, forward)) = kill_at_every_journal_step("after") {
+        assert!(back > 0, "{back} back, {forward} forward");
+    }
+}
+
+/// Kills `when` ("before" or "after") each journal record of generation 2's apply; returns how
+/// many recoveries rolled back and forward (None when it cannot run here: the skip is logged).
+fn kill_at_every_journal_step(when: &str) -> Option<(usize, usize)> {
+    if !xenplug_testkit::require_root()
+        || !xenplug_testkit::require_program("unshare")
+        || !xenplug_testkit::require_program("nsenter")
+        || !xenplug_testkit::require_program("ip")
+        || !xenplug_testkit::require(
+            std::path::Path::new("/usr/sbin/useradd").exists()
+                && std::path::Path::new("/usr/sbin/groupadd").exists(),
+            "needs shadow-utils (package passwd) on this machine",
+        )
+    {
+        return None;
+    }
+    let apply = |host: &mut Host, g: u64| {
+        host.ok(
+            "xenplug-apply-config",
+            Some(json!({"config": crash_doc(g)})),
+        )
+    };
+    // The two generations, uninterrupted.
+    let mut w = CrashWorld::new();
+    let a = w.agent(&[]);
+    assert_eq!(apply(&mut w.host, 1)["applied"], json!(true));
+    let one = w.state();
+    assert_eq!(apply(&mut w.host, 2)["applied"], json!(true));
+    let two = w.state();
+    drop(a);
+    assert!(
+        two.0.iter().any(|l| l.starts_with("home/carol/.profile ")),
+        "{:?}",
+        two.0
+    );
+    assert!(two.1.starts_with("link lan1 mtu 1400 up true"), "{}", two.1);
+    assert_ne!(one, two);
+    let (mut back, mut forward, mut points) = (0, 0, 0);
+    {
+        for step in 0.. {
+            let mut w = CrashWorld::new();
+            // Generation 1, then 2 killed at the step (the crash point names its generation).
+            let spec = format!("{when}:{step}@2");
+            let a = w.agent(&[("XENPLUG_AGENT_CRASH_AT", spec.as_ref())]);
+            assert_eq!(apply(&mut w.host, 1)["applied"], json!(true));
+            let (_, bytes) = w.host.session.request(
+                "xenplug-apply-config",
+                Some(&json!({"config": crash_doc(2)})),
+            );
+            w.host.pty.send(&bytes);
+            // Either the agent kills itself at the step, or there is no such step and the
+            // reply comes: whichever happens first, within a deadline.
+            let mut a = a;
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let mut replied = false;
+            while a.child.try_wait().unwrap().is_none() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{spec}: no kill, no reply"
+                );
+                let evs = w.host.recv(Duration::from_millis(50), &|e| {
+                    e.iter()
+                        .any(|e| matches!(e, xenplug_channel::host::HostEvent::Reply { .. }))
+                });
+                if evs
+                    .iter()
+                    .any(|e| matches!(e, xenplug_channel::host::HostEvent::Reply { .. }))
+                {
+                    replied = true;
+                    break;
+                }
+            }
+            if replied {
+                // This step does not exist: the apply went through.
+                w.stop(a, true);
+                assert!(step > 10, "only {step} journal steps?");
+                eprintln!("generation 2 has {step} crash points {when} a record");
+                break;
+            }
+            let st = w.stop(a, false);
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(st.signal(), Some(libc::SIGKILL), "{spec}: {st:?}");
+            points += 1;
+            // Started again: recovery before the handshake is answered.
+            let a = w.agent(&[]);
+            let now = w.state();
+            let g = w.host.ok("xenplug-get-config-generation", None);
+            if now == two {
+                forward += 1;
+                assert_eq!(g["generation"], json!(2), "{spec}");
+            } else {
+                back += 1;
+                let only = |x: &Vec<String>, y: &Vec<String>| -> Vec<String> {
+                    x.iter().filter(|l| !y.contains(l)).cloned().collect()
+                };
+                assert!(
+                    now == one,
+                    "killed {spec}: neither generation 1 nor 2:\nnot in 1: {:?}\nmissing of 1: \
+                     {:?}\nnic {} (1: {}), host name {} (1: {})",
+                    only(&now.0, &one.0),
+                    only(&one.0, &now.0),
+                    now.1,
+                    one.1,
+                    now.2,
+                    one.2
+                );
+                assert_eq!(g["generation"], json!(1), "{spec}");
+            }
+            assert!(!w
+                .path()
+                .join("var/lib/xenplug-agent/apply.journal")
+                .exists());
+            let r = apply(&mut w.host, 2);
+            assert_eq!(r["generation"], json!(2), "{spec}: {r}");
+            assert_eq!(w.state(), two, "killed {spec}, then generation 2 re-sent");
+            w.stop(a, true);
+        }
+    }
+    eprintln!("{points} kill points {when} a record: {back} rolled back, {forward} rolled forward");
+    Some((back, forward))
+}

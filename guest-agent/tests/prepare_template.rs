@@ -95,3 +95,39 @@ fn prepare_template_clears_what_clones_must_not_share() {
     let bad = Command::new(AGENT).args(["--dry-run"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// Issue 13: an apply interrupted by a kill is not undone until the agent starts again; a
+/// template prepared in between would have its changes overwritten by that recovery. Refused,
+/// nothing changed.
+#[test]
+fn prepare_template_refuses_while_an_interrupted_apply_is_pending() {
+    let t = tempfile::tempdir().unwrap();
+    let r = t.path();
+    put(
+        r,
+        "var/lib/xenplug-agent/applied.json",
+        r#"{"instance-id":"i-1","generation":3}"#,
+    );
+    put(
+        r,
+        "var/lib/xenplug-agent/apply.journal",
+        "{\"step\":\"begin\",\"instance-id\":\"i-1\",\"generation\":4,\"boot-id\":null,\
+         \"previous\":null,\"previous-live\":[]}\n",
+    );
+    put(r, "etc/machine-id", "5f3c1a2b9d8e4f60718293a4b5c6d7e8\n");
+    let run = Command::new(AGENT)
+        .args(["--prepare-template", "--root", r.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1), "{run:?}");
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("an interrupted configuration apply is pending"),
+        "{err}"
+    );
+    assert!(r.join("var/lib/xenplug-agent/applied.json").exists());
+    assert_eq!(
+        fs::read_to_string(r.join("etc/machine-id")).unwrap(),
+        "5f3c1a2b9d8e4f60718293a4b5c6d7e8\n"
+    );
+}

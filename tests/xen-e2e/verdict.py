@@ -4,7 +4,9 @@
     verdict.py scenarios MANIFEST [--mode M] [--scenarios LIST]
         print the scenarios a run covers (validates LIST: exit 2 on an undeclared name)
     verdict.py judge MANIFEST LOG [--mode M] [--scenarios LIST] [--self-test VARIANTS]
+                                  [--package] [--section NAME]
         compare LOG's PASS/FAIL lines with MANIFEST; exit 0 when the run is right, 1 otherwise
+        (--section: only that section of a full run's log, one boot running every mode)
 
 Modes: `xenplug` (every declared check must PASS), `reference` (Debian's scripts: the checks
 flagged `known-bug` must FAIL, every other must PASS), `self-test` (each variant in VARIANTS
@@ -86,16 +88,31 @@ class Manifest:
         return want
 
 
-def read_log(path):
-    """[(verdict, name)] in order, and whether the dom0 side reached its RESULT line."""
+def read_log(path, section=None):
+    """[(verdict, name)] in order, and whether the dom0 side reached its RESULT line.
+
+    With a section (a full run: one boot, several modes), only the lines between its
+    `E2E: SECTION-BEGIN <section>` and `E2E: SECTION-END <section>` markers count, and
+    completed means its end marker printed."""
     results, completed = [], False
+    inside = section is None
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             line = line.rstrip("\r\n")
+            if section is not None:
+                if re.search(rf"E2E: SECTION-BEGIN {re.escape(section)}( |$)", line):
+                    inside = True
+                    continue
+                if re.search(rf"E2E: SECTION-END {re.escape(section)}( |$)", line):
+                    inside = False
+                    completed = True
+                    continue
+            if not inside:
+                continue
             m = LINE.match(line)
             if m:
                 results.append((m.group(1), m.group(2)))
-            elif "E2E: RESULT" in line:
+            elif section is None and "E2E: RESULT" in line:
                 completed = True
     return results, completed
 
@@ -180,6 +197,8 @@ def main():
     ap.add_argument("--self-test")
     ap.add_argument("--package", action="store_true",
                     help="xenplug was installed from its Debian package")
+    ap.add_argument("--section", help="judge only this section of a full run's log "
+                    "(its markers: E2E: SECTION-BEGIN/SECTION-END NAME)")
     a = ap.parse_args()
     m = Manifest(a.manifest)
     m.package = a.package
@@ -195,10 +214,14 @@ def main():
             print(f"run: no such scenario: {e.args[0]} (declared: {known})", file=sys.stderr)
             return 2
         return 0
-    results, completed = read_log(a.log)
+    results, completed = read_log(a.log, a.section)
     ok = True
     if not completed:
-        print("FAIL suite-completed (no E2E: RESULT line: the dom0 side crashed or timed out)")
+        if a.section:
+            print(f"FAIL suite-completed (section {a.section} never ended: the dom0 side "
+                  "crashed or timed out)")
+        else:
+            print("FAIL suite-completed (no E2E: RESULT line: the dom0 side crashed or timed out)")
         ok = False
     if a.mode == "self-test":
         caught, total, lines, problems = judge_self_test(m, results, read_variants(a.self_test))

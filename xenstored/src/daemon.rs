@@ -23,11 +23,18 @@
 //! domain socket accepts at most [`Options::max_domain_connections`] connections at a time
 //! (more are closed at once), so connections cannot multiply the per-connection limits.
 //!
-//! dom0 first: the engine is one store behind one lock, as C xenstored is one thread. C
-//! xenstored serves its connections round-robin, one request each; here a domain's connection
-//! yields to the scheduler before each request and waits while dom0 has a request waiting for
-//! the engine, so a guest that pipelines thousands of requests cannot keep dom0 waiting for more
-//! than the one request it is in.
+//! dom0 first. [`serve_listeners`] runs the domains' sockets on a thread of their own (one
+//! tokio scheduler for every domain connection, at a lower CPU priority: see
+//! [`Options::guest_priority`]) and dom0's on two others, so a domain's work never occupies a
+//! thread that dom0's requests wait for. On the domains' thread the connections are served
+//! round-robin, one request each per turn, as C xenstored serves its rings: a connection yields
+//! after every request, so one that pipelines thousands of requests gets one turn in each round
+//! like any other. dom0's plain reads (`READ`, `DIRECTORY`, `DIRECTORY_PART`, `GET_PERMS`
+//! outside a transaction) do not take the store lock (they read the engine's published
+//! snapshot, behind a lock held for a pointer swap); for
+//! dom0's other requests, which take the store lock, domains hold back: while one is waiting,
+//! a domain's connection does not start a request (it waits, without spinning, until dom0's
+//! requests are through), so dom0 waits at most for the one request a domain is in.
 //!
 //! ```no_run
 //! use xenplug_xenstored::daemon::{serve, Options, Shutdown};
@@ -74,6 +81,36 @@ pub struct Options {
     /// File mode of the sockets. Anyone who can connect to the main socket acts as dom0, so the
     /// default is `0o600`, as C xenstored's socket.
     pub socket_mode: u32,
+    /// CPU priority of the thread serving the domain sockets, against the daemon's other
+    /// threads (default: [`GuestPriority::Nice`] 10).
+    pub guest_priority: GuestPriority,
+}
+
+/// CPU priority of the thread that serves the domain sockets ([`Options::guest_priority`]).
+///
+/// Whatever it is, a domain's requests are served on that one thread, so a domain that floods
+/// the daemon takes at most one CPU from dom0's; a lower priority also lets dom0's requests
+/// preempt it. The store lock and the snapshot lock are shared with dom0's threads, so a lower
+/// priority could make dom0 wait for a preempted domain thread inside one of them (priority
+/// inversion): they are held for one request and for a pointer swap (a commit's tree is built
+/// without the lock), and with [`GuestPriority::Idle`], which on a busy machine may not run for
+/// a long while, the daemon also lifts the domains' thread to `SCHED_OTHER` while a dom0 thread
+/// waits for a lock it holds ([`crate::Engine::set_lock_wait_hook`]), then puts it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestPriority {
+    /// As the daemon's other threads.
+    Same,
+    /// This much higher a nice value than the daemon's (Linux nice values are per thread),
+    /// capped at 19: under a daemon already at nice 19 the same as [`GuestPriority::Same`].
+    Nice(i32),
+    /// `SCHED_IDLE`: it runs only on CPU time no other thread of the machine wants.
+    Idle,
+}
+
+impl Default for GuestPriority {
+    fn default() -> Self {
+        GuestPriority::Nice(10)
+    }
 }
 
 impl Options {
@@ -86,6 +123,7 @@ impl Options {
             max_domain_connections: DEFAULT_MAX_DOMAIN_CONNECTIONS,
             verbose: false,
             socket_mode: 0o600,
+            guest_priority: GuestPriority::default(),
         }
     }
 }
@@ -229,24 +267,235 @@ pub fn serve_listeners(
     listeners: Vec<(u32, std::os::unix::net::UnixListener)>,
     shutdown: Shutdown,
 ) -> io::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("xenstored")
-        .enable_all()
-        .build()?;
     let limits = Limits {
         max_queued_bytes: opts.max_queued_bytes,
         max_domain_connections: opts.max_domain_connections,
         verbose: opts.verbose,
     };
-    rt.block_on(async move {
-        let mut tokio_listeners = Vec::new();
-        for (domid, l) in listeners {
-            l.set_nonblocking(true)?;
-            tokio_listeners.push((domid, UnixListener::from_std(l)?));
+    for (_, l) in &listeners {
+        l.set_nonblocking(true)?;
+    }
+    let (dom0, guests): (Vec<_>, Vec<_>) = listeners.into_iter().partition(|(d, _)| *d == 0);
+    let gate = Arc::new(Dom0Gate::default());
+    let budgets = Arc::new(Budgets::new(engine.quota().outstanding));
+    let booster = (opts.guest_priority == GuestPriority::Idle && !guests.is_empty())
+        .then(|| Arc::new(Booster::new(limits.verbose)));
+    if let Some(b) = &booster {
+        let b = b.clone();
+        engine.set_lock_wait_hook(Some(Arc::new(move |waits| b.dom0_waits(waits))));
+    }
+    // The domains' thread: one scheduler, round-robin over their connections.
+    let guest_thread = if guests.is_empty() {
+        None
+    } else {
+        let (engine, gate, budgets, shutdown) = (
+            engine.clone(),
+            gate.clone(),
+            budgets.clone(),
+            shutdown.clone(),
+        );
+        let priority = opts.guest_priority;
+        let booster = booster.clone();
+        Some(
+            std::thread::Builder::new()
+                .name("xenstored-domains".into())
+                .spawn(move || -> io::Result<()> {
+                    lower_thread_priority(priority, limits.verbose);
+                    if let Some(b) = booster {
+                        b.set_thread();
+                    }
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async move {
+                        let listeners = to_tokio(guests)?;
+                        serve_all(engine, listeners, limits, gate, budgets, shutdown).await;
+                        Ok(())
+                    })
+                })?,
+        )
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("xenstored")
+        .enable_all()
+        .build()?;
+    let sd = shutdown.clone();
+    let e = engine.clone();
+    let result = rt.block_on(async move {
+        let listeners = to_tokio(dom0)?;
+        serve_all(e, listeners, limits, gate, budgets, sd).await;
+        Ok(())
+    });
+    // Whatever stopped dom0's side stops the domains' too.
+    shutdown.trigger();
+    let guests = match guest_thread.map(|t| t.join()) {
+        Some(Ok(r)) => r,
+        Some(Err(_)) => Err(io::Error::other("the domains' thread panicked")),
+        None => Ok(()),
+    };
+    if booster.is_some() {
+        engine.set_lock_wait_hook(None);
+    }
+    result.and(guests)
+}
+
+/// Lifts the `SCHED_IDLE` domains' thread to `SCHED_OTHER` while another thread waits for a
+/// lock (see [`GuestPriority`]): the domains' thread may be holding it, preempted.
+#[derive(Debug)]
+struct Booster {
+    /// The domains' thread (0 until it has started).
+    tid: std::sync::atomic::AtomicI32,
+    /// Threads waiting now.
+    waiting: std::sync::Mutex<usize>,
+    verbose: bool,
+}
+
+impl Booster {
+    fn new(verbose: bool) -> Self {
+        Booster {
+            tid: std::sync::atomic::AtomicI32::new(0),
+            waiting: std::sync::Mutex::new(0),
+            verbose,
         }
-        run(engine, tokio_listeners, limits, shutdown).await
-    })
+    }
+
+    /// Called on the domains' thread.
+    fn set_thread(&self) {
+        // SAFETY: gettid has no arguments and cannot fail.
+        self.tid.store(unsafe { libc::gettid() }, Ordering::SeqCst);
+    }
+
+    fn dom0_waits(&self, begins: bool) {
+        let tid = self.tid.load(Ordering::SeqCst);
+        // SAFETY: gettid has no arguments and cannot fail.
+        if tid == 0 || tid == unsafe { libc::gettid() } {
+            return;
+        }
+        let mut n = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let policy = if begins {
+            *n += 1;
+            (*n == 1).then_some(libc::SCHED_OTHER)
+        } else {
+            *n = n.saturating_sub(1);
+            (*n == 0).then_some(libc::SCHED_IDLE)
+        };
+        if let Some(policy) = policy {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: changes the policy of a thread of this process; `param` outlives the
+            // call. A thread that has exited makes it fail with ESRCH, nothing else.
+            let rc = unsafe { libc::sched_setscheduler(tid, policy, &param) };
+            if rc != 0 && self.verbose {
+                eprintln!(
+                    "xenstored: cannot change the domains' thread's policy: {}",
+                    io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
+fn to_tokio(
+    listeners: Vec<(u32, std::os::unix::net::UnixListener)>,
+) -> io::Result<Vec<(u32, UnixListener)>> {
+    listeners
+        .into_iter()
+        .map(|(d, l)| Ok((d, UnixListener::from_std(l)?)))
+        .collect()
+}
+
+/// Give the calling thread `priority`. Best effort: a failure leaves it as it is (and is
+/// logged when `verbose`).
+fn lower_thread_priority(priority: GuestPriority, verbose: bool) {
+    let ok = match priority {
+        GuestPriority::Same => true,
+        GuestPriority::Nice(by) if by <= 0 => true,
+        // SAFETY: getpriority/setpriority on the calling thread's own id (Linux nice values are
+        // per thread); no memory is passed.
+        GuestPriority::Nice(by) => unsafe {
+            let tid = libc::gettid() as libc::id_t;
+            *libc::__errno_location() = 0;
+            let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+            !(now == -1 && *libc::__errno_location() != 0)
+                && libc::setpriority(libc::PRIO_PROCESS, tid, (now + by).min(19)) == 0
+        },
+        GuestPriority::Idle => {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: sets the calling thread's own policy; `param` outlives the call.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) == 0 }
+        }
+    };
+    if !ok && verbose {
+        eprintln!(
+            "xenstored: cannot give the domains' thread {priority:?}: {}",
+            io::Error::last_os_error()
+        );
+    }
+}
+
+/// dom0's requests that take the store lock, in progress: domains do not start a request while
+/// there are any (see the module docs).
+#[derive(Debug, Default)]
+struct Dom0Gate {
+    waiting: AtomicUsize,
+    clear: Notify,
+}
+
+/// A dom0 request in progress; leaves the gate when dropped (also on a panic).
+struct Entered<'a>(&'a Dom0Gate);
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        if self.0.waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.clear.notify_waiters();
+        }
+    }
+}
+
+impl Dom0Gate {
+    fn enter(&self) -> Entered<'_> {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        Entered(self)
+    }
+
+    /// Wait until no dom0 request is waiting for the store lock.
+    async fn wait_clear(&self) {
+        loop {
+            let notified = self.clear.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a `leave` in between is not missed.
+            notified.as_mut().enable();
+            if self.waiting.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One budget of requests in flight per domain, shared by all its sockets and connections.
+#[derive(Debug)]
+struct Budgets {
+    per_domain: usize,
+    domains: std::sync::Mutex<std::collections::HashMap<u32, Arc<Semaphore>>>,
+}
+
+impl Budgets {
+    fn new(outstanding: usize) -> Self {
+        Budgets {
+            per_domain: outstanding.min(Semaphore::MAX_PERMITS),
+            domains: Default::default(),
+        }
+    }
+
+    fn of(&self, domid: u32) -> Arc<Semaphore> {
+        self.domains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(domid)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_domain)))
+            .clone()
+    }
 }
 
 /// Limits and diagnostics of [`run`].
@@ -271,37 +520,44 @@ impl Default for Limits {
 }
 
 /// Accept and serve connections on tokio listeners until `shutdown` (the async core, for
-/// callers with their own runtime).
+/// callers with their own runtime). dom0's and the domains' connections share the caller's
+/// runtime here; [`serve_listeners`] gives the domains a thread of their own.
 pub async fn run(
     engine: Arc<Engine>,
     listeners: Vec<(u32, UnixListener)>,
     limits: Limits,
     shutdown: Shutdown,
 ) -> io::Result<()> {
+    let budgets = Arc::new(Budgets::new(engine.quota().outstanding));
+    let gate = Arc::new(Dom0Gate::default());
+    serve_all(engine, listeners, limits, gate, budgets, shutdown).await;
+    Ok(())
+}
+
+async fn serve_all(
+    engine: Arc<Engine>,
+    listeners: Vec<(u32, UnixListener)>,
+    limits: Limits,
+    gate: Arc<Dom0Gate>,
+    budgets: Arc<Budgets>,
+    shutdown: Shutdown,
+) {
     let mut accepters = tokio::task::JoinSet::new();
-    // dom0 requests waiting for the engine (guests hold back while there are any).
-    let dom0_waiting = Arc::new(AtomicUsize::new(0));
-    // One budget of requests in flight per domain, shared by all its sockets and connections.
-    let outstanding = engine.quota().outstanding.min(Semaphore::MAX_PERMITS);
-    let mut budgets: std::collections::HashMap<u32, Arc<Semaphore>> = Default::default();
     for (domid, listener) in listeners {
-        let engine = engine.clone();
-        let shutdown = shutdown.clone();
-        let budget = (domid != 0).then(|| {
-            budgets
-                .entry(domid)
-                .or_insert_with(|| Arc::new(Semaphore::new(outstanding)))
-                .clone()
-        });
-        let gate = dom0_waiting.clone();
+        let budget = (domid != 0).then(|| budgets.of(domid));
         accepters.spawn(accept_loop(
-            engine, listener, domid, budget, gate, limits, shutdown,
+            engine.clone(),
+            listener,
+            domid,
+            budget,
+            gate.clone(),
+            limits,
+            shutdown.clone(),
         ));
     }
     shutdown.wait().await;
     accepters.abort_all();
     while accepters.join_next().await.is_some() {}
-    Ok(())
 }
 
 async fn accept_loop(
@@ -309,7 +565,7 @@ async fn accept_loop(
     listener: UnixListener,
     domid: u32,
     budget: Option<Arc<Semaphore>>,
-    dom0_waiting: Arc<AtomicUsize>,
+    gate: Arc<Dom0Gate>,
     limits: Limits,
     shutdown: Shutdown,
 ) {
@@ -333,7 +589,7 @@ async fn accept_loop(
                         stream,
                         domid,
                         budget.clone(),
-                        dom0_waiting.clone(),
+                        gate.clone(),
                         limits,
                         shutdown.clone(),
                     ));
@@ -428,7 +684,7 @@ async fn serve_connection(
     stream: UnixStream,
     domid: u32,
     budget: Option<Arc<Semaphore>>,
-    dom0_waiting: Arc<AtomicUsize>,
+    gate: Arc<Dom0Gate>,
     limits: Limits,
     shutdown: Shutdown,
 ) {
@@ -524,21 +780,24 @@ async fn serve_connection(
                             None => None,
                         };
                         let resp = if domid == 0 {
-                            dom0_waiting.fetch_add(1, Ordering::SeqCst);
-                            let r = guard.engine.handle_message(guard.conn, &msg);
-                            dom0_waiting.fetch_sub(1, Ordering::SeqCst);
-                            r
-                        } else {
-                            // One request at a time, after anything dom0 is waiting with.
-                            tokio::task::yield_now().await;
-                            while dom0_waiting.load(Ordering::SeqCst) > 0 {
-                                tokio::task::yield_now().await;
+                            if Engine::takes_store_lock(&msg) {
+                                let _entered = gate.enter();
+                                guard.engine.handle_message(guard.conn, &msg)
+                            } else {
+                                guard.engine.handle_message(guard.conn, &msg)
                             }
+                        } else {
+                            // After anything dom0 is waiting for the store lock with.
+                            gate.wait_clear().await;
                             guard.engine.handle_message(guard.conn, &msg)
                         };
                         outbox.push_reply(&resp.reply, permit);
                         if let Some(ev) = resp.initial_event {
                             outbox.watch_event(&ev.path, &ev.token);
+                        }
+                        if domid != 0 {
+                            // One request per turn: the other connections' go first.
+                            tokio::task::yield_now().await;
                         }
                     }
                 }
@@ -608,4 +867,47 @@ pub fn serve_until_signal(opts: &Options) -> io::Result<()> {
     let _ = waiter.join();
     remove_sockets(opts);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(tid: i32) -> i32 {
+        // SAFETY: queries a thread of this process; no memory is passed.
+        unsafe { libc::sched_getscheduler(tid) }
+    }
+
+    #[test]
+    fn the_idle_domains_thread_is_lifted_while_dom0_waits() {
+        let booster = Arc::new(Booster::new(true));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let b = booster.clone();
+        let domains = std::thread::spawn(move || {
+            lower_thread_priority(GuestPriority::Idle, true);
+            b.set_thread();
+            // SAFETY: gettid has no arguments and cannot fail.
+            ready_tx.send(unsafe { libc::gettid() }).unwrap();
+            // The thread's own waits change nothing.
+            b.dom0_waits(true);
+            b.dom0_waits(false);
+            let _ = done_rx.recv();
+        });
+        let tid = ready_rx.recv().unwrap();
+        assert_eq!(policy(tid), libc::SCHED_IDLE);
+        booster.dom0_waits(true);
+        assert_eq!(policy(tid), libc::SCHED_OTHER, "lifted while one waits");
+        booster.dom0_waits(true);
+        booster.dom0_waits(false);
+        assert_eq!(
+            policy(tid),
+            libc::SCHED_OTHER,
+            "still lifted while another waits"
+        );
+        booster.dom0_waits(false);
+        assert_eq!(policy(tid), libc::SCHED_IDLE, "back once nobody waits");
+        done_tx.send(()).unwrap();
+        domains.join().unwrap();
+    }
 }

@@ -50,14 +50,28 @@
 //! Cost: watches are indexed by path, so an event costs a lookup per ancestor of its path (and
 //! a range scan below a removed node), not a comparison with every watch; a transaction keeps
 //! one pending event per path and kind (a later change replaces the earlier one), in a map.
+//!
+//! Concurrency ([`Engine`]): the tree is a persistent map ([`crate::pmap`]), so every change
+//! publishes a snapshot at the cost of an `Arc` clone. Plain reads outside a transaction are
+//! answered from the latest snapshot without the store lock; everything else takes it, for one
+//! request. A commit takes it twice briefly: to snapshot the tree, and to swap in the tree it
+//! built meanwhile from that snapshot and its changes, after carrying over what others changed
+//! in between (a conflict if the transaction looked at any of it: `EAGAIN`); only
+//! its watch events are matched and queued under the lock, after the new tree is published, so
+//! that a client reading the node an event names sees the change. What a request dropped (a
+//! transaction's overlay of 200 000 nodes) is freed after the lock is released.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::ops::Bound;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
 
 use xenplug_xenstore::wire::{self, Message, MsgType, ABS_PATH_MAX, PAYLOAD_MAX, REL_PATH_MAX};
 use xenplug_xenstore::{Access, Errno, Perm};
+
+use crate::pmap::PMap;
 
 /// `DOMID_ANY`: a permission entry for this id applies to every domain.
 pub const DOMID_ANY: u32 = 0x7FF4;
@@ -296,7 +310,7 @@ struct Node {
     generation: u64,
 }
 
-type Tree = HashMap<Arc<str>, Arc<Node>>;
+type Tree = PMap<Arc<Node>>;
 
 #[derive(Debug, Clone, Copy)]
 struct Caller {
@@ -364,16 +378,21 @@ struct IndexedWatch {
     prefix_len: usize,
 }
 
+/// What a transaction changed and looked at. Its maps are persistent maps rather than hash
+/// maps, and its events are kept in chunks, so that it grows in steps of bounded cost: a hash
+/// map of 100 000 entries that doubles rehashes them all within one request, with the store
+/// lock held.
 #[derive(Debug)]
 struct Tx {
     /// Nodes this transaction wrote (`None`: removed); everything else is read live.
-    overlay: HashMap<Arc<str>, Option<Arc<Node>>>,
-    accessed: HashMap<Arc<str>, Option<u64>>,
-    modified: HashSet<Arc<str>>,
+    overlay: PMap<Option<Arc<Node>>>,
+    /// Every node looked at, with its global generation then (`None`: absent).
+    accessed: PMap<Option<u64>>,
     /// Pending events in order; a later event for the same path and kind replaces the earlier
-    /// one (its slot becomes `None`), found through `event_slots`.
-    events: Vec<Option<PendingEvent>>,
-    event_slots: HashMap<(String, EventKind), usize>,
+    /// one (its slot becomes `None`), found through `event_slots` (by path: the slot of its
+    /// `Changed` and of its `Removed` event).
+    events: Chunked<Option<PendingEvent>>,
+    event_slots: PMap<[Option<usize>; 2]>,
     /// Nodes owned per domain that this transaction added (or removed, negative).
     owners: HashMap<u32, isize>,
 }
@@ -381,22 +400,86 @@ struct Tx {
 impl Tx {
     fn new() -> Self {
         Tx {
-            overlay: HashMap::new(),
-            accessed: HashMap::new(),
-            modified: HashSet::new(),
-            events: Vec::new(),
-            event_slots: HashMap::new(),
+            overlay: PMap::new(),
+            accessed: PMap::new(),
+            events: Chunked::default(),
+            event_slots: PMap::new(),
             owners: HashMap::new(),
         }
     }
 
     fn queue(&mut self, ev: PendingEvent) {
-        let key = (ev.path.clone(), ev.kind);
-        if let Some(old) = self.event_slots.insert(key, self.events.len()) {
-            self.events[old] = None;
+        let kind = match ev.kind {
+            EventKind::Changed => 0,
+            EventKind::Removed => 1,
+            // (Not transactional: never queued; kept, not de-duplicated, if it were.)
+            EventKind::Special(_) => {
+                self.events.push(Some(ev));
+                return;
+            }
+        };
+        let at = self.events.len();
+        let old = match self.event_slots.get_mut(&ev.path) {
+            Some(slots) => slots[kind].replace(at),
+            None => {
+                let mut slots = [None, None];
+                slots[kind] = Some(at);
+                self.event_slots.insert(Arc::from(ev.path.as_str()), slots);
+                None
+            }
+        };
+        if let Some(old) = old {
+            *self.events.get_mut(old) = None;
         }
         self.events.push(Some(ev));
     }
+}
+
+/// A list kept in chunks of [`CHUNK`]: it grows without moving what it holds.
+#[derive(Debug)]
+struct Chunked<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+const CHUNK: usize = 4096;
+
+impl<T> Default for Chunked<T> {
+    fn default() -> Self {
+        Chunked {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Chunked<T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, item: T) {
+        if self.len.is_multiple_of(CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        self.chunks.last_mut().expect("a chunk").push(item);
+        self.len += 1;
+    }
+
+    fn get_mut(&mut self, i: usize) -> &mut T {
+        &mut self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flatten()
+    }
+}
+
+/// A watch event for a connection's sink.
+struct Delivery {
+    sink: Arc<dyn EventSink>,
+    path: Vec<u8>,
+    token: Vec<u8>,
 }
 
 struct ConnState {
@@ -404,6 +487,9 @@ struct ConnState {
     /// `(node, token)` of every watch (the watches themselves are in `State::watch_index`).
     watches: HashSet<(String, Vec<u8>)>,
     txs: HashMap<u32, Tx>,
+    /// Bumped whenever the connection's transactions are dropped (`RELEASE`, `RESET_WATCHES`),
+    /// so that a commit in progress finds out.
+    tx_epoch: u64,
     next_tx: u32,
     sink: Arc<dyn EventSink>,
 }
@@ -414,7 +500,17 @@ struct State {
     conns: HashMap<u64, ConnState>,
     next_conn: u64,
     introduced: BTreeSet<u32>,
-    targets: HashMap<u32, u32>,
+    targets: Arc<HashMap<u32, u32>>,
+    /// The domain each connection acts as (shared with the published snapshot).
+    domids: Arc<HashMap<u64, u32>>,
+    /// What the last operation dropped, freed once the lock is released (a committed
+    /// transaction of 200 000 nodes takes a while to free).
+    garbage: Vec<Tx>,
+    /// What [`Engine::published`] holds (compared without its lock).
+    last_published: Arc<Published>,
+    /// Watch events of the last operation, handed to the sinks once its changes are published
+    /// (so that a client reading the node an event names sees the change).
+    deliveries: Vec<Delivery>,
     special: HashMap<&'static str, Vec<Perm>>,
     /// Every watch, by watched path.
     watch_index: BTreeMap<String, Vec<IndexedWatch>>,
@@ -423,9 +519,66 @@ struct State {
     quota: Quota,
 }
 
-/// The xenstore engine. Cheap to share (`Arc<Engine>`); all operations lock one mutex.
+/// See [`Engine::set_lock_wait_hook`].
+pub type LockWaitHook = Arc<dyn Fn(bool) + Send + Sync>;
+
+/// The store lock, held: records how long when released.
+struct Held<'a> {
+    guard: MutexGuard<'a, State>,
+    since: Instant,
+    longest: &'a AtomicU64,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for Held<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.guard
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let ns = u64::try_from(self.since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.longest.fetch_max(ns, Ordering::Relaxed);
+    }
+}
+
+/// What readers see: the committed tree and who every connection is, as of the last change.
+struct Published {
+    tree: Tree,
+    domids: Arc<HashMap<u64, u32>>,
+    targets: Arc<HashMap<u32, u32>>,
+}
+
+/// The xenstore engine. Cheap to share (`Arc<Engine>`).
+///
+/// Changes, transactions and watches go through one mutex (the store lock). Plain reads
+/// (`READ`, `DIRECTORY`, `DIRECTORY_PART`, `GET_PERMS` outside a transaction) do not take it:
+/// every change publishes a snapshot of the store (the tree is a persistent map, so that is an
+/// `Arc` clone), and a read looks at the latest one. A reader never waits for a writer, however
+/// long the writer holds the store lock (a commit of 200 000 nodes); what it sees is the store
+/// as of the last completed request, so reads stay linearisable, and a connection reads its own
+/// writes (its requests are handled in order, and a change is published before its reply).
 pub struct Engine {
     state: Mutex<State>,
+    /// A mutex, not a read-write lock: a writer waiting for a read-write lock holds back the
+    /// readers that come after it, and the writer may be the domains' idle-class thread (see
+    /// [`crate::daemon::GuestPriority`]); a thread waiting for a mutex holds back nobody. Held
+    /// for an `Arc` clone or a pointer swap.
+    published: Mutex<Arc<Published>>,
+    /// See [`Engine::take_longest_lock_hold`].
+    longest_hold_ns: AtomicU64,
+    /// See [`Engine::set_lock_wait_hook`].
+    wait_hook: Mutex<Option<LockWaitHook>>,
+    /// Runs while a commit is being built without the lock (tests interleave changes there).
+    #[cfg(test)]
+    commit_hook: Mutex<Option<Box<dyn FnMut() + Send>>>,
 }
 
 impl fmt::Debug for Engine {
@@ -483,10 +636,9 @@ struct View<'a> {
     /// The caller's quota (`None`: privileged).
     quota: Option<Quota>,
     /// The transaction's own changes (`None`: removed), in a transaction.
-    overlay: Option<&'a mut HashMap<Arc<str>, Option<Arc<Node>>>>,
+    overlay: Option<&'a mut PMap<Option<Arc<Node>>>>,
     generation: &'a mut u64,
-    accessed: Option<&'a mut HashMap<Arc<str>, Option<u64>>>,
-    modified: Option<&'a mut HashSet<Arc<str>>>,
+    accessed: Option<&'a mut PMap<Option<u64>>>,
 }
 
 fn owner(node: &Node) -> Option<u32> {
@@ -540,13 +692,9 @@ impl View<'_> {
         self.peek(path).cloned()
     }
 
+    /// About to change `path`: in a transaction, a node changed is a node looked at.
     fn mark_modified(&mut self, path: &str) {
         self.record(path);
-        if let Some(m) = self.modified.as_deref_mut() {
-            if !m.contains(path) {
-                m.insert(Arc::from(path));
-            }
-        }
     }
 
     /// Mutable access to an existing node, bumping its generation.
@@ -644,7 +792,7 @@ impl Engine {
     /// anyone else). `@releaseDomain` is `n0,r32756` (readable by every domain, as C xenstored
     /// sets it up) and `@introduceDomain` is `n0`.
     pub fn new() -> Arc<Self> {
-        let mut tree: Tree = HashMap::new();
+        let mut tree: Tree = PMap::new();
         let n0 = vec![perm(0, Access::None)];
         let mut generation = 0u64;
         let mut add = |path: &str, value: &str, children: &[&str]| {
@@ -676,6 +824,11 @@ impl Engine {
         special.insert(SPECIAL_INTRODUCE, vec![perm(0, Access::None)]);
         let mut owners = HashMap::new();
         owners.insert(0, tree.len());
+        let published = Arc::new(Published {
+            tree: tree.clone(),
+            domids: Arc::default(),
+            targets: Arc::default(),
+        });
         Arc::new(Engine {
             state: Mutex::new(State {
                 tree,
@@ -683,12 +836,21 @@ impl Engine {
                 conns: HashMap::new(),
                 next_conn: 1,
                 introduced: BTreeSet::new(),
-                targets: HashMap::new(),
+                targets: Arc::default(),
+                domids: Arc::default(),
+                garbage: Vec::new(),
+                last_published: published.clone(),
+                deliveries: Vec::new(),
                 special,
                 watch_index: BTreeMap::new(),
                 owners,
                 quota: Quota::default(),
             }),
+            published: Mutex::new(published),
+            longest_hold_ns: AtomicU64::new(0),
+            wait_hook: Mutex::new(None),
+            #[cfg(test)]
+            commit_hook: Mutex::new(None),
         })
     }
 
@@ -714,10 +876,126 @@ impl Engine {
         self.lock().check()
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> Held<'_> {
         // A panic while holding the lock leaves the tree consistent enough to keep serving:
         // every operation validates before it mutates.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        let guard = match self.state.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                self.waiting(|| self.state.lock().unwrap_or_else(|p| p.into_inner()))
+            }
+        };
+        Held {
+            guard,
+            since: Instant::now(),
+            longest: &self.longest_hold_ns,
+        }
+    }
+
+    /// Wait for a lock someone else holds, telling the hook.
+    fn waiting<T>(&self, wait: impl FnOnce() -> T) -> T {
+        let hook = self
+            .wait_hook
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(h) = &hook {
+            h(true);
+        }
+        let got = wait();
+        if let Some(h) = &hook {
+            h(false);
+        }
+        got
+    }
+
+    /// Have `hook(true)` called whenever a thread is about to wait for the store lock or the
+    /// snapshot lock because another thread holds it, and `hook(false)` once it has it. The
+    /// daemon uses it to lift the priority of its domains' thread while dom0 waits for it
+    /// ([`crate::daemon::GuestPriority::Idle`]). `None` removes the hook.
+    pub fn set_lock_wait_hook(&self, hook: Option<LockWaitHook>) {
+        *self.wait_hook.lock().unwrap_or_else(|p| p.into_inner()) = hook;
+    }
+
+    /// The longest time the store lock was held at once since the last call (what a request
+    /// that needs the lock may have waited for, besides the lock's other users' turns).
+    pub fn take_longest_lock_hold(&self) -> Duration {
+        Duration::from_nanos(self.longest_hold_ns.swap(0, Ordering::Relaxed))
+    }
+
+    /// The latest published snapshot.
+    fn snapshot(&self) -> Arc<Published> {
+        match self.published.try_lock() {
+            Ok(p) => p.clone(),
+            Err(TryLockError::Poisoned(p)) => p.into_inner().clone(),
+            Err(TryLockError::WouldBlock) => self.waiting(|| {
+                self.published
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+            }),
+        }
+    }
+
+    /// Release the store lock after a change: publish what readers must see from now on, then
+    /// free what the operation dropped, outside the lock.
+    fn unlock(&self, mut st: Held<'_>) {
+        let same = {
+            let last = &st.last_published;
+            last.tree.same_version(&st.tree)
+                && Arc::ptr_eq(&last.domids, &st.domids)
+                && Arc::ptr_eq(&last.targets, &st.targets)
+        };
+        let old = (!same).then(|| {
+            let new = Arc::new(Published {
+                tree: st.tree.clone(),
+                domids: st.domids.clone(),
+                targets: st.targets.clone(),
+            });
+            st.last_published = new.clone();
+            // Held for a pointer swap only: readers never wait for more.
+            let mut published = self.published.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::replace(&mut *published, new)
+        });
+        // Events after the publication, still under the lock (each connection gets them in the
+        // order of the changes); the sinks only queue them.
+        for d in st.deliveries.drain(..) {
+            d.sink.watch_event(&d.path, &d.token);
+        }
+        let garbage = std::mem::take(&mut st.garbage);
+        drop(st);
+        drop(old);
+        drop(garbage);
+    }
+
+    /// A read outside a transaction, answered from the published snapshot without the store
+    /// lock. `None`: not such a read (or the connection is unknown), take the locked path.
+    fn read_unlocked(
+        &self,
+        conn: ConnId,
+        tx_id: u32,
+        req: &Request,
+    ) -> Option<Result<Reply, Errno>> {
+        if tx_id != 0 {
+            return None;
+        }
+        let raw = match req {
+            Request::Read(p) | Request::Directory(p) | Request::DirectoryPart(p, _) => p,
+            Request::GetPerms(p) if !p.starts_with('@') => p,
+            _ => return None,
+        };
+        let snap = self.snapshot();
+        let domid = *snap.domids.get(&conn.0)?;
+        let caller = Caller {
+            domid,
+            target: snap.targets.get(&domid).copied(),
+        };
+        let allow_special = matches!(req, Request::GetPerms(_));
+        Some(canonicalize(caller, raw, allow_special).and_then(|name| {
+            let node = check_access(|p| snap.tree.get(p).cloned(), caller, &name, PERM_READ)?;
+            Ok(read_reply(req, &node))
+        }))
     }
 
     /// Register a connection acting as `domid` (0: privileged). Its watch events go to `sink`.
@@ -731,10 +1009,13 @@ impl Engine {
                 domid,
                 watches: HashSet::new(),
                 txs: HashMap::new(),
+                tx_epoch: 0,
                 next_tx: 1,
                 sink,
             },
         );
+        Arc::make_mut(&mut st.domids).insert(id, domid);
+        self.unlock(st);
         ConnId(id)
     }
 
@@ -742,7 +1023,11 @@ impl Engine {
     pub fn disconnect(&self, conn: ConnId) {
         let mut st = self.lock();
         st.clear_watches(conn.0);
-        st.conns.remove(&conn.0);
+        if let Some(c) = st.conns.remove(&conn.0) {
+            st.garbage.extend(c.txs.into_values());
+        }
+        Arc::make_mut(&mut st.domids).remove(&conn.0);
+        self.unlock(st);
     }
 
     /// The domain a connection acts as.
@@ -752,9 +1037,9 @@ impl Engine {
 
     /// Make a connection act as another domain (relative paths, permissions, privilege).
     pub fn set_domid(&self, conn: ConnId, domid: u32) {
-        if let Some(c) = self.lock().conns.get_mut(&conn.0) {
-            c.domid = domid;
-        }
+        let mut st = self.lock();
+        st.set_domid(conn.0, domid);
+        self.unlock(st);
     }
 
     /// Number of registered connections.
@@ -806,23 +1091,31 @@ impl Engine {
         let result = match MsgType::from_u32(msg.msg_type) {
             None => Err(Errno::ENOSYS),
             Some(t) => {
-                let mut st = self.lock();
-                match st.check_type(conn, t, msg.tx_id) {
-                    Err(e) => Err(e),
-                    Ok(()) => match parse_request(t, &msg.payload) {
-                        Err(e) => Err(e),
-                        Ok(req) => {
-                            let tx = if matches!(t, MsgType::WATCH | MsgType::UNWATCH) {
-                                0
-                            } else {
-                                msg.tx_id
-                            };
-                            st.execute(conn, tx, req).map(|done| {
-                                initial_event = done.initial;
-                                done.reply
-                            })
-                        }
-                    },
+                let parsed = match t {
+                    MsgType::READ
+                    | MsgType::DIRECTORY
+                    | MsgType::DIRECTORY_PART
+                    | MsgType::GET_PERMS
+                        if msg.tx_id == 0 =>
+                    {
+                        Some(parse_request(t, &msg.payload))
+                    }
+                    _ => None,
+                };
+                let unlocked = match &parsed {
+                    Some(Ok(req)) => self.read_unlocked(conn, 0, req),
+                    _ => None,
+                };
+                match unlocked {
+                    Some(result) => result,
+                    None => self
+                        .run(conn, t, msg.tx_id, || {
+                            parsed.unwrap_or_else(|| parse_request(t, &msg.payload))
+                        })
+                        .map(|done| {
+                            initial_event = done.initial;
+                            done.reply
+                        }),
                 }
             }
         };
@@ -849,6 +1142,20 @@ impl Engine {
         }
     }
 
+    /// Whether [`Engine::handle_message`] takes the store lock for `msg`: everything but a
+    /// plain read (`READ`, `DIRECTORY`, `DIRECTORY_PART`, `GET_PERMS` outside a transaction and
+    /// not of an `@` node), which is answered from the published snapshot.
+    pub fn takes_store_lock(msg: &Message) -> bool {
+        let Some(t) = MsgType::from_u32(msg.msg_type) else {
+            return false;
+        };
+        let read = matches!(
+            t,
+            MsgType::READ | MsgType::DIRECTORY | MsgType::DIRECTORY_PART | MsgType::GET_PERMS
+        );
+        !(read && msg.tx_id == 0 && !msg.payload.starts_with(b"@"))
+    }
+
     /// Execute a parsed request for `conn` in transaction `tx_id` (0: none). For a `WATCH`, the
     /// registration event is returned rather than delivered, so that the caller can send it
     /// after the reply as xenstored does ([`Engine::handle_message`] callers) or queue it.
@@ -858,20 +1165,153 @@ impl Engine {
         tx_id: u32,
         req: Request,
     ) -> Result<(Reply, Option<InitialEvent>), Errno> {
-        let mut st = self.lock();
-        let t = req.msg_type();
-        st.check_type(conn, t, tx_id)?;
-        let tx_id = if matches!(t, MsgType::WATCH | MsgType::UNWATCH) {
-            0
-        } else {
-            tx_id
-        };
-        let done = st.execute(conn, tx_id, req)?;
+        if let Some(result) = self.read_unlocked(conn, tx_id, &req) {
+            let reply = result?;
+            if reply.payload().len() > PAYLOAD_MAX {
+                return Err(Errno::E2BIG);
+            }
+            return Ok((reply, None));
+        }
+        let done = self.run(conn, req.msg_type(), tx_id, || Ok(req))?;
         if done.reply.payload().len() > PAYLOAD_MAX {
             return Err(Errno::E2BIG);
         }
         Ok((done.reply, done.initial))
     }
+
+    /// A request that takes the store lock: xenstored's checks, then the request (`parse`
+    /// runs after the checks, so that their errors come first, as in xenstored).
+    fn run(
+        &self,
+        conn: ConnId,
+        t: MsgType,
+        tx_id: u32,
+        parse: impl FnOnce() -> Result<Request, Errno>,
+    ) -> OpResult {
+        let mut st = self.lock();
+        let req = match st.check_type(conn, t, tx_id).and_then(|()| parse()) {
+            Ok(req) => req,
+            Err(e) => {
+                self.unlock(st);
+                return Err(e);
+            }
+        };
+        if req == Request::TransactionEnd(true) && tx_id != 0 {
+            drop(st);
+            return self.commit(conn, tx_id);
+        }
+        let tx_id = if matches!(t, MsgType::WATCH | MsgType::UNWATCH) {
+            0
+        } else {
+            tx_id
+        };
+        let done = st.execute(conn, tx_id, req);
+        self.unlock(st);
+        done
+    }
+
+    /// `TRANSACTION_END T`. The store lock is held only to take a snapshot and, at the end, to
+    /// swap the new tree in: checking what the transaction looked at (`EAGAIN`) and building
+    /// the new tree (a persistent map: the snapshot plus the transaction's changes) happen
+    /// without it, so a commit of 200 000 nodes keeps neither readers nor writers waiting for
+    /// its size. If the store changed in between, the changes (found by comparing the snapshot
+    /// with the store, which costs what changed, not the store's size) are a conflict when the
+    /// transaction looked at one of them, and are otherwise carried into the new tree.
+    fn commit(&self, conn: ConnId, tx_id: u32) -> OpResult {
+        let mut st = self.lock();
+        let (caller, epoch) = match st.conns.get(&conn.0) {
+            Some(c) => (st.caller(conn)?, c.tx_epoch),
+            None => return Err(Errno::EIO),
+        };
+        let Some(mut tx) = st.conns.get_mut(&conn.0).and_then(|c| c.txs.remove(&tx_id)) else {
+            return Err(Errno::ENOENT);
+        };
+        let (base, g0) = (st.tree.clone(), st.generation);
+        drop(st);
+        #[cfg(test)]
+        if let Some(hook) = self.commit_hook.lock().unwrap().as_mut() {
+            hook();
+        }
+        let built = build_commit(&base, g0, &mut tx);
+        let mut st = self.lock();
+        let result = (|| {
+            if st.conns.get(&conn.0).is_none_or(|c| c.tx_epoch != epoch) {
+                // The domain was released (or reset its watches) meanwhile: the transaction is
+                // gone, as if it had been dropped before this request.
+                return Err(Errno::ENOENT);
+            }
+            let (mut tree, mut generation) = built?;
+            if !st.tree.same_version(&base) {
+                // Changed meanwhile: what the transaction looked at must not be among the
+                // changes; the others go into the new tree as they are now.
+                let mut moved = Vec::new();
+                base.diff(&st.tree, Arc::ptr_eq, |p| moved.push(p.clone()));
+                if moved.iter().any(|p| tx.accessed.contains_key(p)) {
+                    return Err(Errno::EAGAIN);
+                }
+                for p in moved {
+                    match st.tree.get(&p) {
+                        Some(node) => {
+                            tree.insert(p, node.clone());
+                        }
+                        None => {
+                            tree.remove(&p);
+                        }
+                    }
+                }
+                // Each node's generation still only grows: the transaction's nodes were not
+                // changed meanwhile (it looked at them), and new ones start above both.
+                generation = generation.max(st.generation);
+            }
+            if !caller.privileged() {
+                let now = st.owners.get(&caller.domid).copied().unwrap_or(0) as isize;
+                let added = tx.owners.get(&caller.domid).copied().unwrap_or(0);
+                // (In usize: an unlimited quota is usize::MAX, which does not fit an isize.)
+                if added > 0 && (now + added).max(0) as usize > st.quota.nodes {
+                    return Err(Errno::ENOSPC);
+                }
+            }
+            st.tree = tree;
+            st.generation = generation;
+            apply_owner_delta(&mut st.owners, std::mem::take(&mut tx.owners));
+            // (The events stay in the transaction, freed after the lock is released.)
+            st.fire_events(tx.events.iter().flatten());
+            Ok(Done::reply(Reply::Ok))
+        })();
+        self.unlock(st);
+        // The transaction (its overlay, what it looked at) and the snapshot are freed without
+        // the lock.
+        drop(tx);
+        drop(base);
+        result
+    }
+}
+
+/// The tree after committing `tx` on `base` (whose newest generation is `g0`), and the newest
+/// generation then; `EAGAIN` if a node the transaction looked at is not as it was then.
+fn build_commit(base: &Tree, g0: u64, tx: &mut Tx) -> Result<(Tree, u64), Errno> {
+    for (path, gen) in &tx.accessed {
+        if base.get(path).map(|n| n.generation) != *gen {
+            return Err(Errno::EAGAIN);
+        }
+    }
+    let mut tree = base.clone();
+    let mut generation = g0;
+    let paths: Vec<Arc<str>> = tx.overlay.iter().map(|(p, _)| p.clone()).collect();
+    for path in paths {
+        match tx.overlay.get_mut(&path) {
+            Some(Some(node)) => {
+                generation += 1;
+                Arc::make_mut(node).generation = generation;
+                tree.insert(path, node.clone());
+            }
+            Some(None) => {
+                tree.remove(&path);
+            }
+            None => {}
+        }
+    }
+    Ok((tree, generation))
 }
 
 fn error_message(req: &Message, e: Errno) -> Message {
@@ -1002,6 +1442,29 @@ pub fn parse_request(t: MsgType, payload: &[u8]) -> Result<Request, Errno> {
     })
 }
 
+/// A request's path made absolute and checked (`EINVAL` when it is not a valid path).
+fn canonicalize(caller: Caller, raw: &str, allow_special: bool) -> Result<String, Errno> {
+    let valid = |c: u8| c.is_ascii_alphanumeric() || b"-/_@".contains(&c);
+    if raw.is_empty() || !raw.bytes().all(valid) || (raw.starts_with('@') && !allow_special) {
+        return Err(Errno::EINVAL);
+    }
+    let name = if raw.starts_with('/') || raw.starts_with('@') {
+        raw.to_string()
+    } else {
+        format!("/local/domain/{}/{raw}", caller.domid)
+    };
+    if (name.ends_with('/') && name != "/") || name.contains("//") {
+        return Err(Errno::EINVAL);
+    }
+    if name.len() > ABS_PATH_MAX {
+        return Err(Errno::EINVAL);
+    }
+    if !caller.privileged() && name.len() - local_prefix_len(&name) > REL_PATH_MAX {
+        return Err(Errno::EINVAL);
+    }
+    Ok(name)
+}
+
 fn privileged_only(t: MsgType) -> bool {
     matches!(
         t,
@@ -1015,6 +1478,13 @@ fn privileged_only(t: MsgType) -> bool {
 }
 
 impl State {
+    fn set_domid(&mut self, conn: u64, domid: u32) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.domid = domid;
+            Arc::make_mut(&mut self.domids).insert(conn, domid);
+        }
+    }
+
     fn caller(&self, conn: ConnId) -> Result<Caller, Errno> {
         let c = self.conns.get(&conn.0).ok_or(Errno::EIO)?;
         Ok(Caller {
@@ -1049,33 +1519,6 @@ impl State {
         Ok(())
     }
 
-    fn canonicalize(
-        &self,
-        caller: Caller,
-        raw: &str,
-        allow_special: bool,
-    ) -> Result<String, Errno> {
-        let valid = |c: u8| c.is_ascii_alphanumeric() || b"-/_@".contains(&c);
-        if raw.is_empty() || !raw.bytes().all(valid) || (raw.starts_with('@') && !allow_special) {
-            return Err(Errno::EINVAL);
-        }
-        let name = if raw.starts_with('/') || raw.starts_with('@') {
-            raw.to_string()
-        } else {
-            format!("/local/domain/{}/{raw}", caller.domid)
-        };
-        if (name.ends_with('/') && name != "/") || name.contains("//") {
-            return Err(Errno::EINVAL);
-        }
-        if name.len() > ABS_PATH_MAX {
-            return Err(Errno::EINVAL);
-        }
-        if !caller.privileged() && name.len() - local_prefix_len(&name) > REL_PATH_MAX {
-            return Err(Errno::EINVAL);
-        }
-        Ok(name)
-    }
-
     fn execute(&mut self, conn: ConnId, tx_id: u32, req: Request) -> OpResult {
         let caller = self.caller(conn)?;
         match req {
@@ -1100,7 +1543,7 @@ impl State {
                         return Err(Errno::ENOENT);
                     }
                 }
-                self.targets.insert(domid, target);
+                Arc::make_mut(&mut self.targets).insert(domid, target);
                 return Ok(Done::reply(Reply::Ok));
             }
             Request::GetDomainPath(domid) => {
@@ -1114,7 +1557,8 @@ impl State {
             Request::ResetWatches => {
                 self.clear_watches(conn.0);
                 if let Some(c) = self.conns.get_mut(&conn.0) {
-                    c.txs.clear();
+                    self.garbage.extend(c.txs.drain().map(|(_, tx)| tx));
+                    c.tx_epoch += 1;
                 }
                 return Ok(Done::reply(Reply::Ok));
             }
@@ -1134,7 +1578,7 @@ impl State {
             | Request::Directory(p)
             | Request::DirectoryPart(p, _)
             | Request::GetPerms(p)
-            | Request::SetPerms(p, _) => self.canonicalize(
+            | Request::SetPerms(p, _) => canonicalize(
                 caller,
                 p,
                 matches!(req, Request::GetPerms(_) | Request::SetPerms(..)),
@@ -1159,7 +1603,6 @@ impl State {
                 overlay: None,
                 generation,
                 accessed: None,
-                modified: None,
             };
             let done = node_op(&mut view, caller, &name, req)?;
             apply_owner_delta(owners, delta);
@@ -1180,7 +1623,6 @@ impl State {
                 overlay: Some(&mut tx.overlay),
                 generation,
                 accessed: Some(&mut tx.accessed),
-                modified: Some(&mut tx.modified),
             };
             let mut done = node_op(&mut view, caller, &name, req)?;
             for ev in done.events.drain(..) {
@@ -1188,7 +1630,7 @@ impl State {
             }
             done
         };
-        self.fire(&done.events);
+        self.fire_events(&done.events);
         Ok(done)
     }
 
@@ -1240,7 +1682,7 @@ impl State {
 
     fn check(&self) -> Result<(), String> {
         let mut owners: HashMap<u32, usize> = HashMap::new();
-        for (path, node) in &self.tree {
+        for (path, node) in self.tree.iter() {
             if let Some(d) = owner(node) {
                 *owners.entry(d).or_default() += 1;
             }
@@ -1303,7 +1745,7 @@ impl State {
             Request::SetPerms(p, perms) => (p, Some(perms)),
             _ => return Err(Errno::EINVAL),
         };
-        let name = self.canonicalize(caller, &raw, true)?;
+        let name = canonicalize(caller, &raw, true)?;
         let key = [SPECIAL_INTRODUCE, SPECIAL_RELEASE]
             .into_iter()
             .find(|k| *k == name)
@@ -1334,7 +1776,7 @@ impl State {
                     perms: vec![current, perms],
                     removed: HashMap::new(),
                 };
-                self.fire(std::slice::from_ref(&ev));
+                self.fire_events(std::slice::from_ref(&ev));
                 Ok(Done::reply(Reply::Ok))
             }
         }
@@ -1342,7 +1784,7 @@ impl State {
 
     fn watch(&mut self, conn: ConnId, caller: Caller, raw: &str, token: Vec<u8>) -> OpResult {
         let relative = !raw.starts_with('/') && !raw.starts_with('@');
-        let node = self.canonicalize(caller, raw, true)?;
+        let node = canonicalize(caller, raw, true)?;
         let c = self.conns.get(&conn.0).ok_or(Errno::EIO)?;
         if c.watches.contains(&(node.clone(), token.clone())) {
             return Err(Errno::EEXIST);
@@ -1372,7 +1814,7 @@ impl State {
     }
 
     fn unwatch(&mut self, conn: ConnId, caller: Caller, raw: &str, token: &[u8]) -> OpResult {
-        let node = self.canonicalize(caller, raw, true)?;
+        let node = canonicalize(caller, raw, true)?;
         let c = self.conns.get_mut(&conn.0).ok_or(Errno::EIO)?;
         if !c.watches.remove(&(node.clone(), token.to_vec())) {
             return Err(Errno::ENOENT);
@@ -1409,47 +1851,16 @@ impl State {
         Ok(Done::reply(Reply::TxId(id)))
     }
 
+    /// `TRANSACTION_END F` (a commit goes through [`Engine::commit`]).
     fn tx_end(&mut self, conn: ConnId, tx_id: u32, commit: bool) -> OpResult {
         if tx_id == 0 {
             return Err(Errno::ENOENT);
         }
-        let caller = self.caller(conn)?;
+        debug_assert!(!commit, "commits go through Engine::commit");
         let c = self.conns.get_mut(&conn.0).ok_or(Errno::EIO)?;
-        let mut tx = c.txs.remove(&tx_id).ok_or(Errno::ENOENT)?;
-        if !commit {
-            return Ok(Done::reply(Reply::Ok));
-        }
-        for (path, gen) in &tx.accessed {
-            if self.tree.get(&**path).map(|n| n.generation) != *gen {
-                return Err(Errno::EAGAIN);
-            }
-        }
-        if !caller.privileged() {
-            let now = self.owners.get(&caller.domid).copied().unwrap_or(0) as isize;
-            let added = tx.owners.get(&caller.domid).copied().unwrap_or(0);
-            // (In usize: an unlimited quota is usize::MAX, which does not fit an isize.)
-            if added > 0 && (now + added).max(0) as usize > self.quota.nodes {
-                return Err(Errno::ENOSPC);
-            }
-        }
-        self.tree.reserve(tx.overlay.len());
-        for path in &tx.modified {
-            match tx.overlay.remove(&**path) {
-                Some(Some(mut node)) => {
-                    self.generation += 1;
-                    Arc::make_mut(&mut node).generation = self.generation;
-                    self.tree.insert(path.clone(), node);
-                }
-                Some(None) => {
-                    self.tree.remove(&**path);
-                }
-                // Marked but never changed (a failed operation half-way): nothing to apply.
-                None => {}
-            }
-        }
-        apply_owner_delta(&mut self.owners, std::mem::take(&mut tx.owners));
-        let events: Vec<PendingEvent> = tx.events.into_iter().flatten().collect();
-        self.fire(&events);
+        let tx = c.txs.remove(&tx_id).ok_or(Errno::ENOENT)?;
+        // Freed after the lock is released.
+        self.garbage.push(tx);
         Ok(Done::reply(Reply::Ok))
     }
 
@@ -1467,7 +1878,9 @@ impl State {
         if !self.introduced.remove(&domid) {
             return Err(Errno::ENOENT);
         }
-        self.targets.remove(&domid);
+        if self.targets.contains_key(&domid) {
+            Arc::make_mut(&mut self.targets).remove(&domid);
+        }
         let conns: Vec<u64> = self
             .conns
             .iter()
@@ -1477,7 +1890,8 @@ impl State {
         for id in conns {
             self.clear_watches(id);
             if let Some(c) = self.conns.get_mut(&id) {
-                c.txs.clear();
+                self.garbage.extend(c.txs.drain().map(|(_, tx)| tx));
+                c.tx_epoch += 1;
             }
         }
         self.fire_special(SPECIAL_RELEASE, domid);
@@ -1500,8 +1914,10 @@ impl State {
                     .get(1)
                     .ok_or(Errno::EINVAL)
                     .and_then(|a| parse_domid(a.as_bytes()))?;
-                let c = self.conns.get_mut(&conn.0).ok_or(Errno::EIO)?;
-                c.domid = domid;
+                if !self.conns.contains_key(&conn.0) {
+                    return Err(Errno::EIO);
+                }
+                self.set_domid(conn.0, domid);
                 "OK".to_string()
             }
             _ => return Err(Errno::EINVAL),
@@ -1516,20 +1932,33 @@ impl State {
             perms: vec![self.special[name].clone()],
             removed: HashMap::new(),
         };
-        self.fire(std::slice::from_ref(&ev));
+        self.fire_events(std::slice::from_ref(&ev));
     }
 
     /// Deliver events to every matching watch whose connection may see them. Watches are
     /// found through the path index: those on the event's path and its ancestors, and for a
     /// removal those below it.
-    fn fire(&self, events: &[PendingEvent]) {
+    fn fire_events<'e>(&mut self, events: impl IntoIterator<Item = &'e PendingEvent>) {
+        let mut out = std::mem::take(&mut self.deliveries);
+        self.fire(events, &mut out);
+        self.deliveries = out;
+    }
+
+    fn fire<'e>(
+        &self,
+        events: impl IntoIterator<Item = &'e PendingEvent>,
+        out: &mut Vec<Delivery>,
+    ) {
+        if self.watch_index.is_empty() {
+            return;
+        }
         for ev in events {
             match ev.kind {
                 EventKind::Special(domid) => {
                     let with_dom = format!("{}/{domid}", ev.path);
                     for key in [ev.path.as_str(), with_dom.as_str()] {
                         for w in self.watch_index.get(key).into_iter().flatten() {
-                            self.deliver(ev, key, w, key);
+                            self.deliver(ev, key, w, key, out);
                         }
                     }
                 }
@@ -1538,7 +1967,7 @@ impl State {
                     let mut p = ev.path.as_str();
                     loop {
                         for w in self.watch_index.get(p).into_iter().flatten() {
-                            self.deliver(ev, p, w, &ev.path);
+                            self.deliver(ev, p, w, &ev.path, out);
                         }
                         if p == "/" || !p.starts_with('/') {
                             break;
@@ -1552,7 +1981,7 @@ impl State {
                             .range::<str, _>((Bound::Included(below.as_str()), Bound::Unbounded));
                         for (node, list) in range.take_while(|(n, _)| n.starts_with(&below)) {
                             for w in list {
-                                self.deliver(ev, node, w, node);
+                                self.deliver(ev, node, w, node, out);
                             }
                         }
                     }
@@ -1562,7 +1991,14 @@ impl State {
     }
 
     /// Send `ev` (naming `epath`) to watch `w` on `node`, if its connection may see it.
-    fn deliver(&self, ev: &PendingEvent, node: &str, w: &IndexedWatch, epath: &str) {
+    fn deliver(
+        &self,
+        ev: &PendingEvent,
+        node: &str,
+        w: &IndexedWatch,
+        epath: &str,
+        out: &mut Vec<Delivery>,
+    ) {
         let Some(c) = self.conns.get(&w.conn) else {
             return;
         };
@@ -1580,7 +2016,11 @@ impl State {
             return;
         }
         let shown = epath.get(w.prefix_len..).unwrap_or(epath);
-        c.sink.watch_event(shown.as_bytes(), &w.token);
+        out.push(Delivery {
+            sink: c.sink.clone(),
+            path: shown.as_bytes().to_vec(),
+            token: w.token.clone(),
+        });
     }
 }
 
@@ -1637,14 +2077,24 @@ fn get_checked(
     name: &str,
     want: u8,
 ) -> Result<Arc<Node>, Errno> {
-    match view.get(name) {
+    check_access(|p| view.get(p), caller, name, want)
+}
+
+/// [`get_checked`] through any lookup (a transaction's view, or a published snapshot).
+fn check_access(
+    mut get: impl FnMut(&str) -> Option<Arc<Node>>,
+    caller: Caller,
+    name: &str,
+    want: u8,
+) -> Result<Arc<Node>, Errno> {
+    match get(name) {
         Some(node) if caller.perm(&node.perms) & want == want => Ok(node),
         Some(_) => Err(Errno::EACCES),
         None => {
             let mut p = name;
             loop {
                 p = parent_of(p);
-                if let Some(anc) = view.get(p) {
+                if let Some(anc) = get(p) {
                     return Err(if caller.perm(&anc.perms) & want != 0 {
                         Errno::ENOENT
                     } else {
@@ -1740,25 +2190,26 @@ fn create(view: &mut View<'_>, caller: Caller, name: &str, value: Vec<u8>) -> Re
     Ok(())
 }
 
+/// The reply of a read request (`READ`, `DIRECTORY`, `DIRECTORY_PART`, `GET_PERMS`) on `node`.
+fn read_reply(req: &Request, node: &Node) -> Reply {
+    match req {
+        Request::Read(_) => Reply::Value(node.value.clone()),
+        Request::Directory(_) => {
+            Reply::Names(node.children.iter().map(|c| c.to_string()).collect())
+        }
+        Request::DirectoryPart(_, off) => Reply::Part(directory_part(node, *off)),
+        _ => Reply::Perms(node.perms.clone()),
+    }
+}
+
 fn node_op(view: &mut View<'_>, caller: Caller, name: &str, req: Request) -> OpResult {
     match req {
-        Request::Read(_) => {
+        Request::Read(_)
+        | Request::Directory(_)
+        | Request::DirectoryPart(..)
+        | Request::GetPerms(_) => {
             let n = get_checked(view, caller, name, PERM_READ)?;
-            Ok(Done::reply(Reply::Value(n.value.clone())))
-        }
-        Request::Directory(_) => {
-            let n = get_checked(view, caller, name, PERM_READ)?;
-            Ok(Done::reply(Reply::Names(
-                n.children.iter().map(|c| c.to_string()).collect(),
-            )))
-        }
-        Request::DirectoryPart(_, off) => {
-            let n = get_checked(view, caller, name, PERM_READ)?;
-            Ok(Done::reply(Reply::Part(directory_part(&n, off))))
-        }
-        Request::GetPerms(_) => {
-            let n = get_checked(view, caller, name, PERM_READ)?;
-            Ok(Done::reply(Reply::Perms(n.perms.clone())))
+            Ok(Done::reply(read_reply(&req, &n)))
         }
         Request::Write(_, value) => {
             match get_checked(view, caller, name, PERM_WRITE) {
@@ -1904,6 +2355,286 @@ fn directory_part(node: &Node, off: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    #[derive(Default)]
+    struct Events(Mutex<Vec<(String, String)>>);
+
+    impl EventSink for Events {
+        fn watch_event(&self, path: &[u8], token: &[u8]) {
+            self.0.lock().unwrap().push((
+                String::from_utf8_lossy(path).into_owned(),
+                String::from_utf8_lossy(token).into_owned(),
+            ));
+        }
+    }
+
+    fn ok(e: &Engine, c: ConnId, tx: u32, req: Request) -> Reply {
+        e.execute(c, tx, req).expect("request succeeds").0
+    }
+
+    fn read(e: &Engine, c: ConnId, path: &str) -> Result<Reply, Errno> {
+        e.execute(c, 0, Request::Read(path.into())).map(|r| r.0)
+    }
+
+    fn write(path: &str, v: &str) -> Request {
+        Request::Write(path.into(), v.as_bytes().to_vec())
+    }
+
+    fn start(e: &Engine, c: ConnId) -> u32 {
+        match ok(e, c, 0, Request::TransactionStart) {
+            Reply::TxId(id) => id,
+            other => panic!("not a transaction id: {other:?}"),
+        }
+    }
+
+    fn set_hook(e: &Engine, hook: impl FnMut() + Send + 'static) {
+        *e.commit_hook.lock().unwrap() = Some(Box::new(hook));
+    }
+
+    /// An engine with dom0 and a second dom0 connection, and `n` nodes written by a transaction
+    /// of the first that is not yet committed.
+    fn big_transaction(n: usize) -> (Arc<Engine>, ConnId, ConnId, u32) {
+        let e = Engine::new();
+        let a = e.connect(0, Arc::new(Events::default()));
+        let b = e.connect(0, Arc::new(Events::default()));
+        ok(&e, a, 0, write("/big/seen", "old"));
+        let tx = start(&e, a);
+        // The transaction looks at /big/seen (a conflict there must fail the commit).
+        assert_eq!(
+            ok(&e, a, tx, Request::Read("/big/seen".into())),
+            Reply::Value(b"old".to_vec())
+        );
+        for i in 0..n {
+            ok(&e, a, tx, write(&format!("/big/d{}/n{i}", i % 50), "v"));
+        }
+        (e, a, b, tx)
+    }
+
+    #[test]
+    fn the_wait_hook_hears_of_waits_for_the_store_lock() {
+        let e = Engine::new();
+        let c = e.connect(0, Arc::new(Events::default()));
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let rec = calls.clone();
+        e.set_lock_wait_hook(Some(Arc::new(move |waits| rec.lock().unwrap().push(waits))));
+        ok(&e, c, 0, write("/x", "1"));
+        assert!(calls.lock().unwrap().is_empty(), "no wait, no call");
+        let held = e.lock();
+        let writer = {
+            let e = e.clone();
+            std::thread::spawn(move || ok(&e, c, 0, write("/x", "2")))
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while calls.lock().unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer never waited"
+            );
+            std::thread::yield_now();
+        }
+        drop(held);
+        writer.join().unwrap();
+        assert_eq!(*calls.lock().unwrap(), [true, false]);
+        e.set_lock_wait_hook(None);
+    }
+
+    #[test]
+    fn plain_reads_do_not_wait_for_the_store_lock() {
+        let e = Engine::new();
+        let c = e.connect(0, Arc::new(Events::default()));
+        ok(&e, c, 0, write("/x", "1"));
+        let held = e.lock();
+        let (tx, rx) = mpsc::channel();
+        let reader = {
+            let e = e.clone();
+            std::thread::spawn(move || {
+                let r = (
+                    read(&e, c, "/x"),
+                    e.execute(c, 0, Request::Directory("/".into())).map(|r| r.0),
+                    e.execute(c, 0, Request::GetPerms("/x".into())).map(|r| r.0),
+                    read(&e, c, "/missing"),
+                );
+                tx.send(r).unwrap();
+            })
+        };
+        // The reads complete while this thread still holds the lock (bounded wait for their
+        // answer; with the lock in the way they could never answer).
+        let (value, dir, perms, missing) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("reads answered while the store lock is held");
+        drop(held);
+        reader.join().unwrap();
+        assert_eq!(value, Ok(Reply::Value(b"1".to_vec())));
+        assert!(matches!(dir, Ok(Reply::Names(n)) if n.contains(&"x".to_string())));
+        assert!(matches!(perms, Ok(Reply::Perms(_))));
+        assert_eq!(missing, Err(Errno::ENOENT));
+    }
+
+    #[test]
+    fn a_large_commit_is_built_without_the_lock_and_readers_see_it_whole() {
+        let (e, a, b, tx) = big_transaction(20_000);
+        let (seen_tx, seen_rx) = mpsc::channel();
+        {
+            let e2 = e.clone();
+            set_hook(&e, move || {
+                // The commit is being built: the store lock is free (this takes it), and a
+                // reader sees the store as before the commit, none of it half-applied.
+                let st = e2.state.try_lock().is_ok();
+                let r = (read(&e2, b, "/big/d0/n0"), read(&e2, b, "/big/d49/n19999"));
+                seen_tx.send((st, r)).unwrap();
+            });
+        }
+        ok(&e, a, tx, Request::TransactionEnd(true));
+        let (lock_free, (first, last)) = seen_rx.try_recv().expect("the hook ran");
+        assert!(
+            lock_free,
+            "the store lock is not held while the commit is built"
+        );
+        assert_eq!(first, Err(Errno::ENOENT));
+        assert_eq!(last, Err(Errno::ENOENT));
+        assert_eq!(read(&e, b, "/big/d0/n0"), Ok(Reply::Value(b"v".to_vec())));
+        assert_eq!(
+            read(&e, b, "/big/d49/n19999"),
+            Ok(Reply::Value(b"v".to_vec()))
+        );
+        e.check().unwrap();
+    }
+
+    #[test]
+    fn a_change_to_what_the_commit_looked_at_meanwhile_is_a_conflict() {
+        let (e, a, b, tx) = big_transaction(1_000);
+        let e2 = e.clone();
+        let mut once = true;
+        set_hook(&e, move || {
+            if std::mem::take(&mut once) {
+                ok(&e2, b, 0, write("/big/seen", "new"));
+            }
+        });
+        assert_eq!(
+            e.execute(a, tx, Request::TransactionEnd(true)).map(|r| r.0),
+            Err(Errno::EAGAIN)
+        );
+        assert_eq!(read(&e, b, "/big/d0/n0"), Err(Errno::ENOENT));
+        assert_eq!(read(&e, b, "/big/seen"), Ok(Reply::Value(b"new".to_vec())));
+        // The transaction is gone, as after any TRANSACTION_END.
+        assert_eq!(
+            e.execute(a, tx, Request::TransactionEnd(true)).map(|r| r.0),
+            Err(Errno::ENOENT)
+        );
+        e.check().unwrap();
+    }
+
+    #[test]
+    fn unrelated_changes_meanwhile_are_kept_without_a_retry() {
+        let (e, a, b, tx) = big_transaction(1_000);
+        let events = Arc::new(Events::default());
+        let w = e.connect(0, events.clone());
+        ok(&e, w, 0, Request::Watch("/big".into(), b"t".to_vec()));
+        ok(&e, b, 0, write("/other/gone", "x"));
+        ok(&e, b, 0, write("/other/seen2", "w"));
+        let e2 = e.clone();
+        let mut calls = 0;
+        set_hook(&e, move || {
+            calls += 1;
+            // New nodes, a changed one and a removed one, none of which the transaction looked
+            // at (a new node below /big would be: it changes /big's list of children).
+            ok(&e2, b, 0, write(&format!("/other/{calls}"), "x"));
+            ok(&e2, b, 0, write("/other/seen2", "y"));
+            ok(&e2, b, 0, Request::Rm("/other/gone".into()));
+        });
+        ok(&e, a, tx, Request::TransactionEnd(true));
+        assert_eq!(read(&e, b, "/other/1"), Ok(Reply::Value(b"x".to_vec())));
+        assert_eq!(read(&e, b, "/other/2"), Err(Errno::ENOENT), "built once");
+        assert_eq!(read(&e, b, "/other/gone"), Err(Errno::ENOENT));
+        assert_eq!(read(&e, b, "/other/seen2"), Ok(Reply::Value(b"y".to_vec())));
+        assert_eq!(read(&e, b, "/big/d7/n7"), Ok(Reply::Value(b"v".to_vec())));
+        let got = events.0.lock().unwrap().clone();
+        // The commit's events, once each, in the order of the transaction's writes.
+        let want: Vec<(String, String)> = (0..1_000)
+            .map(|i| (format!("/big/d{}/n{i}", i % 50), "t".to_string()))
+            .collect();
+        assert_eq!(got, want);
+        e.check().unwrap();
+        // Generations still grow per node: a transaction that looked at /big/seen2 before a
+        // change after the commit conflicts.
+        let tx2 = start(&e, b);
+        ok(&e, b, tx2, Request::Read("/other/seen2".into()));
+        ok(&e, a, 0, write("/other/seen2", "z"));
+        assert_eq!(
+            e.execute(b, tx2, Request::TransactionEnd(true))
+                .map(|r| r.0),
+            Err(Errno::EAGAIN)
+        );
+    }
+
+    #[test]
+    fn a_commit_whose_domain_is_released_meanwhile_finds_its_transaction_gone() {
+        let e = Engine::new();
+        let dom0 = e.connect(0, Arc::new(Events::default()));
+        let guest = e.connect(5, Arc::new(Events::default()));
+        ok(&e, dom0, 0, Request::Introduce(5, 1, 1));
+        ok(&e, dom0, 0, write("/local/domain/5", ""));
+        ok(
+            &e,
+            dom0,
+            0,
+            Request::SetPerms("/local/domain/5".into(), vec![perm(5, Access::None)]),
+        );
+        let tx = start(&e, guest);
+        ok(&e, guest, tx, write("data", "1"));
+        let e2 = e.clone();
+        set_hook(&e, move || {
+            ok(&e2, dom0, 0, Request::Release(5));
+        });
+        assert_eq!(
+            e.execute(guest, tx, Request::TransactionEnd(true))
+                .map(|r| r.0),
+            Err(Errno::ENOENT)
+        );
+        assert_eq!(read(&e, dom0, "/local/domain/5/data"), Err(Errno::ENOENT));
+        e.check().unwrap();
+    }
+
+    #[test]
+    fn a_watch_event_comes_after_the_change_is_readable() {
+        // A client that reads the node an event names sees the change: events are handed to
+        // the connections only once the change is published.
+        struct ReadOnEvent {
+            engine: Mutex<Option<(Arc<Engine>, ConnId)>>,
+            seen: Mutex<Vec<Result<Reply, Errno>>>,
+        }
+        impl EventSink for ReadOnEvent {
+            fn watch_event(&self, path: &[u8], _token: &[u8]) {
+                if let Some((e, c)) = self.engine.lock().unwrap().as_ref() {
+                    let path = String::from_utf8_lossy(path).into_owned();
+                    // The unlocked read path: it does not need the store lock held here.
+                    self.seen.lock().unwrap().push(read(e, *c, &path));
+                }
+            }
+        }
+        let e = Engine::new();
+        let sink = Arc::new(ReadOnEvent {
+            engine: Mutex::new(None),
+            seen: Mutex::new(Vec::new()),
+        });
+        let w = e.connect(0, sink.clone());
+        let c = e.connect(0, Arc::new(Events::default()));
+        ok(&e, w, 0, Request::Watch("/n".into(), b"t".to_vec()));
+        *sink.engine.lock().unwrap() = Some((e.clone(), w));
+        ok(&e, c, 0, write("/n", "1"));
+        let tx = start(&e, c);
+        ok(&e, c, tx, write("/n", "2"));
+        ok(&e, c, tx, Request::TransactionEnd(true));
+        assert_eq!(
+            *sink.seen.lock().unwrap(),
+            [
+                Ok(Reply::Value(b"1".to_vec())),
+                Ok(Reply::Value(b"2".to_vec()))
+            ]
+        );
+    }
 
     #[test]
     fn is_child_matches_whole_components() {

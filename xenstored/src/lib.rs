@@ -21,6 +21,7 @@
 pub mod daemon;
 pub mod engine;
 pub mod memstore;
+pub mod pmap;
 pub mod testing;
 
 pub use daemon::{serve, Options, Shutdown};

@@ -79,6 +79,15 @@ use xenplug_guest_agent::template;
 
 /// `--prepare-template [--dry-run]`: see `xenplug_guest_agent::template`.
 fn prepare_template(root: &std::path::Path, dry_run: bool) -> Result<()> {
+    // A journal means an apply was interrupted and is not undone yet: its recovery (at the
+    // agent's next start) would put back what it recorded, over the template's changes.
+    if xenplug_guest_agent::journal::pending(root) {
+        anyhow::bail!(
+            "an interrupted configuration apply is pending ({}): start the agent once (it \
+             finishes or undoes it), then prepare the template",
+            xenplug_guest_agent::journal::JOURNAL_FILE
+        );
+    }
     let steps = template::plan(root);
     for s in &steps {
         println!(
@@ -212,6 +221,12 @@ fn run(args: Args) -> Result<()> {
     xenplug_guest_agent::log::event("start", &[("disabled", &disabled.join(","))]);
     // An earlier agent that died with filesystems frozen: thaw them before anything else.
     a.recover_freeze();
+    // An apply it was killed in: finish or undo it before answering anything (what it did is
+    // logged as `event=config-recovered`; a failure is logged, and retried before the next
+    // apply, which is refused until it succeeds).
+    if let Err(e) = a.recover_apply() {
+        eprintln!("xenplug-agent: {e:#}");
+    }
     let hub = a.hub.clone();
     let cv = a.freeze_changed.clone();
     let xenstore = match &cfg.guest_state {

@@ -169,6 +169,10 @@ impl AgentProc {
 
 impl Drop for AgentProc {
     fn drop(&mut self) {
+        // Already reaped (a test waited for it): its pid may be someone else's now.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(3);
