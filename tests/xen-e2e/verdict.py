@@ -28,6 +28,7 @@ class Manifest:
         self.order = []  # scenario names in the order declared
         self.checks = {}  # scenario -> [(check, flags)]
         self.reference_scenarios = []
+        self.opt_in = []  # run only when named in --scenarios
         for n, raw in enumerate(open(path, encoding="utf-8"), 1):
             line = raw.split("#", 1)[0].strip()
             if not line:
@@ -35,6 +36,9 @@ class Manifest:
             words = line.split()
             if words[0] == "@reference-scenarios":
                 self.reference_scenarios = words[1].split(",")
+                continue
+            if words[0] == "@opt-in-scenarios":
+                self.opt_in = words[1].split(",")
                 continue
             if len(words) < 2:
                 sys.exit(f"{path}:{n}: expected SCENARIO CHECK [FLAG…]")
@@ -49,11 +53,15 @@ class Manifest:
         for s in self.reference_scenarios:
             if s not in self.checks:
                 sys.exit(f"{path}: @reference-scenarios names {s}, which declares no checks")
+        for s in self.opt_in:
+            if s not in self.checks:
+                sys.exit(f"{path}: @opt-in-scenarios names {s}, which declares no checks")
 
     package = False  # set when xenplug was installed from its Debian package
 
     def selected(self, mode, scenarios):
-        """The scenarios a run covers: `install` always, then LIST or the mode's default."""
+        """The scenarios a run covers: `install` always, then LIST or the mode's default (every
+        scenario but the opt-in ones, or the reference scenarios)."""
         if scenarios:
             names = [s for s in scenarios.split(",") if s]
             unknown = [s for s in names if s not in self.checks or s == "install"]
@@ -62,7 +70,7 @@ class Manifest:
         elif mode == "reference":
             names = self.reference_scenarios
         else:
-            names = [s for s in self.order if s != "install"]
+            names = [s for s in self.order if s != "install" and s not in self.opt_in]
         return ["install"] + [s for s in self.order if s in names and s != "install"]
 
     def expected(self, mode, scenarios):

@@ -35,14 +35,16 @@ eventually() {
         fail "$n" "command (still failing after ${secs}s): $*" "$(cat /tmp/check.out)"
     fi
 }
-# wait_for SECS CMD…: until CMD succeeds (polled every 0.2 s), at most SECS seconds; its status.
+# wait_for SECS CMD…: until CMD succeeds (polled every 0.2 s, or every WAIT_EVERY s: a probe that
+# costs the guest work, such as an ssh login, is not repeated five times a second), at most SECS
+# seconds; its status.
 wait_for() {
     local deadline
     deadline=$(awk -v u="$(cut -d' ' -f1 /proc/uptime)" -v s="$1" 'BEGIN{printf "%.2f", u+s}')
     shift
     while ! "$@" > /dev/null 2>&1; do
         awk -v u="$(cut -d' ' -f1 /proc/uptime)" -v d="$deadline" 'BEGIN{exit !(u >= d)}' && return 1
-        sleep 0.2
+        sleep "${WAIT_EVERY:-0.2}"
     done
 }
 

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Helpers of scenarios/98-cloud-template (not a scenario: the driver runs only NN-name files).
+
+    cloud-template.py row LIST_JSON VM FIELD
+        FIELD of VM's agent-channel row in `xenplug-peer list --json` (the newest domain of that
+        name); `deliveries` is counters.deliveries. Prints nothing when there is no such row.
+    cloud-template.py match LIST_JSON VM FIELD=VALUE…
+        exit 0 if every FIELD of that row has VALUE (as `row` prints it; VALUE empty: no such
+        field), 1 otherwise: one call for a condition polled by the scenario.
+    cloud-template.py events PEER_LOG DOMID
+        the daemon's events for DOMID, one "UPTIME EVENT" line each (PEER_LOG: its stderr with
+        dom0's uptime in front of every line)
+    cloud-template.py discovery PEER_LOG XSWATCH_LOG DOMID DEVID
+        seconds from libxl's first console backend node of DOMID/DEVID (xenstore-watch, same
+        time base) to the daemon's channel-up
+    cloud-template.py delivery PEER_LOG DOMID
+        seconds from the handshake to `configured` (apply and verify) for DOMID
+"""
+
+import json
+import sys
+
+AGENT_CHANNEL = "org.xenplug.agent.0"
+
+
+def rows(path, vm):
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return sorted(
+        (r for r in data if r.get("vm_name") == vm and r.get("channel") == AGENT_CHANNEL),
+        key=lambda r: r["domid"],
+    )
+
+
+def field_of(row, field):
+    return row.get("counters", {}).get(field) if field == "deliveries" else row.get(field)
+
+
+def log_events(path, domid=None):
+    out = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            up, _, rest = line.partition(" ")
+            try:
+                ev = json.loads(rest)
+                t = float(up)
+            except ValueError:
+                continue
+            if domid is None or ev.get("domid") == domid:
+                out.append((t, ev))
+    return out
+
+
+def first(events, name):
+    return next((t for t, e in events if e.get("event") == name), None)
+
+
+def main(argv):
+    cmd = argv[1]
+    if cmd == "row":
+        r = rows(argv[2], argv[3])
+        if not r:
+            return 0
+        v = field_of(r[-1], argv[4])
+        if v is not None:
+            print(v)
+        return 0
+    if cmd == "match":
+        r = rows(argv[2], argv[3])
+        if not r:
+            return 1
+        for want in argv[4:]:
+            field, _, value = want.partition("=")
+            v = field_of(r[-1], field)
+            if ("" if v is None else str(v)) != value:
+                return 1
+        return 0
+    if cmd == "events":
+        for t, e in log_events(argv[2], int(argv[3])):
+            print(f"{t:.2f} {e.get('event')} {json.dumps({k: v for k, v in e.items() if k not in ('event', 'domid')})}")
+        return 0
+    if cmd == "discovery":
+        domid, devid = int(argv[4]), argv[5]
+        prefix = f"/local/domain/0/backend/console/{domid}/{devid}/"
+        t_nodes = None
+        with open(argv[3], encoding="utf-8", errors="replace") as f:
+            for line in f:
+                up, _, path = line.strip().partition(" ")
+                if path.startswith(prefix) or path == prefix[:-1]:
+                    t_nodes = float(up)
+                    break
+        t_up = next(
+            (t for t, e in log_events(argv[2], domid)
+             if e.get("event") == "channel-up" and str(e.get("devid")) == devid),
+            None,
+        )
+        if t_nodes is None or t_up is None:
+            return 1
+        print(f"{t_up - t_nodes:.3f}")
+        return 0
+    if cmd == "delivery":
+        ev = log_events(argv[2], int(argv[3]))
+        hs, conf = first(ev, "handshake"), first(ev, "configured")
+        if hs is None or conf is None:
+            return 1
+        print(f"{conf - hs:.3f}")
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
