@@ -189,6 +189,10 @@ pub struct DaemonArgs {
     /// Seconds a request may wait for its reply.
     #[arg(long, default_value_t = 10.0)]
     pub request_timeout: f64,
+    /// Seconds an apply may wait for its reply (the agent answers once the whole generation is
+    /// applied).
+    #[arg(long, default_value_t = 120.0)]
+    pub apply_timeout: f64,
     /// Worker threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,

@@ -39,6 +39,9 @@ pub struct Timing {
     pub handshake_timeout: Duration,
     /// How long a request may wait for its reply.
     pub request_timeout: Duration,
+    /// How long an apply may wait for its reply: the agent answers once the whole generation is
+    /// in place (users, files, network), which on a slow guest takes far longer than a query.
+    pub apply_timeout: Duration,
     /// First reconnect delay.
     pub backoff_min: Duration,
     /// Longest reconnect delay.
@@ -54,6 +57,7 @@ impl Default for Timing {
             sync_retry_max: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(10),
+            apply_timeout: Duration::from_secs(120),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             retry_failed: Duration::from_secs(30),
@@ -335,7 +339,13 @@ impl Machine {
     ) {
         let (_id, bytes) = self.session.request(execute, args);
         self.purpose = Some(purpose);
-        self.deadline = Some(now + self.timing.request_timeout);
+        self.deadline = Some(
+            now + if purpose == Purpose::Apply {
+                self.timing.apply_timeout
+            } else {
+                self.timing.request_timeout
+            },
+        );
         out.push(Action::Send(bytes));
     }
 
@@ -570,9 +580,14 @@ impl Machine {
                         }
                         _ => "generation query",
                     };
+                    let waited = if self.phase == Phase::Applying {
+                        self.timing.apply_timeout
+                    } else {
+                        self.timing.request_timeout
+                    };
                     self.last_error = Some(format!(
                         "no reply to the {what} within {}s",
-                        self.timing.request_timeout.as_secs()
+                        waited.as_secs()
                     ));
                     out.push(Action::Log(
                         "request-timeout",
@@ -862,6 +877,64 @@ mod tests {
         assert_eq!(m.phase(), Phase::Handshaking);
         assert_eq!(sent(&a)[0]["execute"], "guest-sync-delimited");
         assert!(m.last_error.as_deref().unwrap().contains("no reply"));
+    }
+
+    #[test]
+    fn an_apply_waits_for_its_own_deadline_not_a_querys() {
+        let t0 = Instant::now();
+        let timing = Timing::default();
+        let mut m = Machine::new(timing.clone(), doc(3), sess(11));
+        let a = synced(&mut m, t0);
+        let q = &sent(&a)[0];
+        let a = frame(
+            &mut m,
+            t0,
+            &format!(
+                "{{\"return\": {{\"generation\": null}}, \"id\": {}}}",
+                q["id"]
+            ),
+        );
+        assert_eq!(sent(&a)[0]["execute"], commands::APPLY_CONFIG);
+        // A slow guest is still applying when a query would have timed out.
+        assert_eq!(m.deadline(), Some(t0 + timing.apply_timeout));
+        assert!(timing.apply_timeout > timing.request_timeout * 6);
+        let past_query = t0 + timing.request_timeout + Duration::from_secs(1);
+        assert!(m.deadline().unwrap() > past_query);
+        // Its reply settles it; the verify that follows has a query's deadline.
+        let ap = sent(&a)[0]["id"].clone();
+        let a = frame(
+            &mut m,
+            past_query,
+            &format!("{{\"return\": {{}}, \"id\": {ap}}}"),
+        );
+        assert_eq!(m.phase(), Phase::Verifying);
+        assert_eq!(m.deadline(), Some(past_query + timing.request_timeout));
+        let v = &sent(&a)[0];
+        frame(
+            &mut m,
+            past_query,
+            &format!("{{\"return\": {{\"generation\": 3}}, \"id\": {}}}", v["id"]),
+        );
+        assert_eq!(m.phase(), Phase::Configured);
+        assert_eq!(m.counters().deliveries, 1);
+
+        // An apply never answered: back to the handshake at the apply deadline, saying so.
+        let mut m = Machine::new(timing.clone(), doc(3), sess(12));
+        let a = synced(&mut m, t0);
+        let q = &sent(&a)[0];
+        frame(
+            &mut m,
+            t0,
+            &format!("{{\"return\": {{\"generation\": 1}}, \"id\": {}}}", q["id"]),
+        );
+        assert_eq!(m.phase(), Phase::Applying);
+        let a = m.handle(m.deadline().unwrap(), Input::Timer);
+        assert_eq!(m.phase(), Phase::Handshaking);
+        assert_eq!(sent(&a)[0]["execute"], "guest-sync-delimited");
+        assert_eq!(
+            m.last_error.as_deref(),
+            Some("no reply to the apply within 120s")
+        );
     }
 
     #[test]

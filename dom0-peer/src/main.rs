@@ -18,7 +18,7 @@
 //!                     [--xenstore PATH] [--backend-root PATH] [--log-level LEVEL] [--max-frame BYTES]
 //!                     [--guest-rate BYTES_PER_SEC] [--log-burst LINES] [--log-interval SECS]
 //!                     [--handshake-timeout SECS]
-//!                     [--request-timeout SECS] [--workers N]
+//!                     [--request-timeout SECS] [--apply-timeout SECS] [--workers N]
 //! xenplug-peer list  [--control PATH] [--json]
 //! xenplug-peer fleet-status --store etcd://HOST:PORT[,HOST:PORT…]/PREFIX [etcd options] [--json]
 //! ```
@@ -413,6 +413,7 @@ fn run_daemon(a: DaemonArgs) -> ExitCode {
         log_interval,
         handshake_timeout,
         request_timeout,
+        apply_timeout,
         workers,
     } = a;
     let Some(level) = Level::parse(&log_level) else {
@@ -469,6 +470,7 @@ fn run_daemon(a: DaemonArgs) -> ExitCode {
     cfg.limits.max_frame = max_frame.clamp(1024, 16 << 20);
     cfg.timing.handshake_timeout = secs(handshake_timeout);
     cfg.timing.request_timeout = secs(request_timeout.max(0.1));
+    cfg.timing.apply_timeout = secs(apply_timeout.max(0.1));
     cfg.rates.bytes_per_sec = guest_rate.max(1024);
     cfg.rates.bytes_burst = cfg.rates.bytes_burst.max(guest_rate.max(1024) * 2);
     cfg.rates.log.burst = log_burst.max(1);

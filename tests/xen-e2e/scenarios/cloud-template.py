@@ -13,8 +13,11 @@
     cloud-template.py discovery PEER_LOG XSWATCH_LOG DOMID DEVID
         seconds from libxl's first console backend node of DOMID/DEVID (xenstore-watch, same
         time base) to the daemon's channel-up
-    cloud-template.py delivery PEER_LOG DOMID
-        seconds from the handshake to `configured` (apply and verify) for DOMID
+    cloud-template.py delivery PEER_LOG DOMID GEN
+        seconds from DOMID's first handshake to its `configured` event for generation GEN
+        (apply and verify)
+    cloud-template.py configured-at PEER_LOG DOMID GEN
+        dom0's uptime when the daemon logged `configured` for generation GEN of DOMID
 """
 
 import json
@@ -53,6 +56,14 @@ def log_events(path, domid=None):
 
 def first(events, name):
     return next((t for t, e in events if e.get("event") == name), None)
+
+
+def configured_at(events, generation):
+    """When the daemon logged `configured` for GENERATION (None if it never did)."""
+    return next(
+        (t for t, e in events if e.get("event") == "configured" and e.get("generation") == generation),
+        None,
+    )
 
 
 def main(argv):
@@ -99,11 +110,19 @@ def main(argv):
         print(f"{t_up - t_nodes:.3f}")
         return 0
     if cmd == "delivery":
+        # The first handshake to the `configured` event of generation GEN.
         ev = log_events(argv[2], int(argv[3]))
-        hs, conf = first(ev, "handshake"), first(ev, "configured")
+        hs = first(ev, "handshake")
+        conf = configured_at(ev, int(argv[4]))
         if hs is None or conf is None:
             return 1
         print(f"{conf - hs:.3f}")
+        return 0
+    if cmd == "configured-at":
+        conf = configured_at(log_events(argv[2], int(argv[3])), int(argv[4]))
+        if conf is None:
+            return 1
+        print(f"{conf:.2f}")
         return 0
     print(__doc__, file=sys.stderr)
     return 2
