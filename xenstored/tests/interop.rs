@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use xenplug_testkit::require_program;
+use xenplug_testkit::{require_program, wait_until};
 use xenplug_xenstore::{Access, Perm, XsOps};
 use xenplug_xenstored::testing::{spawn_daemon, TestDaemon};
 
@@ -234,15 +234,11 @@ fn watch_prints_initial_and_change_events() {
     assert!(lines.next().is_none());
     guard.0.take();
     // The daemon sees the connection close when its reader gets EOF, after the client exited.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.engine().total_watches() != 0 {
-        assert!(
-            Instant::now() < deadline,
-            "its watch did not go with its connection: {} watches 10 s after the client exited",
-            d.engine().total_watches()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(
+        "its watch to go with its connection",
+        Duration::from_secs(10),
+        || d.engine().total_watches() == 0,
+    );
 }
 
 #[test]
