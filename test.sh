@@ -87,23 +87,26 @@ phase() {
 
 # bg NAME CMD…: start CMD in the background, its output kept for bg_wait; the cached images
 # (network and disk bound) are built this way while the CPU compiles and tests.
-declare -A BG_PID BG_LOG
+declare -A BG_PID BG_LOG BG_T0
 bg() {
     local name=$1
     shift
     BG_LOG[$name]=$(mktemp "/tmp/xenplug-bg-$name.XXXXXX")
-    echo "== background $name: $*"
+    BG_T0[$name]=$(date +%s.%N)
+    echo "== background $name: $* (output: ${BG_LOG[$name]}, shown when it is waited for)"
     # Its own session, so an early end of this run stops it with everything it started.
     setsid "$@" < /dev/null > "${BG_LOG[$name]}" 2>&1 &
     BG_PID[$name]=$!
 }
-# bg_wait NAME: wait for NAME, print its output, and fail as it did.
+# bg_wait NAME: wait for NAME, print its output and its wall time since it started, and fail
+# as it did.
 bg_wait() {
     local name=$1 rc=0
     wait "${BG_PID[$name]}" || rc=$?
     unset "BG_PID[$name]"
     sed 's/^/   /' "${BG_LOG[$name]}"
     rm -f "${BG_LOG[$name]}"
+    echo "== background $name: status $rc after $(since "${BG_T0[$name]}")s (started in the background)"
     [ "$rc" = 0 ] || echo "test.sh: background $name failed (status $rc)" >&2
     return "$rc"
 }
@@ -127,6 +130,26 @@ bg xen-e2e-image tests/xen-e2e/run build
 bg packages-root packaging/test-packages.sh --base-only
 phase fmt cargo fmt --all -- --check
 phase clippy cargo clippy --workspace --all-targets -- -D warnings
+# The Debian packages (tools/build-deb.sh): lintian, then installed, upgraded around and removed
+# in a fresh Debian 12 root, and the peer's sandboxed unit under systemd in systemd-nspawn
+# (packaging/test-packages.sh; about 2 minutes with its base root cached in
+# /var/cache/xenplug-pkgtest). First, since the real-Xen suite installs them.
+phase packages-root bg_wait packages-root
+phase packages packaging/test-packages.sh
+# The end-to-end suite on real Xen 4.17 + a Debian 12 dom0 under QEMU (tests/xen-e2e/README.md):
+# our static build installed into dom0 from the Debian package, real libxl/blkback/netback/
+# hvc_xen, and the PV channel document's whole sequence with Debian 12 guests cloned from a
+# template (cloud-template). Every check the scenarios declare (tests/xen-e2e/manifest) must
+# print and pass. The dom0 and guest images are cached in /var/cache/xenplug-e2e between runs.
+# One boot of Xen and dom0 does all three parts (`run all --full`): the suite with the xenplug
+# package installed; the suite's self-test, plausible-but-wrong programs each caught by the
+# checks named for it; then the package removed and Debian's own scripts on the fast scenarios,
+# which must fail exactly the checks flagged as their known bugs and pass the rest. Each part is
+# judged as its own mode (`run all`, `run --self-test-broken`, `run --reference`) would judge it.
+# It runs in the background, beside the host-side phases below: the rig keeps about 1.3 of the
+# 2 cores busy (QEMU's TCG), the host-side tests fill the rest (README "./test.sh").
+phase xen-e2e-image bg_wait xen-e2e-image
+bg xen-e2e tests/xen-e2e/run all --full
 phase guest-root bg_wait guest-root
 # One test at a time per binary would be slow; tests isolate themselves (own namespaces, own
 # xenstore subtrees, own loop devices), so the default parallelism is kept.
@@ -139,23 +162,7 @@ phase chaos tools/chaos.sh --debug --rounds 20 --reference all
 # Every fuzz target for a few seconds from its committed corpus (fuzz/README.md): each input in
 # the corpus is replayed first, so a regression on a past finding fails here.
 phase fuzz-smoke fuzz/run.sh smoke 3
-# The Debian packages (tools/build-deb.sh): lintian, then installed, upgraded around and removed
-# in a fresh Debian 12 root, and the peer's sandboxed unit under systemd in systemd-nspawn
-# (packaging/test-packages.sh; about 2 minutes with its base root cached in
-# /var/cache/xenplug-pkgtest).
-phase packages-root bg_wait packages-root
-phase packages packaging/test-packages.sh
-# The end-to-end suite on real Xen 4.17 + a Debian 12 dom0 under QEMU (tests/xen-e2e/README.md):
-# our static build installed into dom0 from the Debian package, real libxl/blkback/netback/
-# hvc_xen. Every check the scenarios declare (tests/xen-e2e/manifest) must print and pass. The
-# dom0 image is cached in /var/cache/xenplug-e2e between runs. One boot of Xen and dom0 does
-# all three parts (`run all --full`): the suite with the xenplug package installed; the suite's
-# self-test, plausible-but-wrong programs each caught by the checks named for it; then the
-# package removed and Debian's own scripts on the fast scenarios, which must fail exactly the
-# checks flagged as their known bugs and pass the rest. Each part is judged as its own mode
-# (`run all`, `run --self-test-broken`, `run --reference`) would judge it.
-phase xen-e2e-image bg_wait xen-e2e-image
-phase xen-e2e tests/xen-e2e/run all --full
 # Tests that need tc policing (cls_matchall, act_police), which this kind of host's kernel
 # lacks: under Debian 12's kernel in QEMU, from the image the suite cached (~1 minute).
 phase vm-kernel-tests tools/vm-kernel-tests.sh
+phase xen-e2e bg_wait xen-e2e

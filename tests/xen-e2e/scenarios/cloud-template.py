@@ -18,6 +18,8 @@
         (apply and verify)
     cloud-template.py configured-at PEER_LOG DOMID GEN
         dom0's uptime when the daemon logged `configured` for generation GEN of DOMID
+    cloud-template.py event-at PEER_LOG DOMID EVENT
+        dom0's uptime of the daemon's first EVENT for DOMID
 """
 
 import json
@@ -123,6 +125,12 @@ def main(argv):
         if conf is None:
             return 1
         print(f"{conf:.2f}")
+        return 0
+    if cmd == "event-at":
+        t = first(log_events(argv[2], int(argv[3])), argv[4])
+        if t is None:
+            return 1
+        print(f"{t:.2f}")
         return 0
     print(__doc__, file=sys.stderr)
     return 2
