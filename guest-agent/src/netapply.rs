@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -69,6 +70,66 @@ fn matches_link(id: &str, e: &Ethernet, l: &Link) -> bool {
         )
 }
 
+/// How long an apply waits for systemd-udevd to have handled the NICs ([`wait_for_udev`]).
+const UDEV_WAIT: Duration = Duration::from_secs(30);
+
+/// Wait until systemd-udevd has handled every NIC (a link with a device behind it in sysfs):
+/// its database entry `/run/udev/data/n<ifindex>` exists. Until then udev may still rename the
+/// link (`eth0` → `enX0`), which fails once the agent has set it up, and systemd-networkd leaves
+/// a link alone until udev has handled it: seen on Debian 12 guests booting slowly (three at once
+/// under TCG), where the agent's live addresses and routes were in place under the kernel's
+/// name but the DNS settings in its networkd file never reached systemd-resolved. Only where
+/// udevd runs (`/run/udev/control` exists, under `root`); bounded by [`UDEV_WAIT`], after which
+/// the apply goes on and says which links udev had not handled.
+pub(crate) fn wait_for_udev(
+    root: &Path,
+    net: &mut dyn NetOps,
+    limit: Duration,
+    changes: &mut Vec<String>,
+) -> Result<()> {
+    if !under(root, "/run/udev/control").exists() {
+        return Ok(());
+    }
+    let t0 = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    let mut said = false;
+    loop {
+        let pending: Vec<String> = net
+            .links()?
+            .into_iter()
+            .filter(|l| {
+                !l.loopback
+                    && under(root, &format!("/sys/class/net/{}/device", l.name)).exists()
+                    && !under(root, &format!("/run/udev/data/n{}", l.index)).exists()
+            })
+            .map(|l| l.name)
+            .collect();
+        if pending.is_empty() {
+            if t0.elapsed() >= Duration::from_millis(100) {
+                changes.push(format!(
+                    "waited {:.1} s for udev to handle the network links",
+                    t0.elapsed().as_secs_f64()
+                ));
+            }
+            return Ok(());
+        }
+        if !said {
+            eprintln!("xenplug-agent: event=udev-wait links={}", pending.join(","));
+            said = true;
+        }
+        if t0.elapsed() >= limit {
+            changes.push(format!(
+                "udev had not handled {} after {} s; configuring them anyway",
+                pending.join(", "),
+                limit.as_secs()
+            ));
+            return Ok(());
+        }
+        std::thread::sleep(pause.min(limit.saturating_sub(t0.elapsed())));
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
 /// The ethernets the agent configures live: the ones that are not bond or bridge members (a
 /// member's addresses belong to its controller, which the network manager creates).
 fn live_entries(n: &NetworkConfig) -> impl Iterator<Item = (&String, &Ethernet)> {
@@ -94,6 +155,10 @@ pub(crate) fn apply_network(
     }
     let mut live = old_live.to_vec();
     if let Some(net) = run.net.as_mut() {
+        // Links udev has yet to name are left to it first.
+        if !n.is_empty() {
+            wait_for_udev(run.root, net, UDEV_WAIT, &mut run.changes)?;
+        }
         // Take back first: deleting an IPv4 primary address also deletes the secondaries of
         // its subnet, which could include one about to be added.
         let links = net.links()?;

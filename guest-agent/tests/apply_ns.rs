@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::{guest_root, AgentProc, Host, Pty};
 use serde_json::{json, Value};
+use xenplug_channel::host::HostEvent;
 use xenplug_testkit::NetNs;
 
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKdh7c6XyRUHvJFOz6oUvnG9NDFjeQh79Yr0YH7oWo6q admin@example";
@@ -813,4 +814,110 @@ fn kill_at_every_journal_step(when: &str) -> Option<(usize, usize)> {
     }
     eprintln!("{points} kill points {when} a record: {back} rolled back, {forward} rolled forward");
     Some((back, forward))
+}
+
+/// A NIC that systemd-udevd has not handled yet (no `/run/udev/data/n<ifindex>` while udevd
+/// runs) is left alone: the apply waits, touching nothing, until udev's entry appears (udev may
+/// still rename the link, which fails once it is up, and systemd-networkd ignores a link udev
+/// has not handled: seen on Debian 12 guests booting slowly on the real-Xen rig). udevd's
+/// control socket, the link's sysfs device and udev's database are files under the agent's
+/// root here; the link, its addresses and the apply are real.
+#[test]
+fn apply_waits_for_udev_to_handle_the_nic() {
+    if !xenplug_testkit::require_root()
+        || !xenplug_testkit::require_program("unshare")
+        || !xenplug_testkit::require_program("ip")
+    {
+        return;
+    }
+    let ns = NetNs::new("udevw").unwrap();
+    ns.ip(&[
+        "link",
+        "add",
+        "nic0",
+        "address",
+        "00:16:3e:aa:bb:21",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "peer0",
+    ])
+    .unwrap();
+    let index = ipj(&ns, &["link", "show", "nic0"])[0]["ifindex"]
+        .as_u64()
+        .unwrap();
+    let root = guest_root();
+    let r = root.path().to_path_buf();
+    std::fs::create_dir_all(r.join("run/udev/data")).unwrap();
+    std::fs::write(r.join("run/udev/control"), "").unwrap();
+    std::fs::create_dir_all(r.join("sys/class/net/nic0/device")).unwrap();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("agent.stderr");
+
+    let pty = Pty::new();
+    let dev = pty.slave_path.to_str().unwrap().to_string();
+    let prefix = [
+        "ip",
+        "netns",
+        "exec",
+        ns.name(),
+        "unshare",
+        "--uts",
+        "--mount",
+        "--",
+    ];
+    let _agent = AgentProc::spawn_logged(&prefix, &["--device", &dev], root, &log);
+    let mut host = Host::new(pty);
+    host.handshake(Duration::from_secs(15));
+
+    let doc = json!({
+        "instance-id": "iid-udev", "generation": 1, "hostname": "guest-udev",
+        "network": {"version": 2, "ethernets": {
+            "lan": {"match": {"macaddress": "00:16:3e:aa:bb:21"},
+                    "addresses": ["192.0.2.21/24"],
+                    "nameservers": {"addresses": ["192.0.2.53"]}}}}
+    });
+    let (id, bytes) = host
+        .session
+        .request("xenplug-apply-config", Some(&json!({"config": doc})));
+    host.pty.send(&bytes);
+    // The agent says it waits for udev, and has configured nothing on the link meanwhile.
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    common::wait_until(
+        "the agent's udev-wait event",
+        Duration::from_secs(20),
+        || read_log().contains("event=udev-wait links=nic0"),
+    );
+    assert!(
+        addresses(&ns, "nic0").is_empty(),
+        "{:?}",
+        addresses(&ns, "nic0")
+    );
+    let links = ipj(&ns, &["link", "show", "nic0"]);
+    assert!(
+        !links[0]["flags"].as_array().unwrap().contains(&json!("UP")),
+        "{links}"
+    );
+    // udev handles the link: the apply goes on and finishes.
+    std::fs::write(r.join(format!("run/udev/data/n{index}")), "I:1\n").unwrap();
+    let evs = host.recv(Duration::from_secs(30), &|e| {
+        e.iter().any(|e| matches!(e, HostEvent::Reply { .. }))
+    });
+    let reply = evs
+        .into_iter()
+        .find_map(|e| match e {
+            HostEvent::Reply { id: rid, result } => Some((rid, result)),
+            _ => None,
+        })
+        .expect("a reply to the apply");
+    assert_eq!(reply.0, id);
+    let res = reply.1.expect("the apply succeeded");
+    assert_eq!(res["applied"], json!(true), "{res}");
+    assert!(
+        res.to_string()
+            .contains("for udev to handle the network links"),
+        "{res}"
+    );
+    assert_eq!(addresses(&ns, "nic0"), vec!["192.0.2.21/24".to_string()]);
 }

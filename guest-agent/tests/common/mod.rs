@@ -130,6 +130,27 @@ impl AgentProc {
         env: &[(&str, &std::ffi::OsStr)],
         root: tempfile::TempDir,
     ) -> AgentProc {
+        Self::spawn_full(prefix, args, env, root, Stdio::inherit())
+    }
+
+    /// `spawn_in` with the agent's stderr (its log) going to `log`.
+    pub fn spawn_logged(
+        prefix: &[&str],
+        args: &[&str],
+        root: tempfile::TempDir,
+        log: &Path,
+    ) -> AgentProc {
+        let f = std::fs::File::create(log).expect("agent log");
+        Self::spawn_full(prefix, args, &[], root, Stdio::from(f))
+    }
+
+    fn spawn_full(
+        prefix: &[&str],
+        args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+        root: tempfile::TempDir,
+        stderr: Stdio,
+    ) -> AgentProc {
         let agent = env!("CARGO_BIN_EXE_xenplug-agent");
         let mut cmd = match prefix.split_first() {
             Some((p, rest)) => {
@@ -157,6 +178,7 @@ impl AgentProc {
             .arg("--statedir")
             .arg(root.path().join("run/xenplug-agent"))
             .stdin(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn xenplug-agent");
         AgentProc { child, root }
