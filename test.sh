@@ -63,6 +63,7 @@ summary() {
         echo "   none"
     fi
     rm -f "$XENPLUG_SKIP_LOG"
+    rm -rf "${DEBS_COPY:-}"
     [ "$rc" = 0 ] && echo "test.sh: PASS" || echo "test.sh: FAIL (status $rc)"
     exit "$rc"
 }
@@ -130,12 +131,11 @@ bg xen-e2e-image tests/xen-e2e/run build
 bg packages-root packaging/test-packages.sh --base-only
 phase fmt cargo fmt --all -- --check
 phase clippy cargo clippy --workspace --all-targets -- -D warnings
-# The Debian packages (tools/build-deb.sh): lintian, then installed, upgraded around and removed
-# in a fresh Debian 12 root, and the peer's sandboxed unit under systemd in systemd-nspawn
-# (packaging/test-packages.sh; about 2 minutes with its base root cached in
-# /var/cache/xenplug-pkgtest). First, since the real-Xen suite installs them.
-phase packages-root bg_wait packages-root
-phase packages packaging/test-packages.sh
+# The Debian packages (tools/build-deb.sh), first: the real-Xen suite installs them. A copy is
+# what the package tests below get, since the suite's repack builds them again (cargo is a
+# no-op then, dpkg-buildpackage is not) while they run.
+DEBS_COPY=$(mktemp -d /tmp/xenplug-debs.XXXXXX)
+phase build-deb sh -c "tools/build-deb.sh > /dev/null && cp target/debian/*.deb '$DEBS_COPY/' && ls '$DEBS_COPY'"
 # The end-to-end suite on real Xen 4.17 + a Debian 12 dom0 under QEMU (tests/xen-e2e/README.md):
 # our static build installed into dom0 from the Debian package, real libxl/blkback/netback/
 # hvc_xen, and the PV channel document's whole sequence with Debian 12 guests cloned from a
@@ -150,6 +150,11 @@ phase packages packaging/test-packages.sh
 # 2 cores busy (QEMU's TCG), the host-side tests fill the rest (README "./test.sh").
 phase xen-e2e-image bg_wait xen-e2e-image
 bg xen-e2e tests/xen-e2e/run all --full
+# The packages: lintian, then installed, upgraded around and removed in a fresh Debian 12 root,
+# and the peer's sandboxed unit under systemd in systemd-nspawn (packaging/test-packages.sh;
+# about a minute with its base root cached in /var/cache/xenplug-pkgtest).
+phase packages-root bg_wait packages-root
+phase packages packaging/test-packages.sh --debs "$DEBS_COPY"
 phase guest-root bg_wait guest-root
 # One test at a time per binary would be slow; tests isolate themselves (own namespaces, own
 # xenstore subtrees, own loop devices), so the default parallelism is kept.
