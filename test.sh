@@ -111,11 +111,18 @@ bg_wait() {
     [ "$rc" = 0 ] || echo "test.sh: background $name failed (status $rc)" >&2
     return "$rc"
 }
+# bg_stop: stop every background job that is still running, with everything it started: all of
+# it is in the job's session (setsid), whatever process groups it made (timeout(1) makes its
+# own, and a shell runs its TERM trap only once its foreground child has exited), so the whole
+# session is told to stop, given 15 s, then killed.
 bg_stop() {
-    local name
+    local name pid
     for name in "${!BG_PID[@]}"; do
-        kill -TERM -- "-${BG_PID[$name]}" "${BG_PID[$name]}" 2>/dev/null || true
-        wait "${BG_PID[$name]}" 2>/dev/null || true
+        pid=${BG_PID[$name]}
+        pkill -TERM -s "$pid" 2>/dev/null || true
+        timeout 15 tail --pid="$pid" -f /dev/null 2>/dev/null || true
+        pkill -KILL -s "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
         rm -f "${BG_LOG[$name]}"
     done
 }
