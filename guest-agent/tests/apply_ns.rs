@@ -32,6 +32,21 @@ fn addresses(ns: &NetNs, dev: &str) -> Vec<String> {
         .collect()
 }
 
+/// The prefix that runs the agent in `ns` and private UTS and mount namespaces (every program
+/// execs, so the child's pid is the agent's).
+fn in_namespaces(ns: &NetNs) -> [&str; 8] {
+    [
+        "ip",
+        "netns",
+        "exec",
+        ns.name(),
+        "unshare",
+        "--uts",
+        "--mount",
+        "--",
+    ]
+}
+
 #[test]
 fn apply_in_private_namespaces() {
     if !xenplug_testkit::require_root()
@@ -91,16 +106,7 @@ fn apply_in_private_namespaces() {
 
     let pty = Pty::new();
     let dev = pty.slave_path.to_str().unwrap().to_string();
-    let prefix = [
-        "ip",
-        "netns",
-        "exec",
-        ns.name(),
-        "unshare",
-        "--uts",
-        "--mount",
-        "--",
-    ];
+    let prefix = in_namespaces(&ns);
     let agent = AgentProc::spawn_in(&prefix, &["--device", &dev], root);
     let mut host = Host::new(pty);
     host.handshake(Duration::from_secs(15));
@@ -387,16 +393,7 @@ fn a_generation_that_fails_part_way_is_rolled_back() {
     std::fs::write(r.join("etc/resolv.conf"), "nameserver 10.255.255.1\n").unwrap();
     let pty = Pty::new();
     let dev = pty.slave_path.to_str().unwrap().to_string();
-    let prefix = [
-        "ip",
-        "netns",
-        "exec",
-        ns.name(),
-        "unshare",
-        "--uts",
-        "--mount",
-        "--",
-    ];
+    let prefix = in_namespaces(&ns);
     let agent = AgentProc::spawn_in(&prefix, &["--device", &dev], root);
     let mut host = Host::new(pty);
     host.handshake(Duration::from_secs(15));
@@ -857,16 +854,7 @@ fn apply_waits_for_udev_to_handle_the_nic() {
 
     let pty = Pty::new();
     let dev = pty.slave_path.to_str().unwrap().to_string();
-    let prefix = [
-        "ip",
-        "netns",
-        "exec",
-        ns.name(),
-        "unshare",
-        "--uts",
-        "--mount",
-        "--",
-    ];
+    let prefix = in_namespaces(&ns);
     let _agent = AgentProc::spawn_logged(&prefix, &["--device", &dev], root, &log);
     let mut host = Host::new(pty);
     host.handshake(Duration::from_secs(15));
