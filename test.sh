@@ -164,8 +164,10 @@ phase packages-root bg_wait packages-root
 phase packages packaging/test-packages.sh --debs "$DEBS_COPY"
 phase guest-root bg_wait guest-root
 # One test at a time per binary would be slow; tests isolate themselves (own namespaces, own
-# xenstore subtrees, own loop devices), so the default parallelism is kept.
-phase cargo-test cargo test --workspace --no-fail-fast
+# xenstore subtrees, own loop devices), so the default parallelism is kept. A test that hangs
+# fails the phase after 40 minutes (libtest names it after 60 s: "has been running for over")
+# instead of holding the whole run until CI's limit.
+phase cargo-test timeout --kill-after=30 2400 cargo test --workspace --no-fail-fast
 # Crash safety (issue 13): each hotplug script and the agent's apply SIGKILLed at random
 # instants, then what libxl runs next, then every leak class audited; 20 rounds each here (the
 # README's figures: 1000). For the agent: the guest after its restart is in the previous or the

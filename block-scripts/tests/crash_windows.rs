@@ -170,7 +170,27 @@ fn orphaned_client(rig: &Rig, s: &NbdStandIn) -> (std::process::Child, PathBuf) 
         .arg(&nbd1)
         .spawn()
         .unwrap();
+    // No wait for it to get going: `remove` may find it in the middle of its `exec`, when its
+    // command line is still empty (`spawn` returns before the kernel has set it up).
     (child, nbd1)
+}
+
+/// Wait (bounded) for `child` to exit; kill it and fail if it does not.
+#[track_caller]
+fn exit_of(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let mut status = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status.is_none() && Instant::now() < deadline {
+        status = child.try_wait().unwrap();
+        if status.is_none() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    status.unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("pid {} still running after 10 s", child.id());
+    })
 }
 
 #[test]
@@ -184,7 +204,7 @@ fn block_nbd_remove_stops_an_orphaned_nbd_client_before_it_connects() {
     let (mut orphan, _nbd1) = orphaned_client(&rig, &s);
     assert!(exit_ok(nbd_run(&rig, &s, "remove")));
     // The orphan was killed: it never connects, even once the server would have answered.
-    let status = orphan.wait().unwrap();
+    let status = exit_of(&mut orphan);
     assert!(!status.success(), "{status:?}");
     std::fs::write(&s.gate, "").unwrap();
     assert!(!s.sys.join("nbd1/pid").exists());
@@ -201,7 +221,7 @@ fn block_nbd_remove_disconnects_what_an_orphan_connected() {
     let s = nbd_stand_in(&rig);
     std::fs::write(&s.gate, "").unwrap();
     let (mut orphan, _) = orphaned_client(&rig, &s);
-    assert!(orphan.wait().unwrap().success());
+    assert!(exit_of(&mut orphan).success());
     assert!(s.sys.join("nbd1/pid").exists(), "the orphan connected nbd1");
     assert!(exit_ok(nbd_run(&rig, &s, "remove")));
     assert!(!s.sys.join("nbd1/pid").exists());
@@ -349,7 +369,7 @@ exit 0"#,
         h.join().unwrap()
     });
     assert!(exit_ok(remover));
-    assert!(orphan.wait().unwrap().success());
+    assert!(exit_of(&mut orphan).success());
     assert!(
         !session.exists(),
         "the session the orphan made was logged out"

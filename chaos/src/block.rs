@@ -64,6 +64,8 @@ pub struct Block {
     exe: PathBuf,
     /// The xenstore paths that existed before any round.
     xs_baseline: std::collections::BTreeSet<String>,
+    /// The directory of the `nbd-client`/`iscsiadm` stand-ins (removed with the world).
+    _standins: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for Block {
@@ -152,12 +154,11 @@ impl Block {
         let standins = tempfile::Builder::new()
             .prefix("xenplug-chaos-bin-")
             .tempdir()
-            .map_err(|e| e.to_string())?
-            .keep();
+            .map_err(|e| e.to_string())?;
         for n in ["nbd-client", "iscsiadm"] {
-            std::os::unix::fs::symlink(&exe, standins.join(n)).map_err(|e| e.to_string())?;
+            std::os::unix::fs::symlink(&exe, standins.path().join(n)).map_err(|e| e.to_string())?;
         }
-        let config = format!("libexec_bin = \"{}\"\n", standins.display());
+        let config = format!("libexec_bin = \"{}\"\n", standins.path().display());
         let base = Base::new(binary, &[kind.script()], &config)?;
         base.backend_dir("vbd")?;
         let image = base.dir.path().join("disk.img");
@@ -202,6 +203,7 @@ impl Block {
             phy,
             exe,
             xs_baseline,
+            _standins: standins,
         })
     }
 

@@ -16,6 +16,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// How long a process's empty command line is taken for one in the middle of its `exec`.
+const EXEC_SETTLES: Duration = Duration::from_millis(500);
+
 /// A process found under `/proc`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proc {
@@ -62,8 +65,19 @@ impl Procs {
             return None;
         }
         let start = fields.get(19)?.parse().ok()?;
-        // Empty for a kernel thread, and for a moment during an `exec`: still alive.
-        let raw = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+        let cmdline = || std::fs::read(dir.join("cmdline")).unwrap_or_default();
+        let mut raw = cmdline();
+        // Empty for a kernel thread, for a process that is exiting, and for a moment during an
+        // `exec`: the kernel lets the parent of a `vfork` (what `posix_spawn` is) go on before
+        // it has set the new command line up, so a child just spawned may still show none. Only
+        // the last has an executable (`exe`): its command line is there a moment later.
+        if raw.is_empty() && std::fs::read_link(dir.join("exe")).is_ok() {
+            let deadline = Instant::now() + EXEC_SETTLES;
+            while raw.is_empty() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+                raw = cmdline();
+            }
+        }
         let argv: Vec<String> = raw
             .split(|b| *b == 0)
             .filter(|a| !a.is_empty())
@@ -218,6 +232,26 @@ mod tests {
             ..before
         };
         assert!(!procs.alive(&other));
+    }
+
+    /// A child looked at right after `spawn` returned, before the kernel finished its `exec`,
+    /// shows its command line all the same (without the wait, one in ~40 here shows none).
+    #[test]
+    fn a_child_in_the_middle_of_its_exec_shows_its_command_line() {
+        let procs = Procs::default();
+        for round in 0..300 {
+            // A second interval `sleep` adds up: what tells this child from any other.
+            let tag = format!("0.{}{round:03}", std::process::id());
+            let mut child = std::process::Command::new("sleep")
+                .args(["30", &tag])
+                .spawn()
+                .unwrap();
+            let p = procs.live(child.id() as i32);
+            let _ = child.kill();
+            let _ = child.wait();
+            let argv = p.expect("the child").argv;
+            assert_eq!(argv, ["sleep", "30", &tag], "round {round}");
+        }
     }
 
     #[test]
