@@ -154,7 +154,7 @@ fn nbd_run(rig: &Rig, s: &NbdStandIn, action: &str) -> std::process::ExitCode {
 }
 
 /// The orphan: add was killed while `nbd-client` was connecting; its record says `intent`.
-fn orphaned_client(rig: &Rig, s: &NbdStandIn) -> (std::process::Child, PathBuf) {
+fn orphaned_client(rig: &Rig, s: &NbdStandIn) -> (Orphan, PathBuf) {
     let nbd1 = s.dev.join("nbd1");
     Store::new(&rig.state_dir())
         .save(
@@ -172,25 +172,28 @@ fn orphaned_client(rig: &Rig, s: &NbdStandIn) -> (std::process::Child, PathBuf) 
         .unwrap();
     // No wait for it to get going: `remove` may find it in the middle of its `exec`, when its
     // command line is still empty (`spawn` returns before the kernel has set it up).
-    (child, nbd1)
+    (Orphan(child), nbd1)
 }
 
-/// Wait (bounded) for `child` to exit; kill it and fail if it does not.
-#[track_caller]
-fn exit_of(child: &mut std::process::Child) -> std::process::ExitStatus {
-    let mut status = None;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while status.is_none() && Instant::now() < deadline {
-        status = child.try_wait().unwrap();
-        if status.is_none() {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+/// A child the test started, killed (and reaped) when the test ends, also when it fails.
+struct Orphan(std::process::Child);
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
-    status.unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("pid {} still running after 10 s", child.id());
-    })
+}
+
+/// Wait (bounded) for `orphan` to exit.
+#[track_caller]
+fn exit_of(orphan: &mut Orphan) -> std::process::ExitStatus {
+    let mut status = None;
+    wait_for("the orphan to exit", || {
+        status = orphan.0.try_wait().unwrap();
+        status.is_some()
+    });
+    status.unwrap()
 }
 
 #[test]
@@ -329,18 +332,20 @@ exit 0"#,
         )
         .unwrap();
     // The add's iscsiadm, orphaned by the kill, still waiting for iscsid's login.
-    let mut orphan = std::process::Command::new(bin.join("iscsiadm"))
-        .args([
-            "-m",
-            "node",
-            "--targetname",
-            iqn,
-            "-p",
-            "10.0.0.1:3260",
-            "--login",
-        ])
-        .spawn()
-        .unwrap();
+    let mut orphan = Orphan(
+        std::process::Command::new(bin.join("iscsiadm"))
+            .args([
+                "-m",
+                "node",
+                "--targetname",
+                iqn,
+                "-p",
+                "10.0.0.1:3260",
+                "--login",
+            ])
+            .spawn()
+            .unwrap(),
+    );
     wait_for("the login to start", || session.exists());
     let host = xenplug_block::iscsi::IscsiHost {
         by_path: rig.dir.path().join("by-path"),
