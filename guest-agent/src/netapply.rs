@@ -81,7 +81,7 @@ const UDEV_WAIT: Duration = Duration::from_secs(30);
 /// name but the DNS settings in its networkd file never reached systemd-resolved. Only where
 /// udevd runs (`/run/udev/control` exists, under `root`); bounded by [`UDEV_WAIT`], after which
 /// the apply goes on and says which links udev had not handled.
-pub(crate) fn wait_for_udev(
+fn wait_for_udev(
     root: &Path,
     net: &mut dyn NetOps,
     limit: Duration,
