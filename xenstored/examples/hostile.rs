@@ -389,7 +389,7 @@ fn main() -> std::process::ExitCode {
     println!(
         "dom0 {} latency while guest 5 works; \
          {rounds} rounds per scenario; guest 5's load generator {}; the daemon's domain thread \
-         {domain_thread:?}",
+         {domain_thread:?} (for a daemon at this process's nice value: {:?})",
         if DOM0_WRITES.load(Ordering::Relaxed) {
             "write (XsClient::write of /local/domain/0/probe)"
         } else {
@@ -399,7 +399,8 @@ fn main() -> std::process::ExitCode {
             "SCHED_IDLE (another domain's vCPUs)"
         } else {
             "at the same priority as dom0's reader"
-        }
+        },
+        domain_thread.effective()
     );
     let mut worst: f64 = 0.0;
     let mut failed = false;

@@ -121,7 +121,7 @@ impl GuestPriority {
     /// What a thread created by the calling thread gets for `self` (nice values are inherited
     /// from the creating thread): `Nice(by)` becomes `Idle` when the calling thread's nice
     /// value plus `by` would pass 19.
-    fn effective(self) -> GuestPriority {
+    pub fn effective(self) -> GuestPriority {
         match self {
             GuestPriority::Nice(by) if by > 0 => match thread_nice() {
                 Some(now) if now + by > 19 => GuestPriority::Idle,
