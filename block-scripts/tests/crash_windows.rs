@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use xenplug_block::loopdev::{Binding, KernelLoops, LoopOps};
 use xenplug_block::state::{IscsiRecord, LoopRecord, LoopStage, NbdRecord, Phase, Record, Store};
 use xenplug_hotplug::Action;
+use xenplug_testkit::Killed;
 
 /// Attach `img` as block's add does up to the instant it is killed: the intent record saved
 /// while the device is claimed, then (when `bind`) the bind, and nothing after.
@@ -154,7 +155,7 @@ fn nbd_run(rig: &Rig, s: &NbdStandIn, action: &str) -> std::process::ExitCode {
 }
 
 /// The orphan: add was killed while `nbd-client` was connecting; its record says `intent`.
-fn orphaned_client(rig: &Rig, s: &NbdStandIn) -> (Orphan, PathBuf) {
+fn orphaned_client(rig: &Rig, s: &NbdStandIn) -> (Killed, PathBuf) {
     let nbd1 = s.dev.join("nbd1");
     Store::new(&rig.state_dir())
         .save(
@@ -172,22 +173,12 @@ fn orphaned_client(rig: &Rig, s: &NbdStandIn) -> (Orphan, PathBuf) {
         .unwrap();
     // No wait for it to get going: `remove` may find it in the middle of its `exec`, when its
     // command line is still empty (`spawn` returns before the kernel has set it up).
-    (Orphan(child), nbd1)
-}
-
-/// A child the test started, killed (and reaped) when the test ends, also when it fails.
-struct Orphan(std::process::Child);
-
-impl Drop for Orphan {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    (Killed(child), nbd1)
 }
 
 /// Wait (bounded) for `orphan` to exit.
 #[track_caller]
-fn exit_of(orphan: &mut Orphan) -> std::process::ExitStatus {
+fn exit_of(orphan: &mut Killed) -> std::process::ExitStatus {
     let mut status = None;
     wait_for("the orphan to exit", || {
         status = orphan.0.try_wait().unwrap();
@@ -332,7 +323,7 @@ exit 0"#,
         )
         .unwrap();
     // The add's iscsiadm, orphaned by the kill, still waiting for iscsid's login.
-    let mut orphan = Orphan(
+    let mut orphan = Killed(
         std::process::Command::new(bin.join("iscsiadm"))
             .args([
                 "-m",

@@ -69,6 +69,18 @@ pub fn wait_until(what: &str, timeout: std::time::Duration, mut cond: impl FnMut
     }
 }
 
+/// A child process killed (and reaped) on drop, so a test that fails leaves it behind neither
+/// running nor as a zombie.
+#[derive(Debug)]
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// True when the effective user is root.
 pub fn is_root() -> bool {
     // `id -u` keeps this crate free of libc/unsafe.

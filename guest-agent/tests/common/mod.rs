@@ -16,15 +16,7 @@ use xenplug_channel::{Limits, Response};
 
 pub mod minroot;
 
-/// A child process killed (and reaped) on drop.
-pub struct Killed(pub Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+pub use xenplug_testkit::Killed;
 
 /// A pty pair. `master` is the dom0 side; `slave_path` is what the agent opens. The slave fd is
 /// kept open, as the hvc ring keeps its state (and a closed pty slave would make master reads fail).
