@@ -30,6 +30,7 @@ def main():
     info = {}
     floors = {}
     per_script = defaultdict(dict)
+    locks = defaultdict(dict)
     errors = []
     for path in sys.argv[1:]:
         xs = "?"
@@ -50,6 +51,13 @@ def main():
                 key = (xs, int(d["background"]), int(d["n"]), d["nic"], d["impl"])
                 for name, _count, median, longest in re.findall(r"(\S+/\S+)=(\d+):([\d.]+):([\d.]+)", line):
                     per_script[key].setdefault(name, []).append((float(median), float(longest)))
+            elif "BENCH-LOCKS:" in line:
+                head, _, tail = line.partition("(count")
+                d = dict(KV.findall(head))
+                key = (xs, int(d["background"]), int(d["n"]), d["nic"])
+                for name, count, held, longest, waited in re.findall(
+                        r"(\S+)=(\d+):([\d.]+):([\d.]+):([\d.]+)", tail.partition(")")[2]):
+                    locks[key].setdefault(name, []).append((int(count), float(held), float(longest), float(waited)))
             elif "BENCH: floor=" in line:
                 d = dict(KV.findall(line))
                 floors.setdefault(xs, []).append(d)
@@ -118,10 +126,32 @@ def main():
                 mx = max(v[1] for v in per_script[key][name])
                 cells.append(f"{name} {med(meds):.0f} ({mx:.0f})")
             print(f"| {xs} | {bg} | {n} + {n} | vif-{nic} | {impl} | {'; '.join(cells)} |")
+    if locks:
+        print()
+        print("xenplug's locks (from the scripts' debug log; wall-clock hold times, a preempted "
+              "holder's time included): holds per round (median), held median / longest, longest wait, ms:")
+        print()
+        print("| xenstored | other domains | disks + NICs | NIC script | locks |")
+        print("|---|---|---|---|---|")
+        for key in sorted(locks):
+            xs, bg, n, nic = key
+            cells = []
+            for name in sorted(locks[key]):
+                v = locks[key][name]
+                cells.append(f"{name}: {med([c for c, *_ in v]):.0f} holds, held {med([h for _, h, _, _ in v]):.1f} / "
+                             f"{max(x for *_, x, _ in v):.1f}, waited ≤ {max(w for *_, w in v):.1f}")
+            print(f"| {xs} | {bg} | {n} + {n} | vif-{nic} | {'; '.join(cells)} |")
     for xs, fl in floors.items():
         print()
-        print(f"Starting a script in this dom0 ({xs}): alone (median of 5) / 64 at once (wall), ms: "
-              + "; ".join(f"{d['floor']} {d['alone_ms']} / {d.get('concurrent64_ms', '–')}" for d in fl))
+        if not all("alone_wall_ms" in d for d in fl):
+            # Older logs: /bin/true ran without the wrapper, alone_ms was the command's wall time.
+            print(f"Starting a script in this dom0 ({xs}): alone (median of 5) / 64 at once (wall), ms: "
+                  + "; ".join(f"{d['floor']} {d['alone_ms']} / {d.get('concurrent64_ms', '–')}" for d in fl))
+            continue
+        print(f"Starting a script in this dom0 ({xs}), through the timing wrapper: alone, the script's own "
+              "run / the whole command (median of 5), and 64 at once (wall), ms: "
+              + "; ".join(f"{d['floor']} {d['alone_ms']} / {d.get('alone_wall_ms', '–')} / {d.get('concurrent64_ms', '–')}"
+                          for d in fl))
     for xs, a in agents.items():
         print()
         print(f"Guest agents ({xs} in dom0), one guest, one channel each:")
