@@ -313,8 +313,14 @@ impl<'a> Context<'a> {
     /// ([`crate::procs::Procs::orphans_of`]).
     pub fn wait_for_orphans(&self, programs: &[&str]) -> Result<(), Failure> {
         let procs = crate::procs::Procs::default();
+        let t = Instant::now();
         let orphans = procs.orphans_of(self.backend(), programs);
         if orphans.is_empty() {
+            // What the look cost (it reads every process's /proc entries): issue 21.
+            self.log.debug(format!(
+                "nothing a killed run left running ({:.1} ms to look)",
+                t.elapsed().as_secs_f64() * 1e3
+            ));
             return Ok(());
         }
         self.log.warning(format!(
