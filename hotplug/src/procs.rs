@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 /// How long a process's empty command line is taken for one in the middle of its `exec`.
 const EXEC_SETTLES: Duration = Duration::from_millis(500);
 
+/// `PF_KTHREAD` in the flags of `/proc/<pid>/stat`: a kernel thread.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
 /// A process found under `/proc`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proc {
@@ -53,24 +56,57 @@ pub fn runs(argv: &[String], program: &str) -> bool {
     argv.first().is_some_and(named) || (argv.len() > 1 && named(&argv[1]))
 }
 
+/// The whole of a small `/proc` file: open, read, close (`std::fs::read` also asks the file's
+/// size first, which `/proc` files do not know); a file larger than the first read is read on
+/// until its end.
+fn read_proc_file(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                // A short read of a /proc file that fits is all of it (one `show` call).
+                if len < buf.len() {
+                    break;
+                }
+                buf.resize(buf.len() * 2, 0);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    buf.truncate(len);
+    Some(buf)
+}
+
 impl Procs {
     fn live(&self, pid: i32) -> Option<Proc> {
         let dir = self.root.join(pid.to_string());
         // A zombie (exited, not reaped yet) is gone for our purposes.
-        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        let stat = String::from_utf8(read_proc_file(&dir.join("stat"))?).ok()?;
         // After the command name: state (field 3), …, starttime (field 22).
         let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
         let state = *fields.first()?;
         if state == "Z" || state == "X" {
             return None;
         }
+        // A kernel thread (field 9, flags) has no command line and no executable: nothing a
+        // script started. Skipping it here spares the reads below for each of them, which is
+        // most of a look in a dom0 (blkback and netback run threads per device): issue 21.
+        if fields.get(6)?.parse::<u64>().ok()? & PF_KTHREAD != 0 {
+            return None;
+        }
         let start = fields.get(19)?.parse().ok()?;
-        let cmdline = || std::fs::read(dir.join("cmdline")).unwrap_or_default();
+        let cmdline = || read_proc_file(&dir.join("cmdline")).unwrap_or_default();
         let mut raw = cmdline();
-        // Empty for a kernel thread, for a process that is exiting, and for a moment during an
-        // `exec`: the kernel lets the parent of a `vfork` (what `posix_spawn` is) go on before
-        // it has set the new command line up, so a child just spawned may still show none. Only
-        // the last has an executable (`exe`): its command line is there a moment later.
+        // Empty for a process that is exiting, and for a moment during an `exec`: the kernel
+        // lets the parent of a `vfork` (what `posix_spawn` is) go on before it has set the new
+        // command line up, so a child just spawned may still show none. Only the last has an
+        // executable (`exe`): its command line is there a moment later.
         if raw.is_empty() && std::fs::read_link(dir.join("exe")).is_ok() {
             let deadline = Instant::now() + EXEC_SETTLES;
             while raw.is_empty() && Instant::now() < deadline {
@@ -232,6 +268,32 @@ mod tests {
             ..before
         };
         assert!(!procs.alive(&other));
+    }
+
+    /// Kernel threads are never taken for processes (they have neither a command line nor an
+    /// executable), and a look does not read their command lines: every one on this host (there
+    /// always are some: `kthreadd` and its children) is absent from `live`, while this process
+    /// is there.
+    #[test]
+    fn kernel_threads_are_not_processes() {
+        let procs = Procs::default();
+        let kthreads: Vec<i32> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|pid: &i32| {
+                std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+                    st.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
+                        .is_some_and(|f| f & PF_KTHREAD != 0)
+                })
+            })
+            .collect();
+        assert!(!kthreads.is_empty(), "no kernel thread found under /proc");
+        for pid in &kthreads {
+            assert_eq!(procs.live(*pid), None, "kernel thread {pid}");
+        }
+        let me = procs.live(std::process::id() as i32).expect("this process");
+        assert!(!me.argv.is_empty());
     }
 
     /// A child looked at right after `spawn` returned, before the kernel finished its `exec`,
