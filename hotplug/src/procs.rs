@@ -142,7 +142,7 @@ impl Procs {
     /// True when process `pid`'s environment has `key=value`.
     pub fn env_has(&self, pid: i32, key: &str, value: &str) -> bool {
         let want = format!("{key}={value}");
-        std::fs::read(self.root.join(pid.to_string()).join("environ"))
+        read_proc_file(&self.root.join(pid.to_string()).join("environ"))
             .map(|env| env.split(|b| *b == 0).any(|kv| kv == want.as_bytes()))
             .unwrap_or(false)
     }
