@@ -26,7 +26,8 @@ def med(xs):
 
 def main():
     rows = defaultdict(lambda: defaultdict(list))
-    agents = defaultdict(dict)
+    # Per xenstored: per agent, one dict per guest; per guest, the RSS and binary lines.
+    agents = defaultdict(lambda: defaultdict(list))
     info = {}
     floors = {}
     per_script = defaultdict(dict)
@@ -61,12 +62,13 @@ def main():
             elif "BENCH: floor=" in line:
                 d = dict(KV.findall(line))
                 floors.setdefault(xs, []).append(d)
-            elif "BENCH: agent=" in line:
+            elif "BENCH-ERR:" not in line and re.search(r"BENCH: (order=\S+ )?agent=", line):
                 d = dict(KV.findall(line))
-                agents[xs][d["agent"]] = d
-            elif "BENCH: guest rss" in line or "BENCH: guest binary" in line:
+                agents[xs][d["agent"]].append(d)
+            elif re.search(r"BENCH: (order=\S+ )?guest (rss|binary) ", line):
                 for k, v in KV.findall(line):
-                    agents[xs]["guest-" + k] = v
+                    if k != "order":
+                        agents[xs]["guest-" + k].append({"v": v})
             elif "BENCH-ERR:" in line:
                 errors.append(f"{xs} {line.split('BENCH-ERR: ', 1)[1].strip()}")
 
@@ -153,15 +155,26 @@ def main():
               + "; ".join(f"{d['floor']} {d['alone_ms']} / {d.get('alone_wall_ms', '–')} / {d.get('concurrent64_ms', '–')}"
                           for d in fl))
     for xs, a in agents.items():
+        guests = max(len(a.get("agent", [])), len(a.get("qemu-ga", [])))
         print()
-        print(f"Guest agents ({xs} in dom0), one guest, one channel each:")
+        print(f"Guest agents ({xs} in dom0), each on its own channel of the same guest; median over "
+              f"{guests} guest(s)" + (" (in half of them our agent started first, in the other half qemu-ga)"
+                                      if guests > 1 else "") + ":")
         print()
-        print("| agent | first answer after unpause (ms) | guest-ping median / p99 (ms) | RSS (KiB) | binary (bytes) |")
-        print("|---|---|---|---|---|")
+        print("| agent | answered | first answer after unpause (ms) | guest-ping median / p99 (ms) | RSS (KiB) | binary (bytes) |")
+        print("|---|---|---|---|---|---|")
         for name, rss, binary in (("agent", "guest-agent_kb", "guest-agent"), ("qemu-ga", "guest-qemu_ga_kb", "guest-qemu_ga")):
-            d = a.get(name, {})
-            print(f"| {'xenplug-agent' if name == 'agent' else 'qemu-ga (Debian 12)'} | {d.get('first_answer_ms', '–')} "
-                  f"| {d.get('ping_median_ms', '–')} / {d.get('ping_p99_ms', '–')} | {a.get(rss, '–')} | {a.get(binary, '–')} |")
+            runs = a.get(name, [])
+            ok = [d for d in runs if "first_answer_ms" in d]
+
+            def mf(field, rows=ok):
+                vals = [float(d[field]) for d in rows if field in d and d[field] != "?"]
+                return f"{med(vals):.{1 if field.startswith('ping') else 0}f}" if vals else "–"
+
+            sizes = {d["v"] for d in a.get(binary, [])}
+            print(f"| {'xenplug-agent' if name == 'agent' else 'qemu-ga (Debian 12)'} | {len(ok)} of {len(runs)} "
+                  f"| {mf('first_answer_ms')} | {mf('ping_median_ms')} / {mf('ping_p99_ms')} "
+                  f"| {mf('v', a.get(rss, []))} | {', '.join(sorted(sizes)) or '–'} |")
     if errors:
         print()
         print("Failed operations (not in the medians' favour: they count as measured):")
