@@ -156,10 +156,15 @@ def main():
                           for d in fl))
     for xs, a in agents.items():
         guests = max(len(a.get("agent", [])), len(a.get("qemu-ga", [])))
+        # Which agent the guest's init started first, as the lines say (older logs: not said).
+        firsts = defaultdict(int)
+        for d in a.get("agent", []):
+            if "order" in d:
+                firsts[d["order"]] += 1
+        said = ", ".join(f"{k} in {v}" for k, v in sorted(firsts.items()))
         print()
         print(f"Guest agents ({xs} in dom0), each on its own channel of the same guest; median over "
-              f"{guests} guest(s)" + (" (in half of them our agent started first, in the other half qemu-ga)"
-                                      if guests > 1 else "") + ":")
+              f"{guests} guest(s)" + (f" (started {said})" if said else "") + ":")
         print()
         print("| agent | answered | first answer after unpause (ms) | guest-ping median / p99 (ms) | RSS (KiB) | binary (bytes) |")
         print("|---|---|---|---|---|---|")
