@@ -23,8 +23,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
@@ -43,6 +43,7 @@ pub use tc::IngressPolice;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod links;
+pub mod nft;
 pub mod tc;
 
 /// Link notifications: a `NETLINK_ROUTE` socket in the calling thread's network namespace,
@@ -301,7 +302,7 @@ impl Client {
             stage: Stage::Send,
             source,
         })?;
-        let mut answer = Answer::new(seq, flags);
+        let mut answer = Answer::<RouteNetlinkMessage>::new(seq, flags);
         loop {
             let (data, _) = self.sock.recv_from_full().map_err(|source| Error::Io {
                 stage: Stage::Receive,
@@ -472,15 +473,16 @@ fn encode(msg: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
     buf
 }
 
-/// The answer to one request, fed datagram by datagram.
-struct Answer {
+/// The answer to one request, fed datagram by datagram: route messages, or another family's
+/// (nftables: [`nft`]).
+struct Answer<M = RouteNetlinkMessage> {
     seq: u32,
     dump: bool,
     ack: bool,
-    out: Vec<RouteNetlinkMessage>,
+    out: Vec<M>,
 }
 
-impl Answer {
+impl<M: NetlinkDeserializable> Answer<M> {
     fn new(seq: u32, flags: u16) -> Self {
         Answer {
             seq,
@@ -492,10 +494,10 @@ impl Answer {
 
     /// Take one datagram; `Some` with every message once the answer is complete. Messages of
     /// other sequence numbers are skipped.
-    fn feed(&mut self, data: &[u8]) -> Result<Option<Vec<RouteNetlinkMessage>>, Error> {
+    fn feed(&mut self, data: &[u8]) -> Result<Option<Vec<M>>, Error> {
         let mut off = 0;
         while off < data.len() {
-            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[off..])
+            let m = NetlinkMessage::<M>::deserialize(&data[off..])
                 .map_err(|e| Error::Decode(e.to_string()))?;
             let len = m.header.length as usize;
             if len == 0 {

@@ -58,7 +58,7 @@ fn encode_sets_request_flags_and_sequence() {
 
 #[test]
 fn dump_collects_until_done_across_datagrams_and_skips_other_sequences() {
-    let mut a = Answer::new(3, NLM_F_DUMP);
+    let mut a = Answer::<RouteNetlinkMessage>::new(3, NLM_F_DUMP);
     let mut first = wire(3, new_link(1, "lo"));
     first.extend(wire(2, new_link(9, "stale")));
     first.extend(wire(3, new_link(2, "eth0")));
@@ -72,19 +72,19 @@ fn dump_collects_until_done_across_datagrams_and_skips_other_sequences() {
 
 #[test]
 fn ack_ends_an_acked_request_and_a_nack_is_the_errno() {
-    let mut a = Answer::new(1, NLM_F_ACK);
+    let mut a = Answer::<RouteNetlinkMessage>::new(1, NLM_F_ACK);
     assert_eq!(a.feed(&wire(1, ack(0))).unwrap().unwrap().len(), 0);
-    let mut a = Answer::new(1, NLM_F_ACK);
+    let mut a = Answer::<RouteNetlinkMessage>::new(1, NLM_F_ACK);
     let e = a.feed(&wire(1, ack(-libc::EEXIST))).unwrap_err();
     assert!(matches!(e, Error::Kernel(libc::EEXIST)));
     // A NACK of another request is not ours.
-    let mut a = Answer::new(2, NLM_F_ACK);
+    let mut a = Answer::<RouteNetlinkMessage>::new(2, NLM_F_ACK);
     assert!(a.feed(&wire(1, ack(-libc::EEXIST))).unwrap().is_none());
 }
 
 #[test]
 fn plain_get_ends_at_the_first_message() {
-    let mut a = Answer::new(5, 0);
+    let mut a = Answer::<RouteNetlinkMessage>::new(5, 0);
     let mut data = wire(5, new_link(4, "one"));
     data.extend(wire(5, new_link(5, "two")));
     assert_eq!(names(&a.feed(&data).unwrap().unwrap()), ["one"]);
@@ -92,7 +92,7 @@ fn plain_get_ends_at_the_first_message() {
 
 #[test]
 fn garbage_is_a_decode_error() {
-    let mut a = Answer::new(1, 0);
+    let mut a = Answer::<RouteNetlinkMessage>::new(1, 0);
     let e = a.feed(&[1, 2, 3]).unwrap_err();
     assert!(matches!(e, Error::Decode(_)));
     assert!(e.to_string().starts_with("bad netlink answer: "), "{e}");

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use xenplug_hotplug::Context;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use xenplug_hotplug::command::output_until;
@@ -22,7 +22,8 @@ fn err(message: impl Into<String>) -> StepError {
 }
 
 /// The real firewall: runs `nft -f -` with the batch on stdin (nft's own syntax: Debian 12's
-/// nft 1.0.6 cannot express the link-local sets in JSON), and `nft -j list set` to read a set.
+/// nft 1.0.6 cannot express the link-local sets in JSON), and reads a set's elements over
+/// netlink ([`xenplug_netlink::nft`]), written back as nft reads them.
 #[derive(Debug, Clone)]
 pub struct NftCli {
     /// The `nft` program.
@@ -98,50 +99,30 @@ impl Firewall for NftCli {
     }
 
     fn elements(&mut self, family: &str, table: &str, set: &str) -> Result<Vec<String>, StepError> {
-        let out = output_until(
-            Command::new(&self.program)
-                .args(["-j", "list", "set", family, table, set])
-                .stdin(Stdio::null()),
-            None,
-            self.deadline.unwrap_or_else(no_bound),
-        )
-        .map_err(|e| self.spawn_error(true, e))?
-        .ok_or_else(|| {
-            err(format!(
-                "nft list set {family} {table} {set} did not finish before the script's deadline"
-            ))
-        })?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            return Err(StepError {
-                gone: stderr.contains("No such file or directory"),
-                message: format!(
-                    "nft list set {family} {table} {set}: {}",
-                    nft_error(&stderr, out.status)
-                ),
+        // Over netlink, not `nft -j list set`: one socket instead of a process (issue 21).
+        match xenplug_netlink::nft::set_elements(family, table, set) {
+            Ok(keys) => Ok(keys
+                .iter()
+                .map(|k| xenplug_netlink::nft::key_hex(k))
+                .collect()),
+            // No such table or set; or no nftables in this kernel (the nfnetlink subsystem or
+            // the socket family missing): no set of ours can exist either.
+            Err(e) if e.is_gone() || no_nftables(&e) => Err(StepError {
+                gone: true,
+                message: format!("no set {family} {table} {set}: {e}"),
                 ..Default::default()
-            });
+            }),
+            Err(e) => Err(err(format!("cannot list set {family} {table} {set}: {e}"))),
         }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| err(format!("nft list set {family} {table} {set}: {e}")))?;
-        Ok(v["nftables"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|o| o["set"]["elem"].as_array())
-            .flatten()
-            .filter_map(|e| match e {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Number(n) => Some(n.to_string()),
-                _ => None,
-            })
-            // Only what nft itself would read back as an element of such a set.
-            .filter(|e| {
-                e.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b':' || b == b'.')
-            })
-            .collect())
     }
+}
+
+/// True when the kernel has no nftables to ask.
+fn no_nftables(e: &xenplug_netlink::Error) -> bool {
+    matches!(
+        e.errno(),
+        Some(libc::EOPNOTSUPP | libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT)
+    )
 }
 
 /// Sysctls under a /proc/sys root (injected for tests). The network entries follow the calling

@@ -16,7 +16,7 @@ use crate::types::{NftBatch, OnError, Plan, Step, StepError};
 pub trait Firewall {
     /// Apply a batch atomically.
     fn apply(&mut self, batch: &NftBatch) -> Result<(), StepError>;
-    /// The elements of set `set` of table `family table`, as `nft` lists them ("already gone"
+    /// The elements of set `set` of table `family table`, as `nft` reads them ("already gone"
     /// when there is no such set).
     fn elements(&mut self, family: &str, table: &str, set: &str) -> Result<Vec<String>, StepError>;
 }

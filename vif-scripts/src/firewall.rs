@@ -221,7 +221,7 @@ fn add_set(name: &str, size: u32) -> NftCmd {
 }
 
 /// The batch removing `chain`'s rules (whether or not they still exist): the chain, its set of
-/// link-local addresses, and its `claims` (the elements of that set, as `nft` lists them) from
+/// link-local addresses, and its `claims` (the elements of that set, as `nft` reads them) from
 /// the set of every claim, so that another vif may use them. Each element is added before it is
 /// deleted, so a claim already gone does not fail the batch.
 pub fn remove_batch(chain: &str, claims: &[String]) -> NftBatch {

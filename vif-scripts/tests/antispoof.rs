@@ -436,7 +436,13 @@ fn enforce_drops_every_spoof_and_passes_a_normal_guest_s_frames() {
     assert!(misjudged.is_empty(), "{}", misjudged.join("\n"));
     assert!(fdb.contains(&(mac_str(&mb), "vif6.0".into())), "{fdb:?}");
 
-    // Teardown releases the link-local addresses a's vif claimed: another vif may take them.
+    // Teardown releases the link-local addresses a's vif claimed (the datapath added them to
+    // its set: the teardown reads them from the kernel): another vif may take them.
+    let before = nft_set(&lab.host, "ll6-claimed");
+    assert!(
+        before.iter().any(|e| e.contains("a5a5")),
+        "a's vif claimed fe80::a5a5:…: {before:?}"
+    );
     let env = [("vif", "vif5.0"), ("XENBUS_PATH", "backend/vif/5/0")];
     run_in_ok(
         &lab.host,
