@@ -306,12 +306,44 @@ impl<'a> Context<'a> {
         command_in(program, &self.inv.raw_env, &self.config.libexec_bin_dir())
     }
 
+    /// Mark this run as one that starts programs for its backend, until the returned guard is
+    /// dropped (after every child has been reaped): a mark left behind tells a later teardown
+    /// that this run was killed and what it started may still be running ([`crate::runs`],
+    /// [`Context::wait_for_orphans`]). Take it before starting any program.
+    pub fn mark_run(&self) -> Result<crate::runs::RunMark, Failure> {
+        let marks = crate::runs::Marks::new(&self.config.state_dir);
+        marks.mark(self.backend()).map_err(|e| {
+            Failure::error(format!(
+                "cannot record this run in {}: {e}",
+                marks.dir.display()
+            ))
+        })
+    }
+
     /// Wait (until the script's [`Context::deadline`]) for children an earlier, killed run of a
     /// script for this backend left running `programs` (say an `ovs-vsctl` or `nft` that was
     /// still committing when its `online` was SIGKILLed): a teardown must come after them, or
     /// what they commit outlives it. Found by the `XENBUS_PATH` they inherited
-    /// ([`crate::procs::Procs::orphans_of`]).
+    /// ([`crate::procs::Procs::orphans_of`]), and looked for only when another run for this
+    /// backend left its mark ([`Context::mark_run`]): one that was killed, or is still running.
+    /// Once nothing they left runs, the marks of runs no longer alive are removed.
     pub fn wait_for_orphans(&self, programs: &[&str]) -> Result<(), Failure> {
+        let marks = crate::runs::Marks::new(&self.config.state_dir);
+        let others = match marks.others(self.backend()) {
+            Ok(o) if o.is_empty() => {
+                self.log
+                    .debug("no other run for this backend left its mark: nothing to look for");
+                return Ok(());
+            }
+            Ok(o) => Some(o),
+            Err(e) => {
+                self.log.warning(format!(
+                    "cannot read the runs' marks in {} ({e}): looking for orphans anyway",
+                    marks.dir.display()
+                ));
+                None
+            }
+        };
         let procs = crate::procs::Procs::default();
         let t = Instant::now();
         let orphans = procs.orphans_of(self.backend(), programs);
@@ -321,26 +353,33 @@ impl<'a> Context<'a> {
                 "nothing a killed run left running ({:.1} ms to look)",
                 t.elapsed().as_secs_f64() * 1e3
             ));
-            return Ok(());
+        } else {
+            self.log.warning(format!(
+                "waiting for what a killed run for {} left running: {}",
+                self.backend(),
+                orphans
+                    .iter()
+                    .map(|p| format!("{} (pid {})", p.argv.join(" "), p.pid))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            if let Some(p) = procs.wait_gone(&orphans, self.deadline()).first() {
+                return Err(Failure::error(format!(
+                    "{} (pid {}), left by a killed run for {}, did not finish in time",
+                    p.argv.join(" "),
+                    p.pid,
+                    self.backend()
+                )));
+            }
         }
-        self.log.warning(format!(
-            "waiting for what a killed run for {} left running: {}",
-            self.backend(),
-            orphans
-                .iter()
-                .map(|p| format!("{} (pid {})", p.argv.join(" "), p.pid))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-        match procs.wait_gone(&orphans, self.deadline()).first() {
-            None => Ok(()),
-            Some(p) => Err(Failure::error(format!(
-                "{} (pid {}), left by a killed run for {}, did not finish in time",
-                p.argv.join(" "),
-                p.pid,
-                self.backend()
-            ))),
+        if let Some(others) = others {
+            let n = marks.remove_dead(&others);
+            if n > 0 {
+                self.log
+                    .debug(format!("removed the marks of {n} killed run(s)"));
+            }
         }
+        Ok(())
     }
 
     /// `do_or_die`: run `cmd` until the script's [`Context::deadline`], return its stdout; a

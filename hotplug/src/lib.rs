@@ -105,6 +105,7 @@ pub mod lock;
 pub mod log;
 mod outcome;
 pub mod procs;
+pub mod runs;
 
 pub use backend::BackendPath;
 pub use command::command;

@@ -84,6 +84,19 @@ fn read_proc_file(path: &Path) -> Option<Vec<u8>> {
 }
 
 impl Procs {
+    /// The start time of process `pid` (field 22 of its `stat`), while it is alive and not a
+    /// zombie; `None` otherwise. One read: what tells a run's mark from a later process that got
+    /// its pid ([`crate::runs`]).
+    pub fn start_of(&self, pid: i32) -> Option<u64> {
+        let stat = read_proc_file(&self.root.join(pid.to_string()).join("stat"))?;
+        let stat = String::from_utf8(stat).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        if matches!(*fields.first()?, "Z" | "X") {
+            return None;
+        }
+        fields.get(19)?.parse().ok()
+    }
+
     fn live(&self, pid: i32) -> Option<Proc> {
         let dir = self.root.join(pid.to_string());
         // A zombie (exited, not reaped yet) is gone for our purposes.

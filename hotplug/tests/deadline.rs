@@ -18,6 +18,7 @@ fn context<'a>(xs: &'a FakeXs, s: &Scratch, deadline: Duration) -> Context<'a> {
     let inv = xenplug_hotplug::Invocation::parse(raw(&["block", "add"], &s.env(Some(BE)))).unwrap();
     let config = Config {
         lock_dir: s.lock_dir(),
+        state_dir: s.path().join("state"),
         log_file: None,
         syslog: false,
         deadline,
@@ -130,35 +131,87 @@ fn a_script_stuck_on_a_lock_reports_before_its_deadline() {
     );
 }
 
+/// A run for `BE` as the test's "killed" or "live" run: a `sleep` with the mark a script run
+/// leaves ([`Context::mark_run`]) in `state_dir`, named after its pid and start time.
+fn marked_run(state_dir: &std::path::Path) -> (std::process::Child, std::path::PathBuf) {
+    let run = Command::new("sleep").arg("30").spawn().unwrap();
+    let procs = xenplug_hotplug::procs::Procs::default();
+    let pid = run.id() as i32;
+    let start = procs.start_of(pid).unwrap();
+    let dir = state_dir.join(xenplug_hotplug::runs::RUNS_DIR);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mark = dir.join(xenplug_hotplug::runs::mark_name(BE, pid, start));
+    std::fs::write(&mark, "").unwrap();
+    (run, mark)
+}
+
 /// A teardown waits for what a killed run for the same backend left running (found by the
-/// `XENBUS_PATH` children inherit), and only until the deadline.
+/// `XENBUS_PATH` children inherit), and only until the deadline; it looks only when another run
+/// for the backend left its mark, and removes the marks of runs that are gone once their orphans
+/// are.
 #[test]
 fn a_teardown_waits_for_the_orphans_of_a_killed_run() {
     let (xs, s) = (FakeXs::new(), Scratch::new());
-    // The orphan: a child of an earlier run for this backend, still committing.
-    let mut orphan = Command::new("sleep")
-        .arg("0.4")
-        .env("XENBUS_PATH", BE)
-        .spawn()
-        .unwrap();
+    let state = s.path().join("state");
+    let procs = xenplug_hotplug::procs::Procs::default();
     // Another backend's child is none of ours.
     let mut other = Command::new("sleep")
         .arg("30")
         .env("XENBUS_PATH", "backend/vbd/6/51712")
         .spawn()
         .unwrap();
-    let procs = xenplug_hotplug::procs::Procs::default();
-    xenplug_testkit::wait_until("the orphan to exec", Duration::from_secs(5), || {
+    // No run left a mark: none was killed, so no look and no wait (what runs there is not a
+    // script's: a finished run has reaped its children).
+    let mut unmarked = Command::new("sleep")
+        .arg("30")
+        .env("XENBUS_PATH", BE)
+        .spawn()
+        .unwrap();
+    xenplug_testkit::wait_until("the unmarked one to exec", Duration::from_secs(5), || {
         !procs.orphans_of(BE, &["sleep"]).is_empty()
     });
     let ctx = context(&xs, &s, Duration::from_secs(35));
+    let t0 = Instant::now();
+    ctx.wait_for_orphans(&["sleep"]).unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(5), "not waited for");
+    unmarked.kill().unwrap();
+    unmarked.wait().unwrap();
+    // The orphan: a child of an earlier run for this backend, still committing.
+    let mut orphan = Command::new("sleep")
+        .arg("0.4")
+        .env("XENBUS_PATH", BE)
+        .spawn()
+        .unwrap();
+    xenplug_testkit::wait_until("the orphan to exec", Duration::from_secs(5), || {
+        !procs.orphans_of(BE, &["sleep"]).is_empty()
+    });
+    // The run that started it was killed: its mark stayed.
+    let (mut killed, mark) = marked_run(&state);
+    killed.kill().unwrap();
+    killed.wait().unwrap();
     ctx.wait_for_orphans(&["sleep"]).unwrap();
     assert!(
         procs.orphans_of(BE, &["sleep"]).is_empty(),
         "waited until it exited"
     );
+    assert!(
+        !mark.exists(),
+        "the dead run's mark is removed once its orphans are gone"
+    );
     let _ = orphan.wait();
-    // One that outlives the deadline is an error, in time.
+    // The mark of a run still alive stays (its own end removes it).
+    let (mut live, mark) = marked_run(&state);
+    ctx.wait_for_orphans(&["sleep"]).unwrap();
+    assert!(mark.exists());
+    // This run's own mark is not another's, and is gone with its guard.
+    let own = ctx.mark_run().unwrap();
+    assert!(own.path().starts_with(&state));
+    drop(own);
+    assert_eq!(
+        std::fs::read_dir(mark.parent().unwrap()).unwrap().count(),
+        1
+    );
+    // One that outlives the deadline is an error, in time (the live run's mark makes it look).
     let mut stuck = Command::new("sleep")
         .arg("30")
         .env("XENBUS_PATH", BE)
@@ -172,7 +225,8 @@ fn a_teardown_waits_for_the_orphans_of_a_killed_run() {
     let err = ctx.wait_for_orphans(&["sleep"]).unwrap_err();
     assert!(t0.elapsed() < Duration::from_secs(3));
     assert!(err.message().contains("did not finish in time"), "{err:?}");
-    for c in [&mut stuck, &mut other] {
+    assert!(mark.exists());
+    for c in [&mut stuck, &mut other, &mut live] {
         let _ = c.kill();
         let _ = c.wait();
     }

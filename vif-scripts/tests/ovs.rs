@@ -413,6 +413,24 @@ fn openvswitch_offline_waits_for_the_orphaned_ovs_vsctl_of_a_killed_online() {
         },
     );
 
+    // The killed online's mark (a run that took one and is gone): what makes offline look.
+    let state = tempfile::tempdir().unwrap();
+    let mut killed = Command::new("sleep").arg("30").spawn().unwrap();
+    let (pid, start) = (
+        killed.id() as i32,
+        procs.start_of(killed.id() as i32).unwrap(),
+    );
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let runs = state.path().join(xenplug_hotplug::runs::RUNS_DIR);
+    std::fs::create_dir_all(&runs).unwrap();
+    let mark = runs.join(xenplug_hotplug::runs::mark_name(
+        "backend/vif/9/0",
+        pid,
+        start,
+    ));
+    std::fs::write(&mark, "").unwrap();
+
     let log_dir = tempfile::tempdir().unwrap();
     let log = log_dir.path().join("xen-hotplug.log");
     let socket = xs.socket();
@@ -421,6 +439,7 @@ fn openvswitch_offline_waits_for_the_orphaned_ovs_vsctl_of_a_killed_online() {
         ("XENBUS_PATH", "backend/vif/9/0"),
         ("OVS_RUNDIR", rd),
         ("OVS_DBDIR", rd),
+        ("XENPLUG_STATE_DIR", state.path().to_str().unwrap()),
     ];
     let rc = std::thread::scope(|s| {
         let offline = s.spawn(|| {
@@ -449,4 +468,10 @@ fn openvswitch_offline_waits_for_the_orphaned_ovs_vsctl_of_a_killed_online() {
     assert_eq!(rc, ExitCode::SUCCESS);
     let ports = ovs.vsctl(&["list-ports", "ovsbr"]);
     assert!(!ports.contains("vif9.0"), "port left behind: {ports}");
+    assert!(!mark.exists(), "the killed run's mark is removed");
+    assert_eq!(
+        std::fs::read_dir(&runs).unwrap().count(),
+        0,
+        "offline's own mark is gone with it"
+    );
 }

@@ -514,6 +514,17 @@ pub fn run<S: VifScript>(ctx: &Context<'_>, be: Backends<'_>) -> Result<Outcome<
         // chain) is planned for by nobody and outlives the teardown.
         ctx.wait_for_orphans(&["nft", "ovs-vsctl"])?;
     }
+    // From here on programs may be started (`ovs-vsctl` in the gathering, `nft`, hooks): a
+    // mark, removed when this run ends, tells the next teardown whether this one was killed
+    // meanwhile. A set-up that cannot leave one does not start; a teardown goes on without.
+    let _mark = match ctx.mark_run() {
+        Ok(m) => Some(m),
+        Err(e) if c.setup() => return Err(e),
+        Err(e) => {
+            ctx.log.warning(e.message());
+            None
+        }
+    };
     let mut g = Gather {
         ctx,
         nodes,

@@ -106,7 +106,10 @@ pub fn run_in_with(
             ("XENPLUG_SCRIPTS_DIR", d.clone()),
             ("XENPLUG_STATE_DIR", d),
         ] {
-            env.push((k.into(), v));
+            // A test's own setting wins (a state directory it prepared, say).
+            if !env.iter().any(|(e, _)| e == k) {
+                env.push((k.into(), v));
+            }
         }
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let envr: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
