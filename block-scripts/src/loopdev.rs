@@ -341,15 +341,24 @@ impl KernelLoops {
     }
 
     /// Make sure `/dev/loopN` exists: devtmpfs creates it synchronously; without devtmpfs
-    /// (some containers) create the node from sysfs' `dev`.
-    fn ensure_node(&self, n: u32) -> Result<PathBuf, LoopError> {
+    /// (some containers) create the node from sysfs' `dev`. `None` when the device is not
+    /// there at all: another attacher's `LOOP_CTL_ADD` of it has not registered it yet (ours
+    /// got `EEXIST` meanwhile), or it was just removed.
+    fn ensure_node(&self, n: u32) -> Result<Option<PathBuf>, LoopError> {
         let path = self.device_path(n);
         if path.exists() {
-            return Ok(path);
+            return Ok(Some(path));
         }
         let sys_dev = self.sys_block.join(format!("loop{n}/dev"));
-        let text =
-            std::fs::read_to_string(&sys_dev).map_err(|e| LoopError::sys("read", &sys_dev, e))?;
+        let text = match std::fs::read_to_string(&sys_dev) {
+            Ok(t) => t,
+            // Not (or no longer) registered: not a device to claim now, unless devtmpfs has
+            // made its node meanwhile (the device is being registered right now).
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok(path.exists().then_some(path));
+            }
+            Err(e) => return Err(LoopError::sys("read", &sys_dev, e)),
+        };
         let num = DevNum::parse_decimal(&text).ok_or_else(|| {
             LoopError::sys(
                 "parse",
@@ -363,8 +372,8 @@ impl KernelLoops {
             nix::sys::stat::Mode::from_bits_truncate(0o660),
             libc::makedev(num.major, num.minor),
         ) {
-            Ok(()) => Ok(path),
-            Err(nix::errno::Errno::EEXIST) => Ok(path),
+            Ok(()) => Ok(Some(path)),
+            Err(nix::errno::Errno::EEXIST) => Ok(Some(path)),
             Err(e) => Err(LoopError::sys("mknod", &path, e)),
         }
     }
@@ -377,7 +386,11 @@ impl KernelLoops {
         read_only: bool,
         intent: &mut Intent<'_>,
     ) -> Result<Claim, LoopError> {
-        let path = self.ensure_node(n)?;
+        let Some(path) = self.ensure_node(n)? else {
+            return Ok(Claim::Lost(format!(
+                "loop{n}: not registered yet (being added)"
+            )));
+        };
         let dev = match OpenOptions::new()
             .read(true)
             .write(!read_only)
