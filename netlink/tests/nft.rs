@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::Stdio;
 
 use serde_json::Value;
-use xenplug_netlink::nft::{key_hex, set_elements};
+use xenplug_netlink::nft::{key_hex, set_elements, Nft, Removal};
 use xenplug_testkit::{require_program, require_root, NetNs};
 
 fn ns(tag: &str) -> Option<NetNs> {
@@ -136,4 +136,149 @@ fn set_elements_match_nft_and_read_back_into_nft() {
         assert!(e.is_gone(), "{family} {table} {set}: {e}");
     }
     assert!(ns.run(|| set_elements("ipx", "xenplug", "small")).is_err());
+}
+
+/// The chains of table `netdev xenplug`, by name.
+fn chains(ns: &NetNs) -> BTreeSet<String> {
+    let out = ns
+        .command("nft")
+        .args(["-j", "list", "chains", "netdev"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["chain"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// True when set `name` of table `netdev xenplug` exists.
+fn has_set(ns: &NetNs, name: &str) -> bool {
+    ns.command("nft")
+        .args(["list", "set", "netdev", "xenplug", name])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+fn a_vif_s_chain_set_and_claims_are_removed_in_one_transaction() {
+    let Some(ns) = ns("nl-nftrm") else {
+        return;
+    };
+    for (d, p) in [("d5", "p5"), ("d6", "p6")] {
+        ns.ip(&["link", "add", d, "type", "veth", "peer", "name", p])
+            .unwrap();
+    }
+    // Two vifs' chains as the antispoofing leaves them, in miniature: each looks its own set
+    // and the set of every claim up, and adds to its own.
+    let mut rules = String::from(
+        "table netdev xenplug {\n\
+         set ll6-claimed { typeof @nh,64,128; size 65535; flags dynamic; }\n",
+    );
+    for (v, d) in [("vif5.0", "d5"), ("vif6.0", "d6")] {
+        rules.push_str(&format!(
+            "set {v}-ll6 {{ typeof @nh,64,128; size 8; flags dynamic; }}\n\
+             chain {v} {{ type filter hook ingress device \"{d}\" priority 0; policy accept;\n\
+             meta protocol ip6 @nh,64,128 @{v}-ll6 accept\n\
+             meta protocol ip6 @nh,64,128 @ll6-claimed drop\n\
+             meta protocol ip6 add @{v}-ll6 {{ @nh,64,128 }}\n\
+             }}\n"
+        ));
+    }
+    rules.push_str("}\n");
+    rules.push_str(
+        "add element netdev xenplug vif5.0-ll6 { 0xfe800000000000000000000000000005, 0xfe80000000000000a5a5a5a5a5a5a5a5 }\n\
+         add element netdev xenplug vif6.0-ll6 { 0xfe800000000000000000000000000006 }\n\
+         add element netdev xenplug ll6-claimed { 0xfe800000000000000000000000000005, 0xfe80000000000000a5a5a5a5a5a5a5a5, 0xfe800000000000000000000000000006 }\n",
+    );
+    nft(&ns, &rules);
+    let s = |x: &str| x.to_string();
+    let remove_vif = |keys: Vec<Vec<u8>>| {
+        vec![
+            Removal::Chain {
+                family: s("netdev"),
+                table: s("xenplug"),
+                chain: s("vif5.0"),
+            },
+            Removal::Elements {
+                family: s("netdev"),
+                table: s("xenplug"),
+                set: s("ll6-claimed"),
+                keys,
+            },
+            Removal::Set {
+                family: s("netdev"),
+                table: s("xenplug"),
+                set: s("vif5.0-ll6"),
+            },
+        ]
+    };
+
+    // All or nothing: the vif's chain with a set another chain still uses fails whole.
+    let busy = vec![
+        Removal::Chain {
+            family: s("netdev"),
+            table: s("xenplug"),
+            chain: s("vif5.0"),
+        },
+        Removal::Set {
+            family: s("netdev"),
+            table: s("xenplug"),
+            set: s("ll6-claimed"),
+        },
+    ];
+    let e = ns.run(|| Nft::open().unwrap().remove(&busy)).unwrap_err();
+    assert_eq!(e.errno(), Some(libc::EBUSY), "{e}");
+    assert_eq!(chains(&ns), BTreeSet::from([s("vif5.0"), s("vif6.0")]));
+
+    // What the teardown does: the vif's claims, read, then released with its chain and set.
+    let keys = ns
+        .run(|| set_elements("netdev", "xenplug", "vif5.0-ll6"))
+        .unwrap();
+    assert_eq!(keys.len(), 2);
+    let n = ns
+        .run(|| Nft::open().unwrap().remove(&remove_vif(keys.clone())))
+        .unwrap();
+    assert_eq!(n, 4, "delete chain, add + delete elements, delete set");
+    assert_eq!(chains(&ns), BTreeSet::from([s("vif6.0")]));
+    assert!(!has_set(&ns, "vif5.0-ll6"));
+    assert_eq!(
+        nft_elements(&ns, "netdev", "xenplug", "ll6-claimed"),
+        BTreeSet::from([0xfe80_0000_0000_0000_0000_0000_0000_0006u128])
+    );
+
+    // Again: what is gone is left out, and claims already released stay released.
+    let n = ns
+        .run(|| Nft::open().unwrap().remove(&remove_vif(keys.clone())))
+        .unwrap();
+    assert_eq!(
+        n, 2,
+        "only the claims' add + delete: the chain and the set are gone"
+    );
+    assert_eq!(
+        nft_elements(&ns, "netdev", "xenplug", "ll6-claimed").len(),
+        1
+    );
+    // No such table (or family's table): nothing to do.
+    let elsewhere = vec![
+        Removal::Chain {
+            family: s("ip"),
+            table: s("xenplug-nat"),
+            chain: s("nat-vif5.0"),
+        },
+        Removal::Set {
+            family: s("netdev"),
+            table: s("nosuch"),
+            set: s("x"),
+        },
+    ];
+    assert_eq!(
+        ns.run(|| Nft::open().unwrap().remove(&elsewhere)).unwrap(),
+        0
+    );
+    assert_eq!(chains(&ns), BTreeSet::from([s("vif6.0")]));
 }

@@ -11,7 +11,8 @@ use std::time::Instant;
 use xenplug_hotplug::command::output_until;
 
 use crate::apply::{Dhcp, Firewall, Ovs, Sysctl, XsWrite};
-use crate::types::{NftBatch, StepError};
+use crate::types::{NftBatch, NftCmd, StepError};
+use xenplug_netlink::nft::{key_bytes, Nft, Removal};
 
 fn err(message: impl Into<String>) -> StepError {
     StepError {
@@ -21,9 +22,10 @@ fn err(message: impl Into<String>) -> StepError {
     }
 }
 
-/// The real firewall: runs `nft -f -` with the batch on stdin (nft's own syntax: Debian 12's
-/// nft 1.0.6 cannot express the link-local sets in JSON), and reads a set's elements over
-/// netlink ([`xenplug_netlink::nft`]), written back as nft reads them.
+/// The real firewall: runs `nft -f -` with a set-up batch on stdin (nft's own syntax: Debian
+/// 12's nft 1.0.6 cannot express the link-local sets in JSON); takes a removal batch away over
+/// netlink ([`removal_over_netlink`], [`xenplug_netlink::nft::Nft::remove`]: no process, what is
+/// gone left out); reads a set's elements over netlink, written as nft reads them.
 #[derive(Debug, Clone)]
 pub struct NftCli {
     /// The `nft` program.
@@ -72,8 +74,102 @@ fn no_bound() -> Instant {
     Instant::now() + std::time::Duration::from_secs(24 * 3600)
 }
 
+/// A removal batch as netlink removals ([`xenplug_netlink::nft::Nft::remove`]): its deletions
+/// in order, without the additions that only make them unconditional for `nft -f` (the table,
+/// the chain, the set, the elements: the netlink removal leaves out what is gone instead).
+/// `None` for a batch with anything else (rules, a hooked chain, elements of a set whose key
+/// is not a link-local address): that one goes to `nft`.
+pub fn removal_over_netlink(cmds: &[NftCmd]) -> Option<Vec<Removal>> {
+    use crate::firewall::CLAIMED_SET;
+    let keys = |set: &str, elems: &[String]| -> Option<Vec<Vec<u8>>> {
+        // Only the link-local sets: 128-bit keys.
+        (set == CLAIMED_SET || set.ends_with("-ll6"))
+            .then(|| {
+                elems
+                    .iter()
+                    .map(|e| key_bytes(e, 16))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .flatten()
+    };
+    let mut out = Vec::new();
+    for (i, c) in cmds.iter().enumerate() {
+        match c {
+            NftCmd::AddTable { .. } | NftCmd::AddSet { .. } => {}
+            NftCmd::AddChain { hook: None, .. } => {}
+            NftCmd::DeleteChain {
+                family,
+                table,
+                chain,
+            } => out.push(Removal::Chain {
+                family: family.to_string(),
+                table: table.clone(),
+                chain: chain.clone(),
+            }),
+            // Added only to be deleted right after (the same elements, next command).
+            NftCmd::AddElements {
+                family,
+                table,
+                set,
+                elems,
+            } => match cmds.get(i + 1) {
+                Some(NftCmd::DeleteElements {
+                    family: f,
+                    table: t,
+                    set: s,
+                    elems: e,
+                }) if (f, t, s, e) == (family, table, set, elems) => {}
+                _ => return None,
+            },
+            NftCmd::DeleteElements {
+                family,
+                table,
+                set,
+                elems,
+            } => out.push(Removal::Elements {
+                family: family.to_string(),
+                table: table.clone(),
+                set: set.clone(),
+                keys: keys(set, elems)?,
+            }),
+            NftCmd::DeleteSet { family, table, set } => out.push(Removal::Set {
+                family: family.to_string(),
+                table: table.clone(),
+                set: set.clone(),
+            }),
+            NftCmd::AddChain { hook: Some(_), .. }
+            | NftCmd::FlushChain { .. }
+            | NftCmd::AddRule { .. } => return None,
+        }
+    }
+    Some(out)
+}
+
+impl NftCli {
+    /// A removal over netlink: one transaction of what still exists, tried again once if
+    /// something vanished between the look and the transaction.
+    fn remove_over_netlink(&self, batch: &NftBatch, items: &[Removal]) -> Result<(), StepError> {
+        let failed = |e: xenplug_netlink::Error| StepError {
+            gone: no_nftables(&e),
+            message: format!("nftables ({}) over netlink: {e}", batch.what),
+            ..Default::default()
+        };
+        let mut nft = Nft::open().map_err(failed)?;
+        match nft.remove(items) {
+            Err(e) if e.is_gone() => nft.remove(items).map(drop).map_err(failed),
+            r => r.map(drop).map_err(failed),
+        }
+    }
+}
+
 impl Firewall for NftCli {
     fn apply(&mut self, batch: &NftBatch) -> Result<(), StepError> {
+        // Removals without a process (issue 21): deletions need no grammar.
+        if batch.removal {
+            if let Some(items) = removal_over_netlink(&batch.cmds) {
+                return self.remove_over_netlink(batch, &items);
+            }
+        }
         let text = batch.text();
         let out = output_until(
             Command::new(&self.program).args(["-f", "-"]),
@@ -100,7 +196,7 @@ impl Firewall for NftCli {
 
     fn elements(&mut self, family: &str, table: &str, set: &str) -> Result<Vec<String>, StepError> {
         // Over netlink, not `nft -j list set`: one socket instead of a process (issue 21).
-        match xenplug_netlink::nft::set_elements(family, table, set) {
+        match Nft::open().and_then(|mut n| n.set_elements(family, table, set)) {
             Ok(keys) => Ok(keys
                 .iter()
                 .map(|k| xenplug_netlink::nft::key_hex(k))
@@ -399,6 +495,82 @@ impl Dhcp for DnsmasqHosts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removal_batches_go_over_netlink_and_others_to_nft() {
+        let claims = vec![
+            "0xfe8000000000000002163efffe123456".to_string(),
+            "5".to_string(),
+        ];
+        let items = removal_over_netlink(&crate::firewall::remove_batch("vif5.0", &claims).cmds)
+            .expect("a vif's removal goes over netlink");
+        let s = |x: &str| x.to_string();
+        let mut five = vec![0u8; 16];
+        five[15] = 5;
+        assert_eq!(
+            items,
+            vec![
+                Removal::Chain {
+                    family: s("netdev"),
+                    table: s("xenplug"),
+                    chain: s("vif5.0")
+                },
+                Removal::Elements {
+                    family: s("netdev"),
+                    table: s("xenplug"),
+                    set: s("ll6-claimed"),
+                    keys: vec![
+                        0xfe80_0000_0000_0000_0216_3eff_fe12_3456u128
+                            .to_be_bytes()
+                            .to_vec(),
+                        five
+                    ],
+                },
+                Removal::Set {
+                    family: s("netdev"),
+                    table: s("xenplug"),
+                    set: s("vif5.0-ll6")
+                },
+            ]
+        );
+        // Without claims: the chain and the vif's set.
+        assert_eq!(
+            removal_over_netlink(&crate::firewall::remove_batch("vif5.0", &[]).cmds)
+                .unwrap()
+                .len(),
+            2
+        );
+        // vif-nat's masquerade chain.
+        assert_eq!(
+            removal_over_netlink(&crate::scripts::nat::nat_remove_batch("vif5.0").cmds),
+            Some(vec![Removal::Chain {
+                family: s("ip"),
+                table: s(crate::scripts::nat::NAT_TABLE),
+                chain: s("nat-vif5.0")
+            }])
+        );
+        // A set-up batch (rules, a hooked chain) is nft's; its undo is a removal.
+        let addrs = [crate::types::Net::parse("10.0.0.5").unwrap()];
+        let up = crate::firewall::vif_batch(&crate::firewall::Antispoof {
+            chain: "vif5.0",
+            device: "vif5.0",
+            addrs: &addrs,
+            mac: Some([0, 0x16, 0x3e, 0, 0, 5]),
+            mode: crate::types::Mode::Enforce,
+            ethertypes: &[],
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(removal_over_netlink(&up.cmds), None);
+        assert!(removal_over_netlink(&up.undo.unwrap().cmds).is_some());
+        // An element nft could not have listed: nft's, with its own error.
+        assert_eq!(
+            removal_over_netlink(
+                &crate::firewall::remove_batch("vif5.0", &["fe80::1".to_string()]).cmds
+            ),
+            None
+        );
+    }
 
     #[test]
     fn ovs_external_ids_from_find_json() {
