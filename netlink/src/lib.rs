@@ -24,8 +24,8 @@ use std::fmt;
 use std::net::IpAddr;
 
 use netlink_packet_core::{
-    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE,
-    NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkDeserializable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NetlinkSerializable,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
@@ -297,22 +297,7 @@ impl Client {
         flags: u16,
     ) -> Result<Vec<RouteNetlinkMessage>, Error> {
         self.seq = self.seq.wrapping_add(1);
-        let seq = self.seq;
-        let buf = encode(msg, flags, seq);
-        self.sock.send(&buf, 0).map_err(|source| Error::Io {
-            stage: Stage::Send,
-            source,
-        })?;
-        let mut answer = Answer::<RouteNetlinkMessage>::new(seq, flags);
-        loop {
-            let (data, _) = self.sock.recv_from_full().map_err(|source| Error::Io {
-                stage: Stage::Receive,
-                source,
-            })?;
-            if let Some(done) = answer.feed(&data)? {
-                return Ok(done);
-            }
-        }
+        exchange(&mut self.sock, msg, flags, self.seq)
     }
 
     /// Send a request that only wants the ACK.
@@ -463,7 +448,7 @@ impl Client {
 }
 
 /// One request, serialized with its header.
-fn encode(msg: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
+fn encode<M: NetlinkSerializable + fmt::Debug>(msg: M, flags: u16, seq: u32) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | flags;
     header.sequence_number = seq;
@@ -472,6 +457,31 @@ fn encode(msg: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
     let mut buf = vec![0; nl.buffer_len()];
     nl.serialize(&mut buf);
     buf
+}
+
+/// Send request `msg` (sequence number `seq`) on `sock` and collect the messages of its answer
+/// ([`Answer`]): route messages, or another family's.
+fn exchange<M: NetlinkSerializable + NetlinkDeserializable + fmt::Debug>(
+    sock: &mut Socket,
+    msg: M,
+    flags: u16,
+    seq: u32,
+) -> Result<Vec<M>, Error> {
+    sock.send(&encode(msg, flags, seq), 0)
+        .map_err(|source| Error::Io {
+            stage: Stage::Send,
+            source,
+        })?;
+    let mut answer = Answer::<M>::new(seq, flags);
+    loop {
+        let (data, _) = sock.recv_from_full().map_err(|source| Error::Io {
+            stage: Stage::Receive,
+            source,
+        })?;
+        if let Some(done) = answer.feed(&data)? {
+            return Ok(done);
+        }
+    }
 }
 
 /// The answer to one request, fed datagram by datagram: route messages, or another family's

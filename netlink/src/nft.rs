@@ -13,10 +13,7 @@
 //! Messages are built and parsed with `netlink-packet-netfilter`, sent over a blocking
 //! `netlink-sys` socket as the route requests are.
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP};
 use netlink_packet_netfilter::nftables::{
     ChainAttribute, ChainMessage, DataAttribute, ListAttribute, NfTablesMessage, SetAttribute,
     SetElementAttribute, SetElementList, SetElementMessage, SetMessage, TableAttribute,
@@ -28,7 +25,7 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
-use crate::{Answer, Error, Stage};
+use crate::{encode, exchange, Error, Stage};
 
 /// The nftables family called `name` in nft's syntax (`ip`, `ip6`, `inet`, `arp`, `bridge`,
 /// `netdev`).
@@ -46,18 +43,6 @@ pub fn family(name: &str) -> Option<NetfilterProtoFamily> {
 
 /// `NFNL_SUBSYS_NFTABLES`: the subsystem a batch is for (in its header's `res_id`).
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
-
-/// One message, serialized with its netlink header.
-fn encode(msg: NetfilterMessage, flags: u16, seq: u32) -> Vec<u8> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | flags;
-    header.sequence_number = seq;
-    let mut nl = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-    nl.finalize();
-    let mut buf = vec![0; nl.buffer_len()];
-    nl.serialize(&mut buf);
-    buf
-}
 
 fn nft(family: NetfilterProtoFamily, m: NfTablesMessage) -> NetfilterMessage {
     NetfilterMessage::new(NetfilterHeader::new(family, 0, 0), m)
@@ -192,32 +177,14 @@ impl Nft {
         self.seq
     }
 
-    fn send(&mut self, buf: &[u8]) -> Result<(), Error> {
-        self.sock.send(buf, 0).map_err(|source| Error::Io {
-            stage: Stage::Send,
-            source,
-        })?;
-        Ok(())
-    }
-
-    /// Send one request and collect its answer (see [`Answer`]).
+    /// Send one request and collect its answer.
     fn request(
         &mut self,
         msg: NetfilterMessage,
         flags: u16,
     ) -> Result<Vec<NetfilterMessage>, Error> {
         let seq = self.next_seq();
-        self.send(&encode(msg, flags, seq))?;
-        let mut answer = Answer::<NetfilterMessage>::new(seq, flags);
-        loop {
-            let (data, _) = self.sock.recv_from_full().map_err(|source| Error::Io {
-                stage: Stage::Receive,
-                source,
-            })?;
-            if let Some(done) = answer.feed(&data)? {
-                return Ok(done);
-            }
-        }
+        exchange(&mut self.sock, msg, flags, seq)
     }
 
     /// True when the object `msg` asks for exists (the kernel answers it), false on `ENOENT`.
@@ -371,7 +338,10 @@ impl Nft {
         }
         let end = self.next_seq();
         buf.extend(encode(control(ControlMessage::BatchEnd), 0, end));
-        self.send(&buf)?;
+        self.sock.send(&buf, 0).map_err(|source| Error::Io {
+            stage: Stage::Send,
+            source,
+        })?;
         // Every message asked for its acknowledgement: the kernel answers each, with 0 or its
         // error, also when the transaction fails (it is then aborted whole). A batch the kernel
         // refuses as such (no nf_tables, say) is answered once, for its begin or end.
