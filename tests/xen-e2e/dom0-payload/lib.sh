@@ -122,7 +122,9 @@ no_link() { ! ip link show "$1" > /dev/null 2>&1; }
 # No lock file left behind and none held: a lock is unlinked on release (locking.sh's
 # protocol); xenplug's waiting-line files (.<name>.queue, never unlinked) stay but must be free.
 no_lock_files() {
-    [ -z "$(ls -A /var/run/xen-hotplug 2>/dev/null | grep -v -e '^xenplug-block$' -e '^\..*\.queue$')" ] || return 1
+    [ -z "$(ls -A /var/run/xen-hotplug 2>/dev/null | grep -v -e '^xenplug-block$' -e '^xenplug-runs$' -e '^\..*\.queue$')" ] || return 1
+    # The runs' marks (hotplug/src/runs.rs): one outlives its run only if the run was killed.
+    [ -z "$(ls -A /var/run/xen-hotplug/xenplug-runs 2>/dev/null)" ] || return 1
     local q
     for q in /var/run/xen-hotplug/.*.queue; do
         [ -e "$q" ] || continue
