@@ -152,17 +152,17 @@ fn main() {
     println!("{runs} listings of a vif's 3 link-local claims, in a network namespace:");
     println!("  over netlink (now):        median {nm:.3} ms, p90 {n90:.3} ms");
     println!(
-        "  nft -j list set (before):  median {cm:.3} ms, p90 {c90:.3} ms ({:.0}x the netlink read)",
+        "  nft -j list set (before):  median {cm:.3} ms, p90 {c90:.3} ms ({:.1}x the netlink read)",
         cm / nm
     );
     println!("{runs} removals of a vif's chain, set and claim:");
     println!("  over netlink (now):        median {rm:.3} ms, p90 {r90:.3} ms");
     println!(
-        "  nft -f - (before):         median {rc:.3} ms, p90 {rc90:.3} ms ({:.0}x the netlink removal)",
+        "  nft -f - (before):         median {rc:.3} ms, p90 {rc90:.3} ms ({:.1}x the netlink removal)",
         rc / rm
     );
     println!(
-        "a teardown's nftables work: {:.3} ms now, {:.3} ms before ({:.0}x)",
+        "a teardown's nftables work: {:.3} ms now, {:.3} ms before ({:.1}x)",
         nm + rm,
         cm + rc,
         (cm + rc) / (nm + rm)
