@@ -134,9 +134,9 @@ pub enum Stage {
 impl fmt::Display for Stage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Stage::Open => "open rtnetlink socket",
-            Stage::Bind => "bind rtnetlink socket",
-            Stage::Connect => "connect rtnetlink socket",
+            Stage::Open => "open netlink socket",
+            Stage::Bind => "bind netlink socket",
+            Stage::Connect => "connect netlink socket",
             Stage::Send => "send",
             Stage::Receive => "receive",
         })

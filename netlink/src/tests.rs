@@ -123,7 +123,7 @@ fn errors_carry_errno_and_gone() {
         stage: Stage::Connect,
         source: std::io::Error::from_raw_os_error(libc::EPERM),
     };
-    assert!(open.to_string().starts_with("connect rtnetlink socket: "));
+    assert!(open.to_string().starts_with("connect netlink socket: "));
 }
 
 #[test]
