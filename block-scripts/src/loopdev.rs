@@ -689,6 +689,29 @@ mod tests {
     }
 
     #[test]
+    fn a_device_not_registered_yet_is_none_and_a_bad_sysfs_entry_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let loops = KernelLoops {
+            dev_dir: d.path().join("dev"),
+            sys_block: d.path().join("sys"),
+            max_attempts: 1,
+        };
+        std::fs::create_dir_all(&loops.dev_dir).unwrap();
+        // Another attacher's LOOP_CTL_ADD of loop12 has not registered it: no node, no sysfs.
+        assert!(loops.ensure_node(12).unwrap().is_none());
+        // devtmpfs made the node meanwhile: that is the device.
+        std::fs::write(loops.dev_dir.join("loop12"), "").unwrap();
+        assert_eq!(
+            loops.ensure_node(12).unwrap(),
+            Some(loops.dev_dir.join("loop12"))
+        );
+        // Registered but unreadable as a device number: an error, not a device lost.
+        std::fs::create_dir_all(loops.sys_block.join("loop13")).unwrap();
+        std::fs::write(loops.sys_block.join("loop13/dev"), "garbage\n").unwrap();
+        assert!(loops.ensure_node(13).is_err());
+    }
+
+    #[test]
     fn file_name_is_truncated_and_terminated() {
         let long = PathBuf::from(format!("/{}", "x".repeat(100)));
         let b = file_name_bytes(&long);

@@ -107,7 +107,9 @@ impl Marks {
     /// The marks of other runs for `backend` (this process's own left out). No directory: none.
     pub fn others(&self, backend: &str) -> io::Result<Vec<Mark>> {
         let prefix = format!("{}@", escape(backend));
+        // Our own mark: this pid with this start time (a killed run may have had our pid).
         let me = std::process::id() as i32;
+        let my_start = self.procs.start_of(me);
         let entries = match std::fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -126,7 +128,7 @@ impl Marks {
             let (Ok(pid), Ok(start)) = (pid.parse::<i32>(), start.parse::<u64>()) else {
                 continue;
             };
-            if pid != me {
+            if (pid, Some(start)) != (me, my_start) {
                 v.push(Mark {
                     path: e.path(),
                     pid,
@@ -176,8 +178,17 @@ mod tests {
         );
         let mine = marks.mark("backend/vif/5/0").unwrap();
         assert!(mine.path().exists());
-        // Our own mark is not another run's.
+        // Our own mark is not another run's; a killed run that had our pid is.
         assert!(marks.others("backend/vif/5/0").unwrap().is_empty());
+        let me = std::process::id() as i32;
+        let old_me = marks.dir.join(mark_name(
+            "backend/vif/5/0",
+            me,
+            marks.procs.start_of(me).unwrap() - 1,
+        ));
+        std::fs::write(&old_me, "").unwrap();
+        assert_eq!(marks.others("backend/vif/5/0").unwrap().len(), 1);
+        std::fs::remove_file(&old_me).unwrap();
         // A run that died with its mark in place (pid 1 with a start time it does not have, and
         // a pid that cannot exist), one alive (pid 1, as it is), another backend's, and names
         // that are not marks.

@@ -131,12 +131,31 @@ fn a_script_stuck_on_a_lock_reports_before_its_deadline() {
     );
 }
 
+/// A child killed and reaped when dropped: a failed assertion leaves no `sleep 30` behind.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn sleep_30(xenbus_path: Option<&str>) -> Reaped {
+    let mut c = Command::new("sleep");
+    c.arg("30");
+    if let Some(be) = xenbus_path {
+        c.env("XENBUS_PATH", be);
+    }
+    Reaped(c.spawn().unwrap())
+}
+
 /// A run for `BE` as the test's "killed" or "live" run: a `sleep` with the mark a script run
 /// leaves ([`Context::mark_run`]) in `state_dir`, named after its pid and start time.
-fn marked_run(state_dir: &std::path::Path) -> (std::process::Child, std::path::PathBuf) {
-    let run = Command::new("sleep").arg("30").spawn().unwrap();
+fn marked_run(state_dir: &std::path::Path) -> (Reaped, std::path::PathBuf) {
+    let run = sleep_30(None);
     let procs = xenplug_hotplug::procs::Procs::default();
-    let pid = run.id() as i32;
+    let pid = run.0.id() as i32;
     let start = procs.start_of(pid).unwrap();
     let dir = state_dir.join(xenplug_hotplug::runs::RUNS_DIR);
     std::fs::create_dir_all(&dir).unwrap();
@@ -155,18 +174,10 @@ fn a_teardown_waits_for_the_orphans_of_a_killed_run() {
     let state = s.path().join("state");
     let procs = xenplug_hotplug::procs::Procs::default();
     // Another backend's child is none of ours.
-    let mut other = Command::new("sleep")
-        .arg("30")
-        .env("XENBUS_PATH", "backend/vbd/6/51712")
-        .spawn()
-        .unwrap();
+    let _other = sleep_30(Some("backend/vbd/6/51712"));
     // No run left a mark: none was killed, so no look and no wait (what runs there is not a
     // script's: a finished run has reaped its children).
-    let mut unmarked = Command::new("sleep")
-        .arg("30")
-        .env("XENBUS_PATH", BE)
-        .spawn()
-        .unwrap();
+    let unmarked = sleep_30(Some(BE));
     xenplug_testkit::wait_until("the unmarked one to exec", Duration::from_secs(5), || {
         !procs.orphans_of(BE, &["sleep"]).is_empty()
     });
@@ -174,8 +185,7 @@ fn a_teardown_waits_for_the_orphans_of_a_killed_run() {
     let t0 = Instant::now();
     ctx.wait_for_orphans(&["sleep"]).unwrap();
     assert!(t0.elapsed() < Duration::from_secs(5), "not waited for");
-    unmarked.kill().unwrap();
-    unmarked.wait().unwrap();
+    drop(unmarked);
     // The orphan: a child of an earlier run for this backend, still committing.
     let mut orphan = Command::new("sleep")
         .arg("0.4")
@@ -186,9 +196,8 @@ fn a_teardown_waits_for_the_orphans_of_a_killed_run() {
         !procs.orphans_of(BE, &["sleep"]).is_empty()
     });
     // The run that started it was killed: its mark stayed.
-    let (mut killed, mark) = marked_run(&state);
-    killed.kill().unwrap();
-    killed.wait().unwrap();
+    let (killed, mark) = marked_run(&state);
+    drop(killed);
     ctx.wait_for_orphans(&["sleep"]).unwrap();
     assert!(
         procs.orphans_of(BE, &["sleep"]).is_empty(),
@@ -200,7 +209,7 @@ fn a_teardown_waits_for_the_orphans_of_a_killed_run() {
     );
     let _ = orphan.wait();
     // The mark of a run still alive stays (its own end removes it).
-    let (mut live, mark) = marked_run(&state);
+    let (_live, mark) = marked_run(&state);
     ctx.wait_for_orphans(&["sleep"]).unwrap();
     assert!(mark.exists());
     // This run's own mark is not another's, and is gone with its guard.
@@ -212,11 +221,7 @@ fn a_teardown_waits_for_the_orphans_of_a_killed_run() {
         1
     );
     // One that outlives the deadline is an error, in time (the live run's mark makes it look).
-    let mut stuck = Command::new("sleep")
-        .arg("30")
-        .env("XENBUS_PATH", BE)
-        .spawn()
-        .unwrap();
+    let _stuck = sleep_30(Some(BE));
     xenplug_testkit::wait_until("the stuck one to exec", Duration::from_secs(5), || {
         !procs.orphans_of(BE, &["sleep"]).is_empty()
     });
@@ -226,8 +231,4 @@ fn a_teardown_waits_for_the_orphans_of_a_killed_run() {
     assert!(t0.elapsed() < Duration::from_secs(3));
     assert!(err.message().contains("did not finish in time"), "{err:?}");
     assert!(mark.exists());
-    for c in [&mut stuck, &mut other, &mut live] {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
 }

@@ -14,8 +14,8 @@
 //! vif-scripts/README.md), so this crate talks netlink directly.
 //!
 //! Besides links, addresses, routes and proxy neighbours it installs one tc object: ingress
-//! policing (see [`tc`]), and reads one nftables object over `NETLINK_NETFILTER`: the elements
-//! of a set (see [`nft`]).
+//! policing (see [`tc`]); over `NETLINK_NETFILTER` it reads a set's elements and removes a
+//! vif's chain, set and claims (see [`nft`]).
 //!
 //! The client works on interface indexes and reports errors without naming the operation:
 //! each caller attaches its own wording (see [`Error`]).

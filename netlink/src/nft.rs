@@ -198,7 +198,9 @@ impl Nft {
 
     /// The keys of the elements of set `set` in table `family table`, as the kernel stores
     /// them (the key's bytes in network order for the payload keys nft writes). No such table
-    /// or set: [`Error::Kernel`] with `ENOENT` ([`Error::is_gone`]).
+    /// or set: [`Error::Kernel`] with `ENOENT` ([`Error::is_gone`]). A dump of a set large
+    /// enough to take several messages is not one snapshot (`NLM_F_DUMP_INTR` is not looked
+    /// at): a change committed meanwhile may be missed; a vif's set holds at most 8 elements.
     pub fn set_elements(
         &mut self,
         family_name: &str,
@@ -219,8 +221,8 @@ impl Nft {
     }
 
     /// Take away what exists of `items`, in their order, in one transaction (all or nothing);
-    /// what is gone already (its table, chain or set) is left out. How many objects were
-    /// deleted or changed. An object that vanishes between the look and the transaction fails
+    /// what is gone already (its table, chain or set) is left out. How many messages the
+    /// transaction had (elements count twice: added, then deleted; 0: nothing was there). An object that vanishes between the look and the transaction fails
     /// it with `ENOENT`: the caller may try again.
     pub fn remove(&mut self, items: &[Removal]) -> Result<usize, Error> {
         let mut tables: Vec<((String, String), bool)> = Vec::new();

@@ -149,8 +149,10 @@ impl NftCli {
     /// A removal over netlink: one transaction of what still exists, tried again once if
     /// something vanished between the look and the transaction.
     fn remove_over_netlink(&self, batch: &NftBatch, items: &[Removal]) -> Result<(), StepError> {
+        // Gone twice in a row (something keeps taking it away): already gone, as `nft`'s
+        // "No such file or directory" was.
         let failed = |e: xenplug_netlink::Error| StepError {
-            gone: no_nftables(&e),
+            gone: no_nftables(&e) || e.is_gone(),
             message: format!("nftables ({}) over netlink: {e}", batch.what),
             ..Default::default()
         };
