@@ -506,15 +506,7 @@ impl<M: NetlinkDeserializable> Answer<M> {
     /// Take one datagram; `Some` with every message once the answer is complete. Messages of
     /// other sequence numbers are skipped.
     fn feed(&mut self, data: &[u8]) -> Result<Option<Vec<M>>, Error> {
-        let mut off = 0;
-        while off < data.len() {
-            let m = NetlinkMessage::<M>::deserialize(&data[off..])
-                .map_err(|e| Error::Decode(e.to_string()))?;
-            let len = m.header.length as usize;
-            if len == 0 {
-                break;
-            }
-            off += (len + 3) & !3;
+        for m in datagram_messages::<M>(data)? {
             if m.header.sequence_number != self.seq {
                 continue;
             }
@@ -535,6 +527,25 @@ impl<M: NetlinkDeserializable> Answer<M> {
         }
         Ok(None)
     }
+}
+
+/// The messages of one datagram, in order (a zero length ends it).
+fn datagram_messages<M: NetlinkDeserializable>(
+    data: &[u8],
+) -> Result<Vec<NetlinkMessage<M>>, Error> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < data.len() {
+        let m = NetlinkMessage::<M>::deserialize(&data[off..])
+            .map_err(|e| Error::Decode(e.to_string()))?;
+        let len = m.header.length as usize;
+        if len == 0 {
+            break;
+        }
+        off += (len + 3) & !3;
+        out.push(m);
+    }
+    Ok(out)
 }
 
 /// The address family of `a`.

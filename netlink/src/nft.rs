@@ -13,7 +13,7 @@
 //! Messages are built and parsed with `netlink-packet-netfilter`, sent over a blocking
 //! `netlink-sys` socket as the route requests are.
 
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP};
+use netlink_packet_core::{NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP};
 use netlink_packet_netfilter::nftables::{
     ChainAttribute, ChainMessage, DataAttribute, ListAttribute, NfTablesMessage, SetAttribute,
     SetElementAttribute, SetElementList, SetElementMessage, SetMessage, TableAttribute,
@@ -25,7 +25,7 @@ use netlink_packet_netfilter::{
 };
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
-use crate::{encode, exchange, Error, Stage};
+use crate::{datagram_messages, encode, exchange, Error, Stage};
 
 /// The nftables family called `name` in nft's syntax (`ip`, `ip6`, `inet`, `arp`, `bridge`,
 /// `netdev`).
@@ -93,6 +93,16 @@ fn elements_message(table: &str, set: &str, keys: &[Vec<u8>]) -> SetElementMessa
                     })
                     .collect(),
             ),
+        ],
+    }
+}
+
+/// Set `set` of table `table`, by name.
+fn set_message(table: &str, set: &str) -> SetMessage {
+    SetMessage {
+        attributes: vec![
+            SetAttribute::Table(table.to_string()),
+            SetAttribute::Name(set.to_string()),
         ],
     }
 }
@@ -282,12 +292,7 @@ impl Nft {
                     if self.set_exists(family, table, set)? {
                         batch.push(nft(
                             family,
-                            NfTablesMessage::DeleteSet(SetMessage {
-                                attributes: vec![
-                                    SetAttribute::Table(table.to_string()),
-                                    SetAttribute::Name(set.clone()),
-                                ],
-                            }),
+                            NfTablesMessage::DeleteSet(set_message(table, set)),
                         ));
                     }
                 }
@@ -308,12 +313,7 @@ impl Nft {
     ) -> Result<bool, Error> {
         self.exists(nft(
             family,
-            NfTablesMessage::GetSet(SetMessage {
-                attributes: vec![
-                    SetAttribute::Table(table.to_string()),
-                    SetAttribute::Name(set.to_string()),
-                ],
-            }),
+            NfTablesMessage::GetSet(set_message(table, set)),
         ))
     }
 
@@ -353,15 +353,7 @@ impl Nft {
                 stage: Stage::Receive,
                 source,
             })?;
-            let mut off = 0;
-            while off < data.len() {
-                let m = NetlinkMessage::<NetfilterMessage>::deserialize(&data[off..])
-                    .map_err(|e| Error::Decode(e.to_string()))?;
-                let len = m.header.length as usize;
-                if len == 0 {
-                    break;
-                }
-                off += (len + 3) & !3;
+            for m in datagram_messages::<NetfilterMessage>(&data)? {
                 let seq = m.header.sequence_number;
                 let NetlinkPayload::Error(e) = m.payload else {
                     continue;
