@@ -29,6 +29,7 @@ def main():
     # Per xenstored: per agent, one dict per guest; per guest, the RSS and binary lines.
     agents = defaultdict(lambda: defaultdict(list))
     info = {}
+    cmdlines = {}
     floors = {}
     per_script = defaultdict(dict)
     locks = defaultdict(dict)
@@ -40,6 +41,8 @@ def main():
                 d = dict(KV.findall(line))
                 xs = d.get("xenstored") or "?"
                 info[xs] = d
+            elif "BENCH: xen-cmdline " in line:
+                cmdlines[xs] = line.split("BENCH: xen-cmdline ", 1)[1].strip()
             elif "BENCH: impl=" in line:
                 d = dict(KV.findall(line))
                 key = (xs, int(d["background"]), int(d["n"]), d["nic"])
@@ -78,6 +81,12 @@ def main():
     def fails(impl_rows):
         return sum(1 for r in impl_rows if r.get("create_rc") != "0")
 
+    for xs in sorted(info):
+        d = info[xs]
+        print(f"Rig ({xs}): Xen {d.get('xen', '?')}, dom0 kernel {d.get('kernel', '?')}, Xen's command "
+              f"line: `{cmdlines.get(xs, 'not recorded (a log from before 2026-12-07)')}`")
+    if info:
+        print()
     print("| xenstored | other domains | disks + NICs | NIC script | rounds, Debian / xenplug "
           "| xl create, Debian / xenplug (ms) | waiting on scripts in create, Debian / xenplug (ms) | ratio "
           "| xenplug scripts' share of create | xl destroy, Debian / xenplug (ms) "
