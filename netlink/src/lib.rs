@@ -38,6 +38,10 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
+/// The attribute type [`netlink_packet_netfilter`] takes for what it does not model.
+pub use netlink_packet_core::DefaultNla;
+/// The nftables message types [`nft::Nft::apply`] takes.
+pub use netlink_packet_netfilter;
 pub use netlink_packet_route::route::RouteProtocol;
 pub use tc::IngressPolice;
 

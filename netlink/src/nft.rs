@@ -1,5 +1,7 @@
 //! nftables over `NETLINK_NETFILTER`, for what is cheaper asked of the kernel than of a fresh
-//! `nft` process: the elements of a set, and the removal of a vif's chain, sets and claims.
+//! `nft` process: the elements of a set, the removal of a vif's chain, sets and claims, and a
+//! transaction of messages built by the caller ([`Nft::apply`]: the vif scripts' antispoofing
+//! chains, compiled by `xenplug_vif::nft_netlink`).
 //!
 //! `vif-route`, `vif-bridge` and `vif-nat` take their antispoofing chain away when a vif goes,
 //! and release the link-local addresses it claimed. The datapath adds those claims to the vif's
@@ -7,13 +9,12 @@
 //! `NFT_MSG_GETSETELEM` dump). The removal itself needs no grammar: deleting a chain, a set and
 //! some elements is one transaction of plain messages ([`Nft::remove`]). An `nft` process costs
 //! a process start, a netlink cache of the ruleset and a parse: in a TCG dom0 about 400 ms per
-//! run, which was most of a teardown (issue 21). Building the chain's rules stays `nft -f -`'s
-//! (their grammar is nft's).
+//! run, which was most of a teardown (issue 21).
 //!
 //! Messages are built and parsed with `netlink-packet-netfilter`, sent over a blocking
 //! `netlink-sys` socket as the route requests are.
 
-use netlink_packet_core::{NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP};
+use netlink_packet_core::{NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_DUMP};
 use netlink_packet_netfilter::nftables::{
     ChainAttribute, ChainMessage, DataAttribute, ListAttribute, NfTablesMessage, SetAttribute,
     SetElementAttribute, SetElementList, SetElementMessage, SetMessage, TableAttribute,
@@ -44,7 +45,8 @@ pub fn family(name: &str) -> Option<NetfilterProtoFamily> {
 /// `NFNL_SUBSYS_NFTABLES`: the subsystem a batch is for (in its header's `res_id`).
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 
-fn nft(family: NetfilterProtoFamily, m: NfTablesMessage) -> NetfilterMessage {
+/// An nftables message of `family`.
+pub fn nft(family: NetfilterProtoFamily, m: NfTablesMessage) -> NetfilterMessage {
     NetfilterMessage::new(NetfilterHeader::new(family, 0, 0), m)
 }
 
@@ -305,6 +307,17 @@ impl Nft {
         Ok(n)
     }
 
+    /// Apply `msgs` (nftables messages built by the caller, e.g. a vif's chain, its sets and
+    /// its rules) in one transaction, all or nothing: additions as `nft`'s `add` (what exists
+    /// is left as it is; rules are appended), deletions of what must exist. The first error is
+    /// the transaction's.
+    pub fn apply(&mut self, msgs: Vec<NetfilterMessage>) -> Result<(), Error> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        self.transaction(msgs)
+    }
+
     fn set_exists(
         &mut self,
         family: NetfilterProtoFamily,
@@ -331,8 +344,18 @@ impl Nft {
         let mut pending: Vec<u32> = Vec::new();
         for m in msgs {
             let seq = self.next_seq();
+            // nft's `add`: create what is missing, leave what exists (no `NLM_F_EXCL`); rules
+            // go at the end of their chain.
             let create = match &m.inner {
-                NetfilterMessageInner::NfTables(NfTablesMessage::NewSetElement(_)) => NLM_F_CREATE,
+                NetfilterMessageInner::NfTables(
+                    NfTablesMessage::NewTable(_)
+                    | NfTablesMessage::NewChain(_)
+                    | NfTablesMessage::NewSet(_)
+                    | NfTablesMessage::NewSetElement(_),
+                ) => NLM_F_CREATE,
+                NetfilterMessageInner::NfTables(NfTablesMessage::NewRule(_)) => {
+                    NLM_F_CREATE | NLM_F_APPEND
+                }
                 _ => 0,
             };
             buf.extend(encode(m, NLM_F_ACK | create, seq));

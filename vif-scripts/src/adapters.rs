@@ -22,14 +22,20 @@ fn err(message: impl Into<String>) -> StepError {
     }
 }
 
-/// The real firewall: runs `nft -f -` with a set-up batch on stdin (nft's own syntax: Debian
-/// 12's nft 1.0.6 cannot express the link-local sets in JSON); takes a removal batch away over
-/// netlink ([`removal_over_netlink`], [`xenplug_netlink::nft::Nft::remove`]: no process, what is
-/// gone left out); reads a set's elements over netlink, written as nft reads them.
+/// The real firewall. A set-up batch goes to the kernel over netlink as one transaction
+/// ([`crate::nft_netlink::compile`], [`xenplug_netlink::nft::Nft::apply`]: no process), unless
+/// it holds what the compiler does not know (vif-nat's masquerading) or an `nft` program was
+/// named (`netlink` false): then `nft -f -` runs with it on stdin (nft's own syntax: Debian
+/// 12's nft 1.0.6 cannot express the link-local sets in JSON). A removal batch is taken away
+/// over netlink ([`removal_over_netlink`], [`xenplug_netlink::nft::Nft::remove`]: what is gone
+/// left out). A set's elements are read over netlink, written as nft reads them.
 #[derive(Debug, Clone)]
 pub struct NftCli {
     /// The `nft` program.
     pub program: std::path::PathBuf,
+    /// Set-up batches over netlink when the compiler knows them (the default; false when the
+    /// host names an `nft` program of its own).
+    pub netlink: bool,
     /// Kill `nft` if it is still running then (the script's deadline); `None`: no bound.
     pub deadline: Option<Instant>,
 }
@@ -38,6 +44,7 @@ impl Default for NftCli {
     fn default() -> Self {
         NftCli {
             program: "nft".into(),
+            netlink: true,
             deadline: None,
         }
     }
@@ -170,6 +177,21 @@ impl Firewall for NftCli {
         if batch.removal {
             if let Some(items) = removal_over_netlink(&batch.cmds) {
                 return self.remove_over_netlink(batch, &items);
+            }
+        } else if self.netlink {
+            // A set-up batch the compiler knows: one transaction, no process (issue 21).
+            if let Ok(msgs) = crate::nft_netlink::compile(&batch.cmds) {
+                return Nft::open().and_then(|mut n| n.apply(msgs)).map_err(|e| {
+                    err(if no_nftables(&e) {
+                        format!(
+                            "nftables ({}) over netlink: {e} (antispoofing and masquerading \
+                                 need nftables; antispoof=off disables antispoofing)",
+                            batch.what
+                        )
+                    } else {
+                        format!("nftables ({}) over netlink: {e}", batch.what)
+                    })
+                });
             }
         }
         let text = batch.text();

@@ -1,5 +1,6 @@
 //! Antispoofing with nftables: the pure builders of the batches (a tap's `rate` is tc's job:
-//! [`crate::rate`]; `nft` itself is run by [`crate::adapters::NftCli`]).
+//! [`crate::rate`]; [`crate::adapters::NftCli`] sends a batch to the kernel, over netlink as
+//! [`crate::nft_netlink`] compiles it, or through `nft`).
 //!
 //! Every vif that needs rules gets one base chain in our own table `netdev xenplug`, hooked at
 //! **ingress of the vif (or tap) itself**. What a guest sends enters dom0 through that hook
@@ -7,8 +8,9 @@
 //! mechanism serves every script and nothing depends on the host's own tables. The chain is
 //! named after the backend, with libxl's name of the device (`vif<domid>.<devid>`, or
 //! `vif<domid>.<devid>-emu` for a tap) whatever `vifname` renames the device to: teardown then
-//! removes this backend's chain and nothing else. A whole chain is written as ONE batch
-//! (`nft -f -`), which nftables applies atomically; removal is another batch.
+//! removes this backend's chain and nothing else. A whole chain is written as ONE batch (one
+//! nftables transaction, what `nft -f -` makes of its text), which nftables applies atomically;
+//! removal is another batch.
 //!
 //! Modes (the `antispoof` variable: argument `antispoof=…`, environment, or the host's
 //! `antispoof` setting), for a vif whose `ip` node lists addresses:

@@ -26,6 +26,7 @@ pub mod common;
 #[cfg(test)]
 mod fakes;
 pub mod firewall;
+pub mod nft_netlink;
 pub mod rate;
 pub mod scripts;
 pub mod types;

@@ -684,12 +684,11 @@ pub const DEFAULT_DNSMASQ_PIDFILE: &str = "/run/dnsmasq/dnsmasq.pid";
 pub fn body(script: Script, ctx: &Context<'_>) -> Result<Outcome<'static>, Failure> {
     let mut links = KernelLinks::open().map_err(fail)?;
     let mut sysctl = ProcSys::default();
+    // A host that names an `nft` program gets every set-up batch run by it.
+    let named = ctx.var("nft").filter(|s| !s.is_empty());
     let mut fw = NftCli {
-        program: ctx
-            .var("nft")
-            .filter(|s| !s.is_empty())
-            .unwrap_or("nft")
-            .into(),
+        program: named.unwrap_or("nft").into(),
+        netlink: named.is_none(),
         deadline: Some(ctx.deadline()),
     };
     let mut ovs = OvsCli::for_context(ctx);
