@@ -717,35 +717,47 @@ fn nft(p: &Paths, cfg: &Config, xl: &XlConf) -> Check {
             "antispoof = \"off\": the vif scripts add no nftables rules",
         );
     }
-    let why = if mode == "off" {
-        "vif-nat (the default vif script) masquerades with nft".to_string()
-    } else {
-        format!(
-            "antispoof = \"{mode}\"{}",
-            if cfg.antispoof.is_none() {
-                ", the default,"
-            } else {
-                ""
-            }
-        )
-    };
-    match find_program(p, "nft") {
+    let found = find_program(p, "nft");
+    if !nat {
+        // The antispoofing chains go to the kernel over netlink: nft only lists them.
+        let default = if cfg.antispoof.is_none() {
+            ", the default,"
+        } else {
+            ""
+        };
+        return Check::new(
+            "nft",
+            Status::Ok,
+            match found {
+                Some(n) => format!(
+                    "antispoof = \"{mode}\"{default} sends its rules over netlink; {} lists them \
+                     (nft list table netdev xenplug)",
+                    n.display()
+                ),
+                None => format!(
+                    "antispoof = \"{mode}\"{default} sends its rules over netlink and needs no nft \
+                     (install nftables to list them)"
+                ),
+            },
+        );
+    }
+    let why = "vif-nat (the default vif script) masquerades with nft";
+    match found {
         Some(n) => Check::new(
             "nft",
             Status::Ok,
-            format!("{} is there: {why} needs it", n.display()),
+            format!("{} is there: {why}", n.display()),
         ),
         None => Check::new(
             "nft",
             Status::Fail,
             format!(
-                "{why} needs nft, which is not installed: NICs whose ip= lists addresses fail to \
-                 come up"
+                "{why}, and nft is not installed: NICs whose ip= lists addresses fail to come up"
             ),
         )
         .fix(format!(
-            "apt install nftables, or set antispoof = \"off\" in {}",
-            config_path_hint(p)
+            "apt install nftables, or set vif.default.script to another vif script in {}",
+            p.xl_conf.display()
         )),
     }
 }

@@ -14,7 +14,7 @@
 //! | `xenstored` | xenstored answers, and on which socket or device |
 //! | `xl-conf` | xl.conf's `run_hotplug_scripts` and `vif.default.script` |
 //! | `network` | the bridge (or gateway device) xl.conf names exists and is of the right kind |
-//! | `nft` | `nft` is there when antispoofing is enforced (or vif-nat is the default) |
+//! | `nft` | `nft` is there when vif-nat is the default (antispoofing sends its rules over netlink) |
 //! | `loop-control` | `/dev/loop-control` for file-backed disks |
 //! | `modules` | loop, xen-blkback, xen-netback (needed), nbd, iscsi_tcp (for block-nbd/-iscsi) |
 //! | `log-dir`, `lock-dir`, `state-dir` | the directories scripts write are writable |
