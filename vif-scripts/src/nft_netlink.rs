@@ -280,7 +280,8 @@ fn raw_field(word: &str) -> Option<Field> {
     };
     let off: u32 = parts.next()?.parse().ok()?;
     let len: u32 = parts.next()?.parse().ok()?;
-    if parts.next().is_some() || len == 0 || len > 128 {
+    // At most one register (16 bytes) loaded, partial bytes included.
+    if parts.next().is_some() || len == 0 || off % 8 + len > 128 {
         return None;
     }
     let mut f = field(base, off, len, Kind::Uint, Dep::None, None);
@@ -469,8 +470,14 @@ fn parse_rule(text: &str) -> Result<Vec<Item>, Unsupported> {
     let w = words(text);
     let mut items = Vec::new();
     let (mut link, mut net, mut l4): (bool, Option<u16>, Option<u8>) = (false, None, None);
+    // An equality on a protocol key (`ether type ip`) may stand in for a later field's
+    // dependency in nft; the rules here never need that, so it is left to nft.
+    let mut protocol_matched = false;
     let mut i = 0;
     while i < w.len() {
+        if matches!(items.last(), Some(Item::Verdict(_))) {
+            return unsupported(format!("a statement after the verdict in {text:?}"));
+        }
         match w[i] {
             "counter" => {
                 items.push(Item::Counter);
@@ -503,6 +510,9 @@ fn parse_rule(text: &str) -> Result<Vec<Item>, Unsupported> {
             return unsupported(format!("{:?} in {text:?}", w[i]));
         };
         i += n;
+        if protocol_matched && f.dep != Dep::None {
+            return unsupported(format!("a field after a protocol match in {text:?}"));
+        }
         // Dependencies, as nft inserts them.
         let mut need_net = |p: u16, items: &mut Vec<Item>| {
             if net != Some(p) {
@@ -567,6 +577,7 @@ fn parse_rule(text: &str) -> Result<Vec<Item>, Unsupported> {
                 Rhs::One(value_of(&f, v)?)
             }
         };
+        protocol_matched |= f.proto_key && !neq;
         items.push(Item::Match { field: f, neq, rhs });
     }
     merge(&mut items);
@@ -1273,6 +1284,14 @@ mod tests {
             "ip saddr { } accept",
             "ip saddr 300.1.1.1 accept",
             "ether saddr 00:11 drop",
+            "@nh,4,128 0x1 drop",
+            "@nh,0,129 0x1 drop",
+            "@xh,0,8 0x1 drop",
+            "add @s { @nh,0,8 ",
+            "accept counter",
+            "drop drop",
+            "ether type ip ip saddr 10.0.0.1 accept",
+            "ip6 nexthdr ipv6-icmp icmpv6 type nd-redirect drop",
         ] {
             assert!(parse_rule(text).is_err(), "{text}");
         }
