@@ -1128,13 +1128,9 @@ pub fn compile(cmds: &[NftCmd]) -> Result<Vec<NetfilterMessage>, Unsupported> {
                     ],
                 }))
             }
-            NftCmd::FlushChain { table, chain, .. } => {
-                c.push(NfTablesMessage::DeleteRule(RuleMessage {
-                    attributes: vec![
-                        RuleAttribute::Table(table.clone()),
-                        RuleAttribute::Chain(chain.clone()),
-                    ],
-                }))
+            // Only vif-nat flushes a chain, in a batch that goes to nft anyway.
+            NftCmd::FlushChain { chain, .. } => {
+                return unsupported(format!("flush chain {chain}"));
             }
             NftCmd::AddSet {
                 table,
