@@ -57,6 +57,7 @@ fn main() {
         NetNs::new("setup-nl").unwrap(),
     );
     let (mut by_nft, mut by_netlink) = (Vec::new(), Vec::new());
+    // The socket belongs to `b`'s namespace, whichever thread uses it afterwards.
     let mut nl = b.run(Nft::open).expect("netlink socket");
     for i in 0..vifs {
         let dev = format!("vif{}.0", i + 1);
@@ -95,7 +96,6 @@ fn main() {
         nl.apply(msgs).expect("netlink transaction");
         by_netlink.push(t.elapsed());
     }
-    // A socket opened in `b` stays there: the namespace is the socket's, not the thread's.
     drop(nl);
     let same = ruleset(&a) == ruleset(&b);
     let (nm, np) = stats(by_nft);

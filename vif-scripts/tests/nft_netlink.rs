@@ -9,12 +9,11 @@
 //! and for the removal.
 
 use std::io::Write;
-use std::net::IpAddr;
 use std::process::Stdio;
 
 use xenplug_netlink::nft::Nft;
 use xenplug_testkit::{require_program, require_root, NetNs};
-use xenplug_vif::firewall::{remove_batch, vif_batch, Antispoof};
+use xenplug_vif::firewall::{eui64_link_local, remove_batch, vif_batch, Antispoof};
 use xenplug_vif::nft_netlink::compile;
 use xenplug_vif::types::{Mode, Net, NftBatch};
 
@@ -250,12 +249,10 @@ fn two_vifs_mixing_nft_and_netlink() {
         apply(&n, p2, &second);
         same("two vifs", &a, &n);
         // The first vif goes; its claims are released, the second's stay.
-        let ll: Vec<String> = match IpAddr::from(xenplug_vif::firewall::eui64_link_local(&[
-            0, 0x16, 0x3e, 0, 0x12, 5,
-        ])) {
-            IpAddr::V6(v) => vec![format!("0x{:032x}", u128::from(v))],
-            IpAddr::V4(_) => unreachable!(),
-        };
+        let ll = vec![format!(
+            "0x{:032x}",
+            u128::from(eui64_link_local(&[0, 0x16, 0x3e, 0, 0x12, 5]))
+        )];
         let gone = remove_batch("vif1.0", &ll);
         by_nft(&a, &gone);
         apply(&n, p1, &gone);
