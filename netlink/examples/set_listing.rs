@@ -59,24 +59,13 @@ fn main() {
     let ns = NetNs::new("setlist").expect("network namespace (root?)");
     // A vif's set as the antispoofing chain leaves it: the EUI-64 address, a listed one and a
     // claimed stable-privacy one.
-    let mut nft = ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("nft");
-    nft.stdin
-        .take()
-        .unwrap()
-        .write_all(
-            b"table netdev xenplug {\n\
-              set vif5.0-ll6 { typeof @nh,64,128; size 8; flags dynamic; }\n\
-              }\n\
-              add element netdev xenplug vif5.0-ll6 { 0xfe8000000000000002163efffe123456, \
-              0xfe800000000000000000000000000005, 0xfe80000000000000a5a53c1e99b20f41 }\n",
-        )
-        .unwrap();
-    assert!(nft.wait().unwrap().success(), "nft -f -");
+    ns.nft_script(
+        "table netdev xenplug {\n\
+         set vif5.0-ll6 { typeof @nh,64,128; size 8; flags dynamic; }\n\
+         }\n\
+         add element netdev xenplug vif5.0-ll6 { 0xfe8000000000000002163efffe123456, \
+         0xfe800000000000000000000000000005, 0xfe80000000000000a5a53c1e99b20f41 }\n",
+    );
     let netlink: Vec<f64> = ns.run(|| {
         (0..runs)
             .map(|_| {

@@ -38,8 +38,9 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-/// The attribute type [`netlink_packet_netfilter`] takes for what it does not model.
-pub use netlink_packet_core::DefaultNla;
+/// The attribute type [`netlink_packet_netfilter`] takes for what it does not model, and the
+/// trait and flag that encode its attributes.
+pub use netlink_packet_core::{DefaultNla, Emitable, NLA_F_NESTED};
 /// The nftables message types [`nft::Nft::apply`] takes.
 pub use netlink_packet_netfilter;
 pub use netlink_packet_route::route::RouteProtocol;

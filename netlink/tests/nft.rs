@@ -2,8 +2,6 @@
 //! with `nft -j list set` as the oracle. Needs root and nft (skipped otherwise; fails under CI).
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::process::Stdio;
 
 use serde_json::Value;
 use xenplug_netlink::nft::{key_hex, set_elements, Nft, Removal};
@@ -16,35 +14,10 @@ fn ns(tag: &str) -> Option<NetNs> {
     Some(NetNs::new(tag).unwrap())
 }
 
-/// Run `nft -f -` with `script` in `ns`.
-fn nft(ns: &NetNs, script: &str) {
-    let mut child = ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "nft -f - failed on:\n{script}"
-    );
-}
-
 /// The elements of a set as `nft -j` lists them (small values as numbers, others as hex).
 fn nft_elements(ns: &NetNs, family: &str, table: &str, set: &str) -> BTreeSet<u128> {
-    let out = ns
-        .command("nft")
-        .args(["-j", "list", "set", family, table, set])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: Value =
+        serde_json::from_str(&ns.nft(&["-j", "list", "set", family, table, set])).unwrap();
     v["nftables"]
         .as_array()
         .unwrap()
@@ -77,8 +50,7 @@ fn set_elements_match_nft_and_read_back_into_nft() {
     };
     // The vif scripts' kind of set (typeof @nh,64,128, dynamic), small and large: a set of
     // thousands of elements takes several dump messages.
-    nft(
-        &ns,
+    ns.nft_script(
         "table netdev xenplug {\n\
          set small { typeof @nh,64,128; size 8; flags dynamic; }\n\
          set empty { typeof @nh,64,128; size 8; flags dynamic; }\n\
@@ -90,13 +62,10 @@ fn set_elements_match_nft_and_read_back_into_nft() {
         .map(|i| format!("0x{:032x}", (0xfe80u128 << 112) | (i * 0x1_0001_0001)))
         .collect();
     for chunk in big.chunks(500) {
-        nft(
-            &ns,
-            &format!(
-                "add element netdev xenplug big {{ {} }}\n",
-                chunk.join(", ")
-            ),
-        );
+        ns.nft_script(&format!(
+            "add element netdev xenplug big {{ {} }}\n",
+            chunk.join(", ")
+        ));
     }
     for set in ["small", "empty", "big"] {
         let ours = netlink_elements(&ns, "netdev", "xenplug", set);
@@ -117,13 +86,10 @@ fn set_elements_match_nft_and_read_back_into_nft() {
         text.contains(&"0x00000000000000000000000000000001".to_string()),
         "{text:?}"
     );
-    nft(
-        &ns,
-        &format!(
-            "delete element netdev xenplug small {{ {} }}\n",
-            text.join(", ")
-        ),
-    );
+    ns.nft_script(&format!(
+        "delete element netdev xenplug small {{ {} }}\n",
+        text.join(", ")
+    ));
     assert!(nft_elements(&ns, "netdev", "xenplug", "small").is_empty());
 
     // No such set, no such table, no such family: gone, gone, refused.
@@ -195,7 +161,7 @@ fn a_vif_s_chain_set_and_claims_are_removed_in_one_transaction() {
          add element netdev xenplug vif6.0-ll6 { 0xfe800000000000000000000000000006 }\n\
          add element netdev xenplug ll6-claimed { 0xfe800000000000000000000000000005, 0xfe80000000000000a5a5a5a5a5a5a5a5, 0xfe800000000000000000000000000006 }\n",
     );
-    nft(&ns, &rules);
+    ns.nft_script(&rules);
     let s = |x: &str| x.to_string();
     let remove_vif = |keys: Vec<Vec<u8>>| {
         vec![

@@ -185,6 +185,34 @@ impl NetNs {
         String::from_utf8(out.stdout).expect("tc output is UTF-8")
     }
 
+    /// `nft ARGS…` in the namespace, its stdout (panics on failure: a test oracle).
+    pub fn nft(&self, args: &[&str]) -> String {
+        let out = self.command("nft").args(args).output().expect("run nft");
+        assert!(out.status.success(), "nft {args:?}: {out:?}");
+        String::from_utf8(out.stdout).expect("nft output is UTF-8")
+    }
+
+    /// `nft -f -` in the namespace with `script` on stdin (panics on failure: a test's set-up).
+    pub fn nft_script(&self, script: &str) {
+        use std::io::Write;
+        let mut child = self
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("run nft");
+        child
+            .stdin
+            .take()
+            .expect("nft's stdin")
+            .write_all(script.as_bytes())
+            .expect("write nft's script");
+        assert!(
+            child.wait().expect("wait for nft").success(),
+            "nft -f - failed on:\n{script}"
+        );
+    }
+
     /// `tc -j ARGS…` in the namespace as a JSON array (empty output: empty array).
     pub fn tc_json(&self, args: &[&str]) -> Vec<serde_json::Value> {
         let mut a = vec!["-j"];

@@ -8,8 +8,6 @@
 //! installs VIFS chains each way, alternating, and prints the median and p90 of each, the
 //! ratio, and whether the two namespaces ended with the same ruleset. A benchmark, not a test.
 //! Needs root, `ip` and `nft`.
-use std::io::Write;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use xenplug_netlink::nft::Nft;
@@ -17,26 +15,6 @@ use xenplug_testkit::NetNs;
 use xenplug_vif::firewall::{vif_batch, Antispoof};
 use xenplug_vif::nft_netlink::compile;
 use xenplug_vif::types::{Mode, Net};
-
-fn nft_f(ns: &NetNs, text: &str) {
-    let mut c = ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("nft");
-    c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    assert!(c.wait().unwrap().success(), "nft -f - failed:\n{text}");
-}
-
-fn ruleset(ns: &NetNs) -> String {
-    let out = ns
-        .command("nft")
-        .args(["list", "ruleset"])
-        .output()
-        .expect("nft");
-    String::from_utf8(out.stdout).unwrap()
-}
 
 fn stats(mut v: Vec<Duration>) -> (f64, f64) {
     v.sort();
@@ -89,7 +67,7 @@ fn main() {
         let text = batch.text();
         // Each way from what the script has in hand (the batch) to the kernel's answer.
         let t = Instant::now();
-        nft_f(&a, &text);
+        a.nft_script(&text);
         by_nft.push(t.elapsed());
         let t = Instant::now();
         let msgs = compile(&batch.cmds).expect("the compiler knows the batch");
@@ -97,7 +75,7 @@ fn main() {
         by_netlink.push(t.elapsed());
     }
     drop(nl);
-    let same = ruleset(&a) == ruleset(&b);
+    let same = a.nft(&["list", "ruleset"]) == b.nft(&["list", "ruleset"]);
     let (nm, np) = stats(by_nft);
     let (lm, lp) = stats(by_netlink);
     println!("antispoofing chains installed: {vifs} per way (one IPv4 address each, enforce)");

@@ -56,13 +56,16 @@ impl NftCli {
             // No nft at all: no rule of ours can exist, so a removal is done.
             gone: removal && e.kind() == std::io::ErrorKind::NotFound,
             ..err(format!(
-                "cannot run {} (antispoofing and masquerading need nftables; \
-                 antispoof=off disables antispoofing): {e}",
+                "cannot run {} ({NEEDS_NFTABLES}): {e}",
                 self.program.display()
             ))
         }
     }
 }
+
+/// What a host without nftables is told.
+const NEEDS_NFTABLES: &str =
+    "antispoofing and masquerading need nftables; antispoof=off disables antispoofing";
 
 /// The first error line of nft's stderr.
 fn nft_error(stderr: &str, status: std::process::ExitStatus) -> String {
@@ -184,8 +187,7 @@ impl Firewall for NftCli {
                 return Nft::open().and_then(|mut n| n.apply(msgs)).map_err(|e| {
                     err(if no_nftables(&e) {
                         format!(
-                            "nftables ({}) over netlink: {e} (antispoofing and masquerading \
-                                 need nftables; antispoof=off disables antispoofing)",
+                            "nftables ({}) over netlink: {e} ({NEEDS_NFTABLES})",
                             batch.what
                         )
                     } else {

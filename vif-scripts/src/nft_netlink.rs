@@ -30,9 +30,9 @@ use xenplug_netlink::netlink_packet_netfilter::nftables::{
     SetDescription, SetElementAttribute, SetElementFlags, SetElementList, SetElementMessage,
     SetFlags, SetMessage, TableAttribute, TableMessage, Verdict, VerdictAttribute,
 };
-use xenplug_netlink::netlink_packet_netfilter::NetfilterMessage;
-use xenplug_netlink::nft::{family, key_bytes, nft};
-use xenplug_netlink::DefaultNla;
+use xenplug_netlink::netlink_packet_netfilter::{NetfilterMessage, NetfilterProtoFamily};
+use xenplug_netlink::nft::{key_bytes, nft};
+use xenplug_netlink::{DefaultNla, Emitable, NLA_F_NESTED};
 
 use crate::types::NftCmd;
 
@@ -733,19 +733,13 @@ fn bitwise(mask: Vec<u8>) -> ListAttribute<ExpressionAttribute> {
     ]))
 }
 
-/// A value wrapped as `NFTA_DATA_VALUE` in an attribute of its own (`kind`).
+/// A value wrapped as `NFTA_DATA_VALUE` in an attribute of its own (`kind`, nested).
 fn data_nla(kind: u16, v: Vec<u8>) -> DefaultNla {
-    let mut inner = Vec::with_capacity(4 + v.len() + 3);
-    inner.extend_from_slice(&((4 + v.len()) as u16).to_ne_bytes());
-    inner.extend_from_slice(&1u16.to_ne_bytes());
-    inner.extend_from_slice(&v);
-    while inner.len() % 4 != 0 {
-        inner.push(0);
-    }
+    let value = DataAttribute::Value(v);
+    let mut inner = vec![0; value.buffer_len()];
+    value.emit(&mut inner);
     DefaultNla::new(kind | NLA_F_NESTED, inner)
 }
-
-const NLA_F_NESTED: u16 = 0x8000;
 
 /// nft's user data: a type byte, a length byte, the value.
 fn udata(out: &mut Vec<u8>, t: u8, v: &[u8]) {
@@ -785,7 +779,6 @@ fn set_udata(f: &Field, interval: bool) -> Vec<u8> {
 
 /// Turns a batch into messages.
 struct Compiler {
-    family: xenplug_netlink::netlink_packet_netfilter::NetfilterProtoFamily,
     msgs: Vec<NetfilterMessage>,
     next_id: u32,
     /// Named sets created in this batch: name, id, key length in bytes.
@@ -799,7 +792,8 @@ impl Compiler {
     }
 
     fn push(&mut self, m: NfTablesMessage) {
-        self.msgs.push(nft(self.family, m));
+        // Every message is the netdev family's: [`compile`] takes nothing else.
+        self.msgs.push(nft(NetfilterProtoFamily::NetDev, m));
     }
 
     fn named(&self, set: &str) -> Option<(u32, u32)> {
@@ -1064,10 +1058,7 @@ fn nul_terminated(s: &str) -> Vec<u8> {
 /// The netlink messages of `cmds`, in order, for [`xenplug_netlink::nft::Nft::apply`]: one
 /// transaction doing what `nft -f -` does with [`crate::types::NftBatch::text`].
 pub fn compile(cmds: &[NftCmd]) -> Result<Vec<NetfilterMessage>, Unsupported> {
-    let Some(first) = cmds.first() else {
-        return Ok(Vec::new());
-    };
-    let fam = |c: &NftCmd| match c {
+    let family = |c: &NftCmd| match c {
         NftCmd::AddTable { family, .. }
         | NftCmd::AddChain { family, .. }
         | NftCmd::DeleteChain { family, .. }
@@ -1078,13 +1069,11 @@ pub fn compile(cmds: &[NftCmd]) -> Result<Vec<NetfilterMessage>, Unsupported> {
         | NftCmd::DeleteElements { family, .. }
         | NftCmd::AddRule { family, .. } => *family,
     };
-    let name = fam(first);
-    if name != "netdev" || cmds.iter().any(|c| fam(c) != name) {
+    if let Some(other) = cmds.iter().map(family).find(|f| *f != "netdev") {
         // The hooks, dependencies and payload bases here are the netdev family's.
-        return unsupported(format!("family {name}"));
+        return unsupported(format!("family {other}"));
     }
     let mut c = Compiler {
-        family: family(name).ok_or_else(|| Unsupported(format!("family {name}")))?,
         msgs: Vec::new(),
         next_id: 0,
         sets: Vec::new(),

@@ -8,9 +8,6 @@
 //! repeated), for one vif after another sharing the claims set, with `nft` and netlink mixed,
 //! and for the removal.
 
-use std::io::Write;
-use std::process::Stdio;
-
 use xenplug_netlink::nft::Nft;
 use xenplug_testkit::{require_program, require_root, NetNs};
 use xenplug_vif::firewall::{eui64_link_local, remove_batch, vif_batch, Antispoof};
@@ -37,23 +34,7 @@ fn host(tag: &str) -> NetNs {
 }
 
 fn by_nft(ns: &NetNs, b: &NftBatch) {
-    let text = b.text();
-    let mut child = ns
-        .command("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    assert!(
-        child.wait().unwrap().success(),
-        "nft -f - failed on:\n{text}"
-    );
+    ns.nft_script(&b.text());
 }
 
 fn by_netlink(ns: &NetNs, b: &NftBatch) {
@@ -64,14 +45,9 @@ fn by_netlink(ns: &NetNs, b: &NftBatch) {
 
 /// The ruleset twice: bytecode with set elements, and the listing.
 fn ruleset(ns: &NetNs) -> (String, String) {
-    let run = |args: &[&str]| {
-        let out = ns.command("nft").args(args).output().unwrap();
-        assert!(out.status.success(), "nft {args:?}: {out:?}");
-        String::from_utf8(out.stdout).unwrap()
-    };
     (
-        run(&["--debug=netlink", "list", "ruleset"]),
-        run(&["list", "ruleset"]),
+        ns.nft(&["--debug=netlink", "list", "ruleset"]),
+        ns.nft(&["list", "ruleset"]),
     )
 }
 
