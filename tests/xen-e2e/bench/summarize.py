@@ -24,6 +24,43 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def cpu_table(rows, info, fails):
+    """CPU time the scripts used, per cell (logs whose wrapper measured it)."""
+    def m(impl_rows, field):
+        return med([float(r[field]) for r in impl_rows if r.get(field, "nan") != "nan"])
+
+    cells = []
+    for key in sorted(rows):
+        deb, xp = rows[key].get("debian", []), rows[key].get("xenplug", [])
+        have = [r for r in deb + xp if r.get("cpu_add_ms", "nan") != "nan"]
+        if have and xp:
+            cells.append((key, deb, xp))
+    if not cells:
+        return
+    print()
+    print("CPU time the scripts used (user + system; each script with the children it waited for, "
+          "a killed script's not counted), medians over the rounds, ms; and xenplug's scripts' CPU "
+          "against what dom0's vCPUs could give during xl create (vCPUs × its wall time):")
+    print()
+    print("| xenstored | other domains | disks + NICs | NIC script | CPU in create's scripts, Debian / xenplug "
+          "| ratio | xenplug's share of dom0's CPU in create | CPU in destroy's scripts, Debian / xenplug | ratio |")
+    print("|" + "---|" * 9)
+    for (xs, bg, n, nic), deb, xp in cells:
+        deb_ok = [r for r in deb if r.get("create_rc") == "0"]
+        xp_ok = [r for r in xp if r.get("create_rc") == "0"]
+        a_d, a_x = m(deb, "cpu_add_ms"), m(xp, "cpu_add_ms")
+        r_d, r_x = m(deb_ok, "cpu_remove_ms"), m(xp_ok, "cpu_remove_ms")
+        vcpus = int(info.get(xs, {}).get("vcpus", "0") or 0)
+        share = f"{100 * a_x / (vcpus * m(xp, 'create_ms')):.1f} % of {vcpus} vCPUs" if vcpus else "–"
+        lb = "≥ " if deb and fails(deb) else ""
+
+        def f(x):
+            return "–" if x != x else f"{x:.0f}"
+        print(f"| {xs} | {bg} | {n} + {n} | vif-{nic} | {f(a_d)} / {f(a_x)} "
+              f"| {lb + ratio(a_d, a_x) if deb and a_d == a_d else '–'} | {share} "
+              f"| {f(r_d)} / {f(r_x)} | {ratio(r_d, r_x) if deb_ok and xp_ok and r_d == r_d else '–'} |")
+
+
 def main():
     rows = defaultdict(lambda: defaultdict(list))
     # Per xenstored: per agent, one dict per guest; per guest, the RSS and binary lines.
@@ -53,8 +90,10 @@ def main():
             elif "BENCH-SCRIPTS:" in line:
                 d = dict(KV.findall(line.split("(count", 1)[0]))
                 key = (xs, int(d["background"]), int(d["n"]), d["nic"], d["impl"])
-                for name, _count, median, longest in re.findall(r"(\S+/\S+)=(\d+):([\d.]+):([\d.]+)", line):
-                    per_script[key].setdefault(name, []).append((float(median), float(longest)))
+                for name, _count, median, longest, cpu in re.findall(
+                        r"(\S+/\S+)=(\d+):([\d.]+):([\d.]+)(?::([\d.]+))?", line):
+                    per_script[key].setdefault(name, []).append(
+                        (float(median), float(longest), float(cpu) if cpu else None))
             elif "BENCH-LOCKS:" in line:
                 head, _, tail = line.partition("(count")
                 d = dict(KV.findall(head))
@@ -122,10 +161,11 @@ def main():
     print("Medians over the rounds; Debian's and xenplug's runs alternate which goes first. A Debian "
           "create that failed (libxl killed its scripts at the hotplug timeout) counts with the time "
           "it took to fail, so its ratio is a lower bound (≥).")
+    cpu_table(rows, info, fails)
     if per_script:
         print()
         print("Per script and action (median over the cell's rounds of each round's median, ms; "
-              "longest run in brackets):")
+              "longest run in brackets; then, where the wrapper measured it, the median CPU time, ms):")
         print()
         print("| xenstored | other domains | disks + NICs | NIC script | implementation | scripts |")
         print("|---|---|---|---|---|---|")
@@ -135,7 +175,8 @@ def main():
             for name in sorted(per_script[key]):
                 meds = [v[0] for v in per_script[key][name]]
                 mx = max(v[1] for v in per_script[key][name])
-                cells.append(f"{name} {med(meds):.0f} ({mx:.0f})")
+                cpus = [v[2] for v in per_script[key][name] if v[2] is not None]
+                cells.append(f"{name} {med(meds):.0f} ({mx:.0f})" + (f", CPU {med(cpus):.1f}" if cpus else ""))
             print(f"| {xs} | {bg} | {n} + {n} | vif-{nic} | {impl} | {'; '.join(cells)} |")
     if locks:
         print()
@@ -159,9 +200,12 @@ def main():
             print(f"Starting a script in this dom0 ({xs}): alone (median of 5) / 64 at once (wall), ms: "
                   + "; ".join(f"{d['floor']} {d['alone_ms']} / {d.get('concurrent64_ms', '–')}" for d in fl))
             continue
+        cpu = all(d.get("alone_cpu_ms", "?") != "?" for d in fl)
         print(f"Starting a script in this dom0 ({xs}), through the timing wrapper: alone, the script's own "
-              "run / the whole command (median of 5), and 64 at once (wall), ms: "
+              "run / the whole command (median of 5), and 64 at once (wall), ms"
+              + ("; the script's own CPU time alone (median of 5), ms" if cpu else "") + ": "
               + "; ".join(f"{d['floor']} {d['alone_ms']} / {d.get('alone_wall_ms', '–')} / {d.get('concurrent64_ms', '–')}"
+                          + (f", CPU {d['alone_cpu_ms']}" if cpu else "")
                           for d in fl))
     for xs, a in agents.items():
         guests = max(len(a.get("agent", [])), len(a.get("qemu-ga", [])))
@@ -175,7 +219,8 @@ def main():
         print(f"Guest agents ({xs} in dom0), each on its own channel of the same guest; median over "
               f"{guests} guest(s)" + (f" (started {said})" if said else "") + ":")
         print()
-        print("| agent | answered | first answer after unpause (ms) | guest-ping median / p99 (ms) | RSS (KiB) | binary (bytes) |")
+        print("| agent | answered | first answer after unpause (ms) | guest-ping median / p99 (ms) "
+              "| RSS (KiB; anonymous / file-backed where measured) | binary (bytes) |")
         print("|---|---|---|---|---|---|")
         for name, rss, binary in (("agent", "guest-agent_kb", "guest-agent"), ("qemu-ga", "guest-qemu_ga_kb", "guest-qemu_ga")):
             runs = a.get(name, [])
@@ -186,9 +231,11 @@ def main():
                 return f"{med(vals):.{1 if field.startswith('ping') else 0}f}" if vals else "–"
 
             sizes = {d["v"] for d in a.get(binary, [])}
+            split = rss.replace("_kb", "_anon_kb"), rss.replace("_kb", "_file_kb")
+            parts = f" ({mf('v', a.get(split[0], []))} / {mf('v', a.get(split[1], []))})" if a.get(split[0]) else ""
             print(f"| {'xenplug-agent' if name == 'agent' else 'qemu-ga (Debian 12)'} | {len(ok)} of {len(runs)} "
                   f"| {mf('first_answer_ms')} | {mf('ping_median_ms')} / {mf('ping_p99_ms')} "
-                  f"| {mf('v', a.get(rss, []))} | {', '.join(sorted(sizes)) or '–'} |")
+                  f"| {mf('v', a.get(rss, []))}{parts} | {', '.join(sorted(sizes)) or '–'} |")
     if errors:
         print()
         print("Failed operations (not in the medians' favour: they count as measured):")
