@@ -220,7 +220,7 @@ def main():
               f"{guests} guest(s)" + (f" (started {said})" if said else "") + ":")
         print()
         print("| agent | answered | first answer after unpause (ms) | guest-ping median / p99 (ms) "
-              "| RSS (KiB; anonymous / file-backed where measured) | binary (bytes) |")
+              "| RSS (KiB; anonymous / mapped files where measured) | binary (bytes) |")
         print("|---|---|---|---|---|---|")
         for name, rss, binary in (("agent", "guest-agent_kb", "guest-agent"), ("qemu-ga", "guest-qemu_ga_kb", "guest-qemu_ga")):
             runs = a.get(name, [])
@@ -231,8 +231,11 @@ def main():
                 return f"{med(vals):.{1 if field.startswith('ping') else 0}f}" if vals else "–"
 
             sizes = {d["v"] for d in a.get(binary, [])}
-            split = rss.replace("_kb", "_anon_kb"), rss.replace("_kb", "_file_kb")
-            parts = f" ({mf('v', a.get(split[0], []))} / {mf('v', a.get(split[1], []))})" if a.get(split[0]) else ""
+            # Anonymous / mapped files' pages (RssFile + RssShmem: the guest's root is a tmpfs).
+            anon = a.get(rss.replace("_kb", "_anon_kb"), [])
+            files = [{"v": float(f["v"]) + float(s["v"])}
+                     for f, s in zip(a.get(rss.replace("_kb", "_file_kb"), []), a.get(rss.replace("_kb", "_shmem_kb"), []))]
+            parts = f" ({mf('v', anon)} / {mf('v', files)})" if anon and files else ""
             print(f"| {'xenplug-agent' if name == 'agent' else 'qemu-ga (Debian 12)'} | {len(ok)} of {len(runs)} "
                   f"| {mf('first_answer_ms')} | {mf('ping_median_ms')} / {mf('ping_p99_ms')} "
                   f"| {mf('v', a.get(rss, []))}{parts} | {', '.join(sorted(sizes)) or '–'} |")
