@@ -24,11 +24,14 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
+def field_med(rows, field):
+    """The median of a BENCH line field over rows (rows without it, or with nan, left out)."""
+    return med([float(r[field]) for r in rows if r.get(field, "nan") != "nan"])
+
+
 def cpu_table(rows, info, fails):
     """CPU time the scripts used, per cell (logs whose wrapper measured it)."""
-    def m(impl_rows, field):
-        return med([float(r[field]) for r in impl_rows if r.get(field, "nan") != "nan"])
-
+    m = field_med
     cells = []
     for key in sorted(rows):
         deb, xp = rows[key].get("debian", []), rows[key].get("xenplug", [])
@@ -114,8 +117,7 @@ def main():
             elif "BENCH-ERR:" in line:
                 errors.append(f"{xs} {line.split('BENCH-ERR: ', 1)[1].strip()}")
 
-    def m(impl_rows, field):
-        return med([float(r[field]) for r in impl_rows])
+    m = field_med
 
     def fails(impl_rows):
         return sum(1 for r in impl_rows if r.get("create_rc") != "0")
